@@ -1,0 +1,59 @@
+//! The call model, sans IO: events in, actions out, time as an input.
+//!
+//! Nothing here touches sockets, tasks or clocks. The gateway binary feeds
+//! each [`Call`] the events it observes (API messages, WebRTC leg results,
+//! timer expiry) and carries out the [`Action`]s it yields. That keeps every
+//! path of a call testable deterministically, with scripted events and a
+//! fake clock.
+
+mod call;
+mod route;
+
+pub use call::{Action, Call, CallState, Event, LegSetupError, Notify};
+pub use route::{Route, Router};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a call ended. Shared by the API (`ended.reason`), metrics labels and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The browser sent `hangup`.
+    Hangup,
+    /// The browser's socket closed; nothing is sent, there is no one to tell.
+    SocketClosed,
+    /// The browser's SDP offer could not be parsed or accepted.
+    InvalidSdp,
+    /// The offer has no audio codec the gateway accepts.
+    IncompatibleCodecs,
+    /// No route for the destination.
+    NotFound,
+    /// ICE/DTLS did not connect within the setup timeout, or connectivity was lost.
+    MediaTimeout,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl EndReason {
+    pub const ALL: &'static [EndReason] = &[
+        EndReason::Hangup,
+        EndReason::SocketClosed,
+        EndReason::InvalidSdp,
+        EndReason::IncompatibleCodecs,
+        EndReason::NotFound,
+        EndReason::MediaTimeout,
+        EndReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Hangup => "hangup",
+            EndReason::SocketClosed => "socket_closed",
+            EndReason::InvalidSdp => "invalid_sdp",
+            EndReason::IncompatibleCodecs => "incompatible_codecs",
+            EndReason::NotFound => "not_found",
+            EndReason::MediaTimeout => "media_timeout",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}

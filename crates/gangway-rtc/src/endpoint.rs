@@ -1,0 +1,422 @@
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::crypto::dtls::DtlsCert;
+use str0m::crypto::CryptoProvider;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tracing::{debug, warn};
+
+/// Audio codecs the WebRTC leg can negotiate. Telephone-event is always offered alongside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AudioCodec {
+    Opus,
+    Pcmu,
+    Pcma,
+}
+
+impl AudioCodec {
+    fn from_str0m(c: Codec) -> Option<Self> {
+        match c {
+            Codec::Opus => Some(AudioCodec::Opus),
+            Codec::PCMU => Some(AudioCodec::Pcmu),
+            Codec::PCMA => Some(AudioCodec::Pcma),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AudioCodec::Opus => "opus",
+            AudioCodec::Pcmu => "PCMU",
+            AudioCodec::Pcma => "PCMA",
+        }
+    }
+}
+
+/// Identifies a peer within its endpoint. Chosen by the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+/// Settings shared by all peers of an endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// The address put in the answer's host candidate (the public address when behind NAT).
+    pub candidate_addr: SocketAddr,
+    /// Audio codecs accepted from offers, in order of preference.
+    pub codecs: Vec<AudioCodec>,
+}
+
+/// Why an offer was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SetupError {
+    #[error("invalid SDP offer: {0}")]
+    InvalidSdp(String),
+    #[error("the offer has no audio codec in common with the gateway")]
+    IncompatibleCodecs,
+    #[error("peer {0:?} already exists")]
+    DuplicatePeer(PeerId),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CandidateError {
+    #[error("no such peer")]
+    UnknownPeer,
+    #[error("invalid candidate: {0}")]
+    Invalid(String),
+}
+
+/// One received audio frame (one RTP packet's payload, SRTP already removed).
+#[derive(Debug, Clone)]
+pub struct MediaFrame {
+    pub mid: Mid,
+    pub pt: Pt,
+    pub codec: Option<AudioCodec>,
+    /// Media time in the codec's clock rate.
+    pub time: MediaTime,
+    pub network_time: Instant,
+    pub data: Arc<[u8]>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PeerEvent {
+    /// ICE and DTLS are up: media can flow.
+    Connected(PeerId),
+    /// Connectivity was lost (ICE consent expired) or the peer closed.
+    Disconnected(PeerId),
+    Media(PeerId, MediaFrame),
+}
+
+/// A datagram to send from the endpoint's socket.
+#[derive(Debug)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+struct Peer {
+    rtc: Rtc,
+    next_timeout: Option<Instant>,
+    connected: bool,
+    /// Consent expired or str0m failed; the peer only awaits removal.
+    dead: bool,
+    reported_dead: bool,
+}
+
+/// Every WebRTC peer behind one UDP port.
+pub struct Endpoint {
+    config: EndpointConfig,
+    crypto: Arc<CryptoProvider>,
+    /// One certificate for all peers: generating one per call costs a key
+    /// generation on the hot path and buys nothing (each DTLS session still
+    /// has its own keys).
+    cert: DtlsCert,
+    peers: HashMap<PeerId, Peer>,
+    by_source: HashMap<SocketAddr, PeerId>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<PeerEvent>,
+}
+
+impl Endpoint {
+    pub fn new(config: EndpointConfig) -> Result<Self, String> {
+        if config.codecs.is_empty() {
+            return Err("at least one audio codec must be enabled".into());
+        }
+        let crypto = Arc::new(str0m::crypto::from_feature_flags());
+        let cert = crypto
+            .dtls_provider
+            .generate_certificate()
+            .ok_or("the crypto provider could not generate a DTLS certificate")?;
+        Ok(Endpoint {
+            config,
+            crypto,
+            cert,
+            peers: HashMap::new(),
+            by_source: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        })
+    }
+
+    pub fn candidate_addr(&self) -> SocketAddr {
+        self.config.candidate_addr
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn rtc_config(&self) -> RtcConfig {
+        let mut cfg = Rtc::builder()
+            .set_ice_lite(true)
+            .set_crypto_provider(self.crypto.clone())
+            .set_dtls_cert(self.cert.clone())
+            .clear_codecs();
+        for codec in &self.config.codecs {
+            cfg = match codec {
+                AudioCodec::Opus => cfg.enable_opus(true, false),
+                AudioCodec::Pcmu => cfg.enable_pcmu(true, false),
+                AudioCodec::Pcma => cfg.enable_pcma(true, false),
+            };
+        }
+        // telephone-event at both clock rates browsers use (48 kHz with Opus, 8 kHz with G.711).
+        let codecs = cfg.codec_config();
+        for (pt, rate) in [(126, Frequency::FORTY_EIGHT_KHZ), (101, Frequency::EIGHT_KHZ)] {
+            codecs.add_config(
+                Pt::new_with_value(pt),
+                None,
+                Codec::Tele,
+                rate,
+                None,
+                FormatParams::default(),
+            );
+        }
+        cfg
+    }
+
+    /// Accepts a browser's offer and returns the SDP answer.
+    pub fn add_peer(&mut self, id: PeerId, offer: &str, now: Instant) -> Result<String, SetupError> {
+        if self.peers.contains_key(&id) {
+            return Err(SetupError::DuplicatePeer(id));
+        }
+        let offer = str0m::change::SdpOffer::from_sdp_string(offer)
+            .map_err(|e| SetupError::InvalidSdp(e.to_string()))?;
+        let mut rtc = self.rtc_config().build(now);
+        let candidate = Candidate::host(self.config.candidate_addr, "udp")
+            .map_err(|e| SetupError::InvalidSdp(format!("local candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SetupError::InvalidSdp(e.to_string()))?;
+
+        let mut peer = Peer {
+            rtc,
+            next_timeout: None,
+            connected: false,
+            dead: false,
+            reported_dead: false,
+        };
+        let mut audio_mids = Vec::new();
+        drain(id, &mut peer, &mut self.transmits, &mut |ev| match ev {
+            Event::MediaAdded(m) if m.kind == MediaKind::Audio => audio_mids.push(m.mid),
+            _ => {}
+        });
+        if audio_mids.is_empty() {
+            return Err(SetupError::InvalidSdp("the offer has no audio m-line".into()));
+        }
+        let has_codec = audio_mids.iter().any(|mid| {
+            peer.rtc.writer(*mid).is_some_and(|w| {
+                w.payload_params()
+                    .any(|p| AudioCodec::from_str0m(p.spec().codec).is_some())
+            })
+        });
+        if !has_codec {
+            return Err(SetupError::IncompatibleCodecs);
+        }
+        self.peers.insert(id, peer);
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Adds a trickled browser candidate. ICE-lite does not need them (the
+    /// browser's checks reveal its address), but a valid one helps str0m
+    /// pair early; mDNS (`.local`) candidates cannot be resolved here and are skipped.
+    pub fn add_remote_candidate(&mut self, id: PeerId, candidate: &str) -> Result<(), CandidateError> {
+        let peer = self.peers.get_mut(&id).ok_or(CandidateError::UnknownPeer)?;
+        let line = candidate.trim().trim_start_matches("a=");
+        if line.is_empty() {
+            return Ok(());
+        }
+        if line.split_whitespace().nth(4).is_some_and(|host| host.ends_with(".local")) {
+            debug!(peer = id.0, "skipping mDNS candidate");
+            return Ok(());
+        }
+        let c = Candidate::from_sdp_string(line).map_err(|e| CandidateError::Invalid(e.to_string()))?;
+        peer.rtc.add_remote_candidate(c);
+        drain(id, peer, &mut self.transmits, &mut |ev| self.events.extend(translate(id, ev)));
+        Ok(())
+    }
+
+    /// Forgets a peer. Its DTLS session is closed without further packets.
+    pub fn remove_peer(&mut self, id: PeerId) -> bool {
+        let Some(mut peer) = self.peers.remove(&id) else {
+            return false;
+        };
+        peer.rtc.disconnect();
+        self.by_source.retain(|_, p| *p != id);
+        true
+    }
+
+    /// Feeds one received datagram. Returns the peer it belonged to, if any.
+    pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> Option<PeerId> {
+        let Ok(contents) = data.try_into() else {
+            return None;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.config.candidate_addr,
+                contents,
+            },
+        );
+        let cached = self
+            .by_source
+            .get(&source)
+            .copied()
+            .filter(|id| self.peers.get(id).is_some_and(|p| p.rtc.accepts(&input)));
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let id = self
+                    .peers
+                    .iter()
+                    .find(|(_, p)| p.rtc.accepts(&input))
+                    .map(|(id, _)| *id)?;
+                self.by_source.insert(source, id);
+                id
+            }
+        };
+        let peer = self.peers.get_mut(&id)?;
+        if let Err(e) = peer.rtc.handle_input(input) {
+            debug!(peer = id.0, "input rejected: {e}");
+        }
+        let events = &mut self.events;
+        drain(id, peer, &mut self.transmits, &mut |ev| events.extend(translate(id, ev)));
+        self.note_state(id);
+        Some(id)
+    }
+
+    /// Advances every peer whose timer is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.next_timeout.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(peer) = self.peers.get_mut(&id) else { continue };
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                debug!(peer = id.0, "timeout handling failed: {e}");
+            }
+            let events = &mut self.events;
+            drain(id, peer, &mut self.transmits, &mut |ev| events.extend(translate(id, ev)));
+            self.note_state(id);
+        }
+    }
+
+    /// The earliest instant any peer needs [`Endpoint::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers.values().filter_map(|p| p.next_timeout).min()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Sends one audio frame to a peer with the given payload type.
+    pub fn write_media(
+        &mut self,
+        id: PeerId,
+        mid: Mid,
+        pt: Pt,
+        time: MediaTime,
+        wallclock: Instant,
+        data: Arc<[u8]>,
+    ) -> bool {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return false;
+        };
+        if !peer.connected {
+            return false;
+        }
+        let Some(writer) = peer.rtc.writer(mid) else {
+            return false;
+        };
+        if let Err(e) = writer.write(pt, wallclock, time, data) {
+            warn!(peer = id.0, "write failed: {e}");
+            return false;
+        }
+        let events = &mut self.events;
+        drain(id, peer, &mut self.transmits, &mut |ev| events.extend(translate(id, ev)));
+        true
+    }
+
+    fn note_state(&mut self, id: PeerId) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            if (peer.dead || !peer.rtc.is_alive()) && !peer.reported_dead {
+                peer.reported_dead = true;
+                self.events.push_back(PeerEvent::Disconnected(id));
+            }
+        }
+    }
+}
+
+/// Drains one peer's output until str0m reports its next timeout, as str0m
+/// requires after every mutation. Events go to `on_event` unfiltered; the
+/// connection-state ones are also recorded on the peer.
+fn drain(
+    id: PeerId,
+    peer: &mut Peer,
+    transmits: &mut VecDeque<Transmit>,
+    on_event: &mut dyn FnMut(Event),
+) {
+    loop {
+        match peer.rtc.poll_output() {
+            Ok(Output::Timeout(t)) => {
+                peer.next_timeout = Some(t);
+                return;
+            }
+            Ok(Output::Transmit(t)) => transmits.push_back(Transmit {
+                destination: t.destination,
+                contents: t.contents.into(),
+            }),
+            Ok(Output::Event(ev)) => {
+                match &ev {
+                    Event::Connected => peer.connected = true,
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        peer.dead = true;
+                    }
+                    _ => {}
+                }
+                on_event(ev);
+            }
+            Err(e) => {
+                warn!(peer = id.0, "peer failed: {e}");
+                peer.dead = true;
+                peer.next_timeout = None;
+                return;
+            }
+        }
+    }
+}
+
+/// Maps the str0m events the gateway cares about; disconnection is reported
+/// separately (once) by `note_state`.
+fn translate(id: PeerId, ev: Event) -> Option<PeerEvent> {
+    match ev {
+        Event::Connected => Some(PeerEvent::Connected(id)),
+        Event::MediaData(d) => Some(PeerEvent::Media(
+            id,
+            MediaFrame {
+                mid: d.mid,
+                pt: d.pt,
+                codec: AudioCodec::from_str0m(d.params.spec().codec),
+                time: d.time,
+                network_time: d.network_time,
+                data: d.data,
+            },
+        )),
+        _ => None,
+    }
+}

@@ -1,0 +1,381 @@
+// Gangway browser client: places WebRTC calls through a Gangway gateway using
+// the JSON-over-WebSocket API v1 (docs/protocol.md). Dependency-free ES module,
+// no build step; the gateway serves it at /client.js and its typings at
+// /client.d.ts.
+//
+//   import { GangwayClient } from '/client.js';
+//   const client = await GangwayClient.connect();
+//   const call = client.call('echo');
+//   call.addEventListener('track', (e) => { audio.srcObject = e.detail.stream; });
+
+const PROTOCOL_VERSION = 1;
+
+// The gateway's rule for call ids; checked here so a bad id fails loudly at
+// call() instead of as an error message the app has to correlate later.
+const CALL_ID = /^[\x21-\x7e]{1,64}$/;
+
+// Errors after which the gateway has no such call and will never send
+// `ended`, so the client must end the call itself or it would hang forever.
+const NOT_ACCEPTED = new Set(['duplicate_call', 'too_many_calls', 'shutting_down', 'unknown_call']);
+
+// Proxies commonly drop WebSockets idle for 60 s; a ping keeps ours busy.
+const DEFAULT_PING_INTERVAL_MS = 30_000;
+
+// Module-private keys: lets GangwayClient and Call talk to each other without
+// exposing those hooks (or working constructors) to applications.
+const INTERNAL = Symbol('gangway.internal');
+const RECEIVE = Symbol('gangway.receive');
+
+export class GangwayClient extends EventTarget {
+  #ws;
+  #sessionId;
+  #maxMessageBytes;
+  #iceServers;
+  #calls = new Map();
+  #pingTimer = null;
+
+  /**
+   * Opens the WebSocket and resolves once the gateway's `hello` arrived.
+   * Rejects if the socket closes first or the gateway speaks another version.
+   */
+  static connect(url, options = {}) {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(resolveUrl(url));
+      ws.onmessage = (event) => {
+        const msg = parse(event.data);
+        if (msg?.type !== 'hello') return; // nothing else is meaningful before hello
+        ws.onmessage = ws.onclose = ws.onerror = null;
+        if (msg.version !== PROTOCOL_VERSION) {
+          ws.close(1000);
+          reject(new Error(`gateway speaks protocol version ${msg.version}, this client speaks ${PROTOCOL_VERSION}`));
+          return;
+        }
+        // The constructor installs its handlers synchronously, so no message
+        // that follows hello can slip through between the two handlers.
+        resolve(new GangwayClient(INTERNAL, ws, msg, options));
+      };
+      // A failed connection fires `error` (no detail) and then `close`, which
+      // has the code, so only `close` is handled.
+      ws.onclose = (event) => {
+        reject(new Error(`WebSocket closed before hello (code ${event.code}${event.reason ? `: ${event.reason}` : ''})`));
+      };
+    });
+  }
+
+  constructor(token, ws, hello, options) {
+    if (token !== INTERNAL) throw new TypeError('use GangwayClient.connect()');
+    super();
+    this.#ws = ws;
+    this.#sessionId = String(hello.session ?? '');
+    this.#maxMessageBytes = Number.isInteger(hello.max_message_bytes) ? hello.max_message_bytes : Infinity;
+    this.#iceServers = options.iceServers ?? [];
+    ws.onmessage = (event) => this.#onMessage(event.data);
+    ws.onclose = (event) => this.#onClose(event);
+
+    const interval = options.pingInterval ?? DEFAULT_PING_INTERVAL_MS;
+    if (interval > 0) this.#pingTimer = setInterval(() => this.#send({ type: 'ping' }), interval);
+  }
+
+  get sessionId() { return this.#sessionId; }
+
+  /** Active calls by id; a call leaves the map just before its `ended` event. */
+  get calls() { return this.#calls; }
+
+  /** Starts a call. Returns at once; watch the call's events for progress. */
+  call(to, options = {}) {
+    if (typeof to !== 'string' || to === '') throw new TypeError('destination must be a non-empty string');
+    const id = options.id ?? crypto.randomUUID();
+    if (!CALL_ID.test(id)) throw new TypeError('call id must be 1-64 visible ASCII characters');
+    if (this.#calls.has(id)) throw new Error(`call id ${id} is already in use`);
+    if (!this.#isOpen()) throw new Error('not connected');
+
+    const link = {
+      iceServers: this.#iceServers,
+      send: (msg) => this.#send(msg),
+      isOpen: () => this.#isOpen(),
+      forget: (call) => this.#calls.delete(call.id),
+    };
+    const call = new Call(INTERNAL, link, id, to, options);
+    this.#calls.set(id, call);
+    return call;
+  }
+
+  /** Closes the socket; every call then ends with reason `socket_closed`. */
+  close() {
+    this.#ws.close(1000);
+  }
+
+  #isOpen() {
+    return this.#ws.readyState === WebSocket.OPEN;
+  }
+
+  // Returns 'sent', 'closed' or 'too_large'. Oversized frames are caught here
+  // because the gateway's `message_too_large` error carries no call id, so a
+  // call whose offer was dropped that way would wait forever.
+  #send(msg) {
+    if (!this.#isOpen()) return 'closed';
+    const text = JSON.stringify(msg);
+    if (new TextEncoder().encode(text).length > this.#maxMessageBytes) return 'too_large';
+    this.#ws.send(text);
+    return 'sent';
+  }
+
+  #onMessage(data) {
+    const msg = parse(data);
+    if (!msg) return;
+    switch (msg.type) {
+      case 'answer':
+      case 'ringing':
+      case 'answered':
+      case 'ended':
+        // Messages for a call that already ended locally are stale; drop them.
+        this.#calls.get(msg.call)?.[RECEIVE](msg);
+        break;
+      case 'error': {
+        const call = typeof msg.call === 'string' ? this.#calls.get(msg.call) : undefined;
+        if (call) {
+          call[RECEIVE](msg);
+        } else if (msg.code !== 'unknown_call') {
+          // unknown_call for a call we no longer track is the expected race
+          // (a candidate or hangup crossing the gateway's `ended`): not news.
+          this.dispatchEvent(new CustomEvent('error', {
+            detail: { code: String(msg.code), message: String(msg.message ?? ''), call: msg.call ?? null },
+          }));
+        }
+        break;
+      }
+      default:
+        // pong, and message types from newer gateways, are deliberately ignored.
+        break;
+    }
+  }
+
+  #onClose(event) {
+    clearInterval(this.#pingTimer);
+    // The gateway frees every call of a closed socket, so mirror that locally.
+    for (const call of [...this.#calls.values()]) call[RECEIVE]({ type: 'ended', reason: 'socket_closed', code: null });
+    this.dispatchEvent(new CustomEvent('close', { detail: { code: event.code, reason: event.reason } }));
+  }
+}
+
+export class Call extends EventTarget {
+  #link;
+  #id;
+  #to;
+  #state = 'connecting';
+  #pc;
+  #ownStream = null;   // only tracks we captured ourselves get stopped
+  #remoteStream = null;
+  #endReason = null;
+  #offerSent = false;
+  #answered = false;   // `answer` received, i.e. the gateway surely holds the call
+  #hangupSent = false;
+  #pendingCandidates = [];
+
+  constructor(token, link, id, to, options) {
+    if (token !== INTERNAL) throw new TypeError('use GangwayClient.call()');
+    super();
+    this.#link = link;
+    this.#id = id;
+    this.#to = to;
+    this.#pc = new RTCPeerConnection({ iceServers: link.iceServers });
+
+    // Candidates can fire before the `call` message is out (the gateway would
+    // answer unknown_call), so they are held until the offer has been sent.
+    this.#pc.onicecandidate = ({ candidate }) => {
+      if (this.#state === 'ended') return;
+      // An empty candidate string is a per-m-line end marker; the null event
+      // that ends gathering is the one the protocol knows about.
+      if (candidate && !candidate.candidate) return;
+      const msg = { type: 'candidate', call: this.#id, candidate: candidate ? candidateInit(candidate) : null };
+      if (this.#offerSent) this.#link.send(msg);
+      else this.#pendingCandidates.push(msg);
+    };
+
+    this.#pc.ontrack = (event) => {
+      // The answer normally carries an msid; the fallback covers one that does not.
+      this.#remoteStream = event.streams[0] ?? new MediaStream([event.track]);
+      this.#emit('track', { stream: this.#remoteStream });
+    };
+
+    // Deferred so the caller can attach listeners before a synchronous
+    // failure (e.g. no navigator.mediaDevices) ends the call.
+    queueMicrotask(() => this.#start(options));
+  }
+
+  get id() { return this.#id; }
+  get to() { return this.#to; }
+  get state() { return this.#state; }
+  get peerConnection() { return this.#pc; }
+  get remoteStream() { return this.#remoteStream; }
+  get endReason() { return this.#endReason; }
+
+  /** Asks the gateway to end the call; `ended` (reason `hangup`) follows. */
+  hangup() {
+    if (this.#state === 'ended' || this.#hangupSent) return;
+    if (!this.#offerSent) {
+      // The gateway has never heard of this call; #start notices and stops.
+      this.#end('hangup', null);
+      return;
+    }
+    if (this.#link.send({ type: 'hangup', call: this.#id }) === 'sent') this.#hangupSent = true;
+    else this.#end('socket_closed', null);
+  }
+
+  async #start(options) {
+    try {
+      let stream = options.stream ?? null;
+      if (!stream && options.audio !== false) {
+        if (!navigator.mediaDevices?.getUserMedia) {
+          throw new Error('microphone access unavailable (the page must be served over HTTPS or from localhost)');
+        }
+        stream = await navigator.mediaDevices.getUserMedia({ audio: options.audio ?? true, video: false });
+        this.#ownStream = stream;
+        if (this.#state === 'ended') { // hung up while the permission prompt was open
+          stopTracks(stream);
+          return;
+        }
+      }
+
+      const track = stream?.getAudioTracks()[0];
+      const transceiver = this.#pc.addTransceiver(track ?? 'audio', {
+        direction: 'sendrecv',
+        streams: stream ? [stream] : [],
+      });
+      if (options.codecs) preferCodecs(transceiver, options.codecs);
+
+      await this.#pc.setLocalDescription(await this.#pc.createOffer());
+      if (this.#state === 'ended') return;
+
+      const result = this.#link.send({ type: 'call', call: this.#id, to: this.#to, sdp: this.#pc.localDescription.sdp });
+      if (result === 'closed') return this.#end('socket_closed', null);
+      if (result === 'too_large') throw new Error('SDP offer exceeds the gateway\'s max_message_bytes');
+      this.#offerSent = true;
+      for (const msg of this.#pendingCandidates) this.#link.send(msg);
+      this.#pendingCandidates = [];
+    } catch (err) {
+      // Closing the peer connection on hangup makes pending WebRTC calls
+      // reject; that is not a client error.
+      if (this.#state !== 'ended') this.#fail('client_error', errorMessage(err));
+    }
+  }
+
+  [RECEIVE](msg) {
+    if (this.#state === 'ended') return;
+    switch (msg.type) {
+      case 'answer':
+        if (this.#answered || typeof msg.sdp !== 'string') return;
+        this.#answered = true;
+        this.#emit('answer', { sdp: msg.sdp });
+        this.#pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp }).catch((err) => {
+          if (this.#state !== 'ended') this.#fail('client_error', `cannot apply answer: ${errorMessage(err)}`);
+        });
+        break;
+      case 'ringing':
+        // Never step back from answered, whatever order a SIP leg produces.
+        if (this.#state === 'connecting') this.#setState('ringing');
+        this.#emit('ringing');
+        break;
+      case 'answered':
+        if (this.#state !== 'answered') this.#setState('answered');
+        this.#emit('answered');
+        break;
+      case 'ended':
+        this.#end(String(msg.reason), typeof msg.code === 'number' ? msg.code : null);
+        break;
+      case 'error': {
+        const code = String(msg.code);
+        this.#emit('error', { code, message: String(msg.message ?? '') });
+        // A rejected `call` gets no `ended`. `internal` before the answer
+        // almost certainly means setup failed; hang up in case it did not.
+        if (NOT_ACCEPTED.has(code)) this.#end(code, null);
+        else if (code === 'internal' && !this.#answered) this.#abandon(code);
+        break;
+      }
+    }
+  }
+
+  // Ends locally after a client-side failure, telling the gateway if it may
+  // already hold the call (its `ended` then finds no call here and is dropped).
+  #fail(code, message) {
+    this.#emit('error', { code, message });
+    this.#abandon(code);
+  }
+
+  #abandon(reason) {
+    if (this.#offerSent && !this.#hangupSent) this.#link.send({ type: 'hangup', call: this.#id });
+    this.#end(reason, null);
+  }
+
+  #end(reason, code) {
+    if (this.#state === 'ended') return;
+    this.#endReason = { reason, code };
+    this.#pc.close();
+    if (this.#ownStream) stopTracks(this.#ownStream);
+    this.#pendingCandidates = [];
+    this.#link.forget(this);
+    this.#setState('ended');
+    this.#emit('ended', { reason, code });
+  }
+
+  #setState(state) {
+    this.#state = state;
+    this.#emit('statechange', { state });
+  }
+
+  #emit(type, detail = null) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+// Reorders/filters the offered codecs; telephone-event stays so DTMF keeps
+// working whatever the voice codec. Capabilities come from the receiver
+// because that is the list setCodecPreferences validates against.
+function preferCodecs(transceiver, names) {
+  if (typeof transceiver.setCodecPreferences !== 'function') {
+    throw new Error('this browser cannot restrict codecs (no setCodecPreferences)');
+  }
+  const available = RTCRtpReceiver.getCapabilities('audio')?.codecs ?? [];
+  const byName = (name) => available.filter((c) => c.mimeType.toLowerCase() === `audio/${name.toLowerCase()}`);
+  const chosen = names.flatMap(byName);
+  if (chosen.length === 0) throw new Error(`none of the codecs ${names.join(', ')} is supported by this browser`);
+  transceiver.setCodecPreferences([...chosen, ...byName('telephone-event')]);
+}
+
+// Built by hand rather than toJSON() so null fields are left out instead of
+// being sent as null to a gateway that may expect them absent.
+function candidateInit(c) {
+  const init = { candidate: c.candidate };
+  if (c.sdpMid != null) init.sdpMid = c.sdpMid;
+  if (c.sdpMLineIndex != null) init.sdpMLineIndex = c.sdpMLineIndex;
+  if (c.usernameFragment != null) init.usernameFragment = c.usernameFragment;
+  return init;
+}
+
+// Accepts nothing (same host, /ws), a relative path, or an http(s) URL, and
+// turns it into the ws(s) URL WebSocket wants.
+function resolveUrl(url) {
+  const base = globalThis.location?.href;
+  const u = new URL(url ?? '/ws', base);
+  if (u.protocol === 'https:') u.protocol = 'wss:';
+  else if (u.protocol === 'http:') u.protocol = 'ws:';
+  return u.href;
+}
+
+function parse(data) {
+  if (typeof data !== 'string') return null;
+  try {
+    const msg = JSON.parse(data);
+    return msg && typeof msg === 'object' && !Array.isArray(msg) && typeof msg.type === 'string' ? msg : null;
+  } catch {
+    return null;
+  }
+}
+
+function stopTracks(stream) {
+  for (const track of stream.getTracks()) track.stop();
+}
+
+function errorMessage(err) {
+  return err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+}

@@ -1,0 +1,23 @@
+//! The JSON-over-WebSocket API (v1) that browsers speak to Gangway.
+//!
+//! This crate owns the wire format only: typed messages, decoding with
+//! machine-readable errors, and the static browser assets. It holds no call
+//! logic; the gateway binary routes decoded messages to calls.
+//! The exact format is documented in `docs/protocol.md`.
+
+mod protocol;
+
+pub use protocol::{
+    decode, encode, ApiError, CallId, ClientMessage, EndReason, ErrorCode, IceCandidate,
+    ServerMessage, PROTOCOL_VERSION,
+};
+
+/// Browser assets served by the gateway.
+pub mod assets {
+    /// The demo page, served at `/`.
+    pub const INDEX_HTML: &str = include_str!("../assets/index.html");
+    /// The dependency-free ES module client, served at `/client.js`.
+    pub const CLIENT_JS: &str = include_str!("../assets/client.js");
+    /// TypeScript typings for the client, served at `/client.d.ts`.
+    pub const CLIENT_DTS: &str = include_str!("../assets/client.d.ts");
+}

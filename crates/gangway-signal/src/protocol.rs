@@ -1,0 +1,357 @@
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use gangway_core::EndReason;
+
+/// Version announced in `hello`; bumped only on incompatible changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+const MAX_CALL_ID_LEN: usize = 64;
+
+/// A client-chosen call identifier, unique among one socket's active calls.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct CallId(String);
+
+impl CallId {
+    /// Validates a call id: 1–64 visible ASCII characters, so it is safe to
+    /// log and to echo back without escaping surprises.
+    pub fn new(s: impl Into<String>) -> Result<Self, String> {
+        let s = s.into();
+        if s.is_empty() || s.len() > MAX_CALL_ID_LEN {
+            return Err(format!("call id must be 1-{MAX_CALL_ID_LEN} characters"));
+        }
+        if !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err("call id must be visible ASCII (no spaces or control characters)".into());
+        }
+        Ok(CallId(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for CallId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        CallId::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A trickled ICE candidate, as `RTCIceCandidateInit` serializes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(rename = "sdpMid", default)]
+    pub sdp_mid: Option<String>,
+    #[serde(rename = "sdpMLineIndex", default)]
+    pub sdp_mline_index: Option<u32>,
+    #[serde(rename = "usernameFragment", default)]
+    pub username_fragment: Option<String>,
+}
+
+/// Messages a browser sends to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    Call {
+        call: CallId,
+        to: String,
+        sdp: String,
+    },
+    Candidate {
+        call: CallId,
+        /// `null` marks the end of candidates; the field itself is required.
+        #[serde(deserialize_with = "required_nullable")]
+        candidate: Option<IceCandidate>,
+    },
+    Hangup {
+        call: CallId,
+    },
+    Ping,
+}
+
+const CLIENT_TYPES: &[&str] = &["call", "candidate", "hangup", "ping"];
+
+fn required_nullable<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d)
+}
+
+/// Machine-readable error codes of `error` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidMessage,
+    UnknownType,
+    BinaryNotSupported,
+    MessageTooLarge,
+    UnknownCall,
+    DuplicateCall,
+    TooManyCalls,
+    InvalidSdp,
+    InvalidCandidate,
+    ShuttingDown,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::UnknownCall => "unknown_call",
+            ErrorCode::DuplicateCall => "duplicate_call",
+            ErrorCode::TooManyCalls => "too_many_calls",
+            ErrorCode::InvalidSdp => "invalid_sdp",
+            ErrorCode::InvalidCandidate => "invalid_candidate",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Every code, for pre-registering metric labels.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidMessage,
+        ErrorCode::UnknownType,
+        ErrorCode::BinaryNotSupported,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::UnknownCall,
+        ErrorCode::DuplicateCall,
+        ErrorCode::TooManyCalls,
+        ErrorCode::InvalidSdp,
+        ErrorCode::InvalidCandidate,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Internal,
+    ];
+}
+
+/// A rejected request: becomes an `error` message on the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub call: Option<CallId>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, call: Option<CallId>, message: impl Into<String>) -> Self {
+        ApiError {
+            call,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn into_message(self) -> ServerMessage {
+        ServerMessage::Error {
+            call: self.call,
+            code: self.code,
+            message: self.message,
+        }
+    }
+}
+
+/// Messages the gateway sends to a browser.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Hello {
+        version: u32,
+        session: String,
+        max_message_bytes: usize,
+    },
+    Answer {
+        call: CallId,
+        sdp: String,
+    },
+    Ringing {
+        call: CallId,
+    },
+    Answered {
+        call: CallId,
+    },
+    Ended {
+        call: CallId,
+        reason: EndReason,
+        code: Option<u16>,
+    },
+    Error {
+        call: Option<CallId>,
+        code: ErrorCode,
+        message: String,
+    },
+    Pong,
+}
+
+/// Decodes one text frame. Errors say exactly what is wrong and carry the
+/// call id when one could be read, so the client can tie them to its call.
+pub fn decode(text: &str) -> Result<ClientMessage, ApiError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidJson, None, format!("not valid JSON: {e}"))
+    })?;
+    let Some(object) = value.as_object() else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            None,
+            "a message must be a JSON object",
+        ));
+    };
+    let call = object
+        .get("call")
+        .and_then(|c| c.as_str())
+        .and_then(|c| CallId::new(c).ok());
+    let kind = match object.get("type") {
+        Some(serde_json::Value::String(kind)) => kind,
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidMessage,
+                call,
+                "field `type` must be a string",
+            ))
+        }
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidMessage,
+                call,
+                "missing field `type`",
+            ))
+        }
+    };
+    if !CLIENT_TYPES.contains(&kind.as_str()) {
+        let shown: String = kind.chars().take(40).collect();
+        return Err(ApiError::new(
+            ErrorCode::UnknownType,
+            call,
+            format!("unknown message type `{shown}`"),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidMessage, call, e.to_string()))
+}
+
+/// Encodes a message as one text frame.
+pub fn encode(msg: &ServerMessage) -> String {
+    // Serializing these plain types cannot fail; a failure would be a bug in
+    // this file, so fall back to a valid `internal` error rather than panic.
+    serde_json::to_string(msg).unwrap_or_else(|e| {
+        format!(r#"{{"type":"error","call":null,"code":"internal","message":"encode: {e}"}}"#)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ApiError {
+        decode(text).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn decodes_call() {
+        let m = decode(r#"{"type":"call","call":"c1","to":"echo","sdp":"v=0"}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Call {
+                call: CallId::new("c1").unwrap(),
+                to: "echo".into(),
+                sdp: "v=0".into()
+            }
+        );
+    }
+
+    #[test]
+    fn null_candidate_is_end_of_candidates_but_field_is_required() {
+        let m = decode(r#"{"type":"candidate","call":"c1","candidate":null}"#).unwrap();
+        assert!(matches!(m, ClientMessage::Candidate { candidate: None, .. }));
+        let e = err(r#"{"type":"candidate","call":"c1"}"#);
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert!(e.message.contains("candidate"), "{}", e.message);
+        assert_eq!(e.call.unwrap().as_str(), "c1");
+    }
+
+    #[test]
+    fn decodes_full_candidate() {
+        let m = decode(
+            r#"{"type":"candidate","call":"c1","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}}"#,
+        )
+        .unwrap();
+        let ClientMessage::Candidate {
+            candidate: Some(c), ..
+        } = m
+        else {
+            panic!("wrong message: {m:?}");
+        };
+        assert_eq!(c.sdp_mid.as_deref(), Some("0"));
+        assert_eq!(c.sdp_mline_index, Some(0));
+    }
+
+    #[test]
+    fn malformed_inputs_get_typed_errors() {
+        assert_eq!(err("{nope").code, ErrorCode::InvalidJson);
+        assert_eq!(err("[1,2]").code, ErrorCode::InvalidJson);
+        assert_eq!(err(r#"{"call":"x"}"#).code, ErrorCode::InvalidMessage);
+        assert_eq!(err(r#"{"type":5}"#).code, ErrorCode::InvalidMessage);
+        assert_eq!(err(r#"{"type":"dance"}"#).code, ErrorCode::UnknownType);
+        let e = err(r#"{"type":"call","call":"c1","to":"echo"}"#);
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert!(e.message.contains("sdp"), "{}", e.message);
+        let e = err(r#"{"type":"hangup","call":""}"#);
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        let e = err(r#"{"type":"hangup","call":"has space"}"#);
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        let long = "x".repeat(65);
+        let e = err(&format!(r#"{{"type":"hangup","call":"{long}"}}"#));
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let m = decode(r#"{"type":"hangup","call":"c1","extra":true}"#).unwrap();
+        assert!(matches!(m, ClientMessage::Hangup { .. }));
+    }
+
+    #[test]
+    fn encodes_exact_wire_format() {
+        let id = CallId::new("c1").unwrap();
+        let ended = ServerMessage::Ended {
+            call: id.clone(),
+            reason: EndReason::Hangup,
+            code: None,
+        };
+        assert_eq!(
+            encode(&ended),
+            r#"{"type":"ended","call":"c1","reason":"hangup","code":null}"#
+        );
+        let e = ApiError::new(ErrorCode::UnknownCall, None, "no such call").into_message();
+        assert_eq!(
+            encode(&e),
+            r#"{"type":"error","call":null,"code":"unknown_call","message":"no such call"}"#
+        );
+        assert_eq!(encode(&ServerMessage::Pong), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn reason_and_code_strings_match_serde() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+}
