@@ -24,6 +24,13 @@ pub enum LegSetupError {
     IncompatibleCodecs,
 }
 
+/// Where the WebRTC leg's media goes once it is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaPlan {
+    /// Back to the browser (the built-in echo line).
+    Echo,
+}
+
 /// Things that happen to a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -54,8 +61,8 @@ pub enum Notify {
 /// What the shell must do for the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Create the WebRTC leg from the browser's offer; its media goes where `route` says.
-    CreateLeg { offer: String, route: Route },
+    /// Create the WebRTC leg from the browser's offer; its media goes where `media` says.
+    CreateLeg { offer: String, media: MediaPlan },
     /// Tear down the WebRTC leg and free its resources.
     ReleaseLeg,
     /// Tell the browser.
@@ -124,11 +131,14 @@ impl Call {
             (S::Ended(_), _) => {}
             (S::Idle, Event::Start { to, offer }) => match self.router.route(&to) {
                 Route::NotFound => self.end(EndReason::NotFound, true),
-                route => {
+                Route::Echo => {
                     self.state = S::SettingUp;
                     self.deadline = Some(now + self.setup_timeout);
                     self.leg_exists = true;
-                    self.actions.push_back(Action::CreateLeg { offer, route });
+                    self.actions.push_back(Action::CreateLeg {
+                        offer,
+                        media: MediaPlan::Echo,
+                    });
                 }
             },
             (S::SettingUp, Event::LegReady { answer }) => {
@@ -217,7 +227,7 @@ mod tests {
             start(&mut c, t0, "echo"),
             vec![Action::CreateLeg {
                 offer: "offer".into(),
-                route: Route::Echo
+                media: MediaPlan::Echo
             }]
         );
         assert_eq!(c.poll_timeout(), Some(t0 + SETUP));

@@ -9,7 +9,7 @@
 mod call;
 mod route;
 
-pub use call::{Action, Call, CallState, Event, LegSetupError, Notify};
+pub use call::{Action, Call, CallState, Event, LegSetupError, MediaPlan, Notify};
 pub use route::{Route, Router};
 
 use serde::{Deserialize, Serialize};

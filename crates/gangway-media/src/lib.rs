@@ -1,1 +1,14 @@
+//! Media shards.
+//!
+//! A shard is one OS thread running a single-threaded loop that owns a UDP
+//! socket (the WebRTC port) and every peer on it. The rest of the gateway
+//! talks to a shard only through [`ShardHandle`] commands; results and leg
+//! events come back on the channel each call supplies. Packets never leave
+//! the shard's thread.
+//!
+//! Today a call's media has one route, [`MediaRoute::Echo`]; the SIP bridge
+//! and transcoding routes plug in here.
 
+mod shard;
+
+pub use shard::{LegEvent, MediaRoute, ShardHandle, ShardMetrics, ShardStartError};

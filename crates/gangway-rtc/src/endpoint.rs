@@ -52,7 +52,7 @@ pub struct EndpointConfig {
 }
 
 /// Why an offer was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SetupError {
     #[error("invalid SDP offer: {0}")]
     InvalidSdp(String),
@@ -62,7 +62,7 @@ pub enum SetupError {
     DuplicatePeer(PeerId),
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CandidateError {
     #[error("no such peer")]
     UnknownPeer,

@@ -1,1 +1,102 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gangway::{Config, Gateway, LogFormat};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// Gangway: a WebRTC-to-SIP gateway.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Configuration file [default: config/gangway.toml if present]
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print the effective values as JSON and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gangway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        match effective_config_json(&config) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("gangway: configuration is valid but cannot be printed: {e}"),
+        }
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gangway: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let drain = config.drain_timeout();
+    let gateway = match Gateway::start(config).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("gangway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!("demo page: http://{}/ (call `{}`)", gateway.http_addr(), gateway.config().calls.echo_destination);
+    wait_for_signal().await;
+    info!(drain_secs = drain.as_secs(), "shutting down: draining calls (signal again to stop now)");
+    let shutdown = gateway.shutdown(drain);
+    tokio::select! {
+        _ = shutdown => {}
+        _ = wait_for_signal() => warn!("second signal: stopping without drain"),
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            },
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn effective_config_json(config: &Config) -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(config)
+}

@@ -1,0 +1,351 @@
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gangway_rtc::{Endpoint, EndpointConfig, PeerEvent, PeerId, SetupError};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+/// Where a call's browser media goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaRoute {
+    /// Straight back to the same browser.
+    Echo,
+}
+
+/// What a shard tells a call about its WebRTC leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegEvent {
+    /// The offer was accepted; this is the SDP answer.
+    Ready { answer: String },
+    Failed(SetupError),
+    CandidateRejected(String),
+    Connected,
+    Disconnected,
+}
+
+/// Counters a shard updates as it works. Cloning shares the underlying atomics.
+#[derive(Debug, Clone, Default)]
+pub struct ShardMetrics {
+    pub peers: Gauge,
+    pub packets_in: Counter,
+    pub packets_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    /// Datagrams no peer accepted (stray, late or hostile traffic).
+    pub unmatched: Counter,
+    /// Datagrams the socket refused to send (buffer full).
+    pub send_drops: Counter,
+}
+
+#[derive(Debug)]
+enum Command {
+    AddPeer {
+        id: PeerId,
+        offer: String,
+        route: MediaRoute,
+        events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
+    },
+    AddCandidate {
+        id: PeerId,
+        candidate: String,
+    },
+    RemovePeer {
+        id: PeerId,
+    },
+    Stop {
+        done: oneshot::Sender<()>,
+    },
+}
+
+#[derive(Debug)]
+pub enum ShardStartError {
+    Bind(SocketAddr, io::Error),
+    Endpoint(String),
+    Thread(io::Error),
+}
+
+impl std::fmt::Display for ShardStartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardStartError::Bind(a, e) => write!(f, "cannot bind WebRTC UDP port {a}: {e}"),
+            ShardStartError::Endpoint(e) => write!(f, "cannot set up WebRTC endpoint: {e}"),
+            ShardStartError::Thread(e) => write!(f, "cannot start media thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ShardStartError {}
+
+/// The gateway's way into one shard. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShardHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    local_addr: SocketAddr,
+}
+
+impl ShardHandle {
+    /// Binds `bind` and starts the shard thread. With port 0 the OS picks the
+    /// port; the advertised candidate then uses it too.
+    pub fn start(
+        bind: SocketAddr,
+        advertise_ip: Option<std::net::IpAddr>,
+        config: EndpointConfig,
+        metrics: ShardMetrics,
+    ) -> Result<Self, ShardStartError> {
+        let socket = StdUdpSocket::bind(bind).map_err(|e| ShardStartError::Bind(bind, e))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| ShardStartError::Bind(bind, e))?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|e| ShardStartError::Bind(bind, e))?;
+        let candidate_addr =
+            SocketAddr::new(advertise_ip.unwrap_or(local_addr.ip()), local_addr.port());
+        let endpoint = Endpoint::new(EndpointConfig {
+            candidate_addr,
+            ..config
+        })
+        .map_err(ShardStartError::Endpoint)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        thread::Builder::new()
+            .name("gangway-media".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        warn!("media shard runtime failed to start: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match UdpSocket::from_std(socket) {
+                        Ok(socket) => Shard::new(socket, endpoint, metrics).run(rx).await,
+                        Err(e) => warn!("media shard socket unusable: {e}"),
+                    }
+                });
+            })
+            .map_err(ShardStartError::Thread)?;
+        info!(%local_addr, %candidate_addr, "WebRTC media shard listening");
+        Ok(ShardHandle {
+            commands: tx,
+            local_addr,
+        })
+    }
+
+    /// The address the shard's UDP socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sets up a peer from a browser offer. The answer (or failure) and every
+    /// later leg event arrive on `events`, tagged with `id`.
+    pub fn add_peer(
+        &self,
+        id: PeerId,
+        offer: String,
+        route: MediaRoute,
+        events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
+    ) {
+        let _ = self.commands.send(Command::AddPeer {
+            id,
+            offer,
+            route,
+            events,
+        });
+    }
+
+    pub fn add_candidate(&self, id: PeerId, candidate: String) {
+        let _ = self.commands.send(Command::AddCandidate { id, candidate });
+    }
+
+    pub fn remove_peer(&self, id: PeerId) {
+        let _ = self.commands.send(Command::RemovePeer { id });
+    }
+
+    /// Stops the shard and waits until its thread has released the socket.
+    pub async fn stop(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.commands.send(Command::Stop { done }).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+struct PeerEntry {
+    route: MediaRoute,
+    events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
+}
+
+struct Shard {
+    socket: UdpSocket,
+    endpoint: Endpoint,
+    peers: HashMap<PeerId, PeerEntry>,
+    metrics: ShardMetrics,
+}
+
+/// Longest a shard sleeps with nothing scheduled; keeps the loop honest.
+const IDLE_WAKEUP: Duration = Duration::from_secs(1);
+/// Larger than any datagram a WebRTC peer sends (MTU-sized).
+const RECV_BUFFER: usize = 2048;
+
+impl Shard {
+    fn new(socket: UdpSocket, endpoint: Endpoint, metrics: ShardMetrics) -> Self {
+        Shard {
+            socket,
+            endpoint,
+            peers: HashMap::new(),
+            metrics,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        loop {
+            self.flush();
+            let deadline = self
+                .endpoint
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + IDLE_WAKEUP);
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((n, source)) => {
+                        self.metrics.packets_in.inc();
+                        self.metrics.bytes_in.inc_by(n as u64);
+                        if self.endpoint.handle_receive(Instant::now(), source, &buf[..n]).is_none() {
+                            self.metrics.unmatched.inc();
+                        }
+                    }
+                    // ICMP port-unreachable from a browser that went away surfaces here; not fatal.
+                    Err(e) => debug!("recv error: {e}"),
+                },
+                command = commands.recv() => {
+                    let Some(command) = command else {
+                        self.remove_all();
+                        return;
+                    };
+                    if let Some(done) = self.handle_command(command) {
+                        self.remove_all();
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    self.endpoint.handle_timeout(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Returns the stop acknowledgement when the command asks the shard to stop.
+    fn handle_command(&mut self, command: Command) -> Option<oneshot::Sender<()>> {
+        match command {
+            Command::AddPeer {
+                id,
+                offer,
+                route,
+                events,
+            } => {
+                let event = match self.endpoint.add_peer(id, &offer, Instant::now()) {
+                    Ok(answer) => {
+                        self.peers.insert(id, PeerEntry { route, events: events.clone() });
+                        self.metrics.peers.set(self.peers.len() as i64);
+                        LegEvent::Ready { answer }
+                    }
+                    Err(e) => LegEvent::Failed(e),
+                };
+                let _ = events.send((id, event));
+            }
+            Command::AddCandidate { id, candidate } => {
+                if let Err(e) = self.endpoint.add_remote_candidate(id, &candidate) {
+                    if let Some(peer) = self.peers.get(&id) {
+                        let _ = peer.events.send((id, LegEvent::CandidateRejected(e.to_string())));
+                    }
+                }
+            }
+            Command::RemovePeer { id } => {
+                self.endpoint.remove_peer(id);
+                self.peers.remove(&id);
+                self.metrics.peers.set(self.peers.len() as i64);
+            }
+            Command::Stop { done } => return Some(done),
+        }
+        None
+    }
+
+    /// Sends what the endpoint queued and routes its events, until both are
+    /// empty (routing media queues more transmits).
+    fn flush(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.endpoint.poll_transmit() {
+                progressed = true;
+                match self.socket.try_send_to(&t.contents, t.destination) {
+                    Ok(n) => {
+                        self.metrics.packets_out.inc();
+                        self.metrics.bytes_out.inc_by(n as u64);
+                    }
+                    Err(e) => {
+                        self.metrics.send_drops.inc();
+                        debug!(dest = %t.destination, "send failed: {e}");
+                    }
+                }
+            }
+            while let Some(event) = self.endpoint.poll_event() {
+                progressed = true;
+                self.route(event);
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn route(&mut self, event: PeerEvent) {
+        match event {
+            PeerEvent::Connected(id) => self.tell(id, LegEvent::Connected),
+            PeerEvent::Disconnected(id) => self.tell(id, LegEvent::Disconnected),
+            PeerEvent::Media(id, frame) => {
+                let Some(peer) = self.peers.get(&id) else { return };
+                match peer.route {
+                    MediaRoute::Echo => {
+                        // Audio only: DTMF events are not echoed as tones.
+                        if frame.codec.is_some() {
+                            self.endpoint.write_media(
+                                id,
+                                frame.mid,
+                                frame.pt,
+                                frame.time,
+                                Instant::now(),
+                                frame.data,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn tell(&self, id: PeerId, event: LegEvent) {
+        if let Some(peer) = self.peers.get(&id) {
+            let _ = peer.events.send((id, event));
+        }
+    }
+
+    fn remove_all(&mut self) {
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.endpoint.remove_peer(id);
+        }
+        self.peers.clear();
+        self.metrics.peers.set(0);
+    }
+}

@@ -1,0 +1,350 @@
+//! Configuration: `config/gangway.toml` (or `--config`), then `GANGWAY_*`
+//! environment overrides, then validation with errors that name the key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use gangway_rtc::AudioCodec;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub webrtc: WebRtcConfig,
+    pub calls: CallsConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the demo page, `/ws`, `/metrics` and health endpoints.
+    pub listen: SocketAddr,
+    /// Largest accepted API text frame; larger ones get `message_too_large`.
+    pub max_message_bytes: usize,
+    /// Origins allowed to open `/ws` besides the gateway's own (e.g. `https://app.example.com`).
+    /// Requests without an `Origin` header (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `info,gangway_rtc=debug`. `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRtcConfig {
+    /// The one UDP address all browsers send media to. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Address put in the ICE candidate instead of the listen address (behind NAT,
+    /// or when listening on 0.0.0.0).
+    pub public_ip: Option<IpAddr>,
+    /// Audio codecs accepted from browsers, in preference order: `opus`, `pcmu`, `pcma`.
+    pub codecs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    /// Destination name of the built-in echo line; empty disables it.
+    pub echo_destination: String,
+    /// How long a call may take to get media connected before it is ended.
+    pub setup_timeout_secs: u64,
+    /// Concurrent calls one WebSocket may hold.
+    pub max_per_session: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// On SIGTERM/SIGINT, how long existing calls may continue before they are ended.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".parse().expect("valid literal"),
+            max_message_bytes: 64 * 1024,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        WebRtcConfig {
+            listen: "127.0.0.1:40000".parse().expect("valid literal"),
+            public_ip: None,
+            codecs: vec!["opus".into(), "pcmu".into(), "pcma".into()],
+        }
+    }
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            echo_destination: "echo".into(),
+            setup_timeout_secs: 30,
+            max_per_session: 8,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            webrtc: WebRtcConfig::default(),
+            calls: CallsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+/// The hard WebSocket frame limit; beyond it the socket is closed with 1009.
+pub const MAX_WS_FRAME_BYTES: usize = 1024 * 1024;
+
+/// A configuration problem, naming the key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "configuration: {}", self.problem)
+        } else {
+            write!(f, "configuration key `{}`: {}", self.key, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn problem(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the file (if given or if the default path exists),
+    /// then `GANGWAY_SECTION__KEY` environment variables, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, Env::prefixed("GANGWAY_").split("__"))
+    }
+
+    fn load_with_env(path: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(p) if !p.exists() => {
+                return Err(problem("", format!("file {} does not exist", p.display())))
+            }
+            Some(p) => figment = figment.merge(Toml::file_exact(p)),
+            None => {
+                let default = Path::new("config/gangway.toml");
+                if default.exists() {
+                    figment = figment.merge(Toml::file_exact(default));
+                }
+            }
+        }
+        let config: Config = figment.merge(env).extract().map_err(|e| {
+            let key = e.path.join(".");
+            let mut e = e;
+            // Keep figment's text but drop its path prefix: we print the key ourselves.
+            e.path.clear();
+            let text = e.to_string();
+            problem(&key, text)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        if !(1024..=MAX_WS_FRAME_BYTES).contains(&h.max_message_bytes) {
+            return Err(problem(
+                "http.max_message_bytes",
+                format!("must be between 1024 and {MAX_WS_FRAME_BYTES}"),
+            ));
+        }
+        for origin in &h.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(problem(
+                    "http.allowed_origins",
+                    format!("`{origin}` must look like https://host[:port]"),
+                ));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| problem("log.level", format!("not a valid filter: {e}")))?;
+        let w = &self.webrtc;
+        if w.listen.ip().is_unspecified() && w.public_ip.is_none() {
+            return Err(problem(
+                "webrtc.public_ip",
+                "required when webrtc.listen binds all interfaces: browsers need a concrete address to send media to",
+            ));
+        }
+        if let Some(ip) = w.public_ip {
+            if ip.is_unspecified() {
+                return Err(problem("webrtc.public_ip", "must be a concrete address, not 0.0.0.0 or ::"));
+            }
+        }
+        self.audio_codecs()?;
+        let c = &self.calls;
+        if !(1..=300).contains(&c.setup_timeout_secs) {
+            return Err(problem("calls.setup_timeout_secs", "must be between 1 and 300"));
+        }
+        if !(1..=1000).contains(&c.max_per_session) {
+            return Err(problem("calls.max_per_session", "must be between 1 and 1000"));
+        }
+        if c.echo_destination.trim() != c.echo_destination {
+            return Err(problem("calls.echo_destination", "must not have leading or trailing spaces"));
+        }
+        if self.shutdown.drain_timeout_secs > 3600 {
+            return Err(problem("shutdown.drain_timeout_secs", "must be at most 3600"));
+        }
+        Ok(())
+    }
+
+    /// The configured audio codecs, parsed.
+    pub fn audio_codecs(&self) -> Result<Vec<AudioCodec>, ConfigError> {
+        let key = "webrtc.codecs";
+        if self.webrtc.codecs.is_empty() {
+            return Err(problem(key, "at least one codec is required"));
+        }
+        let mut out = Vec::new();
+        for name in &self.webrtc.codecs {
+            let codec = match name.to_ascii_lowercase().as_str() {
+                "opus" => AudioCodec::Opus,
+                "pcmu" => AudioCodec::Pcmu,
+                "pcma" => AudioCodec::Pcma,
+                _ => {
+                    return Err(problem(
+                        key,
+                        format!("unknown codec `{name}`; expected opus, pcmu or pcma"),
+                    ))
+                }
+            };
+            if out.contains(&codec) {
+                return Err(problem(key, format!("codec `{name}` is listed twice")));
+            }
+            out.push(codec);
+        }
+        Ok(out)
+    }
+
+    pub fn echo_destination(&self) -> Option<String> {
+        Some(self.calls.echo_destination.clone()).filter(|s| !s.is_empty())
+    }
+
+    pub fn setup_timeout(&self) -> Duration {
+        Duration::from_secs(self.calls.setup_timeout_secs)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown.drain_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn no_env() -> Env {
+        Env::prefixed("GANGWAY_TEST_UNUSED_").split("__")
+    }
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(toml.as_bytes()).unwrap();
+        Config::load_with_env(Some(f.path()), no_env())
+    }
+
+    #[test]
+    fn shipped_config_is_valid_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/gangway.toml");
+        let c = Config::load_with_env(Some(&path), no_env()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load_str("[webrtc]\ncodecs = [\"g729\"]\n").unwrap_err();
+        assert_eq!(e.key, "webrtc.codecs");
+        assert!(e.problem.contains("g729"), "{e}");
+
+        let e = load_str("[http]\nlisten = \"nonsense\"\n").unwrap_err();
+        assert_eq!(e.key, "http.listen", "{e}");
+
+        let e = load_str("[calls]\nsetup_timeout_secs = 0\n").unwrap_err();
+        assert_eq!(e.key, "calls.setup_timeout_secs");
+
+        let e = load_str("[webrtc]\nlisten = \"0.0.0.0:40000\"\n").unwrap_err();
+        assert_eq!(e.key, "webrtc.public_ip");
+
+        let e = load_str("[calls]\nunknown_key = 1\n").unwrap_err();
+        assert!(e.to_string().contains("unknown_key"), "{e}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let e = Config::load_with_env(Some(Path::new("/nonexistent/gangway.toml")), no_env())
+            .unwrap_err();
+        assert!(e.problem.contains("does not exist"));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"[calls]\necho_destination = \"*43\"\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("GANGWAY_CALLS__ECHO_DESTINATION", "test-echo");
+            jail.set_env("GANGWAY_WEBRTC__PUBLIC_IP", "192.0.2.7");
+            jail.set_env("GANGWAY_WEBRTC__LISTEN", "0.0.0.0:0");
+            let c = Config::load(Some(f.path())).map_err(|e| e.to_string())?;
+            assert_eq!(c.calls.echo_destination, "test-echo");
+            assert_eq!(c.webrtc.public_ip, Some("192.0.2.7".parse().unwrap()));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,109 @@
+//! HTTP routes. Handlers stay thin: assets, health, metrics, and the
+//! WebSocket upgrade that hands the socket to a session.
+
+use std::sync::Arc;
+
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use gangway_signal::assets;
+
+use crate::config::MAX_WS_FRAME_BYTES;
+use crate::{session, Phase, Shared};
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(assets::INDEX_HTML) }))
+        .route("/client.js", get(|| async { javascript(assets::CLIENT_JS) }))
+        .route("/client.d.ts", get(|| async { typescript(assets::CLIENT_DTS) }))
+        .route("/ws", get(websocket))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
+fn javascript(body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], body).into_response()
+}
+
+fn typescript(body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "application/typescript; charset=utf-8")], body).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Ready while accepting new calls; 503 while draining so load balancers move on.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    match *shared.phase.borrow() {
+        Phase::Running => (StatusCode::OK, "ready\n").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response(),
+    }
+}
+
+async fn websocket(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&headers, &shared.config.http.allowed_origins) {
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    upgrade
+        .max_message_size(MAX_WS_FRAME_BYTES)
+        .max_frame_size(MAX_WS_FRAME_BYTES)
+        .on_upgrade(move |socket| session::run(socket, shared))
+}
+
+/// Browsers always send `Origin` on WebSocket requests; refusing foreign
+/// origins stops other sites from placing calls with a visitor's session
+/// (cross-site WebSocket hijacking). Non-browser clients send none.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, host.parse().unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, o.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn same_origin_and_listed_origins_only() {
+        assert!(origin_allowed(&headers(None, "gw:8080"), &[]));
+        assert!(origin_allowed(&headers(Some("http://gw:8080"), "gw:8080"), &[]));
+        assert!(origin_allowed(&headers(Some("https://gw:8080"), "gw:8080"), &[]));
+        assert!(!origin_allowed(&headers(Some("https://evil.example"), "gw:8080"), &[]));
+        let allowed = vec!["https://app.example.com".to_string()];
+        assert!(origin_allowed(&headers(Some("https://app.example.com"), "gw:8080"), &allowed));
+        assert!(!origin_allowed(&headers(Some("https://app.example.com.evil"), "gw:8080"), &allowed));
+    }
+}

@@ -1,0 +1,99 @@
+//! Prometheus metrics (OpenMetrics text at `/metrics`).
+
+use gangway_core::EndReason;
+use gangway_media::ShardMetrics;
+use gangway_signal::ErrorCode;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels = [(&'static str, &'static str); 1];
+
+pub struct Metrics {
+    registry: Registry,
+    pub calls_active: Gauge,
+    pub calls_started: Family<Labels, Counter>,
+    pub calls_ended: Family<Labels, Counter>,
+    pub ws_active: Gauge,
+    pub ws_total: Counter,
+    pub api_errors: Family<Labels, Counter>,
+    /// From the API `call` to ICE+DTLS connected on the WebRTC leg.
+    pub webrtc_connect_seconds: Histogram,
+    pub shard: ShardMetrics,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gangway");
+        let m = Metrics {
+            calls_active: Gauge::default(),
+            calls_started: Family::default(),
+            calls_ended: Family::default(),
+            ws_active: Gauge::default(),
+            ws_total: Counter::default(),
+            api_errors: Family::default(),
+            webrtc_connect_seconds: Histogram::new(
+                [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0].into_iter(),
+            ),
+            shard: ShardMetrics::default(),
+            registry: Registry::default(),
+        };
+        registry.register("calls_active", "Calls in progress", m.calls_active.clone());
+        registry.register("calls_started", "Calls accepted, by route", m.calls_started.clone());
+        registry.register("calls_ended", "Calls ended, by reason", m.calls_ended.clone());
+        registry.register("ws_connections_active", "Open API WebSocket connections", m.ws_active.clone());
+        registry.register("ws_connections", "API WebSocket connections accepted", m.ws_total.clone());
+        registry.register("api_errors", "API error messages sent, by code", m.api_errors.clone());
+        registry.register(
+            "webrtc_connect_seconds",
+            "Time from the API call request to ICE and DTLS connected",
+            m.webrtc_connect_seconds.clone(),
+        );
+        let s = &m.shard;
+        registry.register("webrtc_peers_active", "WebRTC peers held by media shards", s.peers.clone());
+        registry.register("webrtc_packets_received", "UDP datagrams received on the WebRTC port", s.packets_in.clone());
+        registry.register("webrtc_packets_sent", "UDP datagrams sent from the WebRTC port", s.packets_out.clone());
+        registry.register("webrtc_bytes_received", "Bytes received on the WebRTC port", s.bytes_in.clone());
+        registry.register("webrtc_bytes_sent", "Bytes sent from the WebRTC port", s.bytes_out.clone());
+        registry.register(
+            "webrtc_unmatched_datagrams",
+            "Datagrams on the WebRTC port that belonged to no peer",
+            s.unmatched.clone(),
+        );
+        registry.register("webrtc_send_drops", "Datagrams the WebRTC socket could not send", s.send_drops.clone());
+        // Pre-create every label so dashboards and alerts see zeros, not gaps.
+        for reason in EndReason::ALL {
+            let _ = m.calls_ended.get_or_create(&[("reason", reason.as_str())]);
+        }
+        for code in ErrorCode::ALL {
+            let _ = m.api_errors.get_or_create(&[("code", code.as_str())]);
+        }
+        let _ = m.calls_started.get_or_create(&[("route", "echo")]);
+        Metrics { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn call_ended(&self, reason: EndReason) {
+        self.calls_ended.get_or_create(&[("reason", reason.as_str())]).inc();
+        self.calls_active.dec();
+    }
+
+    pub fn api_error(&self, code: ErrorCode) {
+        self.api_errors.get_or_create(&[("code", code.as_str())]).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
