@@ -179,11 +179,11 @@ impl Endpoint {
     }
 
     /// Accepts a browser's offer and returns the SDP answer.
-    pub fn add_peer(&mut self, id: PeerId, offer: &str, now: Instant) -> Result<String, SetupError> {
+    pub fn add_peer(&mut self, id: PeerId, offer_text: &str, now: Instant) -> Result<String, SetupError> {
         if self.peers.contains_key(&id) {
             return Err(SetupError::DuplicatePeer(id));
         }
-        let offer = str0m::change::SdpOffer::from_sdp_string(offer)
+        let offer = str0m::change::SdpOffer::from_sdp_string(offer_text)
             .map_err(|e| SetupError::InvalidSdp(e.to_string()))?;
         let mut rtc = self.rtc_config().build(now);
         let candidate = Candidate::host(self.config.candidate_addr, "udp")
@@ -201,16 +201,14 @@ impl Endpoint {
             dead: false,
             reported_dead: false,
         };
-        let mut audio_mids = Vec::new();
-        drain(id, &mut peer, &mut self.transmits, &mut |ev| match ev {
-            Event::MediaAdded(m) if m.kind == MediaKind::Audio => audio_mids.push(m.mid),
-            _ => {}
-        });
+        drain(id, &mut peer, &mut self.transmits, &mut |_| {});
+        let audio_mids = audio_mids(offer_text);
         if audio_mids.is_empty() {
             return Err(SetupError::InvalidSdp("the offer has no audio m-line".into()));
         }
         let has_codec = audio_mids.iter().any(|mid| {
-            peer.rtc.writer(*mid).is_some_and(|w| {
+            peer.rtc.media(*mid).is_some_and(|m| m.kind() == MediaKind::Audio)
+                && peer.rtc.writer(*mid).is_some_and(|w| {
                 w.payload_params()
                     .any(|p| AudioCodec::from_str0m(p.spec().codec).is_some())
             })
@@ -360,6 +358,23 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// The mids of the offer's audio m-lines. str0m announces media with an
+/// event only after later polls, and the answer must be judged now.
+fn audio_mids(offer: &str) -> Vec<Mid> {
+    let mut mids = Vec::new();
+    let mut in_audio = false;
+    for line in offer.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_audio = m.starts_with("audio ");
+        } else if let Some(mid) = line.strip_prefix("a=mid:") {
+            if in_audio && !mid.is_empty() && mid.len() <= 16 {
+                mids.push(Mid::from(mid));
+            }
+        }
+    }
+    mids
 }
 
 /// Drains one peer's output until str0m reports its next timeout, as str0m

@@ -1,0 +1,101 @@
+//! A WebSocket client for the JSON API, strict about what it receives.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gangway::Gateway;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ApiClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub hello: Value,
+}
+
+/// What the server did instead of sending a message.
+#[derive(Debug, PartialEq)]
+pub enum Closed {
+    Close(Option<CloseCode>),
+    Gone,
+}
+
+impl ApiClient {
+    /// Connects to `/ws` and reads the `hello`.
+    pub async fn connect(gw: &Gateway) -> ApiClient {
+        let url = format!("ws://{}/ws", gw.http_addr());
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        let mut c = ApiClient { ws, hello: Value::Null };
+        c.hello = c.recv().await;
+        assert_eq!(c.hello["type"], "hello", "first message is hello: {}", c.hello);
+        c
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::text(text.into())).await.expect("send");
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send");
+    }
+
+    /// Next JSON message; panics on timeout or close.
+    pub async fn recv(&mut self) -> Value {
+        match self.try_recv(RECV_TIMEOUT).await {
+            Ok(v) => v,
+            Err(c) => panic!("expected a message, got {c:?}"),
+        }
+    }
+
+    /// Next JSON message, or how the socket ended. Panics on timeout.
+    pub async fn try_recv(&mut self, timeout: Duration) -> Result<Value, Closed> {
+        loop {
+            let next = tokio::time::timeout(timeout, self.ws.next())
+                .await
+                .expect("timed out waiting for a message");
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    return Ok(serde_json::from_str(t.as_str()).expect("server sends JSON"))
+                }
+                Some(Ok(Message::Close(frame))) => return Err(Closed::Close(frame.map(|f| f.code))),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+                Some(Err(_)) | None => return Err(Closed::Gone),
+            }
+        }
+    }
+
+    /// Next message, which must have this `type`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let m = self.recv().await;
+        assert_eq!(m["type"], kind, "expected `{kind}`, got {m}");
+        m
+    }
+
+    /// Asserts nothing arrives for a while.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        if let Ok(Some(Ok(m))) = tokio::time::timeout(d, self.ws.next()).await {
+            panic!("expected no message, got {m:?}");
+        }
+    }
+
+    pub async fn call(&mut self, id: &str, to: &str, sdp: &str) {
+        self.send(json!({"type": "call", "call": id, "to": to, "sdp": sdp})).await;
+    }
+
+    pub async fn hangup(&mut self, id: &str) {
+        self.send(json!({"type": "hangup", "call": id})).await;
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

@@ -1,0 +1,75 @@
+//! An in-process gateway on free loopback ports, and metric scraping over HTTP.
+
+use std::sync::Once;
+
+use gangway::{Config, Gateway};
+
+/// Starts a gateway with default config, HTTP and WebRTC on 127.0.0.1 port 0
+/// (the OS picks free ports, so parallel tests never collide).
+pub async fn start_gateway() -> Gateway {
+    start_gateway_with(|_| {}).await
+}
+
+pub async fn start_gateway_with(f: impl FnOnce(&mut Config)) -> Gateway {
+    init_tracing();
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.webrtc.listen = "127.0.0.1:0".parse().unwrap();
+    f(&mut config);
+    Gateway::start(config).await.expect("gateway starts")
+}
+
+/// Logs go to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// Fetches `/metrics` over HTTP, as Prometheus would.
+pub async fn scrape(gw: &Gateway) -> String {
+    let url = format!("http://{}/metrics", gw.http_addr());
+    tokio::task::spawn_blocking(move || {
+        ureq::get(&url)
+            .call()
+            .expect("GET /metrics")
+            .body_mut()
+            .read_to_string()
+            .expect("metrics body")
+    })
+    .await
+    .expect("scrape task")
+}
+
+/// The value of one series, e.g. `gangway_calls_active` or
+/// `gangway_calls_ended_total{reason="hangup"}`. Panics if absent.
+pub async fn scrape_metric(gw: &Gateway, series: &str) -> f64 {
+    let text = scrape(gw).await;
+    metric_value(&text, series).unwrap_or_else(|| panic!("series {series} not in /metrics:\n{text}"))
+}
+
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        let value = rest.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+/// Polls a metric until it equals `want` or `timeout` passes; returns the last value.
+pub async fn wait_metric(gw: &Gateway, series: &str, want: f64, timeout: std::time::Duration) -> f64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let v = scrape_metric(gw, series).await;
+        if v == want || tokio::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

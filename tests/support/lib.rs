@@ -1,0 +1,9 @@
+//! Shared harness for Gangway's end-to-end tests: an in-process gateway on
+//! free ports, a WebSocket API client, a str0m-based WebRTC client, audio
+//! analysis (Goertzel) and a minimal WebDriver client for headless Chromium.
+
+pub mod api_client;
+pub mod audio;
+pub mod gateway;
+pub mod rtc_client;
+pub mod webdriver;

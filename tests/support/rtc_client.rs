@@ -1,0 +1,210 @@
+//! A real WebRTC peer for tests and load: str0m as a full-ICE, controlling
+//! client on its own UDP socket, offering one audio m-line. It sends numbered
+//! frames and checks that what comes back is byte-for-byte what it sent.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCodec {
+    Opus,
+    Pcmu,
+    Pcma,
+}
+
+pub struct RtcClient {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    mid: Mid,
+    pending: Option<SdpPendingOffer>,
+    codec: ClientCodec,
+    connected: bool,
+    disconnected: bool,
+    next_timeout: Instant,
+    received: Vec<Vec<u8>>,
+}
+
+/// Result of an echo exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct EchoReport {
+    pub sent: usize,
+    /// Frames received that equal a frame we sent.
+    pub echoed: usize,
+    /// Frames received that we never sent (must be zero).
+    pub foreign: usize,
+}
+
+impl RtcClient {
+    /// Binds a socket and creates the offer SDP.
+    pub async fn new(codec: ClientCodec) -> (RtcClient, String) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind client socket");
+        let local = socket.local_addr().unwrap();
+        let builder = Rtc::builder().clear_codecs();
+        let builder = match codec {
+            ClientCodec::Opus => builder.enable_opus(true, false),
+            ClientCodec::Pcmu => builder.enable_pcmu(true, false),
+            ClientCodec::Pcma => builder.enable_pcma(true, false),
+        };
+        let mut rtc = builder.build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = change.apply().expect("offer");
+        let client = RtcClient {
+            rtc,
+            socket,
+            local,
+            mid,
+            pending: Some(pending),
+            codec,
+            connected: false,
+            disconnected: false,
+            next_timeout: Instant::now(),
+            received: Vec::new(),
+        };
+        (client, offer.to_sdp_string())
+    }
+
+    pub fn accept_answer(&mut self, sdp: &str) {
+        let answer = SdpAnswer::from_sdp_string(sdp).expect("answer parses");
+        let pending = self.pending.take().expect("one answer per offer");
+        self.rtc.sdp_api().accept_answer(pending, answer).expect("answer accepted");
+        self.drain();
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Drives ICE and DTLS until connected. Returns false on timeout or failure.
+    pub async fn connect(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.connected && !self.disconnected && Instant::now() < deadline {
+            self.step(deadline).await;
+        }
+        self.connected
+    }
+
+    /// Sends `frames` numbered 20 ms frames (tagged with `tag`) and keeps
+    /// receiving for `linger` afterwards, then reports what came back.
+    pub async fn echo_exchange(&mut self, tag: u32, frames: usize, linger: Duration) -> EchoReport {
+        let pt = self.pt();
+        let (clock, step) = match self.codec {
+            ClientCodec::Opus => (48_000, 960),
+            _ => (8_000, 160),
+        };
+        let mut sent = HashSet::new();
+        let start = Instant::now();
+        for i in 0..frames {
+            let due = start + Duration::from_millis(20 * i as u64);
+            while Instant::now() < due {
+                self.step(due).await;
+            }
+            let payload = frame_payload(self.codec, tag, i as u32);
+            sent.insert(payload.clone());
+            let time = MediaTime::new(i as u64 * step, str0m::media::Frequency::new(clock).unwrap());
+            if let Some(writer) = self.rtc.writer(self.mid) {
+                writer.write(pt, Instant::now(), time, payload).expect("write");
+            }
+            self.drain();
+        }
+        let end = Instant::now() + linger;
+        while Instant::now() < end {
+            self.step(end).await;
+        }
+        let echoed = self.received.iter().filter(|r| sent.contains(*r)).count();
+        let foreign = self.received.len() - echoed;
+        self.received.clear();
+        EchoReport { sent: frames, echoed, foreign }
+    }
+
+    fn pt(&mut self) -> Pt {
+        let want = match self.codec {
+            ClientCodec::Opus => Codec::Opus,
+            ClientCodec::Pcmu => Codec::PCMU,
+            ClientCodec::Pcma => Codec::PCMA,
+        };
+        let writer = self.rtc.writer(self.mid).expect("audio media");
+        let pt = writer
+            .payload_params()
+            .find(|p| p.spec().codec == want)
+            .map(|p| p.pt());
+        pt.expect("negotiated payload type")
+    }
+
+    /// One turn of the loop: a datagram or the next timeout, whichever first.
+    async fn step(&mut self, not_after: Instant) {
+        let wake = self.next_timeout.min(not_after).max(Instant::now());
+        let mut buf = [0u8; 2000];
+        tokio::select! {
+            r = self.socket.recv_from(&mut buf) => {
+                if let Ok((n, source)) = r {
+                    if let Ok(contents) = buf[..n].try_into() {
+                        let input = Input::Receive(Instant::now(), Receive {
+                            proto: Protocol::Udp,
+                            source,
+                            destination: self.local,
+                            contents,
+                        });
+                        let _ = self.rtc.handle_input(input);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let _ = self.rtc.handle_input(Input::Timeout(Instant::now()));
+            }
+        }
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.next_timeout = t;
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Event(e)) => match e {
+                    Event::Connected => self.connected = true,
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        self.disconnected = true
+                    }
+                    Event::MediaData(d) => self.received.push(d.data.to_vec()),
+                    _ => {}
+                },
+                Err(_) => {
+                    self.disconnected = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A frame that is unique per (tag, index). Opus frames start with a valid
+/// TOC byte (SILK NB 20 ms, mono, one frame) so a decoder would accept them.
+fn frame_payload(codec: ClientCodec, tag: u32, index: u32) -> Vec<u8> {
+    let len = match codec {
+        ClientCodec::Opus => 40,
+        _ => 160,
+    };
+    let mut p = vec![0x55u8; len];
+    if codec == ClientCodec::Opus {
+        p[0] = 0x08;
+    }
+    p[1..5].copy_from_slice(&tag.to_be_bytes());
+    p[5..9].copy_from_slice(&index.to_be_bytes());
+    p
+}

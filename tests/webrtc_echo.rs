@@ -1,0 +1,50 @@
+//! Real WebRTC peers (str0m clients on their own UDP sockets) call the echo
+//! line through the JSON API: ICE, DTLS-SRTP and media must all work, and
+//! every frame that comes back must be one the peer sent.
+
+use std::time::{Duration, Instant};
+
+use gangway_tests::api_client::ApiClient;
+use gangway_tests::gateway::{start_gateway, wait_metric};
+use gangway_tests::rtc_client::{ClientCodec, RtcClient};
+
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// One full echo call; returns the time from `call` to DTLS connected.
+async fn echo_call(gw: &gangway::Gateway, codec: ClientCodec, tag: u32, frames: usize) -> Duration {
+    let mut api = ApiClient::connect(gw).await;
+    let (mut client, offer) = RtcClient::new(codec).await;
+    let id = format!("c{tag}");
+    let t0 = Instant::now();
+    api.call(&id, "echo", &offer).await;
+    let answer = api.expect("answer").await;
+    assert_eq!(answer["call"], id.as_str());
+    client.accept_answer(answer["sdp"].as_str().unwrap());
+    assert_eq!(api.expect("answered").await["call"], id.as_str());
+    assert!(client.connect(Duration::from_secs(10)).await, "peer {tag} connects");
+    let connect_time = t0.elapsed();
+    let report = client.echo_exchange(tag, frames, Duration::from_millis(300)).await;
+    assert_eq!(report.foreign, 0, "peer {tag} got frames it never sent: {report:?}");
+    assert!(
+        report.echoed * 10 >= report.sent * 8,
+        "peer {tag} got too few frames back: {report:?}"
+    );
+    api.hangup(&id).await;
+    let ended = api.expect("ended").await;
+    assert_eq!(ended["reason"], "hangup");
+    assert_eq!(ended["code"], serde_json::Value::Null);
+    api.close().await;
+    connect_time
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_returns_exactly_what_was_sent_for_each_codec() {
+    let gw = start_gateway().await;
+    for (i, codec) in [ClientCodec::Opus, ClientCodec::Pcmu, ClientCodec::Pcma].into_iter().enumerate() {
+        let t = echo_call(&gw, codec, i as u32, 50).await;
+        println!("{codec:?}: connected in {t:?}");
+    }
+    assert_eq!(wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await, 0.0);
+    assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
+    gw.shutdown(Duration::ZERO).await;
+}
