@@ -1,1 +1,318 @@
+//! The JSON API against a running gateway: every malformed input gets its
+//! typed error and leaves the connection usable; calls and their resources
+//! are released on hangup, socket close, timeout and shutdown.
 
+use std::time::Duration;
+
+use gangway_tests::api_client::{ApiClient, Closed};
+use gangway_tests::gateway::{scrape_metric, start_gateway, start_gateway_with, wait_metric};
+use gangway_tests::rtc_client::{ClientCodec, RtcClient};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+const SETTLE: Duration = Duration::from_secs(3);
+
+async fn offer() -> String {
+    RtcClient::new(ClientCodec::Opus).await.1
+}
+
+/// Sends `ping` and expects `pong`: proves the connection is still usable.
+async fn still_alive(api: &mut ApiClient) {
+    api.send(json!({"type": "ping"})).await;
+    api.expect("pong").await;
+}
+
+async fn expect_error(api: &mut ApiClient, code: &str) -> Value {
+    let m = api.expect("error").await;
+    assert_eq!(m["code"], code, "{m}");
+    assert!(m["message"].as_str().is_some_and(|s| !s.is_empty()), "{m}");
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_announces_version_and_limits() {
+    let gw = start_gateway().await;
+    let api = ApiClient::connect(&gw).await;
+    assert_eq!(api.hello["version"], 1);
+    assert_eq!(api.hello["max_message_bytes"], 65536);
+    assert!(api.hello["session"].as_str().is_some_and(|s| !s.is_empty()));
+    api.close().await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_get_typed_errors_and_the_socket_stays_up() {
+    let gw = start_gateway().await;
+    let mut api = ApiClient::connect(&gw).await;
+    let cases: &[(&str, &str)] = &[
+        ("{not json", "invalid_json"),
+        ("[1,2,3]", "invalid_json"),
+        ("\"call\"", "invalid_json"),
+        (r#"{"call":"a"}"#, "invalid_message"),
+        (r#"{"type":7}"#, "invalid_message"),
+        (r#"{"type":"teleport","call":"a"}"#, "unknown_type"),
+        (r#"{"type":"call","call":"a","to":"echo"}"#, "invalid_message"),
+        (r#"{"type":"call","call":"a","to":5,"sdp":"v=0"}"#, "invalid_message"),
+        (r#"{"type":"call","call":"","to":"echo","sdp":"v=0"}"#, "invalid_message"),
+        (r#"{"type":"call","call":"with space","to":"echo","sdp":"v=0"}"#, "invalid_message"),
+        (r#"{"type":"candidate","call":"a"}"#, "invalid_message"),
+        (r#"{"type":"hangup"}"#, "invalid_message"),
+        (r#"{"type":"hangup","call":"nope"}"#, "unknown_call"),
+        (r#"{"type":"candidate","call":"nope","candidate":null}"#, "unknown_call"),
+    ];
+    for (input, code) in cases {
+        api.send_text(*input).await;
+        let m = expect_error(&mut api, code).await;
+        println!("{input} -> {m}");
+        still_alive(&mut api).await;
+    }
+    // The call id is echoed back when it could be read, so the client can match it.
+    api.send_text(r#"{"type":"call","call":"c9","to":"echo"}"#).await;
+    assert_eq!(expect_error(&mut api, "invalid_message").await["call"], "c9");
+    api.send_text(r#"{"type":"hangup","call":"nope"}"#).await;
+    assert_eq!(expect_error(&mut api, "unknown_call").await["call"], "nope");
+
+    api.send_raw(Message::binary(vec![1u8, 2, 3])).await;
+    expect_error(&mut api, "binary_not_supported").await;
+    still_alive(&mut api).await;
+
+    // Over the API limit but under the transport limit: an error, socket stays up.
+    let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(70_000));
+    api.send_text(big).await;
+    expect_error(&mut api, "message_too_large").await;
+    still_alive(&mut api).await;
+
+    // Nothing above created a call.
+    assert_eq!(scrape_metric(&gw, "gangway_calls_active").await, 0.0);
+    assert!(scrape_metric(&gw, "gangway_api_errors_total{code=\"invalid_json\"}").await >= 3.0);
+    assert!(scrape_metric(&gw, "gangway_api_errors_total{code=\"unknown_call\"}").await >= 3.0);
+
+    // Over the transport limit: the gateway closes the connection with 1009.
+    // It stops reading mid-frame, so the kernel may reset the connection
+    // before the client reads the close frame; either way it must be closed.
+    let oversize = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(1_100_000));
+    let end = match api.try_send_text(oversize).await {
+        Ok(()) => api.try_recv(Duration::from_secs(5)).await,
+        Err(_) => Err(Closed::Gone),
+    };
+    assert!(
+        matches!(end, Err(Closed::Close(Some(CloseCode::Size))) | Err(Closed::Gone)),
+        "oversize frame must close the connection: {end:?}"
+    );
+    // Other connections are unaffected.
+    let mut other = ApiClient::connect(&gw).await;
+    still_alive(&mut other).await;
+    other.close().await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_failures_end_with_the_right_reason() {
+    let gw = start_gateway().await;
+    let mut api = ApiClient::connect(&gw).await;
+
+    api.call("bad-sdp", "echo", "this is not sdp").await;
+    let e = expect_error(&mut api, "invalid_sdp").await;
+    assert_eq!(e["call"], "bad-sdp");
+    let ended = api.expect("ended").await;
+    assert_eq!((ended["call"].as_str(), ended["reason"].as_str()), (Some("bad-sdp"), Some("invalid_sdp")));
+
+    // An audio m-line whose only codec the gateway does not speak.
+    let g729_only = offer()
+        .await
+        .replace("opus/48000/2", "G729/8000")
+        .replace("a=fmtp:111 ", "a=fmtp:111 annexb=no;");
+    api.call("g729", "echo", &g729_only).await;
+    let ended = api.expect("ended").await;
+    assert_eq!(ended["reason"], "incompatible_codecs", "{ended}");
+
+    api.call("nowhere", "+15550100", &offer().await).await;
+    let ended = api.expect("ended").await;
+    assert_eq!(ended["reason"], "not_found", "{ended}");
+    assert_eq!(ended["code"], Value::Null);
+
+    // Ended calls are gone: their ids are unknown now and may be reused.
+    api.hangup("nowhere").await;
+    expect_error(&mut api, "unknown_call").await;
+    assert_eq!(wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await, 0.0);
+    assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
+    assert_eq!(scrape_metric(&gw, "gangway_calls_ended_total{reason=\"invalid_sdp\"}").await, 1.0);
+    assert_eq!(scrape_metric(&gw, "gangway_calls_ended_total{reason=\"incompatible_codecs\"}").await, 1.0);
+    assert_eq!(scrape_metric(&gw, "gangway_calls_ended_total{reason=\"not_found\"}").await, 1.0);
+    api.close().await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_ids_limits_and_candidates() {
+    let gw = start_gateway_with(|c| c.calls.max_per_session = 2).await;
+    let mut api = ApiClient::connect(&gw).await;
+    api.call("one", "echo", &offer().await).await;
+    api.expect("answer").await;
+    api.expect("answered").await;
+
+    api.call("one", "echo", &offer().await).await;
+    assert_eq!(expect_error(&mut api, "duplicate_call").await["call"], "one");
+
+    api.call("two", "echo", &offer().await).await;
+    api.expect("answer").await;
+    api.expect("answered").await;
+    api.call("three", "echo", &offer().await).await;
+    assert_eq!(expect_error(&mut api, "too_many_calls").await["call"], "three");
+
+    // Valid, end-of-candidates and mDNS candidates are accepted silently.
+    for candidate in [
+        json!({"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}),
+        json!({"candidate": "candidate:2 1 udp 2122260223 3b1f.local 50001 typ host", "sdpMid": "0", "sdpMLineIndex": 0}),
+        json!({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}),
+        Value::Null,
+    ] {
+        api.send(json!({"type": "candidate", "call": "one", "candidate": candidate})).await;
+    }
+    still_alive(&mut api).await;
+    api.send(json!({"type": "candidate", "call": "one", "candidate": {"candidate": "candidate:garbage"}})).await;
+    assert_eq!(expect_error(&mut api, "invalid_candidate").await["call"], "one");
+
+    assert_eq!(scrape_metric(&gw, "gangway_calls_active").await, 2.0);
+    // Closing the socket ends its calls and frees their peers.
+    api.close().await;
+    assert_eq!(wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await, 0.0);
+    assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
+    assert_eq!(wait_metric(&gw, "gangway_ws_connections_active", 0.0, SETTLE).await, 0.0);
+    assert_eq!(scrape_metric(&gw, "gangway_calls_ended_total{reason=\"socket_closed\"}").await, 2.0);
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_calls_leave_no_calls_peers_or_tasks_behind() {
+    let gw = start_gateway().await;
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let tasks_before = runtime.num_alive_tasks();
+    let mut api = ApiClient::connect(&gw).await;
+    for i in 0..100 {
+        let id = format!("call-{i}");
+        api.call(&id, "echo", &offer().await).await;
+        assert_eq!(api.expect("answer").await["call"], id.as_str());
+        api.expect("answered").await;
+        api.hangup(&id).await;
+        let ended = api.expect("ended").await;
+        assert_eq!(ended["reason"], "hangup");
+    }
+    assert_eq!(wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await, 0.0);
+    assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
+    assert_eq!(scrape_metric(&gw, "gangway_calls_started_total{route=\"echo\"}").await, 100.0);
+    assert_eq!(scrape_metric(&gw, "gangway_calls_ended_total{reason=\"hangup\"}").await, 100.0);
+    api.close().await;
+    assert_eq!(wait_metric(&gw, "gangway_ws_connections_active", 0.0, SETTLE).await, 0.0);
+    // The session task is gone too: the runtime holds no more tasks than before.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while runtime.num_alive_tasks() > tasks_before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        runtime.num_alive_tasks() <= tasks_before,
+        "tasks leaked: {} before, {} after",
+        tasks_before,
+        runtime.num_alive_tasks()
+    );
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_that_never_connects_ends_with_media_timeout() {
+    let gw = start_gateway_with(|c| c.calls.setup_timeout_secs = 1).await;
+    let mut api = ApiClient::connect(&gw).await;
+    api.call("silent", "echo", &offer().await).await;
+    api.expect("answer").await;
+    api.expect("answered").await;
+    // The offer's peer never sends a STUN check, so ICE cannot complete.
+    let ended = api.expect("ended").await;
+    assert_eq!(ended["reason"], "media_timeout", "{ended}");
+    assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
+    api.close().await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_then_ends_calls_and_closes_sockets() {
+    let gw = start_gateway().await;
+    let mut api = ApiClient::connect(&gw).await;
+    api.call("up", "echo", &offer().await).await;
+    api.expect("answer").await;
+    api.expect("answered").await;
+
+    gw.begin_drain();
+    let ready = ureq_status(&gw, "/readyz").await;
+    assert_eq!(ready, 503, "draining instances are not ready");
+    api.call("late", "echo", &offer().await).await;
+    assert_eq!(expect_error(&mut api, "shutting_down").await["call"], "late");
+
+    let addr = gw.http_addr();
+    let stopper = tokio::spawn(gw.shutdown(Duration::from_millis(300)));
+    let ended = api.expect("ended").await;
+    assert_eq!((ended["call"].as_str(), ended["reason"].as_str()), (Some("up"), Some("shutdown")));
+    let close = api.try_recv(Duration::from_secs(5)).await;
+    assert_eq!(close, Err(Closed::Close(Some(CloseCode::Away))));
+    stopper.await.unwrap();
+    assert!(std::net::TcpStream::connect(addr).is_err(), "HTTP port released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoints_and_origin_check() {
+    let gw = start_gateway().await;
+    assert_eq!(ureq_status(&gw, "/healthz").await, 200);
+    assert_eq!(ureq_status(&gw, "/readyz").await, 200);
+    let (status, ctype, body) = ureq_get(&gw, "/client.js", None).await;
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("text/javascript"), "{ctype}");
+    assert!(body.contains("export class GangwayClient"));
+    let (_, ctype, body) = ureq_get(&gw, "/", None).await;
+    assert!(ctype.starts_with("text/html"), "{ctype}");
+    assert!(body.contains("/client.js"));
+    let (_, _, body) = ureq_get(&gw, "/client.d.ts", None).await;
+    assert!(body.contains("GangwayClient"));
+    let (_, ctype, _) = ureq_get(&gw, "/metrics", None).await;
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+
+    // A page from another site may not open the API with the visitor's browser.
+    let (status, _, _) = ureq_get(&gw, "/ws", Some("https://evil.example")).await;
+    assert_eq!(status, 403);
+    gw.shutdown(Duration::ZERO).await;
+}
+
+async fn ureq_status(gw: &gangway::Gateway, path: &str) -> u16 {
+    ureq_get(gw, path, None).await.0
+}
+
+async fn ureq_get(gw: &gangway::Gateway, path: &str, origin: Option<&str>) -> (u16, String, String) {
+    let url = format!("http://{}{path}", gw.http_addr());
+    let origin = origin.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = agent.get(&url);
+        if let Some(o) = origin {
+            req = req
+                .header("Origin", o)
+                .header("Connection", "Upgrade")
+                .header("Upgrade", "websocket")
+                .header("Sec-WebSocket-Version", "13")
+                .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+        }
+        let mut resp = req.call().expect("request");
+        let status = resp.status().as_u16();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        (status, ctype, body)
+    })
+    .await
+    .unwrap()
+}

@@ -48,3 +48,66 @@ async fn echo_returns_exactly_what_was_sent_for_each_codec() {
     assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
     gw.shutdown(Duration::ZERO).await;
 }
+
+/// DTLS under load, the main risk of running every peer in one str0m loop:
+/// 200 peers call echo at the same instant; every handshake must complete and
+/// every call must echo audio. The time to connect them all is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_peers_connect_at_once_and_all_echo() {
+    const PEERS: usize = 200;
+    let gw = start_gateway().await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(PEERS + 1));
+    let mut tasks = Vec::new();
+    for tag in 0..PEERS as u32 {
+        let barrier = barrier.clone();
+        let addr = gw.http_addr();
+        tasks.push(tokio::spawn(async move {
+            let mut api = ApiClient::connect_to(addr).await;
+            let (mut client, offer) = RtcClient::new(ClientCodec::Opus).await;
+            barrier.wait().await;
+            let t0 = Instant::now();
+            let id = format!("load{tag}");
+            api.call(&id, "echo", &offer).await;
+            let answer = api.expect("answer").await;
+            client.accept_answer(answer["sdp"].as_str().unwrap());
+            api.expect("answered").await;
+            let connected = client.connect(Duration::from_secs(30)).await;
+            let connect_time = t0.elapsed();
+            let report = if connected {
+                Some(client.echo_exchange(tag, 25, Duration::from_millis(500)).await)
+            } else {
+                None
+            };
+            api.hangup(&id).await;
+            let ended = api.expect("ended").await;
+            api.close().await;
+            (tag, connected, connect_time, report, ended)
+        }));
+    }
+    barrier.wait().await;
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut failures = Vec::new();
+    for task in tasks {
+        let (tag, connected, connect_time, report, ended) = task.await.expect("peer task");
+        slowest = slowest.max(connect_time);
+        match report {
+            _ if !connected => failures.push(format!("peer {tag}: DTLS/ICE never connected")),
+            Some(r) if r.foreign > 0 || r.echoed == 0 => {
+                failures.push(format!("peer {tag}: bad echo {r:?}"))
+            }
+            _ => {}
+        }
+        if ended["reason"] != "hangup" {
+            failures.push(format!("peer {tag}: ended {ended}"));
+        }
+    }
+    println!(
+        "{PEERS} peers: all connected within {slowest:?} of the simultaneous start; whole run {:?}",
+        start.elapsed()
+    );
+    assert!(failures.is_empty(), "{} failures: {failures:#?}", failures.len());
+    assert_eq!(wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await, 0.0);
+    assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
+    gw.shutdown(Duration::ZERO).await;
+}

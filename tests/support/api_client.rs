@@ -27,7 +27,11 @@ pub enum Closed {
 impl ApiClient {
     /// Connects to `/ws` and reads the `hello`.
     pub async fn connect(gw: &Gateway) -> ApiClient {
-        let url = format!("ws://{}/ws", gw.http_addr());
+        Self::connect_to(gw.http_addr()).await
+    }
+
+    pub async fn connect_to(addr: std::net::SocketAddr) -> ApiClient {
+        let url = format!("ws://{addr}/ws");
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
         let mut c = ApiClient { ws, hello: Value::Null };
         c.hello = c.recv().await;
@@ -37,6 +41,11 @@ impl ApiClient {
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
         self.ws.send(Message::text(text.into())).await.expect("send");
+    }
+
+    /// Like `send_text`, for sends the server may legitimately cut off.
+    pub async fn try_send_text(&mut self, text: String) -> Result<(), String> {
+        self.ws.send(Message::text(text)).await.map_err(|e| e.to_string())
     }
 
     pub async fn send(&mut self, v: Value) {
