@@ -435,3 +435,138 @@ fn translate(id: PeerId, ev: Event) -> Option<PeerEvent> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The audio part of an offer as Chromium makes it (trimmed of video and
+    /// extensions that play no part here).
+    const CHROME_OFFER: &str = "v=0\r\n\
+o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0\r\n\
+a=extmap-allow-mixed\r\n\
+a=msid-semantic: WMS\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:Hx8q\r\n\
+a=ice-pwd:3Yy0kq9ZqBkWJ7W2QOZz2T9A\r\n\
+a=ice-options:trickle\r\n\
+a=fingerprint:sha-256 9B:4E:8A:6E:AF:BC:9F:4D:0A:34:6E:1D:9C:1F:43:3A:7A:2B:5C:7D:6E:8F:90:A1:B2:C3:D4:E5:F6:07:18:29\r\n\
+a=setup:actpass\r\n\
+a=mid:0\r\n\
+a=sendrecv\r\n\
+a=msid:- 1b2c3d4e-0000-4000-8000-000000000001\r\n\
+a=rtcp-mux\r\n\
+a=rtcp-rsize\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+a=rtcp-fb:111 transport-cc\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\n\
+a=rtpmap:63 red/48000/2\r\n\
+a=fmtp:63 111/111\r\n\
+a=rtpmap:9 G722/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:13 CN/8000\r\n\
+a=rtpmap:110 telephone-event/48000\r\n\
+a=rtpmap:126 telephone-event/8000\r\n\
+a=ssrc:1001 cname:abcdefgh\r\n";
+
+    fn endpoint(codecs: Vec<AudioCodec>) -> Endpoint {
+        Endpoint::new(EndpointConfig {
+            candidate_addr: "203.0.113.7:40000".parse().unwrap(),
+            codecs,
+        })
+        .unwrap()
+    }
+
+    fn all() -> Vec<AudioCodec> {
+        vec![AudioCodec::Opus, AudioCodec::Pcmu, AudioCodec::Pcma]
+    }
+
+    /// The payload names in the answer's audio m-line, in order.
+    fn answered_codecs(answer: &str) -> Vec<String> {
+        answer
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn answers_a_chrome_offer_with_audio_codecs_telephone_event_and_our_candidate() {
+        let mut ep = endpoint(all());
+        let answer = ep.add_peer(PeerId(1), CHROME_OFFER, Instant::now()).unwrap();
+        let codecs = answered_codecs(&answer);
+        for want in ["opus/48000/2", "PCMU/8000", "PCMA/8000", "telephone-event/48000", "telephone-event/8000"] {
+            assert!(codecs.iter().any(|c| c == want), "{want} missing from {codecs:?}");
+        }
+        assert!(!codecs.iter().any(|c| c.starts_with("G722")), "{codecs:?}");
+        assert!(answer.contains("a=ice-lite"), "ICE-lite is announced");
+        assert!(answer.contains("a=rtcp-mux"));
+        assert!(
+            answer.contains("203.0.113.7 40000 typ host"),
+            "the advertised address is the candidate:\n{answer}"
+        );
+        assert_eq!(ep.peer_count(), 1);
+    }
+
+    #[test]
+    fn restricting_codecs_narrows_the_answer() {
+        let mut ep = endpoint(vec![AudioCodec::Pcmu]);
+        let answer = ep.add_peer(PeerId(1), CHROME_OFFER, Instant::now()).unwrap();
+        let codecs = answered_codecs(&answer);
+        assert!(codecs.iter().any(|c| c == "PCMU/8000"), "{codecs:?}");
+        assert!(!codecs.iter().any(|c| c.starts_with("opus") || c.starts_with("PCMA")), "{codecs:?}");
+    }
+
+    #[test]
+    fn bad_offers_are_refused_with_a_reason() {
+        let mut ep = endpoint(all());
+        let now = Instant::now();
+        assert!(matches!(ep.add_peer(PeerId(1), "hello", now), Err(SetupError::InvalidSdp(_))));
+        let g722_only = CHROME_OFFER
+            .replace("111 63 9 0 8 13 110 126", "9")
+            .lines()
+            .filter(|l| !l.starts_with("a=rtpmap:") || l.contains("G722"))
+            .filter(|l| !l.starts_with("a=fmtp:") && !l.starts_with("a=rtcp-fb:"))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+            + "\r\n";
+        assert_eq!(ep.add_peer(PeerId(2), &g722_only, now), Err(SetupError::IncompatibleCodecs));
+        let video_only = CHROME_OFFER.replace("m=audio", "m=video");
+        assert!(ep.add_peer(PeerId(3), &video_only, now).is_err());
+        assert_eq!(ep.peer_count(), 0, "refused offers leave nothing behind");
+    }
+
+    #[test]
+    fn peers_are_unique_and_removable() {
+        let mut ep = endpoint(all());
+        let now = Instant::now();
+        ep.add_peer(PeerId(1), CHROME_OFFER, now).unwrap();
+        assert_eq!(
+            ep.add_peer(PeerId(1), CHROME_OFFER, now),
+            Err(SetupError::DuplicatePeer(PeerId(1)))
+        );
+        assert!(ep.remove_peer(PeerId(1)));
+        assert!(!ep.remove_peer(PeerId(1)));
+        assert_eq!(ep.peer_count(), 0);
+        assert_eq!(ep.add_remote_candidate(PeerId(1), "candidate:1 1 udp 1 127.0.0.1 9 typ host"), Err(CandidateError::UnknownPeer));
+    }
+
+    #[test]
+    fn stray_datagrams_belong_to_no_peer() {
+        let mut ep = endpoint(all());
+        ep.add_peer(PeerId(1), CHROME_OFFER, Instant::now()).unwrap();
+        let source = "198.51.100.1:5000".parse().unwrap();
+        assert_eq!(ep.handle_receive(Instant::now(), source, b"garbage"), None);
+        assert_eq!(ep.handle_receive(Instant::now(), source, &[]), None);
+        // An RTP-looking packet from an unknown source is not accepted either.
+        let mut rtp = vec![0x80, 0x00, 0, 1, 0, 0, 0, 160, 0, 0, 0, 1];
+        rtp.extend([0u8; 160]);
+        assert_eq!(ep.handle_receive(Instant::now(), source, &rtp), None);
+    }
+}
