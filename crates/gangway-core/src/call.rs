@@ -35,9 +35,14 @@ pub enum MediaPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The browser asked for a call (`call` message).
-    Start { to: String, offer: String },
+    Start {
+        to: String,
+        offer: String,
+    },
     /// The WebRTC leg accepted the offer.
-    LegReady { answer: String },
+    LegReady {
+        answer: String,
+    },
     LegFailed(LegSetupError),
     /// ICE and DTLS completed on the WebRTC leg.
     MediaConnected,
@@ -52,10 +57,15 @@ pub enum Event {
 /// What the browser should be told, in API terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notify {
-    Answer { sdp: String },
+    Answer {
+        sdp: String,
+    },
     Ringing,
     Answered,
-    Ended { reason: EndReason, code: Option<u16> },
+    Ended {
+        reason: EndReason,
+        code: Option<u16>,
+    },
 }
 
 /// What the shell must do for the call.
@@ -116,10 +126,7 @@ impl Call {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| now >= d) {
             self.deadline = None;
-            if matches!(
-                self.state,
-                CallState::SettingUp | CallState::AwaitingMedia
-            ) {
+            if matches!(self.state, CallState::SettingUp | CallState::AwaitingMedia) {
                 self.end(EndReason::MediaTimeout, true);
             }
         }
@@ -231,7 +238,12 @@ mod tests {
             }]
         );
         assert_eq!(c.poll_timeout(), Some(t0 + SETUP));
-        c.handle(t0, Event::LegReady { answer: "ans".into() });
+        c.handle(
+            t0,
+            Event::LegReady {
+                answer: "ans".into(),
+            },
+        );
         assert_eq!(
             drain(&mut c),
             vec![
@@ -273,7 +285,10 @@ mod tests {
     fn leg_failures_end_without_release() {
         for (err, reason) in [
             (LegSetupError::InvalidSdp("x".into()), EndReason::InvalidSdp),
-            (LegSetupError::IncompatibleCodecs, EndReason::IncompatibleCodecs),
+            (
+                LegSetupError::IncompatibleCodecs,
+                EndReason::IncompatibleCodecs,
+            ),
         ] {
             let (mut c, t0) = call();
             start(&mut c, t0, "echo");
@@ -350,7 +365,12 @@ mod tests {
         start(&mut c, t0, "echo");
         c.handle(t0, Event::Hangup);
         assert_eq!(drain(&mut c).first(), Some(&Action::ReleaseLeg));
-        c.handle(t0, Event::LegReady { answer: "late".into() });
+        c.handle(
+            t0,
+            Event::LegReady {
+                answer: "late".into(),
+            },
+        );
         assert!(drain(&mut c).is_empty());
     }
 }

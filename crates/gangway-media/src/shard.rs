@@ -22,7 +22,9 @@ pub enum MediaRoute {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LegEvent {
     /// The offer was accepted; this is the SDP answer.
-    Ready { answer: String },
+    Ready {
+        answer: String,
+    },
     Failed(SetupError),
     CandidateRejected(String),
     Connected,
@@ -256,7 +258,13 @@ impl Shard {
             } => {
                 let event = match self.endpoint.add_peer(id, &offer, Instant::now()) {
                     Ok(answer) => {
-                        self.peers.insert(id, PeerEntry { route, events: events.clone() });
+                        self.peers.insert(
+                            id,
+                            PeerEntry {
+                                route,
+                                events: events.clone(),
+                            },
+                        );
                         self.metrics.peers.set(self.peers.len() as i64);
                         LegEvent::Ready { answer }
                     }
@@ -267,7 +275,9 @@ impl Shard {
             Command::AddCandidate { id, candidate } => {
                 if let Err(e) = self.endpoint.add_remote_candidate(id, &candidate) {
                     if let Some(peer) = self.peers.get(&id) {
-                        let _ = peer.events.send((id, LegEvent::CandidateRejected(e.to_string())));
+                        let _ = peer
+                            .events
+                            .send((id, LegEvent::CandidateRejected(e.to_string())));
                     }
                 }
             }
@@ -314,7 +324,9 @@ impl Shard {
             PeerEvent::Connected(id) => self.tell(id, LegEvent::Connected),
             PeerEvent::Disconnected(id) => self.tell(id, LegEvent::Disconnected),
             PeerEvent::Media(id, frame) => {
-                let Some(peer) = self.peers.get(&id) else { return };
+                let Some(peer) = self.peers.get(&id) else {
+                    return;
+                };
                 match peer.route {
                     MediaRoute::Echo => {
                         // Audio only: DTMF events are not echoed as tones.

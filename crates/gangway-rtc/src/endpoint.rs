@@ -165,7 +165,10 @@ impl Endpoint {
         }
         // telephone-event at both clock rates browsers use (48 kHz with Opus, 8 kHz with G.711).
         let codecs = cfg.codec_config();
-        for (pt, rate) in [(126, Frequency::FORTY_EIGHT_KHZ), (101, Frequency::EIGHT_KHZ)] {
+        for (pt, rate) in [
+            (126, Frequency::FORTY_EIGHT_KHZ),
+            (101, Frequency::EIGHT_KHZ),
+        ] {
             codecs.add_config(
                 Pt::new_with_value(pt),
                 None,
@@ -179,7 +182,12 @@ impl Endpoint {
     }
 
     /// Accepts a browser's offer and returns the SDP answer.
-    pub fn add_peer(&mut self, id: PeerId, offer_text: &str, now: Instant) -> Result<String, SetupError> {
+    pub fn add_peer(
+        &mut self,
+        id: PeerId,
+        offer_text: &str,
+        now: Instant,
+    ) -> Result<String, SetupError> {
         if self.peers.contains_key(&id) {
             return Err(SetupError::DuplicatePeer(id));
         }
@@ -204,14 +212,18 @@ impl Endpoint {
         drain(id, &mut peer, &mut self.transmits, &mut |_| {});
         let audio_mids = audio_mids(offer_text);
         if audio_mids.is_empty() {
-            return Err(SetupError::InvalidSdp("the offer has no audio m-line".into()));
+            return Err(SetupError::InvalidSdp(
+                "the offer has no audio m-line".into(),
+            ));
         }
         let has_codec = audio_mids.iter().any(|mid| {
-            peer.rtc.media(*mid).is_some_and(|m| m.kind() == MediaKind::Audio)
+            peer.rtc
+                .media(*mid)
+                .is_some_and(|m| m.kind() == MediaKind::Audio)
                 && peer.rtc.writer(*mid).is_some_and(|w| {
-                w.payload_params()
-                    .any(|p| AudioCodec::from_str0m(p.spec().codec).is_some())
-            })
+                    w.payload_params()
+                        .any(|p| AudioCodec::from_str0m(p.spec().codec).is_some())
+                })
         });
         if !has_codec {
             return Err(SetupError::IncompatibleCodecs);
@@ -223,19 +235,30 @@ impl Endpoint {
     /// Adds a trickled browser candidate. ICE-lite does not need them (the
     /// browser's checks reveal its address), but a valid one helps str0m
     /// pair early; mDNS (`.local`) candidates cannot be resolved here and are skipped.
-    pub fn add_remote_candidate(&mut self, id: PeerId, candidate: &str) -> Result<(), CandidateError> {
+    pub fn add_remote_candidate(
+        &mut self,
+        id: PeerId,
+        candidate: &str,
+    ) -> Result<(), CandidateError> {
         let peer = self.peers.get_mut(&id).ok_or(CandidateError::UnknownPeer)?;
         let line = candidate.trim().trim_start_matches("a=");
         if line.is_empty() {
             return Ok(());
         }
-        if line.split_whitespace().nth(4).is_some_and(|host| host.ends_with(".local")) {
+        if line
+            .split_whitespace()
+            .nth(4)
+            .is_some_and(|host| host.ends_with(".local"))
+        {
             debug!(peer = id.0, "skipping mDNS candidate");
             return Ok(());
         }
-        let c = Candidate::from_sdp_string(line).map_err(|e| CandidateError::Invalid(e.to_string()))?;
+        let c =
+            Candidate::from_sdp_string(line).map_err(|e| CandidateError::Invalid(e.to_string()))?;
         peer.rtc.add_remote_candidate(c);
-        drain(id, peer, &mut self.transmits, &mut |ev| self.events.extend(translate(id, ev)));
+        drain(id, peer, &mut self.transmits, &mut |ev| {
+            self.events.extend(translate(id, ev))
+        });
         Ok(())
     }
 
@@ -250,7 +273,12 @@ impl Endpoint {
     }
 
     /// Feeds one received datagram. Returns the peer it belonged to, if any.
-    pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> Option<PeerId> {
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        data: &[u8],
+    ) -> Option<PeerId> {
         let Ok(contents) = data.try_into() else {
             return None;
         };
@@ -285,7 +313,9 @@ impl Endpoint {
             debug!(peer = id.0, "input rejected: {e}");
         }
         let events = &mut self.events;
-        drain(id, peer, &mut self.transmits, &mut |ev| events.extend(translate(id, ev)));
+        drain(id, peer, &mut self.transmits, &mut |ev| {
+            events.extend(translate(id, ev))
+        });
         self.note_state(id);
         Some(id)
     }
@@ -299,12 +329,16 @@ impl Endpoint {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            let Some(peer) = self.peers.get_mut(&id) else { continue };
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
             if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
                 debug!(peer = id.0, "timeout handling failed: {e}");
             }
             let events = &mut self.events;
-            drain(id, peer, &mut self.transmits, &mut |ev| events.extend(translate(id, ev)));
+            drain(id, peer, &mut self.transmits, &mut |ev| {
+                events.extend(translate(id, ev))
+            });
             self.note_state(id);
         }
     }
@@ -346,7 +380,9 @@ impl Endpoint {
             return false;
         }
         let events = &mut self.events;
-        drain(id, peer, &mut self.transmits, &mut |ev| events.extend(translate(id, ev)));
+        drain(id, peer, &mut self.transmits, &mut |ev| {
+            events.extend(translate(id, ev))
+        });
         true
     }
 
@@ -499,10 +535,21 @@ a=ssrc:1001 cname:abcdefgh\r\n";
     #[test]
     fn answers_a_chrome_offer_with_audio_codecs_telephone_event_and_our_candidate() {
         let mut ep = endpoint(all());
-        let answer = ep.add_peer(PeerId(1), CHROME_OFFER, Instant::now()).unwrap();
+        let answer = ep
+            .add_peer(PeerId(1), CHROME_OFFER, Instant::now())
+            .unwrap();
         let codecs = answered_codecs(&answer);
-        for want in ["opus/48000/2", "PCMU/8000", "PCMA/8000", "telephone-event/48000", "telephone-event/8000"] {
-            assert!(codecs.iter().any(|c| c == want), "{want} missing from {codecs:?}");
+        for want in [
+            "opus/48000/2",
+            "PCMU/8000",
+            "PCMA/8000",
+            "telephone-event/48000",
+            "telephone-event/8000",
+        ] {
+            assert!(
+                codecs.iter().any(|c| c == want),
+                "{want} missing from {codecs:?}"
+            );
         }
         assert!(!codecs.iter().any(|c| c.starts_with("G722")), "{codecs:?}");
         assert!(answer.contains("a=ice-lite"), "ICE-lite is announced");
@@ -517,17 +564,27 @@ a=ssrc:1001 cname:abcdefgh\r\n";
     #[test]
     fn restricting_codecs_narrows_the_answer() {
         let mut ep = endpoint(vec![AudioCodec::Pcmu]);
-        let answer = ep.add_peer(PeerId(1), CHROME_OFFER, Instant::now()).unwrap();
+        let answer = ep
+            .add_peer(PeerId(1), CHROME_OFFER, Instant::now())
+            .unwrap();
         let codecs = answered_codecs(&answer);
         assert!(codecs.iter().any(|c| c == "PCMU/8000"), "{codecs:?}");
-        assert!(!codecs.iter().any(|c| c.starts_with("opus") || c.starts_with("PCMA")), "{codecs:?}");
+        assert!(
+            !codecs
+                .iter()
+                .any(|c| c.starts_with("opus") || c.starts_with("PCMA")),
+            "{codecs:?}"
+        );
     }
 
     #[test]
     fn bad_offers_are_refused_with_a_reason() {
         let mut ep = endpoint(all());
         let now = Instant::now();
-        assert!(matches!(ep.add_peer(PeerId(1), "hello", now), Err(SetupError::InvalidSdp(_))));
+        assert!(matches!(
+            ep.add_peer(PeerId(1), "hello", now),
+            Err(SetupError::InvalidSdp(_))
+        ));
         let g722_only = CHROME_OFFER
             .replace("111 63 9 0 8 13 110 126", "9")
             .lines()
@@ -536,7 +593,10 @@ a=ssrc:1001 cname:abcdefgh\r\n";
             .collect::<Vec<_>>()
             .join("\r\n")
             + "\r\n";
-        assert_eq!(ep.add_peer(PeerId(2), &g722_only, now), Err(SetupError::IncompatibleCodecs));
+        assert_eq!(
+            ep.add_peer(PeerId(2), &g722_only, now),
+            Err(SetupError::IncompatibleCodecs)
+        );
         let video_only = CHROME_OFFER.replace("m=audio", "m=video");
         assert!(ep.add_peer(PeerId(3), &video_only, now).is_err());
         assert_eq!(ep.peer_count(), 0, "refused offers leave nothing behind");
@@ -554,13 +614,17 @@ a=ssrc:1001 cname:abcdefgh\r\n";
         assert!(ep.remove_peer(PeerId(1)));
         assert!(!ep.remove_peer(PeerId(1)));
         assert_eq!(ep.peer_count(), 0);
-        assert_eq!(ep.add_remote_candidate(PeerId(1), "candidate:1 1 udp 1 127.0.0.1 9 typ host"), Err(CandidateError::UnknownPeer));
+        assert_eq!(
+            ep.add_remote_candidate(PeerId(1), "candidate:1 1 udp 1 127.0.0.1 9 typ host"),
+            Err(CandidateError::UnknownPeer)
+        );
     }
 
     #[test]
     fn stray_datagrams_belong_to_no_peer() {
         let mut ep = endpoint(all());
-        ep.add_peer(PeerId(1), CHROME_OFFER, Instant::now()).unwrap();
+        ep.add_peer(PeerId(1), CHROME_OFFER, Instant::now())
+            .unwrap();
         let source = "198.51.100.1:5000".parse().unwrap();
         assert_eq!(ep.handle_receive(Instant::now(), source, b"garbage"), None);
         assert_eq!(ep.handle_receive(Instant::now(), source, &[]), None);

@@ -203,9 +203,8 @@ pub enum ServerMessage {
 /// Decodes one text frame. Errors say exactly what is wrong and carry the
 /// call id when one could be read, so the client can tie them to its call.
 pub fn decode(text: &str) -> Result<ClientMessage, ApiError> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        ApiError::new(ErrorCode::InvalidJson, None, format!("not valid JSON: {e}"))
-    })?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, None, format!("not valid JSON: {e}")))?;
     let Some(object) = value.as_object() else {
         return Err(ApiError::new(
             ErrorCode::InvalidJson,
@@ -279,7 +278,13 @@ mod tests {
     #[test]
     fn null_candidate_is_end_of_candidates_but_field_is_required() {
         let m = decode(r#"{"type":"candidate","call":"c1","candidate":null}"#).unwrap();
-        assert!(matches!(m, ClientMessage::Candidate { candidate: None, .. }));
+        assert!(matches!(
+            m,
+            ClientMessage::Candidate {
+                candidate: None,
+                ..
+            }
+        ));
         let e = err(r#"{"type":"candidate","call":"c1"}"#);
         assert_eq!(e.code, ErrorCode::InvalidMessage);
         assert!(e.message.contains("candidate"), "{}", e.message);

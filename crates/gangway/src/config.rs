@@ -10,7 +10,7 @@ use figment::Figment;
 use gangway_rtc::AudioCodec;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http: HttpConfig,
@@ -124,18 +124,6 @@ impl Default for ShutdownConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            http: HttpConfig::default(),
-            log: LogConfig::default(),
-            webrtc: WebRtcConfig::default(),
-            calls: CallsConfig::default(),
-            shutdown: ShutdownConfig::default(),
-        }
-    }
-}
-
 /// The hard WebSocket frame limit; beyond it the socket is closed with 1009.
 pub const MAX_WS_FRAME_BYTES: usize = 1024 * 1024;
 
@@ -225,22 +213,37 @@ impl Config {
         }
         if let Some(ip) = w.public_ip {
             if ip.is_unspecified() {
-                return Err(problem("webrtc.public_ip", "must be a concrete address, not 0.0.0.0 or ::"));
+                return Err(problem(
+                    "webrtc.public_ip",
+                    "must be a concrete address, not 0.0.0.0 or ::",
+                ));
             }
         }
         self.audio_codecs()?;
         let c = &self.calls;
         if !(1..=300).contains(&c.setup_timeout_secs) {
-            return Err(problem("calls.setup_timeout_secs", "must be between 1 and 300"));
+            return Err(problem(
+                "calls.setup_timeout_secs",
+                "must be between 1 and 300",
+            ));
         }
         if !(1..=1000).contains(&c.max_per_session) {
-            return Err(problem("calls.max_per_session", "must be between 1 and 1000"));
+            return Err(problem(
+                "calls.max_per_session",
+                "must be between 1 and 1000",
+            ));
         }
         if c.echo_destination.trim() != c.echo_destination {
-            return Err(problem("calls.echo_destination", "must not have leading or trailing spaces"));
+            return Err(problem(
+                "calls.echo_destination",
+                "must not have leading or trailing spaces",
+            ));
         }
         if self.shutdown.drain_timeout_secs > 3600 {
-            return Err(problem("shutdown.drain_timeout_secs", "must be at most 3600"));
+            return Err(problem(
+                "shutdown.drain_timeout_secs",
+                "must be at most 3600",
+            ));
         }
         Ok(())
     }
@@ -334,9 +337,11 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
     fn environment_overrides_file() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(b"[calls]\necho_destination = \"*43\"\n").unwrap();
+        f.write_all(b"[calls]\necho_destination = \"*43\"\n")
+            .unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("GANGWAY_CALLS__ECHO_DESTINATION", "test-echo");
             jail.set_env("GANGWAY_WEBRTC__PUBLIC_IP", "192.0.2.7");

@@ -16,8 +16,14 @@ use crate::{session, Phase, Shared};
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(|| async { Html(assets::INDEX_HTML) }))
-        .route("/client.js", get(|| async { javascript(assets::CLIENT_JS) }))
-        .route("/client.d.ts", get(|| async { typescript(assets::CLIENT_DTS) }))
+        .route(
+            "/client.js",
+            get(|| async { javascript(assets::CLIENT_JS) }),
+        )
+        .route(
+            "/client.d.ts",
+            get(|| async { typescript(assets::CLIENT_DTS) }),
+        )
         .route("/ws", get(websocket))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -26,11 +32,22 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 fn javascript(body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], body).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 fn typescript(body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, "application/typescript; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/typescript; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -99,11 +116,26 @@ mod tests {
     #[test]
     fn same_origin_and_listed_origins_only() {
         assert!(origin_allowed(&headers(None, "gw:8080"), &[]));
-        assert!(origin_allowed(&headers(Some("http://gw:8080"), "gw:8080"), &[]));
-        assert!(origin_allowed(&headers(Some("https://gw:8080"), "gw:8080"), &[]));
-        assert!(!origin_allowed(&headers(Some("https://evil.example"), "gw:8080"), &[]));
+        assert!(origin_allowed(
+            &headers(Some("http://gw:8080"), "gw:8080"),
+            &[]
+        ));
+        assert!(origin_allowed(
+            &headers(Some("https://gw:8080"), "gw:8080"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("https://evil.example"), "gw:8080"),
+            &[]
+        ));
         let allowed = vec!["https://app.example.com".to_string()];
-        assert!(origin_allowed(&headers(Some("https://app.example.com"), "gw:8080"), &allowed));
-        assert!(!origin_allowed(&headers(Some("https://app.example.com.evil"), "gw:8080"), &allowed));
+        assert!(origin_allowed(
+            &headers(Some("https://app.example.com"), "gw:8080"),
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("https://app.example.com.evil"), "gw:8080"),
+            &allowed
+        ));
     }
 }

@@ -121,7 +121,10 @@ impl Gateway {
             let stop = async move {
                 let _ = phase_rx.wait_for(|p| *p == Phase::Terminating).await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 warn!("http server failed: {e}");
             }
         });

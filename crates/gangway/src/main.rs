@@ -35,7 +35,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gangway: cannot start runtime: {e}");
@@ -54,9 +57,16 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    info!("demo page: http://{}/ (call `{}`)", gateway.http_addr(), gateway.config().calls.echo_destination);
+    info!(
+        "demo page: http://{}/ (call `{}`)",
+        gateway.http_addr(),
+        gateway.config().calls.echo_destination
+    );
     wait_for_signal().await;
-    info!(drain_secs = drain.as_secs(), "shutting down: draining calls (signal again to stop now)");
+    info!(
+        drain_secs = drain.as_secs(),
+        "shutting down: draining calls (signal again to stop now)"
+    );
     let shutdown = gateway.shutdown(drain);
     tokio::select! {
         _ = shutdown => {}

@@ -35,35 +35,79 @@ impl Metrics {
             ws_active: Gauge::default(),
             ws_total: Counter::default(),
             api_errors: Family::default(),
-            webrtc_connect_seconds: Histogram::new(
-                [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0].into_iter(),
-            ),
+            webrtc_connect_seconds: Histogram::new([
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+            ]),
             shard: ShardMetrics::default(),
             registry: Registry::default(),
         };
         registry.register("calls_active", "Calls in progress", m.calls_active.clone());
-        registry.register("calls_started", "Calls accepted, by route", m.calls_started.clone());
-        registry.register("calls_ended", "Calls ended, by reason", m.calls_ended.clone());
-        registry.register("ws_connections_active", "Open API WebSocket connections", m.ws_active.clone());
-        registry.register("ws_connections", "API WebSocket connections accepted", m.ws_total.clone());
-        registry.register("api_errors", "API error messages sent, by code", m.api_errors.clone());
+        registry.register(
+            "calls_started",
+            "Calls accepted, by route",
+            m.calls_started.clone(),
+        );
+        registry.register(
+            "calls_ended",
+            "Calls ended, by reason",
+            m.calls_ended.clone(),
+        );
+        registry.register(
+            "ws_connections_active",
+            "Open API WebSocket connections",
+            m.ws_active.clone(),
+        );
+        registry.register(
+            "ws_connections",
+            "API WebSocket connections accepted",
+            m.ws_total.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "API error messages sent, by code",
+            m.api_errors.clone(),
+        );
         registry.register(
             "webrtc_connect_seconds",
             "Time from the API call request to ICE and DTLS connected",
             m.webrtc_connect_seconds.clone(),
         );
         let s = &m.shard;
-        registry.register("webrtc_peers_active", "WebRTC peers held by media shards", s.peers.clone());
-        registry.register("webrtc_packets_received", "UDP datagrams received on the WebRTC port", s.packets_in.clone());
-        registry.register("webrtc_packets_sent", "UDP datagrams sent from the WebRTC port", s.packets_out.clone());
-        registry.register("webrtc_bytes_received", "Bytes received on the WebRTC port", s.bytes_in.clone());
-        registry.register("webrtc_bytes_sent", "Bytes sent from the WebRTC port", s.bytes_out.clone());
+        registry.register(
+            "webrtc_peers_active",
+            "WebRTC peers held by media shards",
+            s.peers.clone(),
+        );
+        registry.register(
+            "webrtc_packets_received",
+            "UDP datagrams received on the WebRTC port",
+            s.packets_in.clone(),
+        );
+        registry.register(
+            "webrtc_packets_sent",
+            "UDP datagrams sent from the WebRTC port",
+            s.packets_out.clone(),
+        );
+        registry.register(
+            "webrtc_bytes_received",
+            "Bytes received on the WebRTC port",
+            s.bytes_in.clone(),
+        );
+        registry.register(
+            "webrtc_bytes_sent",
+            "Bytes sent from the WebRTC port",
+            s.bytes_out.clone(),
+        );
         registry.register(
             "webrtc_unmatched_datagrams",
             "Datagrams on the WebRTC port that belonged to no peer",
             s.unmatched.clone(),
         );
-        registry.register("webrtc_send_drops", "Datagrams the WebRTC socket could not send", s.send_drops.clone());
+        registry.register(
+            "webrtc_send_drops",
+            "Datagrams the WebRTC socket could not send",
+            s.send_drops.clone(),
+        );
         // Pre-create every label so dashboards and alerts see zeros, not gaps.
         for reason in EndReason::ALL {
             let _ = m.calls_ended.get_or_create(&[("reason", reason.as_str())]);
@@ -83,12 +127,16 @@ impl Metrics {
     }
 
     pub fn call_ended(&self, reason: EndReason) {
-        self.calls_ended.get_or_create(&[("reason", reason.as_str())]).inc();
+        self.calls_ended
+            .get_or_create(&[("reason", reason.as_str())])
+            .inc();
         self.calls_active.dec();
     }
 
     pub fn api_error(&self, code: ErrorCode) {
-        self.api_errors.get_or_create(&[("code", code.as_str())]).inc();
+        self.api_errors
+            .get_or_create(&[("code", code.as_str())])
+            .inc();
     }
 }
 

@@ -230,11 +230,19 @@ impl Session {
             }
             LegEvent::Failed(e) => {
                 let message = e.to_string();
-                self.reject(ApiError::new(ErrorCode::InvalidSdp, Some(id.clone()), &message));
+                self.reject(ApiError::new(
+                    ErrorCode::InvalidSdp,
+                    Some(id.clone()),
+                    &message,
+                ));
                 Event::LegFailed(LegSetupError::InvalidSdp(message))
             }
             LegEvent::CandidateRejected(message) => {
-                return self.reject(ApiError::new(ErrorCode::InvalidCandidate, Some(id), message));
+                return self.reject(ApiError::new(
+                    ErrorCode::InvalidCandidate,
+                    Some(id),
+                    message,
+                ));
             }
             LegEvent::Connected => {
                 if let Some(entry) = self.calls.get(&id) {
