@@ -52,14 +52,29 @@ async fn malformed_messages_get_typed_errors_and_the_socket_stays_up() {
         (r#"{"call":"a"}"#, "invalid_message"),
         (r#"{"type":7}"#, "invalid_message"),
         (r#"{"type":"teleport","call":"a"}"#, "unknown_type"),
-        (r#"{"type":"call","call":"a","to":"echo"}"#, "invalid_message"),
-        (r#"{"type":"call","call":"a","to":5,"sdp":"v=0"}"#, "invalid_message"),
-        (r#"{"type":"call","call":"","to":"echo","sdp":"v=0"}"#, "invalid_message"),
-        (r#"{"type":"call","call":"with space","to":"echo","sdp":"v=0"}"#, "invalid_message"),
+        (
+            r#"{"type":"call","call":"a","to":"echo"}"#,
+            "invalid_message",
+        ),
+        (
+            r#"{"type":"call","call":"a","to":5,"sdp":"v=0"}"#,
+            "invalid_message",
+        ),
+        (
+            r#"{"type":"call","call":"","to":"echo","sdp":"v=0"}"#,
+            "invalid_message",
+        ),
+        (
+            r#"{"type":"call","call":"with space","to":"echo","sdp":"v=0"}"#,
+            "invalid_message",
+        ),
         (r#"{"type":"candidate","call":"a"}"#, "invalid_message"),
         (r#"{"type":"hangup"}"#, "invalid_message"),
         (r#"{"type":"hangup","call":"nope"}"#, "unknown_call"),
-        (r#"{"type":"candidate","call":"nope","candidate":null}"#, "unknown_call"),
+        (
+            r#"{"type":"candidate","call":"nope","candidate":null}"#,
+            "unknown_call",
+        ),
     ];
     for (input, code) in cases {
         api.send_text(*input).await;
@@ -68,8 +83,12 @@ async fn malformed_messages_get_typed_errors_and_the_socket_stays_up() {
         still_alive(&mut api).await;
     }
     // The call id is echoed back when it could be read, so the client can match it.
-    api.send_text(r#"{"type":"call","call":"c9","to":"echo"}"#).await;
-    assert_eq!(expect_error(&mut api, "invalid_message").await["call"], "c9");
+    api.send_text(r#"{"type":"call","call":"c9","to":"echo"}"#)
+        .await;
+    assert_eq!(
+        expect_error(&mut api, "invalid_message").await["call"],
+        "c9"
+    );
     api.send_text(r#"{"type":"hangup","call":"nope"}"#).await;
     assert_eq!(expect_error(&mut api, "unknown_call").await["call"], "nope");
 
@@ -97,7 +116,10 @@ async fn malformed_messages_get_typed_errors_and_the_socket_stays_up() {
         Err(_) => Err(Closed::Gone),
     };
     assert!(
-        matches!(end, Err(Closed::Close(Some(CloseCode::Size))) | Err(Closed::Gone)),
+        matches!(
+            end,
+            Err(Closed::Close(Some(CloseCode::Size))) | Err(Closed::Gone)
+        ),
         "oversize frame must close the connection: {end:?}"
     );
     // Other connections are unaffected.
@@ -116,7 +138,10 @@ async fn call_failures_end_with_the_right_reason() {
     let e = expect_error(&mut api, "invalid_sdp").await;
     assert_eq!(e["call"], "bad-sdp");
     let ended = api.expect("ended").await;
-    assert_eq!((ended["call"].as_str(), ended["reason"].as_str()), (Some("bad-sdp"), Some("invalid_sdp")));
+    assert_eq!(
+        (ended["call"].as_str(), ended["reason"].as_str()),
+        (Some("bad-sdp"), Some("invalid_sdp"))
+    );
 
     // An audio m-line whose only codec the gateway does not speak.
     let g729_only = offer()
@@ -135,11 +160,30 @@ async fn call_failures_end_with_the_right_reason() {
     // Ended calls are gone: their ids are unknown now and may be reused.
     api.hangup("nowhere").await;
     expect_error(&mut api, "unknown_call").await;
-    assert_eq!(wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await, 0.0);
-    assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
-    assert_eq!(scrape_metric(&gw, "gangway_calls_ended_total{reason=\"invalid_sdp\"}").await, 1.0);
-    assert_eq!(scrape_metric(&gw, "gangway_calls_ended_total{reason=\"incompatible_codecs\"}").await, 1.0);
-    assert_eq!(scrape_metric(&gw, "gangway_calls_ended_total{reason=\"not_found\"}").await, 1.0);
+    assert_eq!(
+        wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await,
+        0.0
+    );
+    assert_eq!(
+        wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await,
+        0.0
+    );
+    assert_eq!(
+        scrape_metric(&gw, "gangway_calls_ended_total{reason=\"invalid_sdp\"}").await,
+        1.0
+    );
+    assert_eq!(
+        scrape_metric(
+            &gw,
+            "gangway_calls_ended_total{reason=\"incompatible_codecs\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        scrape_metric(&gw, "gangway_calls_ended_total{reason=\"not_found\"}").await,
+        1.0
+    );
     api.close().await;
     gw.shutdown(Duration::ZERO).await;
 }
@@ -153,13 +197,19 @@ async fn duplicate_ids_limits_and_candidates() {
     api.expect("answered").await;
 
     api.call("one", "echo", &offer().await).await;
-    assert_eq!(expect_error(&mut api, "duplicate_call").await["call"], "one");
+    assert_eq!(
+        expect_error(&mut api, "duplicate_call").await["call"],
+        "one"
+    );
 
     api.call("two", "echo", &offer().await).await;
     api.expect("answer").await;
     api.expect("answered").await;
     api.call("three", "echo", &offer().await).await;
-    assert_eq!(expect_error(&mut api, "too_many_calls").await["call"], "three");
+    assert_eq!(
+        expect_error(&mut api, "too_many_calls").await["call"],
+        "three"
+    );
 
     // Valid, end-of-candidates and mDNS candidates are accepted silently.
     for candidate in [
@@ -168,19 +218,35 @@ async fn duplicate_ids_limits_and_candidates() {
         json!({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}),
         Value::Null,
     ] {
-        api.send(json!({"type": "candidate", "call": "one", "candidate": candidate})).await;
+        api.send(json!({"type": "candidate", "call": "one", "candidate": candidate}))
+            .await;
     }
     still_alive(&mut api).await;
     api.send(json!({"type": "candidate", "call": "one", "candidate": {"candidate": "candidate:garbage"}})).await;
-    assert_eq!(expect_error(&mut api, "invalid_candidate").await["call"], "one");
+    assert_eq!(
+        expect_error(&mut api, "invalid_candidate").await["call"],
+        "one"
+    );
 
     assert_eq!(scrape_metric(&gw, "gangway_calls_active").await, 2.0);
     // Closing the socket ends its calls and frees their peers.
     api.close().await;
-    assert_eq!(wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await, 0.0);
-    assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
-    assert_eq!(wait_metric(&gw, "gangway_ws_connections_active", 0.0, SETTLE).await, 0.0);
-    assert_eq!(scrape_metric(&gw, "gangway_calls_ended_total{reason=\"socket_closed\"}").await, 2.0);
+    assert_eq!(
+        wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await,
+        0.0
+    );
+    assert_eq!(
+        wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await,
+        0.0
+    );
+    assert_eq!(
+        wait_metric(&gw, "gangway_ws_connections_active", 0.0, SETTLE).await,
+        0.0
+    );
+    assert_eq!(
+        scrape_metric(&gw, "gangway_calls_ended_total{reason=\"socket_closed\"}").await,
+        2.0
+    );
     gw.shutdown(Duration::ZERO).await;
 }
 
@@ -199,12 +265,27 @@ async fn a_hundred_calls_leave_no_calls_peers_or_tasks_behind() {
         let ended = api.expect("ended").await;
         assert_eq!(ended["reason"], "hangup");
     }
-    assert_eq!(wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await, 0.0);
-    assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
-    assert_eq!(scrape_metric(&gw, "gangway_calls_started_total{route=\"echo\"}").await, 100.0);
-    assert_eq!(scrape_metric(&gw, "gangway_calls_ended_total{reason=\"hangup\"}").await, 100.0);
+    assert_eq!(
+        wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await,
+        0.0
+    );
+    assert_eq!(
+        wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await,
+        0.0
+    );
+    assert_eq!(
+        scrape_metric(&gw, "gangway_calls_started_total{route=\"echo\"}").await,
+        100.0
+    );
+    assert_eq!(
+        scrape_metric(&gw, "gangway_calls_ended_total{reason=\"hangup\"}").await,
+        100.0
+    );
     api.close().await;
-    assert_eq!(wait_metric(&gw, "gangway_ws_connections_active", 0.0, SETTLE).await, 0.0);
+    assert_eq!(
+        wait_metric(&gw, "gangway_ws_connections_active", 0.0, SETTLE).await,
+        0.0
+    );
     // The session task is gone too: the runtime holds no more tasks than before.
     let deadline = tokio::time::Instant::now() + SETTLE;
     while runtime.num_alive_tasks() > tasks_before && tokio::time::Instant::now() < deadline {
@@ -229,7 +310,10 @@ async fn media_that_never_connects_ends_with_media_timeout() {
     // The offer's peer never sends a STUN check, so ICE cannot complete.
     let ended = api.expect("ended").await;
     assert_eq!(ended["reason"], "media_timeout", "{ended}");
-    assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
+    assert_eq!(
+        wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await,
+        0.0
+    );
     api.close().await;
     gw.shutdown(Duration::ZERO).await;
 }
@@ -246,16 +330,25 @@ async fn shutdown_drains_then_ends_calls_and_closes_sockets() {
     let ready = ureq_status(&gw, "/readyz").await;
     assert_eq!(ready, 503, "draining instances are not ready");
     api.call("late", "echo", &offer().await).await;
-    assert_eq!(expect_error(&mut api, "shutting_down").await["call"], "late");
+    assert_eq!(
+        expect_error(&mut api, "shutting_down").await["call"],
+        "late"
+    );
 
     let addr = gw.http_addr();
     let stopper = tokio::spawn(gw.shutdown(Duration::from_millis(300)));
     let ended = api.expect("ended").await;
-    assert_eq!((ended["call"].as_str(), ended["reason"].as_str()), (Some("up"), Some("shutdown")));
+    assert_eq!(
+        (ended["call"].as_str(), ended["reason"].as_str()),
+        (Some("up"), Some("shutdown"))
+    );
     let close = api.try_recv(Duration::from_secs(5)).await;
     assert_eq!(close, Err(Closed::Close(Some(CloseCode::Away))));
     stopper.await.unwrap();
-    assert!(std::net::TcpStream::connect(addr).is_err(), "HTTP port released");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "HTTP port released"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +378,11 @@ async fn ureq_status(gw: &gangway::Gateway, path: &str) -> u16 {
     ureq_get(gw, path, None).await.0
 }
 
-async fn ureq_get(gw: &gangway::Gateway, path: &str, origin: Option<&str>) -> (u16, String, String) {
+async fn ureq_get(
+    gw: &gangway::Gateway,
+    path: &str,
+    origin: Option<&str>,
+) -> (u16, String, String) {
     let url = format!("http://{}{path}", gw.http_addr());
     let origin = origin.map(str::to_owned);
     tokio::task::spawn_blocking(move || {

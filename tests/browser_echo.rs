@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use gangway_tests::audio::{i16le_to_f32, rms, tone_coverage, write_tone_wav};
-use gangway_tests::gateway::{scrape_metric, start_gateway};
+use gangway_tests::gateway::{scrape_metric, start_gateway, wait_metric};
 use gangway_tests::webdriver::{Browser, BrowserOptions, TempDir};
 use serde_json::{json, Value};
 
@@ -28,7 +28,7 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
 /// WebDriver async script. Arguments: codec name, settle ms, record ms,
 /// then the completion callback. Returns `{samples (base64 Int16 LE),
 /// sampleRate, codec, answerCodec, events, stats, endReason}` or, on
-/// failure, `{error, events, stats}`.
+/// failure, `{failure, events, stats}`.
 const CALL_SCRIPT: &str = r#"
 const [codec, settleMs, recordMs] = arguments;
 const done = arguments[arguments.length - 1];
@@ -202,7 +202,7 @@ function toBase64Int16(chunks, maxSamples) {
   const s = await stats().catch(() => null);
   try { call?.hangup(); } catch (_) {}
   try { await ctx?.close(); } catch (_) {}
-  done({ error: String(e?.message ?? e), events, stats: s });
+  done({ failure: String(e?.message ?? e), events, stats: s });
 });
 "#;
 
@@ -213,31 +213,26 @@ fn run_browser_call(page: &str, codec: &str) -> Result<Value, String> {
     let dir = TempDir::new("gangway-browser-echo").map_err(|e| format!("temp dir: {e}"))?;
     let wav = dir.path().join("tone-1000hz.wav");
     // 2 s holds a whole number of 1000 Hz periods, so the loop has no click.
-    write_tone_wav(&wav, TONE_HZ, 2.0, SAMPLE_RATE).map_err(|e| format!("writing {}: {e}", wav.display()))?;
+    write_tone_wav(&wav, TONE_HZ, 2.0, SAMPLE_RATE)
+        .map_err(|e| format!("writing {}: {e}", wav.display()))?;
 
     let browser = Browser::launch(BrowserOptions {
         fake_audio_capture: Some(wav),
         extra_args: Vec::new(),
     })
     .map_err(|e| format!("launching Chromium: {e}"))?;
-    browser.navigate(page).map_err(|e| format!("opening {page}: {e}"))?;
+    browser
+        .navigate(page)
+        .map_err(|e| format!("opening {page}: {e}"))?;
     browser
         .set_script_timeout(SCRIPT_TIMEOUT)
         .map_err(|e| format!("setting the script timeout: {e}"))?;
     browser
-        .execute_async_script(CALL_SCRIPT, vec![json!(codec), json!(SETTLE_MS), json!(RECORD_MS)])
+        .execute_async_script(
+            CALL_SCRIPT,
+            vec![json!(codec), json!(SETTLE_MS), json!(RECORD_MS)],
+        )
         .map_err(|e| format!("running the call script: {e}"))
-}
-
-async fn wait_for_metric(gw: &gangway::Gateway, series: &str, want: f64, timeout: Duration) -> f64 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let v = scrape_metric(gw, series).await;
-        if v == want || tokio::time::Instant::now() >= deadline {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn browser_echo(codec: &'static str) {
@@ -255,9 +250,9 @@ async fn browser_echo(codec: &'static str) {
     let events = result.get("events").cloned().unwrap_or(Value::Null);
     let stats = result.get("stats").cloned().unwrap_or(Value::Null);
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
-    if let Some(error) = result.get("error") {
+    if let Some(failure) = result.get("failure") {
         panic!(
-            "[{codec}] in-page call failed: {error}\nevents: {}\npeer connection: {}",
+            "[{codec}] in-page call failed: {failure}\nevents: {}\npeer connection: {}",
             pretty(&events),
             pretty(&stats)
         );
@@ -303,16 +298,31 @@ async fn browser_echo(codec: &'static str) {
         "[{codec}] negative control: {CONTROL_HZ} Hz dominates {:.1}% of frames",
         at_control * 100.0
     );
-    assert_eq!(result["endReason"]["reason"], "hangup", "[{codec}] end reason");
+    assert_eq!(
+        result["endReason"]["reason"], "hangup",
+        "[{codec}] end reason"
+    );
 
     // The gateway tears the call down asynchronously after `ended`.
-    let calls = wait_for_metric(&gw, "gangway_calls_active", 0.0, Duration::from_secs(2)).await;
-    let peers = wait_for_metric(&gw, "gangway_webrtc_peers_active", 0.0, Duration::from_secs(2)).await;
+    let calls = wait_metric(&gw, "gangway_calls_active", 0.0, Duration::from_secs(2)).await;
+    let peers = wait_metric(
+        &gw,
+        "gangway_webrtc_peers_active",
+        0.0,
+        Duration::from_secs(2),
+    )
+    .await;
     let hangups = scrape_metric(&gw, "gangway_calls_ended_total{reason=\"hangup\"}").await;
     println!("[{codec}] after the call: calls_active {calls}, webrtc_peers_active {peers}, hangups {hangups}");
     assert_eq!(calls, 0.0, "[{codec}] gangway_calls_active after hangup");
-    assert_eq!(peers, 0.0, "[{codec}] gangway_webrtc_peers_active after hangup");
-    assert!(hangups >= 1.0, "[{codec}] gangway_calls_ended_total{{reason=\"hangup\"}} = {hangups}");
+    assert_eq!(
+        peers, 0.0,
+        "[{codec}] gangway_webrtc_peers_active after hangup"
+    );
+    assert!(
+        hangups >= 1.0,
+        "[{codec}] gangway_calls_ended_total{{reason=\"hangup\"}} = {hangups}"
+    );
 
     gw.shutdown(Duration::from_secs(1)).await;
     println!("[{codec}] done in {:.1} s", started.elapsed().as_secs_f64());

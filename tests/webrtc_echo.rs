@@ -21,10 +21,18 @@ async fn echo_call(gw: &gangway::Gateway, codec: ClientCodec, tag: u32, frames: 
     assert_eq!(answer["call"], id.as_str());
     client.accept_answer(answer["sdp"].as_str().unwrap());
     assert_eq!(api.expect("answered").await["call"], id.as_str());
-    assert!(client.connect(Duration::from_secs(10)).await, "peer {tag} connects");
+    assert!(
+        client.connect(Duration::from_secs(10)).await,
+        "peer {tag} connects"
+    );
     let connect_time = t0.elapsed();
-    let report = client.echo_exchange(tag, frames, Duration::from_millis(300)).await;
-    assert_eq!(report.foreign, 0, "peer {tag} got frames it never sent: {report:?}");
+    let report = client
+        .echo_exchange(tag, frames, Duration::from_millis(300))
+        .await;
+    assert_eq!(
+        report.foreign, 0,
+        "peer {tag} got frames it never sent: {report:?}"
+    );
     assert!(
         report.echoed * 10 >= report.sent * 8,
         "peer {tag} got too few frames back: {report:?}"
@@ -40,12 +48,21 @@ async fn echo_call(gw: &gangway::Gateway, codec: ClientCodec, tag: u32, frames: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_returns_exactly_what_was_sent_for_each_codec() {
     let gw = start_gateway().await;
-    for (i, codec) in [ClientCodec::Opus, ClientCodec::Pcmu, ClientCodec::Pcma].into_iter().enumerate() {
+    for (i, codec) in [ClientCodec::Opus, ClientCodec::Pcmu, ClientCodec::Pcma]
+        .into_iter()
+        .enumerate()
+    {
         let t = echo_call(&gw, codec, i as u32, 50).await;
         println!("{codec:?}: connected in {t:?}");
     }
-    assert_eq!(wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await, 0.0);
-    assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
+    assert_eq!(
+        wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await,
+        0.0
+    );
+    assert_eq!(
+        wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await,
+        0.0
+    );
     gw.shutdown(Duration::ZERO).await;
 }
 
@@ -74,7 +91,11 @@ async fn two_hundred_peers_connect_at_once_and_all_echo() {
             let connected = client.connect(Duration::from_secs(30)).await;
             let connect_time = t0.elapsed();
             let report = if connected {
-                Some(client.echo_exchange(tag, 25, Duration::from_millis(500)).await)
+                Some(
+                    client
+                        .echo_exchange(tag, 25, Duration::from_millis(500))
+                        .await,
+                )
             } else {
                 None
             };
@@ -106,8 +127,18 @@ async fn two_hundred_peers_connect_at_once_and_all_echo() {
         "{PEERS} peers: all connected within {slowest:?} of the simultaneous start; whole run {:?}",
         start.elapsed()
     );
-    assert!(failures.is_empty(), "{} failures: {failures:#?}", failures.len());
-    assert_eq!(wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await, 0.0);
-    assert_eq!(wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await, 0.0);
+    assert!(
+        failures.is_empty(),
+        "{} failures: {failures:#?}",
+        failures.len()
+    );
+    assert_eq!(
+        wait_metric(&gw, "gangway_calls_active", 0.0, SETTLE).await,
+        0.0
+    );
+    assert_eq!(
+        wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await,
+        0.0
+    );
     gw.shutdown(Duration::ZERO).await;
 }

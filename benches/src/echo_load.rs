@@ -37,11 +37,19 @@ struct Args {
 }
 
 fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// utime + stime of a process, in seconds.
@@ -129,7 +137,9 @@ async fn main() {
             let ok = client.connect(Duration::from_secs(60)).await;
             let connect_time = start.elapsed();
             connected.wait().await;
-            let report = client.echo_exchange(tag, frames, Duration::from_millis(500)).await;
+            let report = client
+                .echo_exchange(tag, frames, Duration::from_millis(500))
+                .await;
             api.hangup(&id).await;
             let _ = api.expect("ended").await;
             api.close().await;
@@ -160,13 +170,31 @@ async fn main() {
     println!("calls                     {}", args.calls);
     println!("codec                     {:?}", codec);
     println!("connect failures          {failed}");
-    println!("all connected after       {:.2} s", all_connected.as_secs_f64());
+    println!(
+        "all connected after       {:.2} s",
+        all_connected.as_secs_f64()
+    );
     println!("media phase               {media_secs:.1} s");
-    println!("frames sent / echoed      {sent} / {echoed} (loss {:.3} %)", 100.0 * (sent - echoed.min(sent)) as f64 / sent.max(1) as f64);
+    println!(
+        "frames sent / echoed      {sent} / {echoed} (loss {:.3} %)",
+        100.0 * (sent - echoed.min(sent)) as f64 / sent.max(1) as f64
+    );
     println!("foreign frames            {foreign}");
-    println!("gateway CPU               {:.1} % of one core ({:.3} % per call)", 100.0 * gw_cpu / media_secs, 100.0 * gw_cpu / media_secs / n);
-    println!("generator CPU             {:.1} % of one core", 100.0 * self_cpu / media_secs);
-    println!("gateway RSS idle / busy   {:.0} KiB / {:.0} KiB ({:.1} KiB per call)", idle_rss, busy_rss, (busy_rss - idle_rss) / n);
+    println!(
+        "gateway CPU               {:.1} % of one core ({:.3} % per call)",
+        100.0 * gw_cpu / media_secs,
+        100.0 * gw_cpu / media_secs / n
+    );
+    println!(
+        "generator CPU             {:.1} % of one core",
+        100.0 * self_cpu / media_secs
+    );
+    println!(
+        "gateway RSS idle / busy   {:.0} KiB / {:.0} KiB ({:.1} KiB per call)",
+        idle_rss,
+        busy_rss,
+        (busy_rss - idle_rss) / n
+    );
     if failed > 0 || foreign > 0 {
         std::process::exit(1);
     }

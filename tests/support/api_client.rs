@@ -32,20 +32,35 @@ impl ApiClient {
 
     pub async fn connect_to(addr: std::net::SocketAddr) -> ApiClient {
         let url = format!("ws://{addr}/ws");
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
-        let mut c = ApiClient { ws, hello: Value::Null };
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        let mut c = ApiClient {
+            ws,
+            hello: Value::Null,
+        };
         c.hello = c.recv().await;
-        assert_eq!(c.hello["type"], "hello", "first message is hello: {}", c.hello);
+        assert_eq!(
+            c.hello["type"], "hello",
+            "first message is hello: {}",
+            c.hello
+        );
         c
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws.send(Message::text(text.into())).await.expect("send");
+        self.ws
+            .send(Message::text(text.into()))
+            .await
+            .expect("send");
     }
 
     /// Like `send_text`, for sends the server may legitimately cut off.
     pub async fn try_send_text(&mut self, text: String) -> Result<(), String> {
-        self.ws.send(Message::text(text)).await.map_err(|e| e.to_string())
+        self.ws
+            .send(Message::text(text))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     pub async fn send(&mut self, v: Value) {
@@ -74,7 +89,9 @@ impl ApiClient {
                 Some(Ok(Message::Text(t))) => {
                     return Ok(serde_json::from_str(t.as_str()).expect("server sends JSON"))
                 }
-                Some(Ok(Message::Close(frame))) => return Err(Closed::Close(frame.map(|f| f.code))),
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(Closed::Close(frame.map(|f| f.code)))
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(other)) => panic!("unexpected frame {other:?}"),
                 Some(Err(_)) | None => return Err(Closed::Gone),
@@ -97,7 +114,8 @@ impl ApiClient {
     }
 
     pub async fn call(&mut self, id: &str, to: &str, sdp: &str) {
-        self.send(json!({"type": "call", "call": id, "to": to, "sdp": sdp})).await;
+        self.send(json!({"type": "call", "call": id, "to": to, "sdp": sdp}))
+            .await;
     }
 
     pub async fn hangup(&mut self, id: &str) {

@@ -234,7 +234,10 @@ mod tests {
         let at_440 = tone_coverage(&s, SR, 440.0);
         let at_1000 = tone_coverage(&s, SR, 1000.0);
         assert!((at_440 - 0.5).abs() <= 0.03, "coverage at 440 Hz {at_440}");
-        assert!((at_1000 - 0.5).abs() <= 0.03, "coverage at 1000 Hz {at_1000}");
+        assert!(
+            (at_1000 - 0.5).abs() <= 0.03,
+            "coverage at 1000 Hz {at_1000}"
+        );
     }
 
     #[test]

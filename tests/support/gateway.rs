@@ -51,7 +51,8 @@ pub async fn scrape(gw: &Gateway) -> String {
 /// `gangway_calls_ended_total{reason="hangup"}`. Panics if absent.
 pub async fn scrape_metric(gw: &Gateway, series: &str) -> f64 {
     let text = scrape(gw).await;
-    metric_value(&text, series).unwrap_or_else(|| panic!("series {series} not in /metrics:\n{text}"))
+    metric_value(&text, series)
+        .unwrap_or_else(|| panic!("series {series} not in /metrics:\n{text}"))
 }
 
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
@@ -63,7 +64,12 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 }
 
 /// Polls a metric until it equals `want` or `timeout` passes; returns the last value.
-pub async fn wait_metric(gw: &Gateway, series: &str, want: f64, timeout: std::time::Duration) -> f64 {
+pub async fn wait_metric(
+    gw: &Gateway,
+    series: &str,
+    want: f64,
+    timeout: std::time::Duration,
+) -> f64 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let v = scrape_metric(gw, series).await;

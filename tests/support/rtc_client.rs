@@ -46,7 +46,9 @@ pub struct EchoReport {
 impl RtcClient {
     /// Binds a socket and creates the offer SDP.
     pub async fn new(codec: ClientCodec) -> (RtcClient, String) {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind client socket");
+        let socket = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind client socket");
         let local = socket.local_addr().unwrap();
         let builder = Rtc::builder().clear_codecs();
         let builder = match codec {
@@ -77,7 +79,10 @@ impl RtcClient {
     pub fn accept_answer(&mut self, sdp: &str) {
         let answer = SdpAnswer::from_sdp_string(sdp).expect("answer parses");
         let pending = self.pending.take().expect("one answer per offer");
-        self.rtc.sdp_api().accept_answer(pending, answer).expect("answer accepted");
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("answer accepted");
         self.drain();
     }
 
@@ -111,9 +116,14 @@ impl RtcClient {
             }
             let payload = frame_payload(self.codec, tag, i as u32);
             sent.insert(payload.clone());
-            let time = MediaTime::new(i as u64 * step, str0m::media::Frequency::new(clock).unwrap());
+            let time = MediaTime::new(
+                i as u64 * step,
+                str0m::media::Frequency::new(clock).unwrap(),
+            );
             if let Some(writer) = self.rtc.writer(self.mid) {
-                writer.write(pt, Instant::now(), time, payload).expect("write");
+                writer
+                    .write(pt, Instant::now(), time, payload)
+                    .expect("write");
             }
             self.drain();
         }
@@ -124,7 +134,11 @@ impl RtcClient {
         let echoed = self.received.iter().filter(|r| sent.contains(*r)).count();
         let foreign = self.received.len() - echoed;
         self.received.clear();
-        EchoReport { sent: frames, echoed, foreign }
+        EchoReport {
+            sent: frames,
+            echoed,
+            foreign,
+        }
     }
 
     fn pt(&mut self) -> Pt {

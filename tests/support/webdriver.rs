@@ -72,7 +72,8 @@ impl TempDir {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("{prefix}-{}-{nanos}-{n}", std::process::id()));
         std::fs::create_dir_all(&path)?;
         Ok(TempDir { path })
     }
@@ -130,7 +131,10 @@ pub fn chromium_args(user_data_dir: &Path, fake_audio_capture: Option<&Path>) ->
     .collect();
     args.push(format!("--user-data-dir={}", user_data_dir.display()));
     if let Some(wav) = fake_audio_capture {
-        args.push(format!("--use-file-for-fake-audio-capture={}", wav.display()));
+        args.push(format!(
+            "--use-file-for-fake-audio-capture={}",
+            wav.display()
+        ));
     }
     args
 }
@@ -152,7 +156,8 @@ fn locate(env_var: &str, default: &str, what: &str) -> Result<PathBuf> {
 
 /// Picks a currently free loopback TCP port (bind to port 0, then release).
 fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("cannot bind a free port: {e}")))?;
+    let l = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| err(format!("cannot bind a free port: {e}")))?;
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| err(format!("cannot read the free port: {e}")))
@@ -188,7 +193,10 @@ impl Browser {
         let chromedriver = locate("CHROMEDRIVER_BIN", DEFAULT_CHROMEDRIVER, "chromedriver")?;
         if let Some(wav) = &options.fake_audio_capture {
             if !wav.is_file() {
-                return Err(err(format!("fake audio capture file {} does not exist", wav.display())));
+                return Err(err(format!(
+                    "fake audio capture file {} does not exist",
+                    wav.display()
+                )));
             }
         }
         let profile = TempDir::new("gangway-chromium")
@@ -211,7 +219,8 @@ impl Browser {
                         _profile: profile,
                     };
                     let user_data_dir = browser._profile.path().join("profile");
-                    let mut args = chromium_args(&user_data_dir, options.fake_audio_capture.as_deref());
+                    let mut args =
+                        chromium_args(&user_data_dir, options.fake_audio_capture.as_deref());
                     args.extend(options.extra_args);
                     browser.new_session(&chromium, args)?;
                     return Ok(browser);
@@ -244,7 +253,10 @@ impl Browser {
     }
 
     fn session_path(&self, suffix: &str) -> Result<String> {
-        let id = self.session.as_deref().ok_or_else(|| err("no WebDriver session"))?;
+        let id = self
+            .session
+            .as_deref()
+            .ok_or_else(|| err("no WebDriver session"))?;
         Ok(format!("/session/{id}{suffix}"))
     }
 
@@ -256,14 +268,22 @@ impl Browser {
 
     /// Navigates the current tab and waits for the page to load.
     pub fn navigate(&self, url: &str) -> Result<()> {
-        self.command("POST", &self.session_path("/url")?, Some(json!({ "url": url })))?;
+        self.command(
+            "POST",
+            &self.session_path("/url")?,
+            Some(json!({ "url": url })),
+        )?;
         Ok(())
     }
 
     /// Sets the limit for scripts run by [`Self::execute_async_script`].
     pub fn set_script_timeout(&self, timeout: Duration) -> Result<()> {
         let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        self.command("POST", &self.session_path("/timeouts")?, Some(json!({ "script": ms })))?;
+        self.command(
+            "POST",
+            &self.session_path("/timeouts")?,
+            Some(json!({ "script": ms })),
+        )?;
         Ok(())
     }
 
@@ -291,7 +311,13 @@ impl Browser {
     /// Ends the session, which closes Chromium. Drop does this too.
     pub fn quit(&mut self) -> Result<()> {
         if let Some(id) = self.session.take() {
-            send(&self.quit_agent, &self.base, "DELETE", &format!("/session/{id}"), None)?;
+            send(
+                &self.quit_agent,
+                &self.base,
+                "DELETE",
+                &format!("/session/{id}"),
+                None,
+            )?;
         }
         Ok(())
     }
@@ -306,8 +332,18 @@ impl Browser {
         if log.trim().is_empty() {
             return e;
         }
-        let tail: Vec<&str> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
-        err(format!("{e}\n--- chromedriver output (last lines) ---\n{}", tail.join("\n")))
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        err(format!(
+            "{e}\n--- chromedriver output (last lines) ---\n{}",
+            tail.join("\n")
+        ))
     }
 }
 
@@ -322,7 +358,8 @@ impl Drop for Browser {
 /// until `GET /status` reports ready.
 fn start_driver(chromedriver: &Path, log_path: &Path) -> Result<(Child, String)> {
     let port = free_port()?;
-    let log = File::create(log_path).map_err(|e| err(format!("cannot create {}: {e}", log_path.display())))?;
+    let log = File::create(log_path)
+        .map_err(|e| err(format!("cannot create {}: {e}", log_path.display())))?;
     let log2 = log
         .try_clone()
         .map_err(|e| err(format!("cannot clone the chromedriver log handle: {e}")))?;
@@ -334,14 +371,22 @@ fn start_driver(chromedriver: &Path, log_path: &Path) -> Result<(Child, String)>
         // Its own group, so Chromium and its helpers can be killed together.
         .process_group(0)
         .spawn()
-        .map_err(|e| err(format!("cannot run {}: {e}; {INSTALL_HINT}", chromedriver.display())))?;
+        .map_err(|e| {
+            err(format!(
+                "cannot run {}: {e}; {INSTALL_HINT}",
+                chromedriver.display()
+            ))
+        })?;
     let base = format!("http://127.0.0.1:{port}");
     let probe = agent(Duration::from_secs(2));
     let deadline = Instant::now() + DRIVER_START_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             let out = std::fs::read_to_string(log_path).unwrap_or_default();
-            return Err(err(format!("chromedriver exited at startup ({status}): {}", out.trim())));
+            return Err(err(format!(
+                "chromedriver exited at startup ({status}): {}",
+                out.trim()
+            )));
         }
         if let Ok(value) = send(&probe, &base, "GET", "/status", None) {
             if value.get("ready").and_then(Value::as_bool) == Some(true) {
@@ -379,12 +424,20 @@ fn kill_process_group(child: &mut Child) {
 
 /// One HTTP round trip to chromedriver; unwraps `value` and turns WebDriver
 /// errors (`{"value": {"error", "message"}}`) into [`WebDriverError`].
-fn send(agent: &ureq::Agent, base: &str, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+fn send(
+    agent: &ureq::Agent,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value> {
     let url = format!("{base}{path}");
     let result = match (method, body) {
         ("GET", _) => agent.get(&url).call(),
         ("DELETE", _) => agent.delete(&url).call(),
-        ("POST", body) => agent.post(&url).send_json(body.unwrap_or_else(|| json!({}))),
+        ("POST", body) => agent
+            .post(&url)
+            .send_json(body.unwrap_or_else(|| json!({}))),
         (m, _) => return Err(err(format!("unsupported HTTP method {m}"))),
     };
     let mut response = result.map_err(|e| err(format!("{method} {path}: {e}")))?;
@@ -397,13 +450,21 @@ fn send(agent: &ureq::Agent, base: &str, method: &str, path: &str, body: Option<
         .map_err(|e| err(format!("{method} {path}: reading the response: {e}")))?;
     let json: Value = serde_json::from_str(&text).map_err(|e| {
         let head: String = text.chars().take(300).collect();
-        err(format!("{method} {path}: HTTP {status}, not JSON ({e}): {head}"))
+        err(format!(
+            "{method} {path}: HTTP {status}, not JSON ({e}): {head}"
+        ))
     })?;
     let value = json.get("value").cloned().unwrap_or(Value::Null);
-    if !status.is_success() || value.get("error").is_some_and(|e| !e.is_null()) {
-        let code = value.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+    // Only the status marks an error: a script's result may well have an `error` field.
+    if !status.is_success() {
+        let code = value
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error");
         let message = value.get("message").and_then(Value::as_str).unwrap_or("");
-        return Err(err(format!("{method} {path}: HTTP {status}: {code}: {message}")));
+        return Err(err(format!(
+            "{method} {path}: HTTP {status}: {code}: {message}"
+        )));
     }
     Ok(value)
 }
