@@ -254,6 +254,13 @@ async fn duplicate_ids_limits_and_candidates() {
 async fn a_hundred_calls_leave_no_calls_peers_or_tasks_behind() {
     let gw = start_gateway().await;
     let runtime = tokio::runtime::Handle::current().metrics();
+    // Baseline once the server has run: axum spawns its shutdown-signal task
+    // lazily, and counting before that would report it as a leak.
+    ApiClient::connect(&gw).await.close().await;
+    assert_eq!(
+        wait_metric(&gw, "gangway_ws_connections_active", 0.0, SETTLE).await,
+        0.0
+    );
     let tasks_before = runtime.num_alive_tasks();
     let mut api = ApiClient::connect(&gw).await;
     for i in 0..100 {

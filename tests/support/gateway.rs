@@ -32,11 +32,14 @@ pub fn init_tracing() {
     });
 }
 
-/// Fetches `/metrics` over HTTP, as Prometheus would.
+/// Fetches `/metrics` over HTTP, as Prometheus would. The connection is
+/// closed after each scrape so no server connection task outlives it (the
+/// leak checks count tasks).
 pub async fn scrape(gw: &Gateway) -> String {
     let url = format!("http://{}/metrics", gw.http_addr());
     tokio::task::spawn_blocking(move || {
         ureq::get(&url)
+            .header("Connection", "close")
             .call()
             .expect("GET /metrics")
             .body_mut()

@@ -10,10 +10,12 @@ pub enum CallState {
     Idle,
     /// Waiting for the WebRTC leg to accept the browser's offer.
     SettingUp,
-    /// The browser has its answer; ICE/DTLS has not connected yet.
-    AwaitingMedia,
-    /// Media flows on the WebRTC leg.
-    Connected,
+    /// The browser has its answer; the far end has not answered yet.
+    Dialing,
+    /// The far end is ringing (or playing early media).
+    Ringing,
+    /// The far end answered (the echo line answers at once).
+    Answered,
     Ended(EndReason),
 }
 
@@ -29,6 +31,29 @@ pub enum LegSetupError {
 pub enum MediaPlan {
     /// Back to the browser (the built-in echo line).
     Echo,
+    /// Bridged to the SIP leg's RTP (G.711 passthrough).
+    Bridge,
+}
+
+/// Timers of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallTimers {
+    /// ICE/DTLS must connect within this.
+    pub media_setup: Duration,
+    /// The far end must answer within this (SIP routes).
+    pub answer: Duration,
+    /// An answered call is ended after this; `None` for no limit.
+    pub max_duration: Option<Duration>,
+}
+
+impl CallTimers {
+    pub fn new(media_setup: Duration) -> Self {
+        CallTimers {
+            media_setup,
+            answer: Duration::from_secs(60),
+            max_duration: None,
+        }
+    }
 }
 
 /// Things that happen to a call.
@@ -48,6 +73,21 @@ pub enum Event {
     MediaConnected,
     /// The WebRTC leg lost connectivity (ICE consent expired).
     MediaLost,
+    /// A provisional SIP response (180/181/182/183); `early_media` when it carried usable SDP.
+    SipProgress {
+        status: u16,
+        early_media: bool,
+    },
+    /// A 2xx with usable SDP.
+    SipAnswered,
+    /// The far end's answer SDP could not be used (no common codec, bad address).
+    SipMediaUnusable,
+    /// A final failure response (or a timeout/transport failure mapped to a status).
+    SipFailed {
+        status: u16,
+    },
+    /// BYE from the far end.
+    SipRemoteHangup,
     /// The browser sent `hangup`.
     Hangup,
     SocketClosed,
@@ -61,6 +101,8 @@ pub enum Notify {
         sdp: String,
     },
     Ringing,
+    /// Early media is playing (a 183 with SDP).
+    Progress,
     Answered,
     Ended {
         reason: EndReason,
@@ -73,7 +115,11 @@ pub enum Notify {
 pub enum Action {
     /// Create the WebRTC leg from the browser's offer; its media goes where `media` says.
     CreateLeg { offer: String, media: MediaPlan },
-    /// Tear down the WebRTC leg and free its resources.
+    /// Send the INVITE for the SIP leg.
+    PlaceSipCall { uri: String },
+    /// End the SIP leg: CANCEL before a final response, BYE after 2xx.
+    HangupSip,
+    /// Tear down the WebRTC leg (and the RTP port bridged to it).
     ReleaseLeg,
     /// Tell the browser.
     Notify(Notify),
@@ -81,27 +127,37 @@ pub enum Action {
     Finished(EndReason),
 }
 
-/// One call's state machine. Feed it events with [`Call::handle`] and the
-/// clock with [`Call::handle_timeout`]; drain [`Call::poll_action`] after each.
+/// One call's state machine (a B2BUA joining the WebRTC leg and, for SIP
+/// routes, the SIP leg). Feed it events with [`Call::handle`] and the clock
+/// with [`Call::handle_timeout`]; drain [`Call::poll_action`] after each.
 #[derive(Debug)]
 pub struct Call {
     state: CallState,
     router: Router,
-    setup_timeout: Duration,
-    /// When the call gives up waiting for media to connect.
-    deadline: Option<Instant>,
+    timers: CallTimers,
+    route: Option<Route>,
+    media_connected: bool,
+    /// Until ICE/DTLS connects.
+    media_deadline: Option<Instant>,
+    /// Until the far end answers, then until the maximum duration.
+    call_deadline: Option<Instant>,
     leg_exists: bool,
+    sip_exists: bool,
     actions: VecDeque<Action>,
 }
 
 impl Call {
-    pub fn new(router: Router, setup_timeout: Duration) -> Self {
+    pub fn new(router: Router, timers: CallTimers) -> Self {
         Call {
             state: CallState::Idle,
             router,
-            setup_timeout,
-            deadline: None,
+            timers,
+            route: None,
+            media_connected: false,
+            media_deadline: None,
+            call_deadline: None,
             leg_exists: false,
+            sip_exists: false,
             actions: VecDeque::new(),
         }
     }
@@ -114,9 +170,17 @@ impl Call {
         matches!(self.state, CallState::Ended(_))
     }
 
+    /// The route chosen at start, if the call got that far.
+    pub fn route(&self) -> Option<&Route> {
+        self.route.as_ref()
+    }
+
     /// The next instant at which [`Call::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
+        match (self.media_deadline, self.call_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -124,11 +188,21 @@ impl Call {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.deadline.is_some_and(|d| now >= d) {
-            self.deadline = None;
-            if matches!(self.state, CallState::SettingUp | CallState::AwaitingMedia) {
-                self.end(EndReason::MediaTimeout, true);
-            }
+        if self.is_ended() {
+            return;
+        }
+        if self.media_deadline.is_some_and(|d| now >= d) {
+            self.media_deadline = None;
+            return self.end(EndReason::MediaTimeout, None);
+        }
+        if self.call_deadline.is_some_and(|d| now >= d) {
+            self.call_deadline = None;
+            let reason = if self.state == CallState::Answered {
+                EndReason::MaxDuration
+            } else {
+                EndReason::NoAnswer
+            };
+            self.end(reason, None);
         }
     }
 
@@ -136,23 +210,18 @@ impl Call {
         use CallState as S;
         match (self.state, event) {
             (S::Ended(_), _) => {}
-            (S::Idle, Event::Start { to, offer }) => match self.router.route(&to) {
-                Route::NotFound => self.end(EndReason::NotFound, true),
-                Route::Echo => {
-                    self.state = S::SettingUp;
-                    self.deadline = Some(now + self.setup_timeout);
-                    self.leg_exists = true;
-                    self.actions.push_back(Action::CreateLeg {
-                        offer,
-                        media: MediaPlan::Echo,
-                    });
-                }
-            },
+            (S::Idle, Event::Start { to, offer }) => self.start(now, &to, offer),
             (S::SettingUp, Event::LegReady { answer }) => {
-                self.state = S::AwaitingMedia;
                 self.notify(Notify::Answer { sdp: answer });
-                // The echo line answers at once; later routes will wait for the far end.
-                self.notify(Notify::Answered);
+                match self.route.clone() {
+                    Some(Route::Sip { uri }) => {
+                        self.state = S::Dialing;
+                        self.sip_exists = true;
+                        self.call_deadline = Some(now + self.timers.answer);
+                        self.actions.push_back(Action::PlaceSipCall { uri });
+                    }
+                    _ => self.answered(now),
+                }
             }
             (S::SettingUp, Event::LegFailed(err)) => {
                 // A leg that failed to set up holds nothing to release.
@@ -161,216 +230,99 @@ impl Call {
                     LegSetupError::InvalidSdp(_) => EndReason::InvalidSdp,
                     LegSetupError::IncompatibleCodecs => EndReason::IncompatibleCodecs,
                 };
-                self.end(reason, true);
+                self.end(reason, None);
             }
-            (S::AwaitingMedia, Event::MediaConnected) => {
-                self.state = S::Connected;
-                self.deadline = None;
+            (_, Event::MediaConnected) => {
+                self.media_connected = true;
+                self.media_deadline = None;
             }
-            (S::AwaitingMedia | S::Connected, Event::MediaLost) => {
-                self.end(EndReason::MediaTimeout, true);
+            (_, Event::MediaLost) => self.end(EndReason::MediaTimeout, None),
+            (S::Dialing | S::Ringing, Event::SipProgress { early_media, .. }) => {
+                let first = self.state == S::Dialing;
+                self.state = S::Ringing;
+                if first || early_media {
+                    self.notify(Notify::Ringing);
+                }
+                if early_media {
+                    self.notify(Notify::Progress);
+                }
             }
-            (_, Event::Hangup) => self.end(EndReason::Hangup, true),
-            (_, Event::Shutdown) => self.end(EndReason::Shutdown, true),
-            (_, Event::SocketClosed) => self.end(EndReason::SocketClosed, false),
-            // Anything else is stale (e.g. a leg result after hangup): ignore it.
+            (S::Dialing | S::Ringing, Event::SipAnswered) => self.answered(now),
+            (_, Event::SipMediaUnusable) => self.end(EndReason::IncompatibleCodecs, None),
+            (S::Dialing | S::Ringing, Event::SipFailed { status }) => {
+                // The SIP leg is already gone: nothing to hang up there.
+                self.sip_exists = false;
+                self.end(reason_for_status(status), Some(status));
+            }
+            (S::Answered, Event::SipRemoteHangup) => {
+                self.sip_exists = false;
+                self.end(EndReason::RemoteHangup, None);
+            }
+            (_, Event::Hangup) => self.end(EndReason::Hangup, None),
+            (_, Event::Shutdown) => self.end(EndReason::Shutdown, None),
+            (_, Event::SocketClosed) => self.end(EndReason::SocketClosed, None),
+            // Anything else is stale or out of order (e.g. a 180 after the 200): ignore it.
             _ => {}
         }
+    }
+
+    fn start(&mut self, now: Instant, to: &str, offer: String) {
+        let route = self.router.route(to);
+        let media = match &route {
+            Route::NotFound => return self.end(EndReason::NotFound, None),
+            Route::NotAllowed => return self.end(EndReason::Forbidden, None),
+            Route::Echo => MediaPlan::Echo,
+            Route::Sip { .. } => MediaPlan::Bridge,
+        };
+        self.route = Some(route);
+        self.state = CallState::SettingUp;
+        self.media_deadline = Some(now + self.timers.media_setup);
+        self.leg_exists = true;
+        self.actions.push_back(Action::CreateLeg { offer, media });
+    }
+
+    fn answered(&mut self, now: Instant) {
+        self.state = CallState::Answered;
+        self.call_deadline = self.timers.max_duration.map(|d| now + d);
+        self.notify(Notify::Answered);
     }
 
     fn notify(&mut self, n: Notify) {
         self.actions.push_back(Action::Notify(n));
     }
 
-    fn end(&mut self, reason: EndReason, tell_browser: bool) {
+    fn end(&mut self, reason: EndReason, code: Option<u16>) {
         self.state = CallState::Ended(reason);
-        self.deadline = None;
+        self.media_deadline = None;
+        self.call_deadline = None;
+        if std::mem::take(&mut self.sip_exists) {
+            self.actions.push_back(Action::HangupSip);
+        }
         if std::mem::take(&mut self.leg_exists) {
             self.actions.push_back(Action::ReleaseLeg);
         }
-        if tell_browser {
-            self.notify(Notify::Ended { reason, code: None });
+        // A closed socket has no one to tell.
+        if reason != EndReason::SocketClosed {
+            self.notify(Notify::Ended { reason, code });
         }
         self.actions.push_back(Action::Finished(reason));
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SETUP: Duration = Duration::from_secs(10);
-
-    fn call() -> (Call, Instant) {
-        (
-            Call::new(Router::new(Some("echo".into())), SETUP),
-            Instant::now(),
-        )
-    }
-
-    fn drain(c: &mut Call) -> Vec<Action> {
-        std::iter::from_fn(|| c.poll_action()).collect()
-    }
-
-    fn start(c: &mut Call, now: Instant, to: &str) -> Vec<Action> {
-        c.handle(
-            now,
-            Event::Start {
-                to: to.into(),
-                offer: "offer".into(),
-            },
-        );
-        drain(c)
-    }
-
-    fn ended(reason: EndReason) -> Action {
-        Action::Notify(Notify::Ended { reason, code: None })
-    }
-
-    #[test]
-    fn echo_call_answers_connects_and_hangs_up() {
-        let (mut c, t0) = call();
-        assert_eq!(
-            start(&mut c, t0, "echo"),
-            vec![Action::CreateLeg {
-                offer: "offer".into(),
-                media: MediaPlan::Echo
-            }]
-        );
-        assert_eq!(c.poll_timeout(), Some(t0 + SETUP));
-        c.handle(
-            t0,
-            Event::LegReady {
-                answer: "ans".into(),
-            },
-        );
-        assert_eq!(
-            drain(&mut c),
-            vec![
-                Action::Notify(Notify::Answer { sdp: "ans".into() }),
-                Action::Notify(Notify::Answered)
-            ]
-        );
-        c.handle(t0, Event::MediaConnected);
-        assert_eq!(c.state(), CallState::Connected);
-        assert_eq!(c.poll_timeout(), None, "no setup timer once connected");
-        c.handle(t0, Event::Hangup);
-        assert_eq!(
-            drain(&mut c),
-            vec![
-                Action::ReleaseLeg,
-                ended(EndReason::Hangup),
-                Action::Finished(EndReason::Hangup)
-            ]
-        );
-        // Once ended, nothing more happens.
-        c.handle(t0, Event::Hangup);
-        c.handle(t0, Event::MediaLost);
-        assert!(drain(&mut c).is_empty());
-    }
-
-    #[test]
-    fn unknown_destination_is_not_found_without_a_leg() {
-        let (mut c, t0) = call();
-        assert_eq!(
-            start(&mut c, t0, "+15551234"),
-            vec![
-                ended(EndReason::NotFound),
-                Action::Finished(EndReason::NotFound)
-            ]
-        );
-    }
-
-    #[test]
-    fn leg_failures_end_without_release() {
-        for (err, reason) in [
-            (LegSetupError::InvalidSdp("x".into()), EndReason::InvalidSdp),
-            (
-                LegSetupError::IncompatibleCodecs,
-                EndReason::IncompatibleCodecs,
-            ),
-        ] {
-            let (mut c, t0) = call();
-            start(&mut c, t0, "echo");
-            c.handle(t0, Event::LegFailed(err));
-            assert_eq!(drain(&mut c), vec![ended(reason), Action::Finished(reason)]);
-        }
-    }
-
-    #[test]
-    fn media_that_never_connects_times_out() {
-        let (mut c, t0) = call();
-        start(&mut c, t0, "echo");
-        c.handle(t0, Event::LegReady { answer: "a".into() });
-        drain(&mut c);
-        c.handle_timeout(t0 + SETUP - Duration::from_millis(1));
-        assert!(drain(&mut c).is_empty(), "not yet");
-        c.handle_timeout(t0 + SETUP);
-        assert_eq!(
-            drain(&mut c),
-            vec![
-                Action::ReleaseLeg,
-                ended(EndReason::MediaTimeout),
-                Action::Finished(EndReason::MediaTimeout)
-            ]
-        );
-    }
-
-    #[test]
-    fn lost_media_ends_the_call() {
-        let (mut c, t0) = call();
-        start(&mut c, t0, "echo");
-        c.handle(t0, Event::LegReady { answer: "a".into() });
-        c.handle(t0, Event::MediaConnected);
-        drain(&mut c);
-        c.handle(t0, Event::MediaLost);
-        assert_eq!(
-            drain(&mut c),
-            vec![
-                Action::ReleaseLeg,
-                ended(EndReason::MediaTimeout),
-                Action::Finished(EndReason::MediaTimeout)
-            ]
-        );
-    }
-
-    #[test]
-    fn socket_close_releases_silently_and_shutdown_tells() {
-        let (mut c, t0) = call();
-        start(&mut c, t0, "echo");
-        c.handle(t0, Event::SocketClosed);
-        assert_eq!(
-            drain(&mut c),
-            vec![
-                Action::ReleaseLeg,
-                Action::Finished(EndReason::SocketClosed)
-            ]
-        );
-        let (mut c, t0) = call();
-        start(&mut c, t0, "echo");
-        c.handle(t0, Event::Shutdown);
-        assert_eq!(
-            drain(&mut c),
-            vec![
-                Action::ReleaseLeg,
-                ended(EndReason::Shutdown),
-                Action::Finished(EndReason::Shutdown)
-            ]
-        );
-    }
-
-    #[test]
-    fn hangup_while_setting_up_releases_and_ignores_late_leg_result() {
-        let (mut c, t0) = call();
-        start(&mut c, t0, "echo");
-        c.handle(t0, Event::Hangup);
-        assert_eq!(drain(&mut c).first(), Some(&Action::ReleaseLeg));
-        c.handle(
-            t0,
-            Event::LegReady {
-                answer: "late".into(),
-            },
-        );
-        assert!(drain(&mut c).is_empty());
+/// Maps a final SIP failure status to the API's end reason.
+pub fn reason_for_status(status: u16) -> EndReason {
+    match status {
+        486 | 600 => EndReason::Busy,
+        404 | 484 | 604 => EndReason::NotFound,
+        408 | 480 => EndReason::NoAnswer,
+        403 | 603 | 607 | 608 => EndReason::Rejected,
+        401 | 407 => EndReason::AuthFailed,
+        487 => EndReason::Cancelled,
+        488 | 606 | 415 => EndReason::IncompatibleCodecs,
+        _ => EndReason::Failed,
     }
 }
+
+#[cfg(test)]
+#[path = "call_tests.rs"]
+mod tests;

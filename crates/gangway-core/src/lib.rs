@@ -9,8 +9,10 @@
 mod call;
 mod route;
 
-pub use call::{Action, Call, CallState, Event, LegSetupError, MediaPlan, Notify};
-pub use route::{Route, Router};
+pub use call::{
+    reason_for_status, Action, Call, CallState, CallTimers, Event, LegSetupError, MediaPlan, Notify,
+};
+pub use route::{Route, Router, SipRouting};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,24 @@ pub enum EndReason {
     MediaTimeout,
     /// The gateway is shutting down.
     Shutdown,
+    /// The destination is valid but the allow-list refuses it.
+    Forbidden,
+    /// The far end was busy (486, 600).
+    Busy,
+    /// The far end refused (403, 603).
+    Rejected,
+    /// Nobody answered in time (408, 480, or the answer timeout).
+    NoAnswer,
+    /// The far end cancelled (487 not caused by us).
+    Cancelled,
+    /// The trunk refused our credentials (401/407 after one authenticated retry).
+    AuthFailed,
+    /// The far end hung up (BYE).
+    RemoteHangup,
+    /// The call reached its maximum duration.
+    MaxDuration,
+    /// Any other SIP failure; `code` has the status.
+    Failed,
 }
 
 impl EndReason {
@@ -43,6 +63,15 @@ impl EndReason {
         EndReason::NotFound,
         EndReason::MediaTimeout,
         EndReason::Shutdown,
+        EndReason::Forbidden,
+        EndReason::Busy,
+        EndReason::Rejected,
+        EndReason::NoAnswer,
+        EndReason::Cancelled,
+        EndReason::AuthFailed,
+        EndReason::RemoteHangup,
+        EndReason::MaxDuration,
+        EndReason::Failed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +83,15 @@ impl EndReason {
             EndReason::NotFound => "not_found",
             EndReason::MediaTimeout => "media_timeout",
             EndReason::Shutdown => "shutdown",
+            EndReason::Forbidden => "forbidden",
+            EndReason::Busy => "busy",
+            EndReason::Rejected => "rejected",
+            EndReason::NoAnswer => "no_answer",
+            EndReason::Cancelled => "cancelled",
+            EndReason::AuthFailed => "auth_failed",
+            EndReason::RemoteHangup => "remote_hangup",
+            EndReason::MaxDuration => "max_duration",
+            EndReason::Failed => "failed",
         }
     }
 }

@@ -12,3 +12,5 @@
 mod shard;
 
 pub use shard::{LegEvent, MediaRoute, ShardHandle, ShardMetrics, ShardStartError};
+pub mod g711;
+pub mod rtp;

@@ -184,6 +184,10 @@ pub enum ServerMessage {
     Ringing {
         call: CallId,
     },
+    /// Early media from the far end is playing (SIP 183 with SDP).
+    Progress {
+        call: CallId,
+    },
     Answered {
         call: CallId,
     },

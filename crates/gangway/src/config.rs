@@ -55,7 +55,7 @@ pub struct WebRtcConfig {
     /// Address put in the ICE candidate instead of the listen address (behind NAT,
     /// or when listening on 0.0.0.0).
     pub public_ip: Option<IpAddr>,
-    /// Audio codecs accepted from browsers, in preference order: `opus`, `pcmu`, `pcma`.
+    /// Audio codecs accepted from browsers: `opus`, `pcmu`, `pcma`.
     pub codecs: Vec<String>,
 }
 

@@ -44,7 +44,7 @@ impl Metrics {
         registry.register("calls_active", "Calls in progress", m.calls_active.clone());
         registry.register(
             "calls_started",
-            "Calls accepted, by route",
+            "Calls whose media leg was set up, by route",
             m.calls_started.clone(),
         );
         registry.register(

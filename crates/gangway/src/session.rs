@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use gangway_core::{Action, Call, EndReason, Event, LegSetupError, MediaPlan, Notify, Router};
+use gangway_core::{
+    Action, Call, CallTimers, EndReason, Event, LegSetupError, MediaPlan, Notify, Router,
+};
 use gangway_media::{LegEvent, MediaRoute};
 use gangway_rtc::{PeerId, SetupError};
 use gangway_signal::{
@@ -62,7 +64,7 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>, id: String) {
         max_message_bytes: shared.config.http.max_message_bytes,
     };
     let mut s = Session {
-        router: Router::new(shared.config.echo_destination()),
+        router: Router::new(shared.config.echo_destination(), None),
         shared,
         calls: HashMap::new(),
         by_peer: HashMap::new(),
@@ -209,7 +211,10 @@ impl Session {
         self.calls.insert(
             id.clone(),
             CallEntry {
-                call: Call::new(self.router.clone(), self.shared.config.setup_timeout()),
+                call: Call::new(
+                    self.router.clone(),
+                    CallTimers::new(self.shared.config.setup_timeout()),
+                ),
                 peer,
                 started: Instant::now(),
             },
@@ -305,6 +310,7 @@ impl Session {
                 Action::CreateLeg { offer, media } => {
                     let (route, label) = match media {
                         MediaPlan::Echo => (MediaRoute::Echo, "echo"),
+                        MediaPlan::Bridge => (MediaRoute::Echo, "sip"),
                     };
                     self.shared
                         .metrics
@@ -316,6 +322,8 @@ impl Session {
                         .add_peer(peer, offer, route, self.legs.clone());
                 }
                 Action::ReleaseLeg => self.shared.shard.remove_peer(peer),
+                // The router has no SIP destinations until the SIP leg is wired.
+                Action::PlaceSipCall { .. } | Action::HangupSip => {}
                 Action::Notify(n) => self.outbox.push(to_message(id.clone(), n)),
                 Action::Finished(reason) => finished = Some(reason),
             }
@@ -341,6 +349,7 @@ fn to_message(call: CallId, n: Notify) -> ServerMessage {
     match n {
         Notify::Answer { sdp } => ServerMessage::Answer { call, sdp },
         Notify::Ringing => ServerMessage::Ringing { call },
+        Notify::Progress => ServerMessage::Progress { call },
         Notify::Answered => ServerMessage::Answered { call },
         Notify::Ended { reason, code } => ServerMessage::Ended { call, reason, code },
     }
