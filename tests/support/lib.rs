@@ -6,4 +6,5 @@ pub mod api_client;
 pub mod audio;
 pub mod gateway;
 pub mod rtc_client;
+pub mod sip_peers;
 pub mod webdriver;

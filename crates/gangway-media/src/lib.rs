@@ -9,8 +9,10 @@
 //! Today a call's media has one route, [`MediaRoute::Echo`]; the SIP bridge
 //! and transcoding routes plug in here.
 
+mod bridge;
 mod shard;
 
+pub use bridge::{Law, RtpPorts};
 pub use shard::{LegEvent, MediaRoute, ShardHandle, ShardMetrics, ShardStartError};
 pub mod g711;
 pub mod rtp;

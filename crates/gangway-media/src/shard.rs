@@ -4,26 +4,34 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use gangway_rtc::{Endpoint, EndpointConfig, PeerEvent, PeerId, SetupError};
+use gangway_rtc::{AudioCodec, Endpoint, EndpointConfig, PeerEvent, PeerId, SetupError};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use str0m::media::{Frequency, MediaTime};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
+
+use crate::bridge::{Bridge, Law, PortAllocator, RtpIn, RtpPorts};
+use crate::g711::LawTables;
 
 /// Where a call's browser media goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaRoute {
     /// Straight back to the same browser.
     Echo,
+    /// To and from plain RTP on a port of its own (the SIP leg), G.711 passed through.
+    Bridge,
 }
 
 /// What a shard tells a call about its WebRTC leg.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LegEvent {
-    /// The offer was accepted; this is the SDP answer.
+    /// The offer was accepted; this is the SDP answer. For bridged calls,
+    /// `rtp_port` is the local port the SIP leg's SDP must announce.
     Ready {
         answer: String,
+        rtp_port: Option<u16>,
     },
     Failed(SetupError),
     CandidateRejected(String),
@@ -41,8 +49,18 @@ pub struct ShardMetrics {
     pub bytes_out: Counter,
     /// Datagrams no peer accepted (stray, late or hostile traffic).
     pub unmatched: Counter,
-    /// Datagrams the socket refused to send (buffer full).
+    /// Datagrams a socket refused to send (buffer full).
     pub send_drops: Counter,
+    /// RTP ports held for SIP legs.
+    pub rtp_ports: Gauge,
+    pub rtp_packets_in: Counter,
+    pub rtp_packets_out: Counter,
+    pub rtp_bytes_in: Counter,
+    pub rtp_bytes_out: Counter,
+    /// RTP datagrams not passed on: not RTP, a payload type not bridged, or an unexpected source.
+    pub rtp_dropped: Counter,
+    /// Bridged calls refused because no RTP port was free.
+    pub rtp_port_exhausted: Counter,
 }
 
 #[derive(Debug)]
@@ -56,6 +74,11 @@ enum Command {
     AddCandidate {
         id: PeerId,
         candidate: String,
+    },
+    ConnectRemote {
+        id: PeerId,
+        remote: SocketAddr,
+        law: Law,
     },
     RemovePeer {
         id: PeerId,
@@ -98,6 +121,7 @@ impl ShardHandle {
         bind: SocketAddr,
         advertise_ip: Option<std::net::IpAddr>,
         config: EndpointConfig,
+        rtp_ports: Option<RtpPorts>,
         metrics: ShardMetrics,
     ) -> Result<Self, ShardStartError> {
         let socket = StdUdpSocket::bind(bind).map_err(|e| ShardStartError::Bind(bind, e))?;
@@ -130,7 +154,11 @@ impl ShardHandle {
                 };
                 rt.block_on(async move {
                     match UdpSocket::from_std(socket) {
-                        Ok(socket) => Shard::new(socket, endpoint, metrics).run(rx).await,
+                        Ok(socket) => {
+                            Shard::new(socket, endpoint, rtp_ports, metrics)
+                                .run(rx)
+                                .await
+                        }
                         Err(e) => warn!("media shard socket unusable: {e}"),
                     }
                 });
@@ -169,6 +197,13 @@ impl ShardHandle {
         let _ = self.commands.send(Command::AddCandidate { id, candidate });
     }
 
+    /// Points a bridged call's RTP at the SIP leg's media (from a 183 or 200 SDP).
+    pub fn connect_remote(&self, id: PeerId, remote: SocketAddr, law: Law) {
+        let _ = self
+            .commands
+            .send(Command::ConnectRemote { id, remote, law });
+    }
+
     pub fn remove_peer(&self, id: PeerId) {
         let _ = self.commands.send(Command::RemovePeer { id });
     }
@@ -183,8 +218,9 @@ impl ShardHandle {
 }
 
 struct PeerEntry {
-    route: MediaRoute,
     events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
+    /// `None` for the echo line.
+    bridge: Option<Bridge>,
 }
 
 struct Shard {
@@ -192,6 +228,13 @@ struct Shard {
     endpoint: Endpoint,
     peers: HashMap<PeerId, PeerEntry>,
     metrics: ShardMetrics,
+    ports: Option<PortAllocator>,
+    rtp_in_tx: mpsc::UnboundedSender<RtpIn>,
+    rtp_in: mpsc::UnboundedReceiver<RtpIn>,
+    laws: LawTables,
+    /// Reused buffers: law conversion and outgoing RTP packets.
+    scratch: Vec<u8>,
+    packet: Vec<u8>,
 }
 
 /// Longest a shard sleeps with nothing scheduled; keeps the loop honest.
@@ -200,12 +243,24 @@ const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 const RECV_BUFFER: usize = 2048;
 
 impl Shard {
-    fn new(socket: UdpSocket, endpoint: Endpoint, metrics: ShardMetrics) -> Self {
+    fn new(
+        socket: UdpSocket,
+        endpoint: Endpoint,
+        rtp_ports: Option<RtpPorts>,
+        metrics: ShardMetrics,
+    ) -> Self {
+        let (rtp_in_tx, rtp_in) = mpsc::unbounded_channel();
         Shard {
             socket,
             endpoint,
             peers: HashMap::new(),
             metrics,
+            ports: rtp_ports.map(PortAllocator::new),
+            rtp_in_tx,
+            rtp_in,
+            laws: LawTables::new(),
+            scratch: Vec::with_capacity(RECV_BUFFER),
+            packet: Vec::with_capacity(RECV_BUFFER),
         }
     }
 
@@ -240,6 +295,7 @@ impl Shard {
                         return;
                     }
                 }
+                Some(datagram) = self.rtp_in.recv() => self.on_sip_rtp(datagram),
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     self.endpoint.handle_timeout(Instant::now());
                 }
@@ -256,20 +312,7 @@ impl Shard {
                 route,
                 events,
             } => {
-                let event = match self.endpoint.add_peer(id, &offer, Instant::now()) {
-                    Ok(answer) => {
-                        self.peers.insert(
-                            id,
-                            PeerEntry {
-                                route,
-                                events: events.clone(),
-                            },
-                        );
-                        self.metrics.peers.set(self.peers.len() as i64);
-                        LegEvent::Ready { answer }
-                    }
-                    Err(e) => LegEvent::Failed(e),
-                };
+                let event = self.add_peer(id, &offer, route, &events);
                 let _ = events.send((id, event));
             }
             Command::AddCandidate { id, candidate } => {
@@ -281,14 +324,76 @@ impl Shard {
                     }
                 }
             }
+            Command::ConnectRemote { id, remote, law } => {
+                if let Some(bridge) = self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) {
+                    bridge.connect(remote, law);
+                }
+            }
             Command::RemovePeer { id } => {
                 self.endpoint.remove_peer(id);
-                self.peers.remove(&id);
+                if let Some(peer) = self.peers.remove(&id) {
+                    if peer.bridge.is_some() {
+                        self.metrics.rtp_ports.dec();
+                    }
+                }
                 self.metrics.peers.set(self.peers.len() as i64);
             }
             Command::Stop { done } => return Some(done),
         }
         None
+    }
+
+    fn add_peer(
+        &mut self,
+        id: PeerId,
+        offer: &str,
+        route: MediaRoute,
+        events: &mpsc::UnboundedSender<(PeerId, LegEvent)>,
+    ) -> LegEvent {
+        // Passthrough needs the browser to speak G.711; there is no transcoder yet.
+        let (allowed, bridge): (&[AudioCodec], _) = match route {
+            MediaRoute::Echo => (&[], None),
+            MediaRoute::Bridge => match self.open_bridge(id) {
+                Some(b) => (&[AudioCodec::Pcmu, AudioCodec::Pcma], Some(b)),
+                None => {
+                    self.metrics.rtp_port_exhausted.inc();
+                    warn!(peer = id.0, "no free RTP port in the configured range");
+                    return LegEvent::Failed(SetupError::InvalidSdp(
+                        "the gateway has no free RTP port for this call".into(),
+                    ));
+                }
+            },
+        };
+        match self.endpoint.add_peer(id, offer, allowed, Instant::now()) {
+            Ok(answer) => {
+                let rtp_port = bridge.as_ref().map(|b| b.port);
+                if bridge.is_some() {
+                    self.metrics.rtp_ports.inc();
+                }
+                self.peers.insert(
+                    id,
+                    PeerEntry {
+                        events: events.clone(),
+                        bridge,
+                    },
+                );
+                self.metrics.peers.set(self.peers.len() as i64);
+                LegEvent::Ready { answer, rtp_port }
+            }
+            // Dropping the unused bridge frees its port.
+            Err(e) => LegEvent::Failed(e),
+        }
+    }
+
+    fn open_bridge(&mut self, id: PeerId) -> Option<Bridge> {
+        let (port, socket) = self.ports.as_mut()?.bind()?;
+        match Bridge::start(id, port, socket, self.rtp_in_tx.clone()) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                warn!(peer = id.0, port, "RTP socket unusable: {e}");
+                None
+            }
+        }
     }
 
     /// Sends what the endpoint queued and routes its events, until both are
@@ -324,26 +429,86 @@ impl Shard {
             PeerEvent::Connected(id) => self.tell(id, LegEvent::Connected),
             PeerEvent::Disconnected(id) => self.tell(id, LegEvent::Disconnected),
             PeerEvent::Media(id, frame) => {
-                let Some(peer) = self.peers.get(&id) else {
+                let Some(peer) = self.peers.get_mut(&id) else {
                     return;
                 };
-                match peer.route {
-                    MediaRoute::Echo => {
-                        // Audio only: DTMF events are not echoed as tones.
-                        if frame.codec.is_some() {
-                            self.endpoint.write_media(
-                                id,
-                                frame.mid,
-                                frame.pt,
-                                frame.time,
-                                Instant::now(),
-                                frame.data,
-                            );
-                        }
+                let Some(bridge) = peer.bridge.as_mut() else {
+                    // The echo line. Audio only: DTMF events are not echoed as tones.
+                    if frame.codec.is_some() {
+                        self.endpoint.write_media(
+                            id,
+                            frame.mid,
+                            frame.pt,
+                            frame.time,
+                            Instant::now(),
+                            frame.data,
+                        );
+                    }
+                    return;
+                };
+                let time = frame.time.rebase(Frequency::EIGHT_KHZ).numer();
+                let Some(dest) = bridge.packetize_for_sip(
+                    frame.codec,
+                    time,
+                    &frame.data,
+                    &self.laws,
+                    &mut self.scratch,
+                    &mut self.packet,
+                ) else {
+                    return;
+                };
+                match bridge.socket.try_send_to(&self.packet, dest) {
+                    Ok(n) => {
+                        self.metrics.rtp_packets_out.inc();
+                        self.metrics.rtp_bytes_out.inc_by(n as u64);
+                    }
+                    Err(e) => {
+                        self.metrics.send_drops.inc();
+                        debug!(%dest, "rtp send failed: {e}");
                     }
                 }
             }
         }
+    }
+
+    /// RTP from the SIP leg, on its way to the browser.
+    fn on_sip_rtp(&mut self, datagram: RtpIn) {
+        self.metrics.rtp_packets_in.inc();
+        self.metrics.rtp_bytes_in.inc_by(datagram.data.len() as u64);
+        let id = datagram.peer;
+        let Some(bridge) = self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) else {
+            return;
+        };
+        let (law, time, payload) = match bridge.accept_from_sip(datagram.source, &datagram.data) {
+            Ok(accepted) => accepted,
+            Err(why) => {
+                self.metrics.rtp_dropped.inc();
+                debug!(peer = id.0, source = %datagram.source, "rtp dropped: {why:?}");
+                return;
+            }
+        };
+        let time = MediaTime::new(time, Frequency::EIGHT_KHZ);
+        let now = Instant::now();
+        if self.endpoint.supports(id, law.codec()) {
+            self.endpoint
+                .write_audio(id, law.codec(), time, now, payload);
+            return;
+        }
+        // The browser's answer has only the other law: convert.
+        self.scratch.clear();
+        self.scratch.extend_from_slice(payload);
+        let other = match law {
+            Law::Pcmu => {
+                self.laws.ulaw_to_alaw(&mut self.scratch);
+                AudioCodec::Pcma
+            }
+            Law::Pcma => {
+                self.laws.alaw_to_ulaw(&mut self.scratch);
+                AudioCodec::Pcmu
+            }
+        };
+        self.endpoint
+            .write_audio(id, other, time, now, &self.scratch);
     }
 
     fn tell(&self, id: PeerId, event: LegEvent) {
@@ -359,5 +524,6 @@ impl Shard {
         }
         self.peers.clear();
         self.metrics.peers.set(0);
+        self.metrics.rtp_ports.set(0);
     }
 }

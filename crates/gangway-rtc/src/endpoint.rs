@@ -100,6 +100,8 @@ pub struct Transmit {
 
 struct Peer {
     rtc: Rtc,
+    /// The audio m-line media flows on (the first one with a codec we speak).
+    audio_mid: Mid,
     next_timeout: Option<Instant>,
     connected: bool,
     /// Consent expired or str0m failed; the peer only awaits removal.
@@ -150,13 +152,18 @@ impl Endpoint {
         self.peers.len()
     }
 
-    fn rtc_config(&self) -> RtcConfig {
+    fn rtc_config(&self, allowed: &[AudioCodec]) -> RtcConfig {
         let mut cfg = Rtc::builder()
             .set_ice_lite(true)
             .set_crypto_provider(self.crypto.clone())
             .set_dtls_cert(self.cert.clone())
             .clear_codecs();
-        for codec in &self.config.codecs {
+        let enabled = self
+            .config
+            .codecs
+            .iter()
+            .filter(|c| allowed.is_empty() || allowed.contains(c));
+        for codec in enabled {
             cfg = match codec {
                 AudioCodec::Opus => cfg.enable_opus(true, false),
                 AudioCodec::Pcmu => cfg.enable_pcmu(true, false),
@@ -182,10 +189,14 @@ impl Endpoint {
     }
 
     /// Accepts a browser's offer and returns the SDP answer.
+    ///
+    /// `allowed` narrows the configured codecs for this peer (empty: all of
+    /// them), e.g. to G.711 when its media passes through to SIP untranscoded.
     pub fn add_peer(
         &mut self,
         id: PeerId,
         offer_text: &str,
+        allowed: &[AudioCodec],
         now: Instant,
     ) -> Result<String, SetupError> {
         if self.peers.contains_key(&id) {
@@ -193,7 +204,10 @@ impl Endpoint {
         }
         let offer = str0m::change::SdpOffer::from_sdp_string(offer_text)
             .map_err(|e| SetupError::InvalidSdp(e.to_string()))?;
-        let mut rtc = self.rtc_config().build(now);
+        if !allowed.is_empty() && !self.config.codecs.iter().any(|c| allowed.contains(c)) {
+            return Err(SetupError::IncompatibleCodecs);
+        }
+        let mut rtc = self.rtc_config(allowed).build(now);
         let candidate = Candidate::host(self.config.candidate_addr, "udp")
             .map_err(|e| SetupError::InvalidSdp(format!("local candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
@@ -204,6 +218,7 @@ impl Endpoint {
 
         let mut peer = Peer {
             rtc,
+            audio_mid: Mid::new(),
             next_timeout: None,
             connected: false,
             dead: false,
@@ -216,7 +231,7 @@ impl Endpoint {
                 "the offer has no audio m-line".into(),
             ));
         }
-        let has_codec = audio_mids.iter().any(|mid| {
+        let usable = audio_mids.into_iter().find(|mid| {
             peer.rtc
                 .media(*mid)
                 .is_some_and(|m| m.kind() == MediaKind::Audio)
@@ -225,9 +240,10 @@ impl Endpoint {
                         .any(|p| AudioCodec::from_str0m(p.spec().codec).is_some())
                 })
         });
-        if !has_codec {
+        let Some(mid) = usable else {
             return Err(SetupError::IncompatibleCodecs);
-        }
+        };
+        peer.audio_mid = mid;
         self.peers.insert(id, peer);
         Ok(answer.to_sdp_string())
     }
@@ -386,6 +402,37 @@ impl Endpoint {
         true
     }
 
+    /// Whether the peer's answer includes `codec`.
+    pub fn supports(&mut self, id: PeerId, codec: AudioCodec) -> bool {
+        self.audio_pt(id, codec).is_some()
+    }
+
+    fn audio_pt(&mut self, id: PeerId, codec: AudioCodec) -> Option<(Mid, Pt)> {
+        let peer = self.peers.get_mut(&id)?;
+        let mid = peer.audio_mid;
+        let writer = peer.rtc.writer(mid)?;
+        let pt = writer
+            .payload_params()
+            .find(|p| AudioCodec::from_str0m(p.spec().codec) == Some(codec))
+            .map(|p| p.pt());
+        pt.map(|pt| (mid, pt))
+    }
+
+    /// Sends one audio frame in `codec` on the peer's audio media.
+    pub fn write_audio(
+        &mut self,
+        id: PeerId,
+        codec: AudioCodec,
+        time: MediaTime,
+        wallclock: Instant,
+        data: &[u8],
+    ) -> bool {
+        match self.audio_pt(id, codec) {
+            Some((mid, pt)) => self.write_media(id, mid, pt, time, wallclock, data.into()),
+            None => false,
+        }
+    }
+
     fn note_state(&mut self, id: PeerId) {
         if let Some(peer) = self.peers.get_mut(&id) {
             if (peer.dead || !peer.rtc.is_alive()) && !peer.reported_dead {
@@ -523,6 +570,26 @@ a=ssrc:1001 cname:abcdefgh\r\n";
         vec![AudioCodec::Opus, AudioCodec::Pcmu, AudioCodec::Pcma]
     }
 
+    /// The Chrome offer reduced to the given payload types (m-line and attributes).
+    fn only_payloads(pts: &[&str]) -> String {
+        let keeps = |l: &str| {
+            let Some(rest) = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"]
+                .iter()
+                .find_map(|p| l.strip_prefix(p))
+            else {
+                return true;
+            };
+            pts.contains(&rest.split_whitespace().next().unwrap_or(""))
+        };
+        CHROME_OFFER
+            .replace("111 63 9 0 8 13 110 126", &pts.join(" "))
+            .lines()
+            .filter(|l| keeps(l))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+            + "\r\n"
+    }
+
     /// The payload names in the answer's audio m-line, in order.
     fn answered_codecs(answer: &str) -> Vec<String> {
         answer
@@ -536,7 +603,7 @@ a=ssrc:1001 cname:abcdefgh\r\n";
     fn answers_a_chrome_offer_with_audio_codecs_telephone_event_and_our_candidate() {
         let mut ep = endpoint(all());
         let answer = ep
-            .add_peer(PeerId(1), CHROME_OFFER, Instant::now())
+            .add_peer(PeerId(1), CHROME_OFFER, &[], Instant::now())
             .unwrap();
         let codecs = answered_codecs(&answer);
         for want in [
@@ -562,10 +629,30 @@ a=ssrc:1001 cname:abcdefgh\r\n";
     }
 
     #[test]
+    fn a_per_peer_restriction_narrows_the_answer_further() {
+        let mut ep = endpoint(all());
+        let g711 = [AudioCodec::Pcmu, AudioCodec::Pcma];
+        let answer = ep
+            .add_peer(PeerId(1), CHROME_OFFER, &g711, Instant::now())
+            .unwrap();
+        let codecs = answered_codecs(&answer);
+        assert!(!codecs.iter().any(|c| c.starts_with("opus")), "{codecs:?}");
+        assert!(ep.supports(PeerId(1), AudioCodec::Pcmu));
+        assert!(ep.supports(PeerId(1), AudioCodec::Pcma));
+        assert!(!ep.supports(PeerId(1), AudioCodec::Opus));
+        let opus_only = only_payloads(&["111", "110"]);
+        assert_eq!(
+            ep.add_peer(PeerId(2), &opus_only, &[AudioCodec::Pcmu], Instant::now()),
+            Err(SetupError::IncompatibleCodecs),
+            "a browser offering only Opus cannot be passed through to G.711"
+        );
+    }
+
+    #[test]
     fn restricting_codecs_narrows_the_answer() {
         let mut ep = endpoint(vec![AudioCodec::Pcmu]);
         let answer = ep
-            .add_peer(PeerId(1), CHROME_OFFER, Instant::now())
+            .add_peer(PeerId(1), CHROME_OFFER, &[], Instant::now())
             .unwrap();
         let codecs = answered_codecs(&answer);
         assert!(codecs.iter().any(|c| c == "PCMU/8000"), "{codecs:?}");
@@ -582,23 +669,16 @@ a=ssrc:1001 cname:abcdefgh\r\n";
         let mut ep = endpoint(all());
         let now = Instant::now();
         assert!(matches!(
-            ep.add_peer(PeerId(1), "hello", now),
+            ep.add_peer(PeerId(1), "hello", &[], now),
             Err(SetupError::InvalidSdp(_))
         ));
-        let g722_only = CHROME_OFFER
-            .replace("111 63 9 0 8 13 110 126", "9")
-            .lines()
-            .filter(|l| !l.starts_with("a=rtpmap:") || l.contains("G722"))
-            .filter(|l| !l.starts_with("a=fmtp:") && !l.starts_with("a=rtcp-fb:"))
-            .collect::<Vec<_>>()
-            .join("\r\n")
-            + "\r\n";
+        let g722_only = only_payloads(&["9"]);
         assert_eq!(
-            ep.add_peer(PeerId(2), &g722_only, now),
+            ep.add_peer(PeerId(2), &g722_only, &[], now),
             Err(SetupError::IncompatibleCodecs)
         );
         let video_only = CHROME_OFFER.replace("m=audio", "m=video");
-        assert!(ep.add_peer(PeerId(3), &video_only, now).is_err());
+        assert!(ep.add_peer(PeerId(3), &video_only, &[], now).is_err());
         assert_eq!(ep.peer_count(), 0, "refused offers leave nothing behind");
     }
 
@@ -606,9 +686,9 @@ a=ssrc:1001 cname:abcdefgh\r\n";
     fn peers_are_unique_and_removable() {
         let mut ep = endpoint(all());
         let now = Instant::now();
-        ep.add_peer(PeerId(1), CHROME_OFFER, now).unwrap();
+        ep.add_peer(PeerId(1), CHROME_OFFER, &[], now).unwrap();
         assert_eq!(
-            ep.add_peer(PeerId(1), CHROME_OFFER, now),
+            ep.add_peer(PeerId(1), CHROME_OFFER, &[], now),
             Err(SetupError::DuplicatePeer(PeerId(1)))
         );
         assert!(ep.remove_peer(PeerId(1)));
@@ -623,7 +703,7 @@ a=ssrc:1001 cname:abcdefgh\r\n";
     #[test]
     fn stray_datagrams_belong_to_no_peer() {
         let mut ep = endpoint(all());
-        ep.add_peer(PeerId(1), CHROME_OFFER, Instant::now())
+        ep.add_peer(PeerId(1), CHROME_OFFER, &[], Instant::now())
             .unwrap();
         let source = "198.51.100.1:5000".parse().unwrap();
         assert_eq!(ep.handle_receive(Instant::now(), source, b"garbage"), None);

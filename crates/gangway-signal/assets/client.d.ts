@@ -77,6 +77,8 @@ export interface CallEventMap {
   answer: CustomEvent<{ sdp: string }>;
   /** The far end is ringing. */
   ringing: CustomEvent<null>;
+  /** Early media (a SIP 183 with SDP): the far end's audio is playing before the answer. */
+  progress: CustomEvent<null>;
   /** The far end answered. */
   answered: CustomEvent<null>;
   /** The call is over; fired exactly once, after the call left `client.calls`. */

@@ -126,6 +126,7 @@ export class GangwayClient extends EventTarget {
     switch (msg.type) {
       case 'answer':
       case 'ringing':
+      case 'progress':
       case 'answered':
       case 'ended':
         // Messages for a call that already ended locally are stale; drop them.
@@ -275,6 +276,11 @@ export class Call extends EventTarget {
         // Never step back from answered, whatever order a SIP leg produces.
         if (this.#state === 'connecting') this.#setState('ringing');
         this.#emit('ringing');
+        break;
+      case 'progress':
+        // Early media: the far end's audio is already on the remote stream.
+        if (this.#state === 'connecting') this.#setState('ringing');
+        this.#emit('progress');
         break;
       case 'answered':
         if (this.#state !== 'answered') this.#setState('answered');

@@ -1,8 +1,179 @@
-//! The SIP leg of a Gangway call.
+//! The SIP leg of a Gangway call, on rsipstack.
 //!
-//! Empty on purpose until the SIP milestone: the crate exists so the
-//! workspace already has the shape described in `docs/architecture.md`, and
-//! nothing else may grow SIP knowledge in the meantime. It will own SIP
-//! transport and dialogs on rsipstack, registrations on behalf of browser
-//! users, digest authentication, and the SIP-side SDP (sdp-types), and it
-//! must never know about browsers.
+//! [`SipService`] owns one SIP endpoint (UDP, plus TCP on the same port) and
+//! places outbound calls to trunks with [`SipService::place_call`]. Each call
+//! reports its progress as [`SipEvent`]s on the caller's channel, always
+//! ending with [`SipEvent::Ended`]. [`sdp`] builds G.711 offers and parses
+//! answers.
+//!
+//! This crate knows nothing about browsers or WebRTC: what goes into SIP is
+//! exactly what the caller puts into [`OutboundCall`] (topology hiding).
+//!
+//! # Locally generated failure codes
+//!
+//! [`SipEvent::Failed`] carries the far end's final status when there is one.
+//! Otherwise:
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 408 | no final response in time: Timer B (32 s without any response, which is also how an unreachable trunk, a failed DNS lookup or a refused TCP connect ends) or Timer C (180 s after a provisional) |
+//! | 488 | the far end answered 2xx without an SDP answer (the call is ended with BYE) |
+//! | 500 | the call could not be built (bad request URI, From user, domain or host) or the stack failed |
+//! | 503 | a send on an established TCP connection failed, or the service is stopping/stopped |
+//!
+//! A 401/407 challenge is answered once with the trunk's credentials (more
+//! only when the server marks the nonce stale); the next challenge, or any
+//! challenge when the trunk has no credentials, is reported as
+//! `Failed { status: 401 | 407 }`.
+
+pub mod sdp;
+
+mod call;
+mod metrics;
+mod service;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+pub use metrics::{SipLabels, SipMetrics};
+pub use service::SipService;
+
+/// How the SIP endpoint listens.
+#[derive(Clone, Debug)]
+pub struct SipConfig {
+    /// UDP listen address; TCP listens on the same address and port. Port 0
+    /// picks a free port (the same for UDP and TCP).
+    pub listen: SocketAddr,
+    /// Public address written in Via, Contact and (by the caller) SDP instead
+    /// of the listen IP, for NAT. When `None`, `listen` must have a concrete
+    /// (not unspecified) IP.
+    pub public_ip: Option<IpAddr>,
+    /// `User-Agent` header value, e.g. `"Gangway/0.1"`.
+    pub user_agent: String,
+}
+
+/// SIP transport towards a trunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// Where and as whom outbound calls are sent.
+#[derive(Clone)]
+pub struct Trunk {
+    /// Host name or IP of the trunk/PBX (A/AAAA lookup; no SRV).
+    pub host: String,
+    pub port: u16,
+    pub transport: Transport,
+    /// Domain used in the From URI (`sip:<from_user>@<domain>`).
+    pub domain: String,
+    /// Digest username; credentials are used only when both are set.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Trunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trunk")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("transport", &self.transport)
+            .field("domain", &self.domain)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// One outbound call to place.
+#[derive(Clone, Debug)]
+pub struct OutboundCall {
+    /// The caller's id for this call, echoed in every event.
+    pub key: u64,
+    pub trunk: Trunk,
+    /// Request-URI, e.g. `sip:1000@pbx.example` (already mapped and
+    /// allow-listed by the caller); also used as the To URI.
+    pub request_uri: String,
+    /// From user part, e.g. `gangway` or the trunk username.
+    pub from_user: String,
+    pub from_display: Option<String>,
+    /// The SDP offer, built with [`sdp::offer`].
+    pub sdp_offer: String,
+    /// Sent as `X-Gangway-Call-ID: <id>` and used as the `call` log field.
+    pub correlation_id: String,
+}
+
+/// Progress of an outbound call.
+///
+/// Order: any number of `Provisional`, then either `Answered` (possibly
+/// followed by `RemoteHangup`) or `Failed`, then `Ended`, which is always the
+/// last event and is sent exactly once. After [`SipCall::hangup`] no
+/// `Failed`/`RemoteHangup`/`Answered` is reported any more: only `Ended`
+/// follows (events already queued may precede it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SipEvent {
+    /// 180/181/182/183 (and other non-100 1xx). `100 Trying` is not reported.
+    /// `sdp` is the body of the response, if it has one (early media).
+    Provisional { status: u16, sdp: Option<String> },
+    /// A 2xx with an SDP body; the stack already sent the ACK.
+    Answered { sdp: String },
+    /// A final non-2xx response (after one digest retry), or a locally
+    /// generated code (see the crate docs).
+    Failed { status: u16, reason: String },
+    /// The far end sent BYE (answered with 200).
+    RemoteHangup,
+    /// The dialog is gone. Always the last event for a call.
+    Ended,
+}
+
+/// Errors starting the SIP service.
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    #[error("invalid SIP configuration: {0}")]
+    Config(String),
+    #[error("cannot bind SIP listener on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("SIP stack error: {0}")]
+    Stack(String),
+}
+
+/// Handle to a call placed with [`SipService::place_call`]. Clones refer to
+/// the same call. Dropping it does not end the call.
+#[derive(Clone, Debug)]
+pub struct SipCall {
+    key: u64,
+    control: Arc<CallControl>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct CallControl {
+    hangup_requested: AtomicBool,
+    hangup: Notify,
+}
+
+impl SipCall {
+    /// The caller's key for this call.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// End the call: CANCEL before a final response (the 487 is handled),
+    /// BYE after a 2xx. Idempotent; the call ends with [`SipEvent::Ended`].
+    ///
+    /// Before any response arrived, CANCEL is held back until the first
+    /// provisional (RFC 3261 §9.1); if none ever comes, the INVITE times out
+    /// (32 s) and the call ends then.
+    pub fn hangup(&self) {
+        if !self.control.hangup_requested.swap(true, Ordering::SeqCst) {
+            self.control.hangup.notify_one();
+        }
+    }
+}

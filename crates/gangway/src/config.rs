@@ -17,7 +17,79 @@ pub struct Config {
     pub log: LogConfig,
     pub webrtc: WebRtcConfig,
     pub calls: CallsConfig,
+    pub sip: SipSection,
     pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipSection {
+    /// Off by default: the gateway then serves only the echo line.
+    pub enabled: bool,
+    /// SIP over UDP and TCP.
+    pub listen: SocketAddr,
+    /// Address written in Via, Contact and SDP instead of the listen address (NAT).
+    pub public_ip: Option<IpAddr>,
+    pub user_agent: String,
+    /// RTP ports for the SIP leg (one per call), inclusive.
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// Seconds the far end has to answer before the call ends with `no_answer`.
+    pub answer_timeout_secs: u64,
+    /// Answered calls are ended after this many seconds; 0 for no limit.
+    pub max_call_duration_secs: u64,
+    pub trunk: TrunkSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrunkSection {
+    /// Where INVITEs go: the PBX, trunk or outbound proxy.
+    pub host: String,
+    pub port: u16,
+    /// `udp` or `tcp`.
+    pub transport: String,
+    /// Bare destinations become `sip:<to>@<domain>`; also the From domain. Defaults to `host`.
+    pub domain: String,
+    /// Digest credentials, used when the trunk challenges (401/407).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// From user part of outbound calls (defaults to `username`, else `gangway`).
+    pub from_user: Option<String>,
+    /// Regular expressions the full destination URI must match. Empty: only
+    /// URIs at `domain` may be called (the gateway is never an open relay).
+    pub allow: Vec<String>,
+}
+
+impl Default for SipSection {
+    fn default() -> Self {
+        SipSection {
+            enabled: false,
+            listen: "127.0.0.1:5060".parse().expect("valid literal"),
+            public_ip: None,
+            user_agent: format!("Gangway/{}", env!("CARGO_PKG_VERSION")),
+            rtp_port_min: 30000,
+            rtp_port_max: 31999,
+            answer_timeout_secs: 60,
+            max_call_duration_secs: 4 * 3600,
+            trunk: TrunkSection::default(),
+        }
+    }
+}
+
+impl Default for TrunkSection {
+    fn default() -> Self {
+        TrunkSection {
+            host: String::new(),
+            port: 5060,
+            transport: "udp".into(),
+            domain: String::new(),
+            username: None,
+            password: None,
+            from_user: None,
+            allow: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +311,7 @@ impl Config {
                 "must not have leading or trailing spaces",
             ));
         }
+        self.validate_sip()?;
         if self.shutdown.drain_timeout_secs > 3600 {
             return Err(problem(
                 "shutdown.drain_timeout_secs",
@@ -246,6 +319,89 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_sip(&self) -> Result<(), ConfigError> {
+        let s = &self.sip;
+        if !s.enabled {
+            return Ok(());
+        }
+        if s.listen.ip().is_unspecified() && s.public_ip.is_none() {
+            return Err(problem(
+                "sip.public_ip",
+                "required when sip.listen binds all interfaces: Via, Contact and SDP need a concrete address",
+            ));
+        }
+        if s.rtp_port_min < 1024 || s.rtp_port_min > s.rtp_port_max {
+            return Err(problem(
+                "sip.rtp_port_min",
+                "must be at least 1024 and not above sip.rtp_port_max",
+            ));
+        }
+        if !(1..=600).contains(&s.answer_timeout_secs) {
+            return Err(problem(
+                "sip.answer_timeout_secs",
+                "must be between 1 and 600",
+            ));
+        }
+        let t = &s.trunk;
+        if t.host.trim().is_empty() {
+            return Err(problem(
+                "sip.trunk.host",
+                "required when sip.enabled is true",
+            ));
+        }
+        if t.port == 0 {
+            return Err(problem("sip.trunk.port", "must not be 0"));
+        }
+        if !matches!(t.transport.to_ascii_lowercase().as_str(), "udp" | "tcp") {
+            return Err(problem("sip.trunk.transport", "must be `udp` or `tcp`"));
+        }
+        if t.username.is_some() != t.password.is_some() {
+            return Err(problem(
+                "sip.trunk.password",
+                "username and password must be set together",
+            ));
+        }
+        self.sip_allow_patterns()?;
+        Ok(())
+    }
+
+    /// The trunk allow-list, compiled.
+    pub fn sip_allow_patterns(&self) -> Result<Vec<regex::Regex>, ConfigError> {
+        self.sip
+            .trunk
+            .allow
+            .iter()
+            .map(|p| {
+                regex::Regex::new(p).map_err(|e| {
+                    problem(
+                        "sip.trunk.allow",
+                        format!("`{p}` is not a valid pattern: {e}"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The domain bare destinations are sent to.
+    pub fn sip_domain(&self) -> String {
+        let t = &self.sip.trunk;
+        if t.domain.is_empty() {
+            t.host.clone()
+        } else {
+            t.domain.clone()
+        }
+    }
+
+    pub fn answer_timeout(&self) -> Duration {
+        Duration::from_secs(self.sip.answer_timeout_secs)
+    }
+
+    pub fn max_call_duration(&self) -> Option<Duration> {
+        Some(self.sip.max_call_duration_secs)
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
     }
 
     /// The configured audio codecs, parsed.
@@ -324,6 +480,18 @@ mod tests {
 
         let e = load_str("[webrtc]\nlisten = \"0.0.0.0:40000\"\n").unwrap_err();
         assert_eq!(e.key, "webrtc.public_ip");
+
+        let e = load_str("[sip]\nenabled = true\n").unwrap_err();
+        assert_eq!(e.key, "sip.trunk.host", "{e}");
+
+        let e = load_str("[sip]\nenabled = true\n[sip.trunk]\nhost = \"pbx\"\nallow = [\"(\"]\n")
+            .unwrap_err();
+        assert_eq!(e.key, "sip.trunk.allow", "{e}");
+
+        let e =
+            load_str("[sip]\nenabled = true\n[sip.trunk]\nhost = \"pbx\"\ntransport = \"sctp\"\n")
+                .unwrap_err();
+        assert_eq!(e.key, "sip.trunk.transport", "{e}");
 
         let e = load_str("[calls]\nunknown_key = 1\n").unwrap_err();
         assert!(e.to_string().contains("unknown_key"), "{e}");

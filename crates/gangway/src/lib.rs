@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gangway_media::ShardHandle;
+use gangway_core::{Router, SipRouting};
+use gangway_media::{RtpPorts, ShardHandle};
 use gangway_rtc::EndpointConfig;
+use gangway_sip::{SipConfig, SipService, Transport, Trunk};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -32,11 +34,21 @@ pub enum Phase {
     Terminating,
 }
 
+/// The SIP service and the trunk calls go to.
+pub(crate) struct SipLeg {
+    service: SipService,
+    trunk: Trunk,
+    from_user: String,
+}
+
 /// State shared by all sessions.
 pub(crate) struct Shared {
     config: Config,
     metrics: Arc<Metrics>,
     shard: ShardHandle,
+    router: Router,
+    /// The SIP leg, when `sip.enabled`.
+    sip: Option<SipLeg>,
     phase: watch::Sender<Phase>,
     next_peer: AtomicU64,
     next_session: AtomicU64,
@@ -56,6 +68,7 @@ pub enum StartError {
     Config(ConfigError),
     Http(SocketAddr, std::io::Error),
     Media(gangway_media::ShardStartError),
+    Sip(gangway_sip::SipError),
 }
 
 impl std::fmt::Display for StartError {
@@ -64,6 +77,7 @@ impl std::fmt::Display for StartError {
             StartError::Config(e) => write!(f, "{e}"),
             StartError::Http(a, e) => write!(f, "cannot listen on {a} (http.listen): {e}"),
             StartError::Media(e) => write!(f, "{e} (webrtc.listen)"),
+            StartError::Sip(e) => write!(f, "{e} (sip.listen)"),
         }
     }
 }
@@ -84,6 +98,28 @@ impl Gateway {
         config.validate().map_err(StartError::Config)?;
         let codecs = config.audio_codecs().map_err(StartError::Config)?;
         let metrics = Arc::new(Metrics::new());
+        let sip = if config.sip.enabled {
+            Some(start_sip(&config, &metrics).await?)
+        } else {
+            None
+        };
+        let rtp_ports = sip.as_ref().map(|leg| RtpPorts {
+            ip: leg.service.local_addr().ip(),
+            min: config.sip.rtp_port_min,
+            max: config.sip.rtp_port_max,
+        });
+        let router = Router::new(
+            config.echo_destination(),
+            sip.as_ref()
+                .map(|_| -> Result<SipRouting, ConfigError> {
+                    Ok(SipRouting {
+                        domain: config.sip_domain(),
+                        allow: config.sip_allow_patterns()?,
+                    })
+                })
+                .transpose()
+                .map_err(StartError::Config)?,
+        );
         let shard = ShardHandle::start(
             config.webrtc.listen,
             config.webrtc.public_ip,
@@ -92,6 +128,7 @@ impl Gateway {
                 candidate_addr: config.webrtc.listen,
                 codecs,
             },
+            rtp_ports,
             metrics.shard.clone(),
         )
         .map_err(StartError::Media)?;
@@ -110,6 +147,8 @@ impl Gateway {
             config,
             metrics,
             shard,
+            router,
+            sip,
             phase,
             next_peer: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
@@ -142,6 +181,11 @@ impl Gateway {
 
     pub fn webrtc_addr(&self) -> SocketAddr {
         self.shared.shard.local_addr()
+    }
+
+    /// The SIP listen address, when the SIP leg is enabled.
+    pub fn sip_addr(&self) -> Option<SocketAddr> {
+        self.shared.sip.as_ref().map(|s| s.service.local_addr())
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -185,6 +229,47 @@ impl Gateway {
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), sessions_gone).await;
         self.shared.shard.stop().await;
+        if let Some(sip) = &self.shared.sip {
+            sip.service.stop().await;
+        }
         info!("gangway stopped");
     }
+}
+
+async fn start_sip(config: &Config, metrics: &Metrics) -> Result<SipLeg, StartError> {
+    let s = &config.sip;
+    let service = SipService::start(
+        SipConfig {
+            listen: s.listen,
+            public_ip: s.public_ip,
+            user_agent: s.user_agent.clone(),
+        },
+        metrics.sip.clone(),
+    )
+    .await
+    .map_err(StartError::Sip)?;
+    let t = &s.trunk;
+    let trunk = Trunk {
+        host: t.host.clone(),
+        port: t.port,
+        transport: if t.transport.eq_ignore_ascii_case("tcp") {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        },
+        domain: config.sip_domain(),
+        username: t.username.clone(),
+        password: t.password.clone(),
+    };
+    let from_user = t
+        .from_user
+        .clone()
+        .or_else(|| t.username.clone())
+        .unwrap_or_else(|| "gangway".into());
+    info!(sip = %service.local_addr(), trunk = %format!("{}:{}", t.host, t.port), "SIP leg enabled");
+    Ok(SipLeg {
+        service,
+        trunk,
+        from_user,
+    })
 }

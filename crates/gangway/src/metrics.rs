@@ -3,6 +3,7 @@
 use gangway_core::EndReason;
 use gangway_media::ShardMetrics;
 use gangway_signal::ErrorCode;
+use gangway_sip::SipMetrics;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,7 +23,12 @@ pub struct Metrics {
     pub api_errors: Family<Labels, Counter>,
     /// From the API `call` to ICE+DTLS connected on the WebRTC leg.
     pub webrtc_connect_seconds: Histogram,
+    /// From the API `call` to the far end's answer (SIP 2xx).
+    pub call_answer_seconds: Histogram,
+    /// From the API `call` to the INVITE handed to the SIP stack.
+    pub sip_invite_seconds: Histogram,
     pub shard: ShardMetrics,
+    pub sip: SipMetrics,
 }
 
 impl Metrics {
@@ -38,7 +44,12 @@ impl Metrics {
             webrtc_connect_seconds: Histogram::new([
                 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
             ]),
+            call_answer_seconds: Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
+            sip_invite_seconds: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
             shard: ShardMetrics::default(),
+            sip: SipMetrics::default(),
             registry: Registry::default(),
         };
         registry.register("calls_active", "Calls in progress", m.calls_active.clone());
@@ -72,6 +83,17 @@ impl Metrics {
             "Time from the API call request to ICE and DTLS connected",
             m.webrtc_connect_seconds.clone(),
         );
+        registry.register(
+            "call_answer_seconds",
+            "Time from the API call request to the far end's answer",
+            m.call_answer_seconds.clone(),
+        );
+        registry.register(
+            "sip_invite_seconds",
+            "Time from the API call request to the INVITE being sent",
+            m.sip_invite_seconds.clone(),
+        );
+        m.sip.register(&mut registry);
         let s = &m.shard;
         registry.register(
             "webrtc_peers_active",
@@ -108,6 +130,41 @@ impl Metrics {
             "Datagrams the WebRTC socket could not send",
             s.send_drops.clone(),
         );
+        registry.register(
+            "rtp_ports_active",
+            "RTP ports held by SIP legs",
+            s.rtp_ports.clone(),
+        );
+        registry.register(
+            "rtp_packets_received",
+            "RTP datagrams received from SIP legs",
+            s.rtp_packets_in.clone(),
+        );
+        registry.register(
+            "rtp_packets_sent",
+            "RTP datagrams sent to SIP legs",
+            s.rtp_packets_out.clone(),
+        );
+        registry.register(
+            "rtp_bytes_received",
+            "RTP bytes received from SIP legs",
+            s.rtp_bytes_in.clone(),
+        );
+        registry.register(
+            "rtp_bytes_sent",
+            "RTP bytes sent to SIP legs",
+            s.rtp_bytes_out.clone(),
+        );
+        registry.register(
+            "rtp_dropped",
+            "RTP datagrams not passed on (not RTP, payload type not bridged, unexpected source)",
+            s.rtp_dropped.clone(),
+        );
+        registry.register(
+            "rtp_port_exhausted",
+            "Bridged calls refused because no RTP port was free",
+            s.rtp_port_exhausted.clone(),
+        );
         // Pre-create every label so dashboards and alerts see zeros, not gaps.
         for reason in EndReason::ALL {
             let _ = m.calls_ended.get_or_create(&[("reason", reason.as_str())]);
@@ -116,6 +173,7 @@ impl Metrics {
             let _ = m.api_errors.get_or_create(&[("code", code.as_str())]);
         }
         let _ = m.calls_started.get_or_create(&[("route", "echo")]);
+        let _ = m.calls_started.get_or_create(&[("route", "sip")]);
         Metrics { registry, ..m }
     }
 

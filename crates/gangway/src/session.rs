@@ -10,13 +10,15 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use gangway_core::{
     Action, Call, CallTimers, EndReason, Event, LegSetupError, MediaPlan, Notify, Router,
 };
-use gangway_media::{LegEvent, MediaRoute};
+use gangway_media::{Law, LegEvent, MediaRoute};
 use gangway_rtc::{PeerId, SetupError};
 use gangway_signal::{
     decode, encode, ApiError, CallId, ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION,
 };
+use gangway_sip::sdp::{self as sip_sdp, G711};
+use gangway_sip::{OutboundCall, SipCall, SipEvent};
 use tokio::sync::mpsc;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{Phase, Shared};
 
@@ -25,10 +27,22 @@ const CLOSE_TOO_BIG: u16 = 1009;
 /// WebSocket close code when the gateway goes away.
 const CLOSE_GOING_AWAY: u16 = 1001;
 
+/// Codecs offered to the SIP leg; the bridge converts between them if the
+/// browser and the PBX chose differently.
+const SIP_CODECS: [G711; 2] = [G711::Pcmu, G711::Pcma];
+/// RFC 4733 telephone-event payload type offered to the SIP leg.
+const SIP_DTMF_PT: u8 = 101;
+
 struct CallEntry {
     call: Call,
     peer: PeerId,
     started: Instant,
+    /// Gangway's own id for the call: logs and the SIP `X-Gangway-Call-ID`
+    /// header. The browser's id stays on the WebSocket.
+    log_id: String,
+    /// The local RTP port of a bridged call, for the SIP offer.
+    rtp_port: Option<u16>,
+    sip: Option<SipCall>,
 }
 
 struct Session {
@@ -37,6 +51,7 @@ struct Session {
     calls: HashMap<CallId, CallEntry>,
     by_peer: HashMap<PeerId, CallId>,
     legs: mpsc::UnboundedSender<(PeerId, LegEvent)>,
+    sip_events: mpsc::UnboundedSender<(u64, SipEvent)>,
     outbox: Vec<ServerMessage>,
 }
 
@@ -57,6 +72,7 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>) {
 
 async fn serve(mut socket: WebSocket, shared: Arc<Shared>, id: String) {
     let (legs, mut leg_events) = mpsc::unbounded_channel();
+    let (sip_events, mut sip_rx) = mpsc::unbounded_channel();
     let mut phase = shared.phase.subscribe();
     let hello = ServerMessage::Hello {
         version: PROTOCOL_VERSION,
@@ -64,11 +80,12 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>, id: String) {
         max_message_bytes: shared.config.http.max_message_bytes,
     };
     let mut s = Session {
-        router: Router::new(shared.config.echo_destination(), None),
+        router: shared.router.clone(),
         shared,
         calls: HashMap::new(),
         by_peer: HashMap::new(),
         legs,
+        sip_events,
         outbox: vec![hello],
     };
 
@@ -109,6 +126,7 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>, id: String) {
                 }
             },
             Some((peer, event)) = leg_events.recv() => s.on_leg(peer, event),
+            Some((key, event)) = sip_rx.recv() => s.on_sip(PeerId(key), event),
             _ = sleep_until(deadline) => s.on_timeout(Instant::now()),
             _ = phase.changed() => {}
         }
@@ -206,17 +224,24 @@ impl Session {
             ));
         }
         let peer = PeerId(self.shared.next_peer.fetch_add(1, Ordering::Relaxed));
-        info!(call = %id, to = %to, "call requested");
+        let log_id = format!("{:x}-{}", self.shared.started_ms, peer.0);
+        info!(call = %id, gangway_call = %log_id, to = %to, "call requested");
+        let config = &self.shared.config;
+        let timers = CallTimers {
+            media_setup: config.setup_timeout(),
+            answer: config.answer_timeout(),
+            max_duration: config.max_call_duration(),
+        };
         self.shared.metrics.calls_active.inc();
         self.calls.insert(
             id.clone(),
             CallEntry {
-                call: Call::new(
-                    self.router.clone(),
-                    CallTimers::new(self.shared.config.setup_timeout()),
-                ),
+                call: Call::new(self.router.clone(), timers),
                 peer,
                 started: Instant::now(),
+                log_id: log_id.clone(),
+                rtp_port: None,
+                sip: None,
             },
         );
         self.by_peer.insert(peer, id.clone());
@@ -229,7 +254,12 @@ impl Session {
             return;
         };
         let core_event = match event {
-            LegEvent::Ready { answer } => Event::LegReady { answer },
+            LegEvent::Ready { answer, rtp_port } => {
+                if let Some(entry) = self.calls.get_mut(&id) {
+                    entry.rtp_port = rtp_port;
+                }
+                Event::LegReady { answer }
+            }
             LegEvent::Failed(SetupError::IncompatibleCodecs) => {
                 Event::LegFailed(LegSetupError::IncompatibleCodecs)
             }
@@ -263,6 +293,62 @@ impl Session {
             LegEvent::Disconnected => Event::MediaLost,
         };
         self.feed(&id, core_event);
+    }
+
+    fn on_sip(&mut self, peer: PeerId, event: SipEvent) {
+        let Some(id) = self.by_peer.get(&peer).cloned() else {
+            return;
+        };
+        let core_event = match event {
+            SipEvent::Provisional { status, sdp } => {
+                let early_media = sdp.is_some_and(|sdp| self.connect_sip_media(peer, &id, &sdp));
+                Event::SipProgress {
+                    status,
+                    early_media,
+                }
+            }
+            SipEvent::Answered { sdp } => {
+                if self.connect_sip_media(peer, &id, &sdp) {
+                    if let Some(entry) = self.calls.get(&id) {
+                        let elapsed = entry.started.elapsed();
+                        self.shared
+                            .metrics
+                            .call_answer_seconds
+                            .observe(elapsed.as_secs_f64());
+                        info!(call = %id, ms = elapsed.as_millis() as u64, "answered");
+                    }
+                    Event::SipAnswered
+                } else {
+                    Event::SipMediaUnusable
+                }
+            }
+            SipEvent::Failed { status, reason } => {
+                info!(call = %id, status, %reason, "SIP leg failed");
+                Event::SipFailed { status }
+            }
+            SipEvent::RemoteHangup => Event::SipRemoteHangup,
+            SipEvent::Ended => return,
+        };
+        self.feed(&id, core_event);
+    }
+
+    /// Points the bridge at the media the far end's SDP describes. False
+    /// when the SDP is unusable (no common codec, no address).
+    fn connect_sip_media(&mut self, peer: PeerId, id: &CallId, sdp: &str) -> bool {
+        match sip_sdp::parse_answer(sdp, &SIP_CODECS) {
+            Ok(media) => {
+                let law = match media.codec {
+                    G711::Pcmu => Law::Pcmu,
+                    G711::Pcma => Law::Pcma,
+                };
+                self.shared.shard.connect_remote(peer, media.addr, law);
+                true
+            }
+            Err(e) => {
+                warn!(call = %id, "far end SDP unusable: {e}");
+                false
+            }
+        }
     }
 
     fn on_timeout(&mut self, now: Instant) {
@@ -310,7 +396,7 @@ impl Session {
                 Action::CreateLeg { offer, media } => {
                     let (route, label) = match media {
                         MediaPlan::Echo => (MediaRoute::Echo, "echo"),
-                        MediaPlan::Bridge => (MediaRoute::Echo, "sip"),
+                        MediaPlan::Bridge => (MediaRoute::Bridge, "sip"),
                     };
                     self.shared
                         .metrics
@@ -322,8 +408,20 @@ impl Session {
                         .add_peer(peer, offer, route, self.legs.clone());
                 }
                 Action::ReleaseLeg => self.shared.shard.remove_peer(peer),
-                // The router has no SIP destinations until the SIP leg is wired.
-                Action::PlaceSipCall { .. } | Action::HangupSip => {}
+                Action::PlaceSipCall { uri } => {
+                    entry.sip = place_sip_call(&self.shared, entry, uri, &self.sip_events);
+                    if entry.sip.is_none() {
+                        // Cannot happen with a consistent config; fail the call visibly.
+                        entry
+                            .call
+                            .handle(Instant::now(), Event::SipFailed { status: 500 });
+                    }
+                }
+                Action::HangupSip => {
+                    if let Some(sip) = &entry.sip {
+                        sip.hangup();
+                    }
+                }
                 Action::Notify(n) => self.outbox.push(to_message(id.clone(), n)),
                 Action::Finished(reason) => finished = Some(reason),
             }
@@ -335,6 +433,43 @@ impl Session {
             self.by_peer.remove(&peer);
         }
     }
+}
+
+/// Sends the INVITE for a bridged call. `None` if the SIP leg is not
+/// configured or the media leg has no RTP port (neither happens when the
+/// router produced a SIP route).
+fn place_sip_call(
+    shared: &Shared,
+    entry: &CallEntry,
+    uri: String,
+    events: &mpsc::UnboundedSender<(u64, SipEvent)>,
+) -> Option<SipCall> {
+    let sip = shared.sip.as_ref()?;
+    let rtp_port = entry.rtp_port?;
+    let offer = sip_sdp::offer(
+        sip.service.advertised_ip(),
+        rtp_port,
+        &SIP_CODECS,
+        SIP_DTMF_PT,
+        entry.peer.0,
+    );
+    let call = sip.service.place_call(
+        OutboundCall {
+            key: entry.peer.0,
+            trunk: sip.trunk.clone(),
+            request_uri: uri,
+            from_user: sip.from_user.clone(),
+            from_display: None,
+            sdp_offer: offer,
+            correlation_id: entry.log_id.clone(),
+        },
+        events.clone(),
+    );
+    shared
+        .metrics
+        .sip_invite_seconds
+        .observe(entry.started.elapsed().as_secs_f64());
+    Some(call)
 }
 
 fn unknown_call(call: CallId) -> ApiError {

@@ -1,0 +1,387 @@
+//! The SIP side of a bridged call: one RTP socket, G.711 passed through
+//! (converted between µ-law and A-law only when the two legs chose
+//! different laws), each direction's stream rewritten to stay continuous.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+
+use gangway_rtc::{AudioCodec, PeerId};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::g711::LawTables;
+use crate::rtp::{self, InTimeline, OutStream};
+
+/// The G.711 law of the SIP leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Law {
+    Pcmu,
+    Pcma,
+}
+
+impl Law {
+    pub fn codec(self) -> AudioCodec {
+        match self {
+            Law::Pcmu => AudioCodec::Pcmu,
+            Law::Pcma => AudioCodec::Pcma,
+        }
+    }
+
+    /// The static RTP payload type (RFC 3551).
+    pub fn payload_type(self) -> u8 {
+        match self {
+            Law::Pcmu => 0,
+            Law::Pcma => 8,
+        }
+    }
+}
+
+/// The UDP ports the SIP leg's RTP may use, and the address they bind to.
+#[derive(Debug, Clone)]
+pub struct RtpPorts {
+    pub ip: IpAddr,
+    /// Inclusive range; even ports are used (RTCP would take the odd one).
+    pub min: u16,
+    pub max: u16,
+}
+
+/// Hands out ports from an [`RtpPorts`] range, skipping ones in use.
+pub(crate) struct PortAllocator {
+    range: RtpPorts,
+    next: u16,
+}
+
+impl PortAllocator {
+    pub(crate) fn new(range: RtpPorts) -> Self {
+        // Start at a random even port so instances sharing a range rarely collide.
+        let slots = u32::from(range.max.saturating_sub(range.min)) / 2 + 1;
+        let first = even(range.min);
+        let next = first.saturating_add((random_u32() % slots) as u16 * 2);
+        PortAllocator { range, next }
+    }
+
+    /// Binds the next free even port.
+    pub(crate) fn bind(&mut self) -> Option<(u16, StdUdpSocket)> {
+        let slots = u32::from(self.range.max.saturating_sub(self.range.min)) / 2 + 1;
+        for _ in 0..slots {
+            let port = self.next;
+            self.next = match port.checked_add(2) {
+                Some(p) if p <= self.range.max => p,
+                _ => even(self.range.min),
+            };
+            if port > self.range.max {
+                continue;
+            }
+            if let Ok(socket) = StdUdpSocket::bind(SocketAddr::new(self.range.ip, port)) {
+                if socket.set_nonblocking(true).is_ok() {
+                    return Some((port, socket));
+                }
+            }
+        }
+        None
+    }
+}
+
+fn even(p: u16) -> u16 {
+    p.saturating_add(p % 2)
+}
+
+/// A datagram received on a bridge's RTP socket.
+pub(crate) struct RtpIn {
+    pub peer: PeerId,
+    pub source: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// Why an RTP datagram from the SIP leg was not passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drop {
+    /// No SDP from the far end yet: nothing to match it against.
+    NoRemote,
+    /// From a source other than the latched (or announced) one.
+    WrongSource,
+    NotRtp,
+    /// A payload type not bridged (telephone-event, comfort noise, …).
+    OtherPayload,
+}
+
+/// A bridged call's SIP-side media state.
+pub(crate) struct Bridge {
+    pub socket: Arc<UdpSocket>,
+    pub port: u16,
+    receiver: tokio::task::JoinHandle<()>,
+    /// From the SIP SDP; `None` until the far end has sent one.
+    remote: Option<SocketAddr>,
+    /// Symmetric RTP: the source the far end actually sends from, once seen.
+    latched: Option<SocketAddr>,
+    law: Law,
+    to_sip: OutStream,
+    from_sip: InTimeline,
+}
+
+impl std::ops::Drop for Bridge {
+    fn drop(&mut self) {
+        self.receiver.abort();
+    }
+}
+
+impl Bridge {
+    /// Wraps a bound socket and starts its receiver on the current
+    /// (the shard's single-threaded) runtime.
+    pub(crate) fn start(
+        peer: PeerId,
+        port: u16,
+        socket: StdUdpSocket,
+        to_shard: mpsc::UnboundedSender<RtpIn>,
+    ) -> std::io::Result<Bridge> {
+        let socket = Arc::new(UdpSocket::from_std(socket)?);
+        let receiver = tokio::spawn(receive(peer, socket.clone(), to_shard));
+        Ok(Bridge {
+            socket,
+            port,
+            receiver,
+            remote: None,
+            latched: None,
+            law: Law::Pcmu,
+            to_sip: OutStream::new(random_u32(), random_u32() as u16, random_u32()),
+            from_sip: InTimeline::default(),
+        })
+    }
+
+    /// The far end's media address and law, from its latest SDP.
+    pub(crate) fn connect(&mut self, remote: SocketAddr, law: Law) {
+        if self.remote != Some(remote) {
+            // A new media address (e.g. the 200's after the 183's): latch anew.
+            self.latched = None;
+        }
+        self.remote = Some(remote);
+        self.law = law;
+    }
+
+    /// Builds the RTP packet for one browser frame into `out` and returns
+    /// where to send it; `None` when the frame cannot go to the SIP leg.
+    pub(crate) fn packetize_for_sip(
+        &mut self,
+        codec: Option<AudioCodec>,
+        time_8k: u64,
+        payload: &[u8],
+        laws: &LawTables,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Option<SocketAddr> {
+        let dest = self.latched.or(self.remote)?;
+        let payload: &[u8] = match (codec?, self.law) {
+            (AudioCodec::Pcmu, Law::Pcmu) | (AudioCodec::Pcma, Law::Pcma) => payload,
+            (AudioCodec::Pcmu, Law::Pcma) => {
+                scratch.clear();
+                scratch.extend_from_slice(payload);
+                laws.ulaw_to_alaw(scratch);
+                scratch
+            }
+            (AudioCodec::Pcma, Law::Pcmu) => {
+                scratch.clear();
+                scratch.extend_from_slice(payload);
+                laws.alaw_to_ulaw(scratch);
+                scratch
+            }
+            // Opus is never negotiated on a bridged leg.
+            (AudioCodec::Opus, _) => return None,
+        };
+        self.to_sip.write(
+            self.law.payload_type(),
+            time_8k,
+            payload.len() as u32,
+            payload,
+            out,
+        );
+        Some(dest)
+    }
+
+    /// Checks one datagram from the SIP leg. On success returns the law, the
+    /// continuous 8 kHz output time and the payload.
+    pub(crate) fn accept_from_sip<'a>(
+        &mut self,
+        source: SocketAddr,
+        data: &'a [u8],
+    ) -> Result<(Law, u64, &'a [u8]), Drop> {
+        let remote = self.remote.ok_or(Drop::NoRemote)?;
+        match self.latched {
+            Some(latched) if latched != source => return Err(Drop::WrongSource),
+            Some(_) => {}
+            // Symmetric RTP (RFC 4961): the far end may send from another port
+            // than it announced (NAT); follow the first source, on the announced
+            // host only, so strangers cannot take over the stream.
+            None if source.ip() == remote.ip() => self.latched = Some(source),
+            None => return Err(Drop::WrongSource),
+        }
+        let packet = rtp::parse(data).ok_or(Drop::NotRtp)?;
+        if packet.pt != self.law.payload_type() {
+            return Err(Drop::OtherPayload);
+        }
+        let time = self
+            .from_sip
+            .map(packet.ssrc, packet.ts, packet.payload.len() as u32);
+        Ok((self.law, time, packet.payload))
+    }
+}
+
+/// Reads one bridge's RTP socket and hands datagrams to the shard loop.
+async fn receive(peer: PeerId, socket: Arc<UdpSocket>, to_shard: mpsc::UnboundedSender<RtpIn>) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, source)) => {
+                let datagram = RtpIn {
+                    peer,
+                    source,
+                    data: buf[..n].to_vec(),
+                };
+                if to_shard.send(datagram).is_err() {
+                    return;
+                }
+            }
+            // ICMP errors from a peer that went away surface here; keep reading.
+            Err(e) => debug!(peer = peer.0, "rtp recv error: {e}"),
+        }
+    }
+}
+
+/// Unpredictable values for SSRCs, initial sequence numbers and timestamps
+/// (RFC 3550 §5.1 wants them random). Not for cryptography.
+pub(crate) fn random_u32() -> u32 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, pt];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    async fn bridge() -> Bridge {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let socket = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        Bridge::start(PeerId(1), 0, socket, tx).unwrap()
+    }
+
+    #[tokio::test]
+    async fn latches_on_the_announced_host_only() {
+        let mut b = bridge().await;
+        let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let data = rtp(0, 1, 160, 7, &[0xff; 160]);
+        assert_eq!(b.accept_from_sip(pbx, &data).unwrap_err(), Drop::NoRemote);
+        b.connect(pbx, Law::Pcmu);
+        let stranger: SocketAddr = "10.9.9.9:4000".parse().unwrap();
+        assert_eq!(
+            b.accept_from_sip(stranger, &data).unwrap_err(),
+            Drop::WrongSource
+        );
+        // NAT moved the port: latch to it, then only it.
+        let natted: SocketAddr = "10.0.0.5:5123".parse().unwrap();
+        assert!(b.accept_from_sip(natted, &data).is_ok());
+        assert_eq!(
+            b.accept_from_sip(pbx, &data).unwrap_err(),
+            Drop::WrongSource
+        );
+        // A new SDP address (the 200 after the 183) latches anew.
+        let answer: SocketAddr = "10.0.0.5:6000".parse().unwrap();
+        b.connect(answer, Law::Pcmu);
+        assert!(b.accept_from_sip(answer, &data).is_ok());
+    }
+
+    #[tokio::test]
+    async fn filters_payloads_and_converts_laws_towards_sip() {
+        let mut b = bridge().await;
+        let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        b.connect(pbx, Law::Pcma);
+        assert_eq!(
+            b.accept_from_sip(pbx, &rtp(101, 1, 0, 7, &[1, 0, 0, 160]))
+                .unwrap_err(),
+            Drop::OtherPayload
+        );
+        assert_eq!(
+            b.accept_from_sip(pbx, &[1, 2, 3]).unwrap_err(),
+            Drop::NotRtp
+        );
+        let alaw = rtp(8, 1, 0, 7, &[0xd5; 160]);
+        let (law, _, payload) = b.accept_from_sip(pbx, &alaw).unwrap();
+        assert_eq!((law, payload.len()), (Law::Pcma, 160));
+
+        let laws = LawTables::new();
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        // Browser speaks µ-law silence (0xff); the PBX chose A-law: 0xd5 goes out.
+        let dest = b.packetize_for_sip(
+            Some(AudioCodec::Pcmu),
+            0,
+            &[0xff; 160],
+            &laws,
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(dest, Some(pbx));
+        let sent = rtp::parse(&out).unwrap();
+        assert_eq!(sent.pt, 8);
+        assert!(
+            sent.payload.iter().all(|&b| b == 0xd5),
+            "{:x?}",
+            &sent.payload[..4]
+        );
+        assert_eq!(
+            b.packetize_for_sip(
+                Some(AudioCodec::Opus),
+                0,
+                &[0; 40],
+                &laws,
+                &mut scratch,
+                &mut out
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn allocator_stays_in_range_and_skips_busy_ports() {
+        let probe = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let base = probe.local_addr().unwrap().port();
+        drop(probe);
+        let range = RtpPorts {
+            ip: "127.0.0.1".parse().unwrap(),
+            min: base - base % 2,
+            max: base - base % 2 + 5,
+        };
+        let mut alloc = PortAllocator::new(range.clone());
+        let mut held = Vec::new();
+        while let Some((port, socket)) = alloc.bind() {
+            assert!(
+                port % 2 == 0 && port >= range.min && port <= range.max,
+                "{port}"
+            );
+            held.push(socket);
+            if held.len() > 3 {
+                break;
+            }
+        }
+        assert!(held.len() <= 3, "only three even ports in the range");
+        assert!(alloc.bind().is_none(), "exhausted while all are held");
+        held.pop();
+        assert!(alloc.bind().is_some(), "a released port is reused");
+    }
+}

@@ -1,0 +1,587 @@
+//! One outbound call: INVITE (with digest retry), provisional and final
+//! responses, in-dialog requests from the far end, CANCEL/BYE on hangup.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rsipstack::dialog::authenticate::Credential;
+use rsipstack::dialog::dialog::{DialogState, TerminatedReason, TransactionHandle};
+use rsipstack::dialog::invitation::InviteOption;
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::dialog::DialogId;
+use rsipstack::sip::{
+    Auth, Header, Host, HostWithPort, Method, Request, Response, Scheme, StatusCode,
+    StatusCodeKind, Uri,
+};
+use rsipstack::transport::SipAddr;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::sdp::{self, Direction};
+use crate::service::{ActiveCall, Shared};
+use crate::{CallControl, OutboundCall, SipEvent, Transport};
+
+/// After we hang up, give CANCEL/BYE this long (64*T1 plus slack) before
+/// reporting `Ended` regardless.
+const HANGUP_DEADLINE: Duration = Duration::from_secs(40);
+
+/// The call's channel to its owner.
+struct Events {
+    key: u64,
+    tx: UnboundedSender<(u64, SipEvent)>,
+}
+
+impl Events {
+    fn send(&self, event: SipEvent) {
+        debug!(?event, "sip event");
+        // The owner may have gone away; the call still runs to its end.
+        let _ = self.tx.send((self.key, event));
+    }
+
+    fn fail(&self, status: u16, reason: impl Into<String>) {
+        self.send(SipEvent::Failed {
+            status,
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Our side of the SDP within the dialog, for answering re-offers.
+struct LocalSdp {
+    body: String,
+    version: u64,
+    direction: Direction,
+}
+
+/// How the INVITE transaction ended.
+enum Outcome {
+    Final(Box<Response>),
+    NoFinal,
+    Error(u16, String),
+}
+
+#[derive(Default)]
+struct Progress {
+    answered: bool,
+    /// We sent `Failed` ourselves (2xx without SDP) and are ending the call.
+    failed_sent: bool,
+    local_hangup: bool,
+    hangup_deadline: Option<Instant>,
+    terminated: Option<TerminatedReason>,
+    invite_done: bool,
+    outcome: Option<Outcome>,
+    confirmed_id: Option<DialogId>,
+}
+
+pub(crate) async fn run_call(
+    shared: Arc<Shared>,
+    call: OutboundCall,
+    events: UnboundedSender<(u64, SipEvent)>,
+    control: Arc<CallControl>,
+    _active: ActiveCall,
+) {
+    let events = Events {
+        key: call.key,
+        tx: events,
+    };
+
+    let option = match invite_option(&shared, &call) {
+        Ok(option) => option,
+        Err(reason) => {
+            warn!(%reason, "cannot place call");
+            events.fail(500, reason);
+            events.send(SipEvent::Ended);
+            return;
+        }
+    };
+    info!(
+        uri = %option.callee,
+        trunk = %format!("{}:{}", call.trunk.host, call.trunk.port),
+        transport = ?call.trunk.transport,
+        "placing call"
+    );
+
+    let (state_tx, mut state_rx) = shared.dialog_layer.new_dialog_state_channel();
+    let (dialog, invite) = match shared.dialog_layer.do_invite_async(option, state_tx) {
+        Ok(started) => started,
+        Err(e) => {
+            warn!(error = %e, "cannot send INVITE");
+            let (status, reason) = error_status(&e);
+            events.fail(status, reason);
+            events.send(SipEvent::Ended);
+            return;
+        }
+    };
+    let early_id = dialog.id();
+    tokio::pin!(invite);
+
+    let mut local = LocalSdp {
+        version: sdp_version(&call.sdp_offer).unwrap_or(1),
+        body: call.sdp_offer,
+        direction: Direction::SendRecv,
+    };
+    let mut p = Progress::default();
+
+    let forced = loop {
+        if p.invite_done {
+            let established = p.answered && p.terminated.is_none();
+            if !established {
+                break false;
+            }
+        }
+        let deadline = p.hangup_deadline;
+        tokio::select! {
+            biased;
+            _ = shared.kill.cancelled() => break true,
+            Some(state) = state_rx.recv() => {
+                on_state(state, &dialog, &events, &mut p, &mut local).await;
+            }
+            result = &mut invite, if !p.invite_done => {
+                p.invite_done = true;
+                p.outcome = Some(match result {
+                    Ok(Ok((id, Some(resp)))) => {
+                        if resp.status_code.kind() == StatusCodeKind::Successful {
+                            p.confirmed_id = Some(id);
+                        }
+                        Outcome::Final(Box::new(resp))
+                    }
+                    Ok(Ok((_, None))) => Outcome::NoFinal,
+                    Ok(Err(e)) => {
+                        let (status, reason) = error_status(&e);
+                        Outcome::Error(status, reason)
+                    }
+                    Err(e) => Outcome::Error(500, format!("INVITE task failed: {e}")),
+                });
+            }
+            _ = control.hangup.notified(), if !p.local_hangup => {
+                info!("hangup requested");
+                start_hangup(&dialog, &mut p);
+            }
+            _ = shared.hangup_all.cancelled(), if !p.local_hangup => {
+                info!("service stopping, hanging up");
+                start_hangup(&dialog, &mut p);
+            }
+            _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                warn!("hangup did not complete in time, dropping the dialog");
+                break true;
+            }
+        }
+    };
+
+    if !p.local_hangup && !dialog.state().is_terminated() {
+        // Forced stop, or the INVITE failed locally while the far end may
+        // still be ringing: still try to tell it.
+        let d = dialog.clone();
+        tokio::spawn(async move {
+            let _ = d.hangup().await;
+        });
+    }
+
+    // Report how the call ended.
+    if p.answered && !p.failed_sent {
+        if matches!(p.terminated, Some(TerminatedReason::UasBye)) && !p.local_hangup {
+            events.send(SipEvent::RemoteHangup);
+        } else if !p.local_hangup {
+            if let Some(reason) = &p.terminated {
+                info!(?reason, "call ended");
+            }
+        }
+    } else if !p.local_hangup && !p.failed_sent {
+        let (status, reason) = failure(&p, forced);
+        info!(status, %reason, "call failed");
+        events.fail(status, reason);
+    }
+
+    // rsipstack leaves confirmed dialogs registered until told otherwise.
+    shared.dialog_layer.remove_dialog(&early_id);
+    shared.dialog_layer.remove_dialog(&dialog.id());
+    if let Some(id) = &p.confirmed_id {
+        shared.dialog_layer.remove_dialog(id);
+    }
+    info!("call ended");
+    events.send(SipEvent::Ended);
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn start_hangup(dialog: &InviteDialog, p: &mut Progress) {
+    p.local_hangup = true;
+    p.hangup_deadline = Some(Instant::now() + HANGUP_DEADLINE);
+    let d = dialog.clone();
+    tokio::spawn(async move {
+        // CANCEL while unanswered (deferred until a provisional), BYE once
+        // confirmed, nothing once terminated.
+        if let Err(e) = d.hangup().await {
+            debug!(error = %e, "hangup request failed");
+        }
+        // A 2xx that won the race against the CANCEL decision leaves the
+        // dialog confirmed (cancel() had nothing to do): end it with BYE.
+        if d.state().is_confirmed() {
+            if let Err(e) = d.bye().await {
+                debug!(error = %e, "BYE after hangup failed");
+            }
+        }
+    });
+}
+
+async fn on_state(
+    state: DialogState,
+    dialog: &InviteDialog,
+    events: &Events,
+    p: &mut Progress,
+    local: &mut LocalSdp,
+) {
+    match state {
+        DialogState::Early(_, resp) => {
+            if !p.local_hangup && !p.answered {
+                events.send(SipEvent::Provisional {
+                    status: resp.status_code.code(),
+                    sdp: body_text(&resp.body),
+                });
+            }
+        }
+        DialogState::Confirmed(_, resp) => {
+            // Confirmed is repeated after in-dialog requests; only the first
+            // one is the answer.
+            if p.answered {
+                return;
+            }
+            p.answered = true;
+            if p.local_hangup {
+                // Our hangup task BYEs this (see start_hangup).
+                debug!("answered after hangup was requested");
+            } else if let Some(sdp) = body_text(&resp.body) {
+                info!(status = resp.status_code.code(), "call answered");
+                events.send(SipEvent::Answered { sdp });
+            } else {
+                warn!("2xx without SDP answer, ending the call");
+                events.fail(488, "2xx without SDP answer");
+                p.failed_sent = true;
+                start_hangup(dialog, p);
+            }
+        }
+        DialogState::Updated(_, req, handle) => answer_reoffer(&req, handle, local).await,
+        DialogState::Info(_, req, handle) => {
+            debug!(body_len = req.body.len(), "INFO received, ignored");
+            let _ = handle.reply(StatusCode::OK).await;
+        }
+        DialogState::Options(_, _, handle) => {
+            let _ = handle
+                .respond(
+                    StatusCode::OK,
+                    Some(vec![Header::Allow(
+                        "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE".into(),
+                    )]),
+                    None,
+                )
+                .await;
+        }
+        DialogState::Notify(_, _, handle) => {
+            let _ = handle.reply(StatusCode::OK).await;
+        }
+        DialogState::Refer(_, _, handle) => {
+            info!("REFER received, declined (transfer not supported)");
+            let _ = handle.reply(StatusCode::Decline).await;
+        }
+        DialogState::Message(_, _, handle) | DialogState::Publish(_, _, handle) => {
+            let _ = handle.reply(StatusCode::MethodNotAllowed).await;
+        }
+        DialogState::Terminated(_, reason) => {
+            debug!(?reason, "dialog terminated");
+            p.terminated = Some(reason);
+        }
+        DialogState::Calling(_) | DialogState::Trying(_) | DialogState::WaitAck(_, _) => {}
+    }
+}
+
+/// Answer a re-INVITE or UPDATE from the far end. The media address and
+/// codec we offered stay as they are; only the direction follows the offer
+/// (hold/resume), so the far end's hold is honoured.
+async fn answer_reoffer(req: &Request, handle: TransactionHandle, local: &mut LocalSdp) {
+    let sdp_headers = || Some(vec![Header::ContentType("application/sdp".into())]);
+    if req.body.is_empty() {
+        if req.method == Method::Update {
+            // Session refresh without an offer.
+            let _ = handle.reply(StatusCode::OK).await;
+        } else {
+            // Offerless re-INVITE: our current SDP is the offer; the answer
+            // comes in the ACK.
+            let _ = handle
+                .respond(
+                    StatusCode::OK,
+                    sdp_headers(),
+                    Some(local.body.clone().into_bytes()),
+                )
+                .await;
+        }
+        return;
+    }
+    let offer = String::from_utf8_lossy(&req.body);
+    let Some(offered) = sdp::offer_direction(&offer) else {
+        info!(method = %req.method, "re-offer without usable audio, rejected");
+        let _ = handle.reply(StatusCode::NotAcceptableHere).await;
+        return;
+    };
+    let wanted = offered.reverse();
+    if wanted != local.direction {
+        match sdp::with_direction(&local.body, wanted, local.version.saturating_add(1)) {
+            Some(body) => {
+                local.body = body;
+                local.version = local.version.saturating_add(1);
+                local.direction = wanted;
+            }
+            None => {
+                let _ = handle.reply(StatusCode::ServerInternalError).await;
+                return;
+            }
+        }
+    }
+    info!(method = %req.method, direction = wanted.as_str(), "answering re-offer");
+    let _ = handle
+        .respond(
+            StatusCode::OK,
+            sdp_headers(),
+            Some(local.body.clone().into_bytes()),
+        )
+        .await;
+}
+
+fn body_text(body: &[u8]) -> Option<String> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return None;
+    }
+    Some(String::from_utf8_lossy(body).into_owned())
+}
+
+fn sdp_version(sdp: &str) -> Option<u64> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("o="))
+        .and_then(|o| o.split_ascii_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Status and reason for a call that ended without being answered.
+fn failure(p: &Progress, forced: bool) -> (u16, String) {
+    match &p.outcome {
+        Some(Outcome::Final(resp)) if resp.status_code.kind() != StatusCodeKind::Successful => {
+            status_of(resp)
+        }
+        Some(Outcome::Final(resp)) => (500, format!("{} not usable", resp.status_code.code())),
+        Some(Outcome::NoFinal) => (408, "no final response".to_string()),
+        Some(Outcome::Error(status, reason)) => (*status, reason.clone()),
+        None if forced => (503, "SIP service stopped".to_string()),
+        None => match &p.terminated {
+            Some(reason) => terminated_status(reason),
+            None => (500, "call ended unexpectedly".to_string()),
+        },
+    }
+}
+
+fn status_of(resp: &Response) -> (u16, String) {
+    let code = resp.status_code.code();
+    let reason = resp
+        .wire_reason
+        .clone()
+        .unwrap_or_else(|| resp.status_code.text().to_string());
+    (code, reason)
+}
+
+fn terminated_status(reason: &TerminatedReason) -> (u16, String) {
+    let code = match reason {
+        TerminatedReason::Timeout => StatusCode::RequestTimeout,
+        TerminatedReason::UacBusy | TerminatedReason::UasBusy => StatusCode::BusyHere,
+        TerminatedReason::UasDecline => StatusCode::Decline,
+        TerminatedReason::ProxyAuthRequired => StatusCode::ProxyAuthenticationRequired,
+        TerminatedReason::ProxyError(c)
+        | TerminatedReason::UacOther(c)
+        | TerminatedReason::UasOther(c) => c.clone(),
+        TerminatedReason::UacCancel | TerminatedReason::UacBye | TerminatedReason::UasBye => {
+            StatusCode::RequestTerminated
+        }
+    };
+    (code.code(), code.text().to_string())
+}
+
+fn error_status(e: &rsipstack::Error) -> (u16, String) {
+    match e {
+        rsipstack::Error::TransportLayerError(..)
+        | rsipstack::Error::DnsResolutionError(_)
+        | rsipstack::Error::IoError(_) => (503, format!("transport error: {e}")),
+        rsipstack::Error::DialogError(_, _, status)
+            if status.kind() != StatusCodeKind::Provisional
+                && status.kind() != StatusCodeKind::Successful =>
+        {
+            (status.code(), e.to_string())
+        }
+        _ => (500, e.to_string()),
+    }
+}
+
+/// Build the INVITE from the call: nothing but what the caller gave us.
+fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, String> {
+    let from_user = call.from_user.trim();
+    if from_user.is_empty() || !from_user.chars().all(is_user_char) {
+        return Err(format!("invalid From user {:?}", call.from_user));
+    }
+    let domain = call.trunk.domain.trim();
+    if domain.is_empty() || !domain.chars().all(is_host_char) {
+        return Err(format!("invalid trunk domain {:?}", call.trunk.domain));
+    }
+    let host = call.trunk.host.trim();
+    if host.is_empty() || !host.chars().all(is_host_char) {
+        return Err(format!("invalid trunk host {:?}", call.trunk.host));
+    }
+
+    let callee = Uri::try_from(call.request_uri.trim())
+        .map_err(|e| format!("invalid request URI {:?}: {e}", call.request_uri))?;
+    if !matches!(callee.scheme, Some(Scheme::Sip)) {
+        return Err(format!(
+            "unsupported request URI scheme in {:?} (want sip:)",
+            call.request_uri
+        ));
+    }
+    let caller = Uri::try_from(format!("sip:{from_user}@{domain}").as_str())
+        .map_err(|e| format!("invalid From URI: {e}"))?;
+
+    let host_addr: Host = match host.trim_start_matches('[').trim_end_matches(']').parse() {
+        Ok(ip) => Host::IpAddr(ip),
+        Err(_) => Host::Domain(host.to_string().into()),
+    };
+    let transport = match call.trunk.transport {
+        Transport::Udp => rsipstack::sip::Transport::Udp,
+        Transport::Tcp => rsipstack::sip::Transport::Tcp,
+    };
+    let trunk_hop = HostWithPort {
+        host: host_addr,
+        port: Some(call.trunk.port.into()),
+    };
+    let destination = SipAddr {
+        r#type: Some(transport),
+        addr: trunk_hop.clone(),
+    };
+    // The trunk is our outbound proxy: a preloaded loose route (RFC 3261
+    // §8.1.2) makes every request of the dialog's setup, CANCEL included,
+    // go to it. Without it rsipstack sends the CANCEL to the Request-URI's
+    // host, which for `sip:1000@pbx.example` is a DNS name the trunk may
+    // serve but this host cannot resolve.
+    let mut route_params = vec![rsipstack::sip::uri::Param::Lr];
+    if call.trunk.transport == Transport::Tcp {
+        route_params.push(rsipstack::sip::uri::Param::Transport(transport));
+    }
+    let trunk_route = rsipstack::sip::typed::Route {
+        display_name: None,
+        uri: Uri {
+            scheme: Some(Scheme::Sip),
+            auth: None,
+            host_with_port: trunk_hop,
+            params: route_params,
+            headers: vec![],
+        },
+        params: vec![],
+    };
+
+    // For TCP rsipstack rewrites host and port to the TCP listener's
+    // (public) address and adds transport=tcp.
+    let contact = Uri {
+        scheme: Some(Scheme::Sip),
+        auth: Some(Auth {
+            user: from_user.to_string(),
+            password: None,
+        }),
+        host_with_port: HostWithPort {
+            host: Host::IpAddr(shared.advertised_ip),
+            port: Some(shared.local_addr.port().into()),
+        },
+        params: vec![],
+        headers: vec![],
+    };
+
+    let credential = match (&call.trunk.username, &call.trunk.password) {
+        (Some(username), Some(password)) if !username.is_empty() => Some(Credential {
+            username: username.clone(),
+            password: password.clone(),
+            realm: None,
+            auth_username: None,
+        }),
+        _ => None,
+    };
+
+    let display = call
+        .from_display
+        .as_deref()
+        .map(|d| {
+            d.chars()
+                .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+                .take(64)
+                .collect::<String>()
+        })
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty());
+
+    let correlation: String = call
+        .correlation_id
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(128)
+        .collect();
+    let mut headers = vec![Header::Allow(
+        "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE".into(),
+    )];
+    if !correlation.is_empty() {
+        headers.push(Header::Other("X-Gangway-Call-ID".to_string(), correlation));
+    }
+
+    Ok(InviteOption {
+        caller_display_name: display,
+        caller,
+        callee,
+        destination: Some(destination),
+        content_type: Some("application/sdp".to_string()),
+        offer: Some(call.sdp_offer.clone().into_bytes()),
+        contact,
+        credential,
+        headers: Some(headers),
+        route_set: vec![trunk_route],
+        ..Default::default()
+    })
+}
+
+/// RFC 3261 `user`: unreserved / escaped / user-unreserved, minus the
+/// characters that would need care in a header (`;`, `?`, `/`).
+fn is_user_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.!~*'()%&=+$,".contains(c)
+}
+
+fn is_host_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-.:[]".contains(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_sdp_version() {
+        let sdp = sdp::offer("192.0.2.1".parse().unwrap(), 4000, &[], 101, 77);
+        assert_eq!(sdp_version(&sdp), Some(1));
+        assert_eq!(sdp_version("v=0\r\no=- 1 42 IN IP4 1.2.3.4\r\n"), Some(42));
+        assert_eq!(sdp_version("garbage"), None);
+    }
+
+    #[test]
+    fn user_and_host_chars() {
+        assert!("gangway+1".chars().all(is_user_char));
+        assert!(!"a@b".chars().all(is_user_char));
+        assert!(!"a;b".chars().all(is_user_char));
+        assert!(!"a b".chars().all(is_user_char));
+        assert!("pbx.example:5060".chars().all(is_host_char));
+        assert!("[::1]".chars().all(is_host_char));
+        assert!(!"pbx>evil".chars().all(is_host_char));
+    }
+}

@@ -1,0 +1,126 @@
+//! Prometheus counters for SIP traffic.
+
+use std::sync::OnceLock;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use rsipstack::sip::{Method, SipMessage};
+use rsipstack::transaction::endpoint::MessageInspector;
+use rsipstack::transport::SipAddr;
+
+/// Two label pairs: `direction` (`sent`/`received`) and `method` or `status`.
+pub type SipLabels = [(&'static str, &'static str); 2];
+
+/// SIP message counters. Clones share the same counters.
+///
+/// Every message handed to or received from the network by the stack is
+/// counted, retransmissions included. Locally generated timeouts (a 408 the
+/// transaction layer makes up) are not counted as received.
+#[derive(Clone, Default, Debug)]
+pub struct SipMetrics {
+    /// Requests by `direction` and `method` (`INVITE`, `BYE`, …).
+    pub requests: Family<SipLabels, Counter>,
+    /// Responses by `direction` and `status` (`"200"`, `"486"`, …).
+    pub responses: Family<SipLabels, Counter>,
+}
+
+impl SipMetrics {
+    /// Register the counters as `sip_requests` and `sip_responses`
+    /// (exposed with the `_total` suffix).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sip_requests",
+            "SIP requests, by direction and method",
+            self.requests.clone(),
+        );
+        registry.register(
+            "sip_responses",
+            "SIP responses, by direction and status code",
+            self.responses.clone(),
+        );
+    }
+
+    pub(crate) fn count(&self, direction: &'static str, msg: &SipMessage) {
+        match msg {
+            SipMessage::Request(req) => {
+                self.requests
+                    .get_or_create(&[
+                        ("direction", direction),
+                        ("method", method_label(&req.method)),
+                    ])
+                    .inc();
+            }
+            SipMessage::Response(resp) => {
+                self.responses
+                    .get_or_create(&[
+                        ("direction", direction),
+                        ("status", status_label(resp.status_code.code())),
+                    ])
+                    .inc();
+            }
+        }
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match method {
+        Method::Ack => "ACK",
+        Method::Bye => "BYE",
+        Method::Cancel => "CANCEL",
+        Method::Info => "INFO",
+        Method::Invite => "INVITE",
+        Method::Message => "MESSAGE",
+        Method::Notify => "NOTIFY",
+        Method::Options => "OPTIONS",
+        Method::PRack => "PRACK",
+        Method::Publish => "PUBLISH",
+        Method::Refer => "REFER",
+        Method::Register => "REGISTER",
+        Method::Subscribe => "SUBSCRIBE",
+        Method::Update => "UPDATE",
+    }
+}
+
+/// A `'static` label for a status code: `"100"`..=`"699"`, else `"other"`.
+fn status_label(code: u16) -> &'static str {
+    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| (100u16..700).map(|c| c.to_string()).collect());
+    match code {
+        100..=699 => labels[usize::from(code - 100)].as_str(),
+        _ => "other",
+    }
+}
+
+/// Counts messages as the stack sends and receives them.
+pub(crate) struct MetricsInspector(pub(crate) SipMetrics);
+
+impl MessageInspector for MetricsInspector {
+    fn before_send(&self, msg: SipMessage, _dest: Option<&SipAddr>) -> SipMessage {
+        self.0.count("sent", &msg);
+        msg
+    }
+
+    fn after_received(&self, msg: SipMessage, from: Option<&SipAddr>) -> SipMessage {
+        // `from` is None for responses the transaction layer makes up itself
+        // (timeouts, transport failures): those never crossed the wire.
+        if from.is_some() {
+            self.0.count("received", &msg);
+        }
+        msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels() {
+        assert_eq!(status_label(100), "100");
+        assert_eq!(status_label(487), "487");
+        assert_eq!(status_label(699), "699");
+        assert_eq!(status_label(700), "other");
+        assert_eq!(status_label(42), "other");
+    }
+}

@@ -1,0 +1,388 @@
+//! The SIP endpoint: transports, the dialog layer and out-of-dialog requests.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::platform::CancellationToken;
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Header, Method, StatusCode, StatusCodeKind};
+use rsipstack::transaction::endpoint::EndpointOption;
+use rsipstack::transaction::{CallIdFormat, Endpoint, Transaction, TransactionReceiver};
+use rsipstack::transport::udp::{UdpConnection, UdpInner};
+use rsipstack::transport::{SipAddr, TcpListenerConnection, TransportLayer};
+use rsipstack::EndpointBuilder;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::call::run_call;
+use crate::metrics::MetricsInspector;
+use crate::{CallControl, OutboundCall, SipCall, SipConfig, SipError, SipEvent, SipMetrics};
+
+/// How long [`SipService::stop`] lets calls hang up cleanly before it drops them.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Methods we answer (for `Allow`).
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+
+/// The SIP endpoint. Create with [`SipService::start`]; stop with
+/// [`SipService::stop`] (dropping it also shuts the endpoint down, abruptly).
+pub struct SipService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) dialog_layer: Arc<DialogLayer>,
+    endpoint: Endpoint,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) advertised_ip: IpAddr,
+    /// Cancels the endpoint, transports and the incoming-request loop.
+    root: CancellationToken,
+    /// Asks every call to hang up (graceful stop).
+    pub(crate) hangup_all: CancellationToken,
+    /// Ends every call at once (stop after the grace period, or drop).
+    pub(crate) kill: CancellationToken,
+    stopping: AtomicBool,
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+/// Decrements the active call count when a call task ends.
+pub(crate) struct ActiveCall(Arc<Shared>);
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl SipService {
+    /// Bind UDP (and TCP on the same port) and start the SIP endpoint.
+    pub async fn start(config: SipConfig, metrics: SipMetrics) -> Result<SipService, SipError> {
+        let listen = config.listen;
+        if config.public_ip.is_none() && listen.ip().is_unspecified() {
+            return Err(SipError::Config(format!(
+                "listen address {listen} is unspecified and no public_ip is set: \
+                 Via/Contact need a concrete address"
+            )));
+        }
+        if let Some(ip) = config.public_ip {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(SipError::Config(format!("public_ip {ip} is not usable")));
+            }
+        }
+
+        let udp_socket = bind_udp_and_check_tcp(listen)?;
+        let local_addr = udp_socket.local_addr().map_err(|source| SipError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let advertised_ip = config.public_ip.unwrap_or(local_addr.ip());
+        let external = config
+            .public_ip
+            .map(|ip| SocketAddr::new(ip, local_addr.port()));
+
+        let root = CancellationToken::new();
+        let transport_layer = TransportLayer::new(root.child_token());
+
+        let udp_socket =
+            tokio::net::UdpSocket::from_std(udp_socket).map_err(|source| SipError::Bind {
+                addr: local_addr,
+                source,
+            })?;
+        let udp_inner = UdpInner {
+            conn: Arc::new(udp_socket),
+            addr: SipAddr {
+                r#type: Some(rsipstack::sip::Transport::Udp),
+                addr: local_addr.into(),
+            },
+        };
+        let udp = UdpConnection::attach(udp_inner, external, Some(root.child_token())).await;
+        // UDP first: it is the default listener for Via and Contact.
+        transport_layer.add_transport(udp.into());
+        let tcp = TcpListenerConnection::new(local_addr, external)
+            .await
+            .map_err(|e| SipError::Stack(e.to_string()))?;
+        transport_layer.add_transport(tcp.into());
+
+        let endpoint = EndpointBuilder::new()
+            // Plain UUID Call-IDs: the default carries the library's domain.
+            .with_option(EndpointOption {
+                callid_format: CallIdFormat::Uuid,
+                ..Default::default()
+            })
+            .with_cancel_token(root.clone())
+            .with_transport_layer(transport_layer)
+            .with_user_agent(&config.user_agent)
+            .with_inspector(Box::new(MetricsInspector(metrics)))
+            .with_allows(vec![
+                Method::Invite,
+                Method::Ack,
+                Method::Cancel,
+                Method::Bye,
+                Method::Options,
+                Method::Info,
+                Method::Update,
+            ])
+            .build();
+        let incoming = endpoint
+            .incoming_transactions()
+            .map_err(|e| SipError::Stack(e.to_string()))?;
+        let dialog_layer = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+
+        let shared = Arc::new(Shared {
+            dialog_layer,
+            endpoint,
+            local_addr,
+            advertised_ip,
+            root: root.clone(),
+            hangup_all: CancellationToken::new(),
+            kill: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+
+        let endpoint_inner = shared.endpoint.inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = endpoint_inner.serve().await {
+                warn!(error = %e, "SIP endpoint stopped with an error");
+            }
+        });
+        tokio::spawn(incoming_loop(
+            shared.dialog_layer.clone(),
+            incoming,
+            root.clone(),
+        ));
+
+        info!(%local_addr, %advertised_ip, "SIP service listening (UDP and TCP)");
+        Ok(SipService { shared })
+    }
+
+    /// The bound address (with the real port when `listen` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// `public_ip`, or the listen IP: what goes in Contact and SDP `c=`.
+    pub fn advertised_ip(&self) -> IpAddr {
+        self.shared.advertised_ip
+    }
+
+    /// Number of calls that have not yet sent [`SipEvent::Ended`].
+    pub fn active_calls(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// Dialogs registered in the stack's dialog layer (leak check: 0 once
+    /// every call has ended).
+    pub fn open_dialogs(&self) -> usize {
+        self.shared.dialog_layer.len()
+    }
+
+    /// Place an outbound call. Progress goes to `events` as `(call.key, event)`,
+    /// ending with [`SipEvent::Ended`]. Must be called within a tokio runtime.
+    pub fn place_call(
+        &self,
+        call: OutboundCall,
+        events: UnboundedSender<(u64, SipEvent)>,
+    ) -> SipCall {
+        let control = Arc::new(CallControl::default());
+        let handle = SipCall {
+            key: call.key,
+            control: control.clone(),
+        };
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            let _ = events.send((
+                call.key,
+                SipEvent::Failed {
+                    status: 503,
+                    reason: "SIP service stopped".to_string(),
+                },
+            ));
+            let _ = events.send((call.key, SipEvent::Ended));
+            return handle;
+        }
+        self.shared.active.fetch_add(1, Ordering::SeqCst);
+        let active = ActiveCall(self.shared.clone());
+        let span = tracing::info_span!("sip_call", call = %call.correlation_id, key = call.key);
+        tokio::spawn(run_call(self.shared.clone(), call, events, control, active).instrument(span));
+        handle
+    }
+
+    /// Stop: new calls fail with 503, live calls are hung up (CANCEL/BYE)
+    /// and given a few seconds to finish, then the remaining ones are dropped
+    /// (each still gets [`SipEvent::Ended`]) and the endpoint shuts down.
+    pub async fn stop(&self) {
+        let shared = &self.shared;
+        shared.stopping.store(true, Ordering::SeqCst);
+        shared.hangup_all.cancel();
+        if tokio::time::timeout(STOP_GRACE, shared.wait_idle())
+            .await
+            .is_err()
+        {
+            warn!(
+                calls = shared.active.load(Ordering::SeqCst),
+                "calls still active after the stop grace period, dropping them"
+            );
+            shared.kill.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(1), shared.wait_idle()).await;
+        }
+        shared.endpoint.shutdown();
+        shared.root.cancel();
+        info!("SIP service stopped");
+    }
+}
+
+impl Drop for SipService {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.kill.cancel();
+        self.shared.root.cancel();
+    }
+}
+
+impl Shared {
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.active.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Bind the UDP socket; make sure TCP can listen on the same port (with port
+/// 0, retry until a port is free for both).
+fn bind_udp_and_check_tcp(listen: SocketAddr) -> Result<std::net::UdpSocket, SipError> {
+    let bind_err = |source| SipError::Bind {
+        addr: listen,
+        source,
+    };
+    let attempts = if listen.port() == 0 { 20 } else { 1 };
+    let mut last_err = None;
+    for _ in 0..attempts {
+        let udp = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+        let addr = udp.local_addr().map_err(bind_err)?;
+        // The TCP listener is bound by rsipstack when the endpoint starts
+        // serving; probe the port now so a conflict is an error here rather
+        // than a warning in the log later.
+        match std::net::TcpListener::bind(addr) {
+            Ok(probe) => {
+                drop(probe);
+                udp.set_nonblocking(true).map_err(bind_err)?;
+                return Ok(udp);
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(SipError::Bind {
+        addr: listen,
+        source: last_err.unwrap_or_else(|| std::io::Error::other("no free port")),
+    })
+}
+
+/// Requests that are not responses to our own transactions.
+async fn incoming_loop(
+    dialog_layer: Arc<DialogLayer>,
+    mut incoming: TransactionReceiver,
+    cancel: CancellationToken,
+) {
+    loop {
+        let tx = tokio::select! {
+            _ = cancel.cancelled() => break,
+            tx = incoming.recv() => match tx {
+                Some(tx) => tx,
+                None => break,
+            },
+        };
+        let dialog_layer = dialog_layer.clone();
+        tokio::spawn(handle_incoming(dialog_layer, tx));
+    }
+    debug!("incoming request loop ended");
+}
+
+async fn handle_incoming(dialog_layer: Arc<DialogLayer>, mut tx: Transaction) {
+    let method = tx.original.method;
+    if let Some(mut dialog) = dialog_layer.match_dialog(&tx) {
+        if let Err(e) = dialog.handle(&mut tx).await {
+            debug!(%method, error = %e, "in-dialog request failed");
+        }
+        // rsipstack leaves some requests unanswered (e.g. INFO/UPDATE while
+        // the dialog is still early): never leave the far end hanging.
+        let answered = tx
+            .last_response
+            .as_ref()
+            .is_some_and(|r| r.status_code.kind() != StatusCodeKind::Provisional);
+        if !answered && method != Method::Ack {
+            let status = match method {
+                Method::Update if !tx.original.body.is_empty() => StatusCode::NotAcceptableHere,
+                Method::Info | Method::Update | Method::Options | Method::Notify => StatusCode::OK,
+                _ => StatusCode::CallTransactionDoesNotExist,
+            };
+            debug!(%method, status = status.code(), "answering request the dialog left open");
+            if let Err(e) = tx.reply(status).await {
+                debug!(%method, error = %e, "failed to answer in-dialog request");
+            }
+        }
+        return;
+    }
+
+    let has_to_tag = tx
+        .original
+        .to_header()
+        .ok()
+        .and_then(|to| to.tag().ok().flatten())
+        .is_some();
+    let (status, allow) = match method {
+        // Inbound calls are not supported yet.
+        Method::Invite if !has_to_tag => (StatusCode::TemporarilyUnavailable, false),
+        Method::Options => (StatusCode::OK, true),
+        // Endpoint answers CANCEL itself; ACK never reaches here.
+        Method::Ack => return,
+        Method::Invite
+        | Method::Bye
+        | Method::Cancel
+        | Method::Info
+        | Method::Update
+        | Method::PRack
+        | Method::Notify
+        | Method::Refer
+        | Method::Message
+            if has_to_tag =>
+        {
+            (StatusCode::CallTransactionDoesNotExist, false)
+        }
+        Method::Bye | Method::Cancel | Method::Info | Method::Update | Method::PRack => {
+            (StatusCode::CallTransactionDoesNotExist, false)
+        }
+        _ => (StatusCode::MethodNotAllowed, true),
+    };
+    debug!(%method, status = status.code(), src = ?tx.connection.as_ref().and_then(|c| c.get_remote_addr()).map(|a| a.to_string()), "out-of-dialog request");
+    let mut headers = Vec::new();
+    if allow {
+        headers.push(Header::Allow(ALLOW.into()));
+    }
+    if method == Method::Options {
+        headers.push(Header::Accept("application/sdp".into()));
+    }
+    if let Err(e) = tx.reply_with(status, headers, None).await {
+        debug!(%method, error = %e, "failed to answer request");
+        return;
+    }
+    if method == Method::Invite {
+        // Keep the server transaction until the ACK (or Timer H): it
+        // retransmits the final response over UDP.
+        let drain = async { while tx.receive().await.is_some() {} };
+        let _ = tokio::time::timeout(Duration::from_secs(40), drain).await;
+    }
+}

@@ -1,0 +1,199 @@
+//! Browser-side WebRTC peers call SIP destinations through the gateway's
+//! SIP leg, against sipp as the far end: signalling outcomes and media
+//! passed through byte for byte (sipp echoes the RTP it receives).
+
+use std::time::{Duration, Instant};
+
+use gangway_tests::api_client::ApiClient;
+use gangway_tests::gateway::{
+    metric_value, scrape, scrape_metric, start_gateway_with, wait_metric,
+};
+use gangway_tests::rtc_client::{ClientCodec, RtcClient};
+use gangway_tests::sip_peers::{free_udp_range, Sipp};
+use serde_json::Value;
+
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// A gateway whose trunk is the given SIP peer on loopback.
+async fn gateway_to(trunk_port: u16) -> gangway::Gateway {
+    let rtp = free_udp_range(40);
+    start_gateway_with(|c| {
+        c.sip.enabled = true;
+        c.sip.listen = "127.0.0.1:0".parse().unwrap();
+        c.sip.rtp_port_min = rtp;
+        c.sip.rtp_port_max = rtp + 39;
+        c.sip.trunk.host = "127.0.0.1".into();
+        c.sip.trunk.port = trunk_port;
+        c.sip.trunk.domain = "pbx.test".into();
+    })
+    .await
+}
+
+async fn no_leftovers(gw: &gangway::Gateway) {
+    assert_eq!(
+        wait_metric(gw, "gangway_calls_active", 0.0, SETTLE).await,
+        0.0
+    );
+    assert_eq!(
+        wait_metric(gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await,
+        0.0
+    );
+    assert_eq!(
+        wait_metric(gw, "gangway_rtp_ports_active", 0.0, SETTLE).await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_call_passes_media_both_ways_and_hangs_up_with_bye() {
+    let mut sipp = Sipp::uas("uas_answer_wait_bye.xml", 0, &["-rtp_echo"]);
+    let gw = gateway_to(sipp.port()).await;
+    let mut api = ApiClient::connect(&gw).await;
+    let (mut client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    let t0 = Instant::now();
+    api.call("browser-call-7f3a", "1000", &offer).await;
+    let answer = api.expect("answer").await;
+    client.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(
+        client.connect(Duration::from_secs(10)).await,
+        "WebRTC leg connects"
+    );
+    let answered = api.expect("answered").await;
+    assert_eq!(answered["call"], "browser-call-7f3a");
+    println!("call -> answered in {:?}", t0.elapsed());
+
+    let report = client
+        .echo_exchange(1, 100, Duration::from_millis(500))
+        .await;
+    println!("{report:?}");
+    assert_eq!(report.foreign, 0, "only our own frames come back");
+    assert!(
+        report.echoed >= 90,
+        "frames returned through SIP/RTP: {report:?}"
+    );
+
+    api.hangup("browser-call-7f3a").await;
+    let ended = api.expect("ended").await;
+    assert_eq!(
+        (ended["reason"].as_str(), ended["code"].clone()),
+        (Some("hangup"), Value::Null)
+    );
+    sipp.wait(Duration::from_secs(10))
+        .expect("sipp saw INVITE, ACK and our BYE");
+    let messages = sipp.messages();
+    assert!(
+        messages.contains("X-Gangway-Call-ID:"),
+        "correlation header present"
+    );
+    assert!(
+        !messages.contains("c1"),
+        "the browser's call id stays off the SIP leg"
+    );
+    no_leftovers(&gw).await;
+    assert!(scrape_metric(&gw, "gangway_rtp_packets_sent_total").await >= 90.0);
+    api.close().await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_ends_with_486() {
+    let mut sipp = Sipp::uas("uas_busy.xml", 0, &[]);
+    let gw = gateway_to(sipp.port()).await;
+    let mut api = ApiClient::connect(&gw).await;
+    let (_client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("busy", "1000", &offer).await;
+    api.expect("answer").await;
+    let ended = api.expect("ended").await;
+    assert_eq!(ended["reason"], "busy", "{ended}");
+    assert_eq!(ended["code"], 486);
+    sipp.wait(Duration::from_secs(10))
+        .expect("sipp scenario passes (ACK for the 486)");
+    no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangup_while_ringing_sends_cancel() {
+    let mut sipp = Sipp::uas("uas_no_answer.xml", 0, &[]);
+    let gw = gateway_to(sipp.port()).await;
+    let mut api = ApiClient::connect(&gw).await;
+    let (_client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("ring", "1000", &offer).await;
+    api.expect("answer").await;
+    assert_eq!(api.expect("ringing").await["call"], "ring");
+    api.hangup("ring").await;
+    assert_eq!(api.expect("ended").await["reason"], "hangup");
+    sipp.wait(Duration::from_secs(10))
+        .expect("sipp got CANCEL, answered 200 + 487 and got the ACK");
+    no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_bye_ends_the_call() {
+    let mut sipp = Sipp::uas("uas_answer_then_bye.xml", 0, &[]);
+    let gw = gateway_to(sipp.port()).await;
+    let mut api = ApiClient::connect(&gw).await;
+    let (mut client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("bye", "1000", &offer).await;
+    let answer = api.expect("answer").await;
+    client.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(client.connect(Duration::from_secs(10)).await);
+    // uas_answer_then_bye sends 180 first.
+    let mut m = api.recv().await;
+    if m["type"] == "ringing" {
+        m = api.recv().await;
+    }
+    assert_eq!(m["type"], "answered", "{m}");
+    let ended = api.expect("ended").await;
+    assert_eq!(ended["reason"], "remote_hangup", "{ended}");
+    sipp.wait(Duration::from_secs(10))
+        .expect("sipp got 200 for its BYE");
+    no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_only_browser_gets_incompatible_codecs_and_no_invite() {
+    let mut sipp = Sipp::uas("uas_answer_wait_bye.xml", 0, &[]);
+    let gw = gateway_to(sipp.port()).await;
+    let mut api = ApiClient::connect(&gw).await;
+    let (_client, offer) = RtcClient::new(ClientCodec::Opus).await;
+    api.call("opus", "1000", &offer).await;
+    let ended = api.expect("ended").await;
+    assert_eq!(ended["reason"], "incompatible_codecs", "{ended}");
+    assert!(sipp.is_running(), "no INVITE reached the far end");
+    let invites = metric_value(
+        &scrape(&gw).await,
+        "gangway_sip_requests_total{direction=\"sent\",method=\"INVITE\"}",
+    );
+    assert_eq!(invites.unwrap_or(0.0), 0.0, "no INVITE was sent");
+    no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_outside_the_allow_list_are_refused() {
+    let gw = start_gateway_with(|c| {
+        c.sip.enabled = true;
+        c.sip.listen = "127.0.0.1:0".parse().unwrap();
+        c.sip.trunk.host = "127.0.0.1".into();
+        c.sip.trunk.port = 9;
+        c.sip.trunk.domain = "pbx.test".into();
+        c.sip.trunk.allow = vec![r"^sip:[0-9]{4}@pbx\.test$".into()];
+    })
+    .await;
+    let mut api = ApiClient::connect(&gw).await;
+    let (_client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    for (to, reason) in [
+        ("sip:1000@evil.example", "forbidden"),
+        ("12345", "forbidden"),
+        ("10 00", "not_found"),
+    ] {
+        api.call("x", to, &offer).await;
+        let ended = api.expect("ended").await;
+        assert_eq!(ended["reason"], reason, "{to}: {ended}");
+    }
+    no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}
