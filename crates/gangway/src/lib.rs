@@ -16,6 +16,7 @@ use gangway_core::{Router, SipRouting};
 use gangway_media::{RtpPorts, ShardHandle};
 use gangway_rtc::EndpointConfig;
 use gangway_sip::{SipConfig, SipService, Transport, Trunk};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -153,6 +154,13 @@ impl Gateway {
             next_peer: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
             started_ms,
+        });
+        // Small API events (`ringing`, then `answered` moments later) must not
+        // wait for Nagle's algorithm to meet the client's delayed ACK (~40 ms).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                warn!("cannot set TCP_NODELAY on an API connection: {e}");
+            }
         });
         let app = http::router(shared.clone());
         let mut phase_rx = shared.phase.subscribe();
