@@ -6,42 +6,15 @@ use std::time::{Duration, Instant};
 
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::gateway::{
-    metric_value, scrape, scrape_metric, start_gateway_with, wait_metric,
+    assert_no_leftovers, metric_value, scrape, scrape_metric, start_sip_gateway,
 };
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
-use gangway_tests::sip_peers::{free_udp_range, Sipp};
+use gangway_tests::sip_peers::Sipp;
 use serde_json::Value;
-
-const SETTLE: Duration = Duration::from_secs(5);
 
 /// A gateway whose trunk is the given SIP peer on loopback.
 async fn gateway_to(trunk_port: u16) -> gangway::Gateway {
-    let rtp = free_udp_range(40);
-    start_gateway_with(|c| {
-        c.sip.enabled = true;
-        c.sip.listen = "127.0.0.1:0".parse().unwrap();
-        c.sip.rtp_port_min = rtp;
-        c.sip.rtp_port_max = rtp + 39;
-        c.sip.trunk.host = "127.0.0.1".into();
-        c.sip.trunk.port = trunk_port;
-        c.sip.trunk.domain = "pbx.test".into();
-    })
-    .await
-}
-
-async fn no_leftovers(gw: &gangway::Gateway) {
-    assert_eq!(
-        wait_metric(gw, "gangway_calls_active", 0.0, SETTLE).await,
-        0.0
-    );
-    assert_eq!(
-        wait_metric(gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await,
-        0.0
-    );
-    assert_eq!(
-        wait_metric(gw, "gangway_rtp_ports_active", 0.0, SETTLE).await,
-        0.0
-    );
+    start_sip_gateway(trunk_port, "pbx.test", |_| {}).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +62,7 @@ async fn answered_call_passes_media_both_ways_and_hangs_up_with_bye() {
         !messages.contains("c1"),
         "the browser's call id stays off the SIP leg"
     );
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
     assert!(scrape_metric(&gw, "gangway_rtp_packets_sent_total").await >= 90.0);
     api.close().await;
     gw.shutdown(Duration::ZERO).await;
@@ -108,7 +81,7 @@ async fn busy_ends_with_486() {
     assert_eq!(ended["code"], 486);
     sipp.wait(Duration::from_secs(10))
         .expect("sipp scenario passes (ACK for the 486)");
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }
 
@@ -125,7 +98,7 @@ async fn hangup_while_ringing_sends_cancel() {
     assert_eq!(api.expect("ended").await["reason"], "hangup");
     sipp.wait(Duration::from_secs(10))
         .expect("sipp got CANCEL, answered 200 + 487 and got the ACK");
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }
 
@@ -149,7 +122,7 @@ async fn remote_bye_ends_the_call() {
     assert_eq!(ended["reason"], "remote_hangup", "{ended}");
     sipp.wait(Duration::from_secs(10))
         .expect("sipp got 200 for its BYE");
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }
 
@@ -168,18 +141,13 @@ async fn opus_only_browser_gets_incompatible_codecs_and_no_invite() {
         "gangway_sip_requests_total{direction=\"sent\",method=\"INVITE\"}",
     );
     assert_eq!(invites.unwrap_or(0.0), 0.0, "no INVITE was sent");
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destinations_outside_the_allow_list_are_refused() {
-    let gw = start_gateway_with(|c| {
-        c.sip.enabled = true;
-        c.sip.listen = "127.0.0.1:0".parse().unwrap();
-        c.sip.trunk.host = "127.0.0.1".into();
-        c.sip.trunk.port = 9;
-        c.sip.trunk.domain = "pbx.test".into();
+    let gw = start_sip_gateway(9, "pbx.test", |c| {
         c.sip.trunk.allow = vec![r"^sip:[0-9]{4}@pbx\.test$".into()];
     })
     .await;
@@ -194,25 +162,16 @@ async fn destinations_outside_the_allow_list_are_refused() {
         let ended = api.expect("ended").await;
         assert_eq!(ended["reason"], reason, "{to}: {ended}");
     }
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }
 
 /// The trunk answers the INVITE with 401; the gateway retries once with its
 /// configured credentials.
 async fn gateway_with_credentials(trunk_port: u16, password: &str) -> gangway::Gateway {
-    let rtp = free_udp_range(40);
-    let password = password.to_string();
-    start_gateway_with(move |c| {
-        c.sip.enabled = true;
-        c.sip.listen = "127.0.0.1:0".parse().unwrap();
-        c.sip.rtp_port_min = rtp;
-        c.sip.rtp_port_max = rtp + 39;
-        c.sip.trunk.host = "127.0.0.1".into();
-        c.sip.trunk.port = trunk_port;
-        c.sip.trunk.domain = "pbx.test".into();
+    start_sip_gateway(trunk_port, "pbx.test", |c| {
         c.sip.trunk.username = Some("gw-user".into());
-        c.sip.trunk.password = Some(password);
+        c.sip.trunk.password = Some(password.to_string());
     })
     .await
 }
@@ -243,7 +202,7 @@ async fn digest_challenge_is_answered_with_the_trunk_credentials() {
         sipp.messages().contains("Authorization: Digest"),
         "credentials were sent"
     );
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }
 
@@ -267,6 +226,6 @@ async fn wrong_trunk_password_fails_cleanly() {
     let _ = sipp.wait(Duration::from_secs(15));
     let invites = sipp.messages().matches("INVITE sip:1000@pbx.test").count();
     assert_eq!(invites, 2, "one INVITE, one authenticated retry, no more");
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }

@@ -82,3 +82,38 @@ pub async fn wait_metric(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A gateway with the SIP leg on: SIP on a free loopback port, RTP from a
+/// free range, and the trunk at `127.0.0.1:trunk_port` with `domain`.
+/// `f` adjusts anything else (credentials, allow-list).
+pub async fn start_sip_gateway(
+    trunk_port: u16,
+    domain: &str,
+    f: impl FnOnce(&mut Config),
+) -> Gateway {
+    let rtp = crate::sip_peers::free_udp_range(40);
+    let domain = domain.to_string();
+    start_gateway_with(move |c| {
+        c.sip.enabled = true;
+        c.sip.listen = "127.0.0.1:0".parse().unwrap();
+        c.sip.rtp_port_min = rtp;
+        c.sip.rtp_port_max = rtp + 39;
+        c.sip.trunk.host = "127.0.0.1".into();
+        c.sip.trunk.port = trunk_port;
+        c.sip.trunk.domain = domain;
+        f(c);
+    })
+    .await
+}
+
+/// Waits until no call, WebRTC peer or RTP port is left, and fails if any is.
+pub async fn assert_no_leftovers(gw: &Gateway) {
+    let settle = std::time::Duration::from_secs(5);
+    for series in [
+        "gangway_calls_active",
+        "gangway_webrtc_peers_active",
+        "gangway_rtp_ports_active",
+    ] {
+        assert_eq!(wait_metric(gw, series, 0.0, settle).await, 0.0, "{series}");
+    }
+}
