@@ -71,7 +71,11 @@ fn ladder(trace: &str) -> Vec<String> {
     for i in 0..lines.len().saturating_sub(3) {
         if lines[i].starts_with("-----") {
             let time = lines[i].trim_start_matches('-').trim();
-            let dir = if lines[i + 1].contains("received") { "<-" } else { "->" };
+            let dir = if lines[i + 1].contains("received") {
+                "<-"
+            } else {
+                "->"
+            };
             out.push(format!("{time} {dir} {}", lines[i + 3]));
         }
     }
@@ -81,9 +85,15 @@ fn ladder(trace: &str) -> Vec<String> {
 /// `2026-11-21 12:35:20.013665` (local time; the machine runs UTC) → UNIX seconds.
 fn parse_stamp(s: &str) -> Option<f64> {
     let (date, time) = s.split_once(' ')?;
-    let d: Vec<i64> = date.split('-').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
     let (hms, frac) = time.split_once('.')?;
-    let t: Vec<i64> = hms.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let t: Vec<i64> = hms
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
     let days = days_from_civil(d[0], d[1], d[2]);
     let secs = days * 86400 + t[0] * 3600 + t[1] * 60 + t[2];
     Some(secs as f64 + format!("0.{frac}").parse::<f64>().ok()?)
@@ -178,7 +188,11 @@ async fn main() {
         println!("  {line}");
     }
     let invites = invite_times(&trace);
-    assert_eq!(invites.len(), args.calls, "one INVITE per call in sipp's trace");
+    assert_eq!(
+        invites.len(),
+        args.calls,
+        "one INVITE per call in sipp's trace"
+    );
     let to_invite: Vec<f64> = invites.iter().zip(&sent_at).map(|(r, s)| r - s).collect();
     summary("API call -> INVITE at sipp", to_invite);
     summary("API call -> answered", to_answered);

@@ -222,3 +222,104 @@ fn frame_payload(codec: ClientCodec, tag: u32, index: u32) -> Vec<u8> {
     p[5..9].copy_from_slice(&index.to_be_bytes());
     p
 }
+
+/// What [`RtcClient::send_pcmu_tone`] sent and received.
+#[derive(Debug, Clone)]
+pub struct ToneExchange {
+    /// 20 ms PCMU frames sent.
+    pub sent_frames: usize,
+    /// Media frames received meanwhile.
+    pub received_frames: usize,
+    /// The received payloads decoded as µ-law, in arrival order: 8 kHz
+    /// samples in [-1, 1).
+    pub received: Vec<f32>,
+}
+
+impl RtcClient {
+    /// Sends a sine of `freq_hz` (half full scale) as PCMU, 20 ms a frame,
+    /// for `seconds`, keeps receiving for `linger` afterwards, and returns
+    /// what arrived meanwhile decoded as µ-law. The call must have
+    /// negotiated PCMU (a [`ClientCodec::Pcmu`] client).
+    pub async fn send_pcmu_tone(
+        &mut self,
+        freq_hz: f64,
+        seconds: f64,
+        linger: Duration,
+    ) -> ToneExchange {
+        assert_eq!(self.codec, ClientCodec::Pcmu, "send_pcmu_tone needs PCMU");
+        const SAMPLES: usize = 160;
+        let pt = self.pt();
+        let frames = (seconds * 50.0).round() as usize;
+        self.received.clear();
+        let start = Instant::now();
+        for i in 0..frames {
+            let due = start + Duration::from_millis(20 * i as u64);
+            while Instant::now() < due {
+                self.step(due).await;
+            }
+            let payload: Vec<u8> = (0..SAMPLES)
+                .map(|j| {
+                    let t = (i * SAMPLES + j) as f64 / 8000.0;
+                    let v = 0.5 * (2.0 * std::f64::consts::PI * freq_hz * t).sin();
+                    crate::sip_peers::linear_to_ulaw((v * f64::from(i16::MAX)).round() as i16)
+                })
+                .collect();
+            let time = MediaTime::new(
+                (i * SAMPLES) as u64,
+                str0m::media::Frequency::new(8_000).unwrap(),
+            );
+            if let Some(writer) = self.rtc.writer(self.mid) {
+                writer
+                    .write(pt, Instant::now(), time, payload)
+                    .expect("write");
+            }
+            self.drain();
+        }
+        let end = Instant::now() + linger;
+        while Instant::now() < end {
+            self.step(end).await;
+        }
+        let received_frames = self.received.len();
+        let received = self
+            .received
+            .drain(..)
+            .flatten()
+            .map(|u| f32::from(ulaw_to_linear(u)) / 32768.0)
+            .collect();
+        ToneExchange {
+            sent_frames: frames,
+            received_frames,
+            received,
+        }
+    }
+}
+
+/// G.711 µ-law decoding of one byte to 16-bit linear (ITU-T G.711).
+pub fn ulaw_to_linear(u: u8) -> i16 {
+    let u = !u;
+    let magnitude = ((i32::from(u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4);
+    (if u & 0x80 != 0 {
+        0x84 - magnitude
+    } else {
+        magnitude - 0x84
+    }) as i16
+}
+
+#[cfg(test)]
+mod tone_tests {
+    use super::ulaw_to_linear;
+    use crate::sip_peers::linear_to_ulaw;
+
+    #[test]
+    fn ulaw_round_trips_within_quantisation() {
+        assert_eq!(ulaw_to_linear(0xFF), 0);
+        assert_eq!(ulaw_to_linear(0x7F), 0);
+        assert_eq!(ulaw_to_linear(0x80), 32124);
+        assert_eq!(ulaw_to_linear(0x00), -32124);
+        for s in [-30000i16, -1000, -100, 0, 100, 1000, 30000] {
+            let back = i32::from(ulaw_to_linear(linear_to_ulaw(s)));
+            let tolerance = (i32::from(s).abs() / 16).max(8);
+            assert!((back - i32::from(s)).abs() <= tolerance, "{s} -> {back}");
+        }
+    }
+}

@@ -28,8 +28,16 @@
 //! - sipp's control socket binds 0.0.0.0:8888 unless `-ci`/`-cp` say
 //!   otherwise; audio RTP uses `-mp` and `-mp`+2 (video).
 //! - sipp's `play_pcap_audio` path is read when the scenario loads (no
-//!   keywords): [`Sipp`] writes `pcmu_tone.pcap` into sipp's working
-//!   directory before starting it.
+//!   keywords): [`Sipp`] writes `pcmu_tone.pcap` and `pcmu_tone_b.pcap`
+//!   into sipp's working directory before starting it. A second
+//!   `play_pcap_audio` in a call stops the first; the packets are replayed
+//!   unchanged (SSRC, sequence numbers and timestamps as in the file).
+//!   sipp 3.6 looks for pcaps next to the scenario first: keep no
+//!   `pcmu_tone*.pcap` in `tests/sipp/`.
+//! - A message arriving while sipp runs a `<nop>` action (a pcap starting
+//!   stops the previous one first, which takes a moment) is "unexpected"
+//!   and aborts the call: the ACK right after a 200, for one. Start media
+//!   in the `<recv>` of the ACK instead.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -61,6 +69,18 @@ pub const EARLY_MEDIA_TONE_HZ: f64 = 700.0;
 pub const EARLY_MEDIA_SECONDS: f64 = 5.0;
 /// File name of that pcap in sipp's working directory.
 pub const EARLY_MEDIA_PCAP: &str = "pcmu_tone.pcap";
+/// The tone [`Sipp`] plays once answered in
+/// `tests/sipp/uas_early_then_answer.xml` (after [`EARLY_MEDIA_PCAP`]).
+pub const ANSWER_MEDIA_TONE_HZ: f64 = 1200.0;
+/// Length of that tone; the pcap is played once.
+pub const ANSWER_MEDIA_SECONDS: f64 = 10.0;
+/// File name of that pcap in sipp's working directory. Its RTP stream has
+/// another SSRC than [`EARLY_MEDIA_PCAP`]'s, as a new stream from a real
+/// PBX would (sipp replays the packets unchanged: both start at sequence
+/// number 0 and timestamp 0).
+pub const ANSWER_MEDIA_PCAP: &str = "pcmu_tone_b.pcap";
+/// The SSRC of the [`ANSWER_MEDIA_PCAP`] stream.
+const ANSWER_MEDIA_SSRC: u32 = 0x4741_4e32; // "GAN2"
 
 const INSTALL_HINT: &str = "install the SIP peers with `scripts/deps.sh test` (Debian packages \
      `sip-tester` and `baresip`), or set BARESIP_BIN / SIPP_BIN";
@@ -923,6 +943,13 @@ impl Sipp {
             EARLY_MEDIA_SECONDS,
         )
         .map_err(|e| format!("cannot write {EARLY_MEDIA_PCAP}: {e}"))?;
+        write_pcmu_tone_pcap_with_ssrc(
+            dir.path().join(ANSWER_MEDIA_PCAP),
+            ANSWER_MEDIA_TONE_HZ,
+            ANSWER_MEDIA_SECONDS,
+            ANSWER_MEDIA_SSRC,
+        )
+        .map_err(|e| format!("cannot write {ANSWER_MEDIA_PCAP}: {e}"))?;
         let port = if port == 0 { free_udp_port() } else { port };
         let media_port = free_udp_range(SIPP_MEDIA_PORTS);
         let control_port = free_udp_port();
@@ -1052,7 +1079,7 @@ impl Sipp {
         self.media_port
     }
 
-    /// Its working directory (logs, the early-media pcap).
+    /// Its working directory (logs, the pcaps it plays).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -1210,6 +1237,18 @@ pub fn write_pcmu_tone_pcap(
     freq_hz: f64,
     seconds: f64,
 ) -> std::io::Result<()> {
+    write_pcmu_tone_pcap_with_ssrc(path, freq_hz, seconds, 0x4741_4e47) // "GANG"
+}
+
+/// [`write_pcmu_tone_pcap`] with the RTP stream's SSRC chosen: sipp replays
+/// packets unchanged, so two pcaps played one after the other in a call
+/// need different SSRCs to be told apart as two streams.
+pub fn write_pcmu_tone_pcap_with_ssrc(
+    path: impl AsRef<Path>,
+    freq_hz: f64,
+    seconds: f64,
+    ssrc: u32,
+) -> std::io::Result<()> {
     const SAMPLES: usize = 160;
     let packets = (seconds * 50.0).round() as usize;
     let mut out = Vec::with_capacity(24 + packets * (16 + 42 + 12 + SAMPLES));
@@ -1221,7 +1260,6 @@ pub fn write_pcmu_tone_pcap(
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&65535u32.to_le_bytes());
     out.extend_from_slice(&1u32.to_le_bytes());
-    let ssrc: u32 = 0x4741_4e47; // "GANG"
     for n in 0..packets {
         let mut rtp = Vec::with_capacity(12 + SAMPLES);
         rtp.push(0x80); // V=2

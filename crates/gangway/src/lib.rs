@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::serve::ListenerExt;
 use gangway_core::{Router, SipRouting};
 use gangway_media::{RtpPorts, ShardHandle};
 use gangway_rtc::EndpointConfig;
 use gangway_sip::{SipConfig, SipService, Transport, Trunk};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

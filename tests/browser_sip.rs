@@ -1,0 +1,798 @@
+//! End to end from a real browser to real SIP peers: headless Chromium
+//! (a 1000 Hz tone as its fake microphone, PCMU only) calls through the
+//! gateway's SIP leg
+//! - baresip, which auto-answers playing 440 Hz and records what it gets:
+//!   both directions carry their tone, and either side can hang up;
+//! - a sipp UAS that plays 700 Hz as early media (183 with SDP), then
+//!   answers and plays 1200 Hz: the browser hears each at the right time.
+//!
+//! The page records the remote audio in WebAudio from the first remote
+//! track on, and marks where in that recording the call's events arrived,
+//! so the Rust side can cut the recording by event.
+//!
+//! Needs Debian's `chromium`, `chromium-driver`, `baresip` and
+//! `sip-tester`; without them the tests fail (they never skip). They run
+//! one at a time (three Chromiums and their audio on a small CI machine
+//! would starve each other).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use gangway_tests::audio::{i16le_to_f32, rms, tone_coverage, write_tone_wav};
+use gangway_tests::gateway::{
+    metric_value, scrape, scrape_metric, start_gateway_with, wait_metric,
+};
+use gangway_tests::sip_peers::{
+    free_udp_range, Baresip, BaresipOptions, Sipp, ANSWER_MEDIA_TONE_HZ, EARLY_MEDIA_TONE_HZ,
+};
+use gangway_tests::webdriver::{Browser, BrowserOptions, TempDir};
+use serde_json::{json, Value};
+
+/// The browser's fake microphone.
+const BROWSER_TONE_HZ: f64 = 1000.0;
+/// baresip's tone.
+const BARESIP_TONE_HZ: f64 = 440.0;
+/// The fake microphone's WAV rate (Chromium's capture rate).
+const WAV_RATE: u32 = 48_000;
+/// Audio left to settle (jitter buffers, codec start-up) after `answered`
+/// before the analysed part of a recording starts.
+const SETTLE_MS: u64 = 1_000;
+/// Length of the analysed part of the browser's recording.
+const RECORD_MS: u64 = 5_000;
+/// What baresip's recording loses at its start before the analysis.
+const BARESIP_TRIM_S: f64 = 0.5;
+/// Least baresip must have recorded after the trim.
+const BARESIP_MIN_S: f64 = 4.0;
+/// How long sipp's early media plays before its 200 (its scenario's pause).
+const EARLY_MEDIA_MS: u64 = 3_000;
+/// How long the early-media test stays in the call after `answered`.
+const AFTER_ANSWER_MS: u64 = 4_000;
+/// Margin around event marks when cutting the early-media recording: the
+/// audio of a phase reaches the recording after the signalling that starts
+/// it (jitter buffer, WebAudio buffering), and marks are only as precise as
+/// the recorder's buffer (2048 samples, 43 ms).
+const EDGE_MS: u64 = 300;
+const SIGNALING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Limit for each in-page script; its own steps time out sooner so a
+/// failure comes back with its event log instead of a bare script timeout.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Shared by the scripts below: the call, its event log and the recorder
+/// live in `window.__gangwaySip` between scripts.
+const PAGE_LIB: &str = r#"
+const S = window.__gangwaySip ?? (window.__gangwaySip = {
+  t0: performance.now(), events: [], marks: {}, chunks: [], recorded: 0,
+  recording: true, sampleRate: null, call: null, gw: null, ctx: null, ended: null,
+});
+const log = (what) => S.events.push(`${Math.round(performance.now() - S.t0)}ms @${S.recorded} ${what}`);
+// Where in the recording (in samples) something first happened.
+const mark = (name) => { if (!(name in S.marks)) S.marks[name] = S.recorded; };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const withTimeout = (p, ms, what) => Promise.race([
+  p,
+  sleep(ms).then(() => { throw new Error(`timed out after ${ms} ms waiting for ${what}`); }),
+]);
+
+async function stats() {
+  const pc = S.call?.peerConnection;
+  if (!pc) return null;
+  const out = {
+    signalingState: pc.signalingState,
+    iceConnectionState: pc.iceConnectionState,
+    connectionState: pc.connectionState,
+    reports: {},
+  };
+  try {
+    const report = await pc.getStats();
+    const codecs = {};
+    report.forEach((s) => { if (s.type === 'codec') codecs[s.id] = s; });
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+        out.inboundCodec = codecs[s.codecId]?.mimeType ?? null;
+        out.reports.inbound = {
+          packetsReceived: s.packetsReceived, packetsLost: s.packetsLost, bytesReceived: s.bytesReceived,
+          jitter: s.jitter, audioLevel: s.audioLevel, totalSamplesReceived: s.totalSamplesReceived,
+          concealedSamples: s.concealedSamples, jitterBufferDelay: s.jitterBufferDelay,
+          jitterBufferEmittedCount: s.jitterBufferEmittedCount,
+        };
+      } else if (s.type === 'outbound-rtp' && s.kind === 'audio') {
+        out.outboundCodec = codecs[s.codecId]?.mimeType ?? null;
+        out.reports.outbound = { packetsSent: s.packetsSent, bytesSent: s.bytesSent };
+      } else if (s.type === 'media-source' && s.kind === 'audio') {
+        out.reports.source = { audioLevel: s.audioLevel, totalAudioEnergy: s.totalAudioEnergy };
+      } else if (s.type === 'transport') {
+        out.reports.transport = { dtlsState: s.dtlsState, iceState: s.iceState };
+      }
+    });
+  } catch (e) {
+    out.statsError = String(e);
+  }
+  return out;
+}
+
+function toBase64Int16(chunks) {
+  const total = chunks.reduce((n, c) => n + c.length, 0);
+  const pcm = new Int16Array(total);
+  let i = 0;
+  for (const c of chunks) {
+    for (let j = 0; j < c.length; j++, i++) {
+      pcm[i] = Math.max(-32768, Math.min(32767, Math.round(c[j] * 32768)));
+    }
+  }
+  const bytes = new Uint8Array(pcm.buffer); // little-endian on every platform Chromium runs on
+  let bin = '';
+  for (let k = 0; k < bytes.length; k += 0x8000) {
+    bin += String.fromCharCode.apply(null, bytes.subarray(k, k + 0x8000));
+  }
+  return btoa(bin);
+}
+
+// Records the remote stream from now on, continuously, into S.chunks.
+async function startRecorder(stream) {
+  // Chromium only feeds remote WebRTC audio to WebAudio while the stream is
+  // also attached to a media element; muted keeps the test silent.
+  const audio = document.createElement('audio');
+  audio.muted = true;
+  audio.autoplay = true;
+  audio.srcObject = stream;
+  document.body.appendChild(audio);
+  await audio.play().catch((e) => log(`audio.play() failed: ${e}`));
+  const ctx = S.ctx = new AudioContext({ sampleRate: 48000 });
+  await ctx.resume();
+  S.sampleRate = ctx.sampleRate;
+  const source = ctx.createMediaStreamSource(stream);
+  const processor = ctx.createScriptProcessor(2048, 1, 1);
+  const mute = ctx.createGain();
+  mute.gain.value = 0;
+  processor.onaudioprocess = (e) => {
+    if (!S.recording) return;
+    const chunk = new Float32Array(e.inputBuffer.getChannelData(0));
+    S.chunks.push(chunk);
+    S.recorded += chunk.length;
+  };
+  source.connect(processor);
+  processor.connect(mute);
+  mute.connect(ctx.destination);
+  log(`recording at ${ctx.sampleRate} Hz (AudioContext ${ctx.state})`);
+}
+
+S.stopRecording = () => {
+  if (S.recording) { S.recording = false; mark('stop'); log('recording stopped'); }
+};
+
+// The outcome handed back to Rust; the whole recording as base64 Int16 LE.
+S.finish = async () => {
+  S.stopRecording();
+  // Once ended the peer connection is closed and has no stats left.
+  const finalStats = S.lastStats ?? await stats().catch(() => null);
+  try { await S.ctx?.close(); } catch (_) {}
+  try { S.gw?.close(); } catch (_) {}
+  return {
+    samples: toBase64Int16(S.chunks),
+    sampleRate: S.sampleRate,
+    marks: S.marks,
+    endReason: S.call?.endReason ?? null,
+    codec: finalStats?.inboundCodec ?? null,
+    events: S.events,
+    stats: finalStats,
+  };
+};
+
+S.fail = async (e) => {
+  log(`failed: ${e?.stack ?? e}`);
+  const s = await stats().catch(() => null);
+  try { S.call?.hangup(); } catch (_) {}
+  try { await S.ctx?.close(); } catch (_) {}
+  return { failure: String(e?.message ?? e), events: S.events, marks: S.marks, stats: s };
+};
+"#;
+
+/// Places the call and records from its first remote track on. Argument:
+/// `{to, codec, holdMs, hangup}`. Returns once answered and `holdMs` later:
+/// with `hangup`, after hanging up and getting `ended` (the outcome of
+/// `S.finish`); without, with `{inCall: true, events}` and the call going
+/// on (see [`WAIT_END_SCRIPT`]).
+const CALL_SCRIPT: &str = r#"
+const [opts] = arguments;
+const done = arguments[arguments.length - 1];
+(async () => {
+  const { GangwayClient } = await import(new URL('/client.js', location.href).href);
+  const gw = S.gw = await withTimeout(GangwayClient.connect(), 5000, 'hello');
+  log(`connected, session ${gw.sessionId}`);
+  gw.addEventListener('error', (e) => log(`client error ${JSON.stringify(e.detail)}`));
+
+  const call = S.call = gw.call(opts.to, {
+    audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    codecs: [opts.codec],
+  });
+  const pc = call.peerConnection;
+  pc.addEventListener('connectionstatechange', () => {
+    if (pc.connectionState === 'connected') mark('connected');
+    log(`connectionState ${pc.connectionState}`);
+  });
+  call.addEventListener('answer', () => { mark('answer'); log('answer'); });
+  for (const type of ['ringing', 'progress', 'answered']) {
+    call.addEventListener(type, () => { mark(type); log(type); });
+  }
+  call.addEventListener('error', (e) => log(`error ${JSON.stringify(e.detail)}`));
+  S.ended = new Promise((resolve) => call.addEventListener('ended', (e) => {
+    mark('ended');
+    log(`ended ${JSON.stringify(e.detail)}`);
+    resolve(e.detail);
+  }));
+  const endedEarly = S.ended.then((d) => { throw new Error(`call ended early: ${JSON.stringify(d)}`); });
+  const recorder = new Promise((resolve, reject) => call.addEventListener('track', (e) => {
+    log(`track (${e.detail.stream.getAudioTracks().length} audio tracks)`);
+    startRecorder(e.detail.stream).then(resolve, reject);
+  }));
+  const answered = new Promise((resolve) => call.addEventListener('answered', resolve));
+
+  await withTimeout(Promise.race([recorder, endedEarly]), 10000, 'the remote track');
+  await withTimeout(Promise.race([answered, endedEarly]), 15000, "'answered'");
+  if (!opts.hangup) return { inCall: true, events: S.events };
+  await Promise.race([sleep(opts.holdMs), endedEarly]);
+  S.stopRecording();
+  S.lastStats = await stats();
+  mark('hangup');
+  call.hangup();
+  await withTimeout(S.ended, 5000, "'ended' after hangup");
+  return await S.finish();
+})().then(done, (e) => S.fail(e).then(done));
+"#;
+
+/// Waits for the call placed by [`CALL_SCRIPT`] to end (argument: timeout
+/// in ms) and returns the outcome of `S.finish`.
+const WAIT_END_SCRIPT: &str = r#"
+const [timeoutMs] = arguments;
+const done = arguments[arguments.length - 1];
+(async () => {
+  if (!S.ended) throw new Error('no call in progress');
+  await withTimeout(S.ended, timeoutMs, "'ended'");
+  return await S.finish();
+})().then(done, (e) => S.fail(e).then(done));
+"#;
+
+/// A Chromium on the gateway's demo page whose microphone plays
+/// [`BROWSER_TONE_HZ`]. The WAV's directory must outlive the browser.
+fn launch_browser(page: &str) -> Result<(Browser, TempDir), String> {
+    let dir = TempDir::new("gangway-browser-sip").map_err(|e| format!("temp dir: {e}"))?;
+    let wav = dir.path().join("tone-1000hz.wav");
+    // 2 s holds a whole number of 1000 Hz periods, so the loop has no click.
+    write_tone_wav(&wav, BROWSER_TONE_HZ, 2.0, WAV_RATE)
+        .map_err(|e| format!("writing {}: {e}", wav.display()))?;
+    let browser = Browser::launch(BrowserOptions {
+        fake_audio_capture: Some(wav),
+        extra_args: Vec::new(),
+    })
+    .map_err(|e| format!("launching Chromium: {e}"))?;
+    browser
+        .navigate(page)
+        .map_err(|e| format!("opening {page}: {e}"))?;
+    browser
+        .set_script_timeout(SCRIPT_TIMEOUT)
+        .map_err(|e| format!("setting the script timeout: {e}"))?;
+    Ok((browser, dir))
+}
+
+/// Runs one of the page scripts (prefixed with [`PAGE_LIB`]); an in-page
+/// failure becomes an error with its event log.
+fn run_script(browser: &Browser, script: &str, arg: Value) -> Result<Value, String> {
+    let source = format!("{PAGE_LIB}\n{script}");
+    let result = browser
+        .execute_async_script(&source, vec![arg])
+        .map_err(|e| format!("running the page script: {e}"))?;
+    match result.get("failure") {
+        Some(failure) => Err(format!(
+            "in-page call failed: {failure}\nbrowser events: {}\nmarks: {}\npeer connection: {}",
+            pretty(&result["events"]),
+            result["marks"],
+            pretty(&result["stats"])
+        )),
+        None => Ok(result),
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// What the browser recorded, and where the call's events fell in it.
+struct Recording {
+    samples: Vec<f32>,
+    rate: u32,
+    /// Event name (`connected`, `progress`, `answered`, `stop`, …) to the
+    /// number of samples recorded when it arrived.
+    marks: BTreeMap<String, usize>,
+    result: Value,
+}
+
+impl Recording {
+    fn parse(result: Value) -> Recording {
+        let rate = result["sampleRate"].as_u64().unwrap_or(0) as u32;
+        assert!(rate > 0, "no sample rate in {}", pretty(&result));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(result["samples"].as_str().unwrap_or(""))
+            .expect("samples are base64");
+        let marks = result["marks"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_u64()? as usize)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Recording {
+            samples: i16le_to_f32(&bytes),
+            rate,
+            marks,
+            result,
+        }
+    }
+
+    fn mark(&self, name: &str) -> usize {
+        *self.marks.get(name).unwrap_or_else(|| {
+            panic!(
+                "no '{name}' mark; marks {:?}; browser events: {}",
+                self.marks,
+                self.events()
+            )
+        })
+    }
+
+    fn ms(&self, ms: u64) -> usize {
+        (ms * u64::from(self.rate) / 1000) as usize
+    }
+
+    fn seconds(&self, samples: usize) -> f64 {
+        samples as f64 / f64::from(self.rate)
+    }
+
+    /// Samples `from..to`, clamped to what was recorded.
+    fn window(&self, from: usize, to: usize) -> &[f32] {
+        let to = to.min(self.samples.len());
+        &self.samples[from.min(to)..to]
+    }
+
+    fn events(&self) -> String {
+        pretty(&self.result["events"])
+    }
+
+    /// Per 100 ms block from `from` on: which of `tones` dominates it
+    /// (its first letter) or `.`; for failure messages and the log.
+    fn timeline(&self, from: usize, tones: &[(char, f64)]) -> String {
+        let block = self.ms(100);
+        self.window(from, self.samples.len())
+            .chunks_exact(block)
+            .map(|b| {
+                tones
+                    .iter()
+                    .find(|(_, hz)| tone_coverage(b, self.rate, *hz) >= 0.8)
+                    .map(|(c, _)| *c)
+                    .unwrap_or('.')
+            })
+            .collect()
+    }
+}
+
+fn level_dbfs(samples: &[f32]) -> f64 {
+    20.0 * rms(samples).max(1e-9).log10()
+}
+
+/// A gateway whose trunk is the SIP peer at 127.0.0.1:`trunk_port`.
+async fn gateway_to(trunk_port: u16, domain: &str) -> gangway::Gateway {
+    let rtp = free_udp_range(40);
+    let domain = domain.to_string();
+    start_gateway_with(move |c| {
+        c.sip.enabled = true;
+        c.sip.listen = "127.0.0.1:0".parse().unwrap();
+        c.sip.rtp_port_min = rtp;
+        c.sip.rtp_port_max = rtp + 39;
+        c.sip.trunk.host = "127.0.0.1".into();
+        c.sip.trunk.port = trunk_port;
+        c.sip.trunk.domain = domain;
+    })
+    .await
+}
+
+/// After a call: nothing left active in the gateway.
+async fn assert_no_leftovers(gw: &gangway::Gateway, what: &str) {
+    for series in [
+        "gangway_calls_active",
+        "gangway_webrtc_peers_active",
+        "gangway_rtp_ports_active",
+    ] {
+        let v = wait_metric(gw, series, 0.0, SETTLE).await;
+        println!("[{what}] {series} = {v}");
+        assert_eq!(v, 0.0, "[{what}] {series} after the call");
+    }
+}
+
+/// The gateway's packet counters, for the log and failure messages.
+async fn media_counters(gw: &gangway::Gateway) -> String {
+    let text = scrape(gw).await;
+    [
+        "gangway_rtp_packets_received_total",
+        "gangway_rtp_dropped_total",
+        "gangway_rtp_packets_sent_total",
+        "gangway_webrtc_packets_received_total",
+        "gangway_webrtc_packets_sent_total",
+    ]
+    .iter()
+    .map(|series| {
+        let v = metric_value(&text, series).map_or("-".to_string(), |v| v.to_string());
+        format!("{} {v}", series.trim_start_matches("gangway_"))
+    })
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// Runs the tests one at a time (see the module docs).
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+fn start_bob() -> Baresip {
+    Baresip::start(BaresipOptions {
+        user: "bob",
+        tone_hz: BARESIP_TONE_HZ,
+        codecs: &["PCMU"],
+        ..Default::default()
+    })
+}
+
+/// baresip's side of a call, read after its CALL_CLOSED.
+fn baresip_heard(bob: &Baresip) -> (f64, f64, f64, f64) {
+    let (samples, rate) = bob.recorded_audio();
+    let trim = ((BARESIP_TRIM_S * f64::from(rate)) as usize).min(samples.len());
+    let heard = &samples[trim..];
+    let seconds = heard.len() as f64 / f64::from(rate);
+    (
+        seconds,
+        tone_coverage(heard, rate, BROWSER_TONE_HZ),
+        tone_coverage(heard, rate, BARESIP_TONE_HZ),
+        level_dbfs(heard),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_calls_baresip_audio_both_ways() {
+    const T: &str = "browser->baresip";
+    let _serial = serial().await;
+    let started = Instant::now();
+    let bob = tokio::task::spawn_blocking(start_bob).await.unwrap();
+    // A bare user becomes sip:bob@127.0.0.1, sent to baresip's port.
+    let gw = gateway_to(bob.sip_addr().port(), "127.0.0.1").await;
+    let page = format!("http://{}/", gw.http_addr());
+
+    let (bob, outcome) = tokio::task::spawn_blocking(move || {
+        let outcome = launch_browser(&page).and_then(|(browser, _wav)| {
+            run_script(
+                &browser,
+                CALL_SCRIPT,
+                json!({
+                    "to": "bob",
+                    "codec": "PCMU",
+                    "holdMs": SETTLE_MS + RECORD_MS + 200,
+                    "hangup": true,
+                }),
+            )
+        });
+        (bob, outcome)
+    })
+    .await
+    .expect("browser task panicked");
+    let rec = match outcome {
+        Ok(v) => Recording::parse(v),
+        Err(e) => panic!(
+            "[{T}] browser side failed: {e}\n--- baresip events ---\n{:?}\n--- baresip log ---\n{}",
+            bob.events(),
+            bob.log()
+        ),
+    };
+    println!("[{T}] browser events: {}", rec.events());
+    println!("[{T}] marks: {:?}", rec.marks);
+
+    // The browser heard baresip.
+    let from = rec.mark("answered") + rec.ms(SETTLE_MS);
+    let heard = rec.window(from, from + rec.ms(RECORD_MS));
+    let seconds = rec.seconds(heard.len());
+    let b_tone = tone_coverage(heard, rec.rate, BARESIP_TONE_HZ);
+    let b_control = tone_coverage(heard, rec.rate, BROWSER_TONE_HZ);
+    println!(
+        "[{T}] browser recorded {seconds:.2} s at {} Hz ({:.1} dBFS): {BARESIP_TONE_HZ} Hz in \
+         {b_tone:.3} of frames, {BROWSER_TONE_HZ} Hz (control) in {b_control:.3}",
+        rec.rate,
+        level_dbfs(heard)
+    );
+
+    // baresip saw the call end and heard the browser.
+    let closed = tokio::task::spawn_blocking(move || {
+        let closed = bob.wait_for_event("CALL_CLOSED", SIGNALING_TIMEOUT);
+        (bob, closed)
+    })
+    .await
+    .unwrap();
+    let (bob, closed) = closed;
+    let closed = closed.unwrap_or_else(|e| panic!("[{T}] {e}"));
+    println!("[{T}] baresip's call closed: {}", closed["param"]);
+    let (bob_s, bob_tone, bob_control, bob_db) = baresip_heard(&bob);
+    println!(
+        "[{T}] baresip recorded {bob_s:.2} s after a {BARESIP_TRIM_S} s trim ({bob_db:.1} dBFS): \
+         {BROWSER_TONE_HZ} Hz in {bob_tone:.3} of frames, {BARESIP_TONE_HZ} Hz (control) in \
+         {bob_control:.3}"
+    );
+
+    let codec = rec.result["codec"].as_str().unwrap_or("");
+    assert!(
+        codec.eq_ignore_ascii_case("audio/PCMU"),
+        "[{T}] browser's inbound codec {codec:?}, expected audio/PCMU"
+    );
+    assert!(
+        seconds >= RECORD_MS as f64 / 1000.0 * 0.95,
+        "[{T}] the browser recorded only {seconds:.2} s after answered + {SETTLE_MS} ms; \
+         events: {}",
+        rec.events()
+    );
+    assert!(
+        b_tone >= 0.90,
+        "[{T}] the browser heard baresip's {BARESIP_TONE_HZ} Hz in only {:.1}% of frames; \
+         peer connection: {}\nevents: {}",
+        b_tone * 100.0,
+        pretty(&rec.result["stats"]),
+        rec.events()
+    );
+    assert!(
+        b_control < 0.10,
+        "[{T}] negative control: the browser heard {BROWSER_TONE_HZ} Hz in {:.1}% of frames",
+        b_control * 100.0
+    );
+    assert!(
+        bob_s >= BARESIP_MIN_S,
+        "[{T}] baresip recorded only {bob_s:.2} s (after the trim)\n{}",
+        bob.log()
+    );
+    assert!(
+        bob_tone >= 0.90,
+        "[{T}] baresip heard the browser's {BROWSER_TONE_HZ} Hz in only {:.1}% of frames\n{}",
+        bob_tone * 100.0,
+        bob.log()
+    );
+    assert!(
+        bob_control < 0.10,
+        "[{T}] negative control: baresip heard {BARESIP_TONE_HZ} Hz in {:.1}% of frames",
+        bob_control * 100.0
+    );
+    assert_eq!(
+        rec.result["endReason"]["reason"],
+        "hangup",
+        "[{T}] end reason; events: {}",
+        rec.events()
+    );
+
+    assert_no_leftovers(&gw, T).await;
+    let hangups = scrape_metric(&gw, "gangway_calls_ended_total{reason=\"hangup\"}").await;
+    assert!(hangups >= 1.0, "[{T}] calls ended by hangup: {hangups}");
+    gw.shutdown(Duration::from_secs(1)).await;
+    drop(bob);
+    println!("[{T}] done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_hangs_up_browser_gets_remote_hangup() {
+    const T: &str = "baresip hangs up";
+    let _serial = serial().await;
+    let started = Instant::now();
+    let bob = tokio::task::spawn_blocking(start_bob).await.unwrap();
+    let gw = gateway_to(bob.sip_addr().port(), "127.0.0.1").await;
+    let page = format!("http://{}/", gw.http_addr());
+
+    let (bob, outcome) = tokio::task::spawn_blocking(move || {
+        let outcome = launch_browser(&page).and_then(|(browser, _wav)| {
+            let in_call = run_script(
+                &browser,
+                CALL_SCRIPT,
+                json!({ "to": "bob", "codec": "PCMU", "holdMs": 0, "hangup": false }),
+            )?;
+            println!("[{T}] answered: {}", pretty(&in_call["events"]));
+            bob.wait_for_event("CALL_ESTABLISHED", SIGNALING_TIMEOUT)?;
+            std::thread::sleep(Duration::from_secs(2));
+            bob.hangup()?;
+            let closed = bob.wait_for_event("CALL_CLOSED", SIGNALING_TIMEOUT)?;
+            println!("[{T}] baresip's call closed: {}", closed["param"]);
+            run_script(&browser, WAIT_END_SCRIPT, json!(10_000))
+        });
+        (bob, outcome)
+    })
+    .await
+    .expect("browser task panicked");
+    let rec = match outcome {
+        Ok(v) => Recording::parse(v),
+        Err(e) => panic!(
+            "[{T}] failed: {e}\n--- baresip events ---\n{:?}\n--- baresip log ---\n{}",
+            bob.events(),
+            bob.log()
+        ),
+    };
+    println!("[{T}] browser events: {}", rec.events());
+    println!("[{T}] marks: {:?}", rec.marks);
+    // Not asserted (the other test covers audio): what the browser heard.
+    let from = rec.mark("answered") + rec.ms(500);
+    let heard = rec.window(from, rec.mark("ended"));
+    println!(
+        "[{T}] the browser heard {BARESIP_TONE_HZ} Hz in {:.3} of {:.2} s",
+        tone_coverage(heard, rec.rate, BARESIP_TONE_HZ),
+        rec.seconds(heard.len())
+    );
+
+    assert_eq!(
+        rec.result["endReason"],
+        json!({ "reason": "remote_hangup", "code": null }),
+        "[{T}] the browser's end reason; events: {}",
+        rec.events()
+    );
+    assert_no_leftovers(&gw, T).await;
+    let remote = scrape_metric(&gw, "gangway_calls_ended_total{reason=\"remote_hangup\"}").await;
+    assert!(
+        remote >= 1.0,
+        "[{T}] calls ended by remote hangup: {remote}"
+    );
+    gw.shutdown(Duration::from_secs(1)).await;
+    drop(bob);
+    println!("[{T}] done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_media_then_answer_tones() {
+    const T: &str = "early media";
+    const A: f64 = EARLY_MEDIA_TONE_HZ;
+    const B: f64 = ANSWER_MEDIA_TONE_HZ;
+    let _serial = serial().await;
+    let started = Instant::now();
+    let sipp = tokio::task::spawn_blocking(|| Sipp::uas("uas_early_then_answer.xml", 0, &[]))
+        .await
+        .unwrap();
+    let gw = gateway_to(sipp.port(), "pbx.test").await;
+    let page = format!("http://{}/", gw.http_addr());
+
+    let outcome = tokio::task::spawn_blocking(move || {
+        let (browser, _wav) = launch_browser(&page)?;
+        run_script(
+            &browser,
+            CALL_SCRIPT,
+            json!({ "to": "1000", "codec": "PCMU", "holdMs": AFTER_ANSWER_MS, "hangup": true }),
+        )
+    })
+    .await
+    .expect("browser task panicked");
+    let mut sipp = sipp;
+    let rec = match outcome {
+        Ok(v) => Recording::parse(v),
+        Err(e) => {
+            let _ = sipp.wait(Duration::ZERO);
+            panic!(
+                "[{T}] browser side failed: {e}\n--- sipp messages ---\n{}\n--- sipp errors ---\n{}",
+                sipp.messages(),
+                sipp.errors()
+            )
+        }
+    };
+    println!("[{T}] browser events: {}", rec.events());
+    println!("[{T}] marks: {:?}", rec.marks);
+    let sipp_result = tokio::task::spawn_blocking(move || {
+        let r = sipp.wait(SIGNALING_TIMEOUT);
+        (sipp, r)
+    })
+    .await
+    .unwrap();
+    let (sipp, sipp_result) = sipp_result;
+
+    let counters = media_counters(&gw).await;
+    println!("[{T}] gateway media counters: {counters}");
+    println!(
+        "[{T}] browser inbound: {}",
+        rec.result["stats"]["reports"]["inbound"]
+    );
+    let (progress, answered, stop) = (rec.mark("progress"), rec.mark("answered"), rec.mark("stop"));
+    let connected = rec.mark("connected");
+    let tones = [('A', A), ('B', B)];
+    let start = progress.min(connected);
+    let timeline = rec.timeline(start, &tones);
+    let at = |mark: usize| (mark.saturating_sub(start)) / rec.ms(100);
+    println!(
+        "[{T}] per 100 ms from {} (A = {A} Hz, B = {B} Hz; progress at block {}, connected {}, \
+         answered {}, hangup {}):\n{timeline}",
+        if progress <= connected {
+            "progress"
+        } else {
+            "connected"
+        },
+        at(progress),
+        at(connected),
+        at(answered),
+        at(stop)
+    );
+
+    // Early media: from when it can be heard (signalled and media
+    // connected) until the answer.
+    let a_from = progress.max(connected) + rec.ms(EDGE_MS);
+    let a_to = answered;
+    let early = rec.window(a_from, a_to);
+    let early_s = rec.seconds(early.len());
+    let a_in_a = tone_coverage(early, rec.rate, A);
+    let b_in_a = tone_coverage(early, rec.rate, B);
+    // After the answer.
+    let b_from = answered + rec.ms(EDGE_MS);
+    let talk = rec.window(b_from, stop);
+    let talk_s = rec.seconds(talk.len());
+    let b_in_b = tone_coverage(talk, rec.rate, B);
+    let a_in_b = tone_coverage(talk, rec.rate, A);
+    println!(
+        "[{T}] early media window {early_s:.2} s ({:.1} dBFS): {A} Hz in {a_in_a:.3} of frames, \
+         {B} Hz in {b_in_a:.3}; after answered {talk_s:.2} s ({:.1} dBFS): {B} Hz in \
+         {b_in_b:.3}, {A} Hz in {a_in_b:.3}",
+        level_dbfs(early),
+        level_dbfs(talk)
+    );
+
+    let context = || {
+        format!(
+            "timeline (A = {A} Hz, B = {B} Hz, per 100 ms): {timeline}\nbrowser events: {}\n\
+             peer connection: {}\ngateway: {counters}\n--- sipp errors ---\n{}",
+            rec.events(),
+            pretty(&rec.result["stats"]),
+            sipp.errors()
+        )
+    };
+    assert!(
+        progress < answered,
+        "[{T}] 'progress' must come before 'answered'\n{}",
+        context()
+    );
+    assert!(
+        early_s >= 1.5,
+        "[{T}] only {early_s:.2} s of early media could be heard (sipp plays {EARLY_MEDIA_MS} ms \
+         of it): media connected too late?\n{}",
+        context()
+    );
+    assert!(
+        a_in_a >= 0.90,
+        "[{T}] early media: {A} Hz in only {:.1}% of frames between progress and answered\n{}",
+        a_in_a * 100.0,
+        context()
+    );
+    assert!(
+        b_in_a < 0.10,
+        "[{T}] early media: the answer's {B} Hz already in {:.1}% of frames\n{}",
+        b_in_a * 100.0,
+        context()
+    );
+    assert!(
+        talk_s >= (AFTER_ANSWER_MS - EDGE_MS) as f64 / 1000.0 * 0.9,
+        "[{T}] only {talk_s:.2} s recorded after answered\n{}",
+        context()
+    );
+    assert!(
+        b_in_b >= 0.90,
+        "[{T}] after answered: {B} Hz in only {:.1}% of frames\n{}",
+        b_in_b * 100.0,
+        context()
+    );
+    assert!(
+        a_in_b < 0.10,
+        "[{T}] after answered: early media's {A} Hz still in {:.1}% of frames\n{}",
+        a_in_b * 100.0,
+        context()
+    );
+    assert_eq!(
+        rec.result["endReason"]["reason"], "hangup",
+        "[{T}] end reason"
+    );
+    sipp_result.unwrap_or_else(|e| panic!("[{T}] sipp: {e}"));
+    assert_no_leftovers(&gw, T).await;
+    gw.shutdown(Duration::from_secs(1)).await;
+    drop(sipp);
+    println!("[{T}] done in {:.1} s", started.elapsed().as_secs_f64());
+}
