@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use gangway_tests::audio::{i16le_to_f32, rms, tone_coverage, write_tone_wav};
 use gangway_tests::gateway::{
-    metric_value, scrape, scrape_metric, start_gateway_with, wait_metric,
+    assert_no_leftovers, metric_value, scrape, scrape_metric, start_sip_gateway,
 };
+use gangway_tests::kamailio::{Kamailio, KamailioOptions};
 use gangway_tests::sip_peers::{
-    free_udp_range, Baresip, BaresipOptions, Sipp, ANSWER_MEDIA_TONE_HZ, EARLY_MEDIA_TONE_HZ,
+    Baresip, BaresipOptions, Sipp, ANSWER_MEDIA_TONE_HZ, EARLY_MEDIA_TONE_HZ,
 };
 use gangway_tests::webdriver::{Browser, BrowserOptions, TempDir};
 use serde_json::{json, Value};
@@ -57,7 +58,6 @@ const SIGNALING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Limit for each in-page script; its own steps time out sooner so a
 /// failure comes back with its event log instead of a bare script timeout.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
-const SETTLE: Duration = Duration::from_secs(5);
 
 /// Shared by the scripts below: the call, its event log and the recorder
 /// live in `window.__gangwaySip` between scripts.
@@ -382,31 +382,7 @@ fn level_dbfs(samples: &[f32]) -> f64 {
 
 /// A gateway whose trunk is the SIP peer at 127.0.0.1:`trunk_port`.
 async fn gateway_to(trunk_port: u16, domain: &str) -> gangway::Gateway {
-    let rtp = free_udp_range(40);
-    let domain = domain.to_string();
-    start_gateway_with(move |c| {
-        c.sip.enabled = true;
-        c.sip.listen = "127.0.0.1:0".parse().unwrap();
-        c.sip.rtp_port_min = rtp;
-        c.sip.rtp_port_max = rtp + 39;
-        c.sip.trunk.host = "127.0.0.1".into();
-        c.sip.trunk.port = trunk_port;
-        c.sip.trunk.domain = domain;
-    })
-    .await
-}
-
-/// After a call: nothing left active in the gateway.
-async fn assert_no_leftovers(gw: &gangway::Gateway, what: &str) {
-    for series in [
-        "gangway_calls_active",
-        "gangway_webrtc_peers_active",
-        "gangway_rtp_ports_active",
-    ] {
-        let v = wait_metric(gw, series, 0.0, SETTLE).await;
-        println!("[{what}] {series} = {v}");
-        assert_eq!(v, 0.0, "[{what}] {series} after the call");
-    }
+    start_sip_gateway(trunk_port, domain, |_| {}).await
 }
 
 /// The gateway's packet counters, for the log and failure messages.
@@ -459,12 +435,59 @@ fn baresip_heard(bob: &Baresip) -> (f64, f64, f64, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_calls_baresip_audio_both_ways() {
-    const T: &str = "browser->baresip";
     let _serial = serial().await;
-    let started = Instant::now();
     let bob = tokio::task::spawn_blocking(start_bob).await.unwrap();
     // A bare user becomes sip:bob@127.0.0.1, sent to baresip's port.
     let gw = gateway_to(bob.sip_addr().port(), "127.0.0.1").await;
+    call_bob_and_check_tones("browser->baresip", gw, bob).await;
+}
+
+/// The same call through kamailio as registrar and proxy: bob registers with
+/// digest auth, kamailio challenges the gateway's INVITE with 407, and the
+/// call reaches bob at his registered contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_calls_registered_baresip_through_kamailio() {
+    let _serial = serial().await;
+    let kam = tokio::task::spawn_blocking(|| {
+        Kamailio::start(KamailioOptions {
+            users: &[("gangway", "gwpw"), ("bob", "bobpw")],
+            domain: "pbx.test",
+        })
+    })
+    .await
+    .unwrap();
+    let registrar = kam.registrar_uri();
+    let bob = tokio::task::spawn_blocking(move || {
+        let bob = Baresip::start(BaresipOptions {
+            user: "bob",
+            tone_hz: BARESIP_TONE_HZ,
+            codecs: &["PCMU"],
+            register: Some((&registrar, "bobpw")),
+            ..Default::default()
+        });
+        bob.wait_registered(SIGNALING_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        bob
+    })
+    .await
+    .unwrap();
+    let gw = start_sip_gateway(kam.port(), "pbx.test", |c| {
+        c.sip.trunk.username = Some("gangway".into());
+        c.sip.trunk.password = Some("gwpw".into());
+    })
+    .await;
+    call_bob_and_check_tones("browser->kamailio->baresip", gw, bob).await;
+    assert!(
+        kam.challenges(407, "INVITE") >= 1,
+        "kamailio challenged the INVITE with 407: {:?}",
+        kam.markers()
+    );
+}
+
+/// Calls `bob` from Chromium (1000 Hz, PCMU), records 5 s after the answer,
+/// hangs up, and checks both directions by tone with negative controls.
+async fn call_bob_and_check_tones(t: &str, gw: gangway::Gateway, bob: Baresip) {
+    let started = Instant::now();
     let page = format!("http://{}/", gw.http_addr());
 
     let (bob, outcome) = tokio::task::spawn_blocking(move || {
@@ -487,13 +510,13 @@ async fn browser_calls_baresip_audio_both_ways() {
     let rec = match outcome {
         Ok(v) => Recording::parse(v),
         Err(e) => panic!(
-            "[{T}] browser side failed: {e}\n--- baresip events ---\n{:?}\n--- baresip log ---\n{}",
+            "[{t}] browser side failed: {e}\n--- baresip events ---\n{:?}\n--- baresip log ---\n{}",
             bob.events(),
             bob.log()
         ),
     };
-    println!("[{T}] browser events: {}", rec.events());
-    println!("[{T}] marks: {:?}", rec.marks);
+    println!("[{t}] browser events: {}", rec.events());
+    println!("[{t}] marks: {:?}", rec.marks);
 
     // The browser heard baresip.
     let from = rec.mark("answered") + rec.ms(SETTLE_MS);
@@ -502,7 +525,7 @@ async fn browser_calls_baresip_audio_both_ways() {
     let b_tone = tone_coverage(heard, rec.rate, BARESIP_TONE_HZ);
     let b_control = tone_coverage(heard, rec.rate, BROWSER_TONE_HZ);
     println!(
-        "[{T}] browser recorded {seconds:.2} s at {} Hz ({:.1} dBFS): {BARESIP_TONE_HZ} Hz in \
+        "[{t}] browser recorded {seconds:.2} s at {} Hz ({:.1} dBFS): {BARESIP_TONE_HZ} Hz in \
          {b_tone:.3} of frames, {BROWSER_TONE_HZ} Hz (control) in {b_control:.3}",
         rec.rate,
         level_dbfs(heard)
@@ -516,11 +539,11 @@ async fn browser_calls_baresip_audio_both_ways() {
     .await
     .unwrap();
     let (bob, closed) = closed;
-    let closed = closed.unwrap_or_else(|e| panic!("[{T}] {e}"));
-    println!("[{T}] baresip's call closed: {}", closed["param"]);
+    let closed = closed.unwrap_or_else(|e| panic!("[{t}] {e}"));
+    println!("[{t}] baresip's call closed: {}", closed["param"]);
     let (bob_s, bob_tone, bob_control, bob_db) = baresip_heard(&bob);
     println!(
-        "[{T}] baresip recorded {bob_s:.2} s after a {BARESIP_TRIM_S} s trim ({bob_db:.1} dBFS): \
+        "[{t}] baresip recorded {bob_s:.2} s after a {BARESIP_TRIM_S} s trim ({bob_db:.1} dBFS): \
          {BROWSER_TONE_HZ} Hz in {bob_tone:.3} of frames, {BARESIP_TONE_HZ} Hz (control) in \
          {bob_control:.3}"
     );
@@ -528,17 +551,17 @@ async fn browser_calls_baresip_audio_both_ways() {
     let codec = rec.result["codec"].as_str().unwrap_or("");
     assert!(
         codec.eq_ignore_ascii_case("audio/PCMU"),
-        "[{T}] browser's inbound codec {codec:?}, expected audio/PCMU"
+        "[{t}] browser's inbound codec {codec:?}, expected audio/PCMU"
     );
     assert!(
         seconds >= RECORD_MS as f64 / 1000.0 * 0.95,
-        "[{T}] the browser recorded only {seconds:.2} s after answered + {SETTLE_MS} ms; \
+        "[{t}] the browser recorded only {seconds:.2} s after answered + {SETTLE_MS} ms; \
          events: {}",
         rec.events()
     );
     assert!(
         b_tone >= 0.90,
-        "[{T}] the browser heard baresip's {BARESIP_TONE_HZ} Hz in only {:.1}% of frames; \
+        "[{t}] the browser heard baresip's {BARESIP_TONE_HZ} Hz in only {:.1}% of frames; \
          peer connection: {}\nevents: {}",
         b_tone * 100.0,
         pretty(&rec.result["stats"]),
@@ -546,38 +569,38 @@ async fn browser_calls_baresip_audio_both_ways() {
     );
     assert!(
         b_control < 0.10,
-        "[{T}] negative control: the browser heard {BROWSER_TONE_HZ} Hz in {:.1}% of frames",
+        "[{t}] negative control: the browser heard {BROWSER_TONE_HZ} Hz in {:.1}% of frames",
         b_control * 100.0
     );
     assert!(
         bob_s >= BARESIP_MIN_S,
-        "[{T}] baresip recorded only {bob_s:.2} s (after the trim)\n{}",
+        "[{t}] baresip recorded only {bob_s:.2} s (after the trim)\n{}",
         bob.log()
     );
     assert!(
         bob_tone >= 0.90,
-        "[{T}] baresip heard the browser's {BROWSER_TONE_HZ} Hz in only {:.1}% of frames\n{}",
+        "[{t}] baresip heard the browser's {BROWSER_TONE_HZ} Hz in only {:.1}% of frames\n{}",
         bob_tone * 100.0,
         bob.log()
     );
     assert!(
         bob_control < 0.10,
-        "[{T}] negative control: baresip heard {BARESIP_TONE_HZ} Hz in {:.1}% of frames",
+        "[{t}] negative control: baresip heard {BARESIP_TONE_HZ} Hz in {:.1}% of frames",
         bob_control * 100.0
     );
     assert_eq!(
         rec.result["endReason"]["reason"],
         "hangup",
-        "[{T}] end reason; events: {}",
+        "[{t}] end reason; events: {}",
         rec.events()
     );
 
-    assert_no_leftovers(&gw, T).await;
+    assert_no_leftovers(&gw).await;
     let hangups = scrape_metric(&gw, "gangway_calls_ended_total{reason=\"hangup\"}").await;
-    assert!(hangups >= 1.0, "[{T}] calls ended by hangup: {hangups}");
+    assert!(hangups >= 1.0, "[{t}] calls ended by hangup: {hangups}");
     gw.shutdown(Duration::from_secs(1)).await;
     drop(bob);
-    println!("[{T}] done in {:.1} s", started.elapsed().as_secs_f64());
+    println!("[{t}] done in {:.1} s", started.elapsed().as_secs_f64());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -633,7 +656,7 @@ async fn baresip_hangs_up_browser_gets_remote_hangup() {
         "[{T}] the browser's end reason; events: {}",
         rec.events()
     );
-    assert_no_leftovers(&gw, T).await;
+    assert_no_leftovers(&gw).await;
     let remote = scrape_metric(&gw, "gangway_calls_ended_total{reason=\"remote_hangup\"}").await;
     assert!(
         remote >= 1.0,
@@ -791,7 +814,7 @@ async fn early_media_then_answer_tones() {
         "[{T}] end reason"
     );
     sipp_result.unwrap_or_else(|e| panic!("[{T}] sipp: {e}"));
-    assert_no_leftovers(&gw, T).await;
+    assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::from_secs(1)).await;
     drop(sipp);
     println!("[{T}] done in {:.1} s", started.elapsed().as_secs_f64());

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::audio::tone_coverage;
-use gangway_tests::gateway::{metric_value, scrape, start_gateway_with, wait_metric};
+use gangway_tests::gateway::{metric_value, scrape, start_sip_gateway, wait_metric};
 use gangway_tests::kamailio::{Kamailio, KamailioOptions};
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
-use gangway_tests::sip_peers::{free_udp_range, Baresip, BaresipOptions};
+use gangway_tests::sip_peers::{Baresip, BaresipOptions};
 use serde_json::Value;
 
 const SETTLE: Duration = Duration::from_secs(5);
@@ -72,24 +72,10 @@ async fn gateway_to(
     username: &str,
     password: &str,
 ) -> gangway::Gateway {
-    let rtp = free_udp_range(40);
-    let port = kam.port();
-    let (transport, username, password) = (
-        transport.to_string(),
-        username.to_string(),
-        password.to_string(),
-    );
-    start_gateway_with(move |c| {
-        c.sip.enabled = true;
-        c.sip.listen = "127.0.0.1:0".parse().unwrap();
-        c.sip.rtp_port_min = rtp;
-        c.sip.rtp_port_max = rtp + 39;
-        c.sip.trunk.host = "127.0.0.1".into();
-        c.sip.trunk.port = port;
-        c.sip.trunk.domain = DOMAIN.into();
-        c.sip.trunk.username = Some(username);
-        c.sip.trunk.password = Some(password);
-        c.sip.trunk.transport = transport;
+    start_sip_gateway(kam.port(), DOMAIN, |c| {
+        c.sip.trunk.transport = transport.to_string();
+        c.sip.trunk.username = Some(username.to_string());
+        c.sip.trunk.password = Some(password.to_string());
     })
     .await
 }
