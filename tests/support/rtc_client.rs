@@ -294,16 +294,8 @@ impl RtcClient {
     }
 }
 
-/// G.711 µ-law decoding of one byte to 16-bit linear (ITU-T G.711).
-pub fn ulaw_to_linear(u: u8) -> i16 {
-    let u = !u;
-    let magnitude = ((i32::from(u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4);
-    (if u & 0x80 != 0 {
-        0x84 - magnitude
-    } else {
-        magnitude - 0x84
-    }) as i16
-}
+/// G.711 µ-law decoding, shared with the gateway.
+pub use gangway_media::g711::ulaw_to_linear;
 
 #[cfg(test)]
 mod tone_tests {

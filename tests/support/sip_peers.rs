@@ -1212,22 +1212,8 @@ fn resolve_scenario(scenario: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // pcap
 
-/// G.711 mu-law encoding of one 16-bit sample (ITU-T G.711, with the bias).
-pub fn linear_to_ulaw(sample: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    const CLIP: i32 = 32635;
-    let mut s = i32::from(sample);
-    let sign = if s < 0 {
-        s = -s;
-        0x80
-    } else {
-        0
-    };
-    let s = s.min(CLIP) + BIAS;
-    let exponent = (7 - ((s as u32) << 17).leading_zeros().min(7)) as i32;
-    let mantissa = (s >> (exponent + 3)) & 0x0F;
-    !(sign | (exponent << 4) | mantissa) as u8
-}
+/// G.711 µ-law encoding, shared with the gateway.
+pub use gangway_media::g711::linear_to_ulaw;
 
 /// Writes a pcap (Ethernet, IPv4 127.0.0.1 -> 127.0.0.1, UDP) of RTP PCMU
 /// packets (PT 0, 20 ms, 8 kHz) carrying a sine of `freq_hz` at half full
