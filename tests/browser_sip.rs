@@ -714,6 +714,9 @@ async fn early_media_then_answer_tones() {
 
     let counters = media_counters(&gw).await;
     println!("[{T}] gateway media counters: {counters}");
+    // Early media that beats the 183's SDP to the bridge is held and played, not dropped.
+    let dropped = scrape_metric(&gw, "gangway_rtp_dropped_total").await;
+    assert_eq!(dropped, 0.0, "[{T}] RTP dropped by the bridge: {counters}");
     println!(
         "[{T}] browser inbound: {}",
         rec.result["stats"]["reports"]["inbound"]

@@ -97,8 +97,10 @@ pub(crate) struct RtpIn {
 /// Why an RTP datagram from the SIP leg was not passed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Drop {
-    /// No SDP from the far end yet: nothing to match it against.
+    /// No SDP from the far end yet and the hold buffer is full.
     NoRemote,
+    /// No SDP from the far end yet: held, replayed by the next `connect`.
+    Held,
     /// From a source other than the latched (or announced) one.
     WrongSource,
     NotRtp,
@@ -118,7 +120,13 @@ pub(crate) struct Bridge {
     law: Law,
     to_sip: OutStream,
     from_sip: InTimeline,
+    /// RTP that arrived before the far end's SDP (a PBX often sends early
+    /// media right behind its 183): replayed once the SDP says who may send.
+    held: Vec<(SocketAddr, Vec<u8>)>,
 }
+
+/// At most 100 ms of 20 ms packets are held waiting for the far end's SDP.
+const MAX_HELD: usize = 5;
 
 impl std::ops::Drop for Bridge {
     fn drop(&mut self) {
@@ -146,10 +154,17 @@ impl Bridge {
             law: Law::Pcmu,
             to_sip: OutStream::new(random_u32(), random_u32() as u16, random_u32()),
             from_sip: InTimeline::default(),
+            held: Vec::new(),
         })
     }
 
     /// The far end's media address and law, from its latest SDP.
+    /// Takes the datagrams held while the far end's SDP was unknown; the
+    /// shard passes them through `accept_from_sip` again after `connect`.
+    pub(crate) fn take_held(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::mem::take(&mut self.held)
+    }
+
     pub(crate) fn connect(&mut self, remote: SocketAddr, law: Law) {
         if self.remote != Some(remote) {
             // A new media address (e.g. the 200's after the 183's): latch anew.
@@ -205,7 +220,13 @@ impl Bridge {
         source: SocketAddr,
         data: &'a [u8],
     ) -> Result<(Law, u64, &'a [u8]), Drop> {
-        let remote = self.remote.ok_or(Drop::NoRemote)?;
+        let Some(remote) = self.remote else {
+            if self.held.len() < MAX_HELD {
+                self.held.push((source, data.to_vec()));
+                return Err(Drop::Held);
+            }
+            return Err(Drop::NoRemote);
+        };
         match self.latched {
             Some(latched) if latched != source => return Err(Drop::WrongSource),
             Some(_) => {}
@@ -287,8 +308,9 @@ mod tests {
         let mut b = bridge().await;
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         let data = rtp(0, 1, 160, 7, &[0xff; 160]);
-        assert_eq!(b.accept_from_sip(pbx, &data).unwrap_err(), Drop::NoRemote);
+        assert_eq!(b.accept_from_sip(pbx, &data).unwrap_err(), Drop::Held);
         b.connect(pbx, Law::Pcmu);
+        assert_eq!(b.take_held().len(), 1, "kept for replay (tested below)");
         let stranger: SocketAddr = "10.9.9.9:4000".parse().unwrap();
         assert_eq!(
             b.accept_from_sip(stranger, &data).unwrap_err(),
@@ -305,6 +327,36 @@ mod tests {
         let answer: SocketAddr = "10.0.0.5:6000".parse().unwrap();
         b.connect(answer, Law::Pcmu);
         assert!(b.accept_from_sip(answer, &data).is_ok());
+    }
+
+    #[tokio::test]
+    async fn holds_only_a_little_before_the_sdp() {
+        let mut b = bridge().await;
+        let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let data = rtp(0, 1, 160, 7, &[0xff; 160]);
+        for _ in 0..MAX_HELD {
+            assert_eq!(b.accept_from_sip(pbx, &data).unwrap_err(), Drop::Held);
+        }
+        assert_eq!(b.accept_from_sip(pbx, &data).unwrap_err(), Drop::NoRemote);
+        // Replayed after the SDP, a held packet from the announced host plays.
+        let mut replayed = bridge().await;
+        assert_eq!(
+            replayed.accept_from_sip(pbx, &data).unwrap_err(),
+            Drop::Held
+        );
+        replayed.connect(pbx, Law::Pcmu);
+        let (source, packet) = replayed.take_held().remove(0);
+        assert!(replayed.accept_from_sip(source, &packet).is_ok());
+        // Held packets still face the source check once the SDP is known.
+        let stranger: SocketAddr = "10.9.9.9:4000".parse().unwrap();
+        b.connect(stranger, Law::Pcmu);
+        let held = b.take_held();
+        assert_eq!(held.len(), MAX_HELD);
+        assert_eq!(
+            b.accept_from_sip(held[0].0, &held[0].1).unwrap_err(),
+            Drop::WrongSource
+        );
+        assert!(b.take_held().is_empty());
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::bridge::{Bridge, Law, PortAllocator, RtpIn, RtpPorts};
+use crate::bridge::{Bridge, Drop, Law, PortAllocator, RtpIn, RtpPorts};
 use crate::g711::LawTables;
 
 /// Where a call's browser media goes.
@@ -325,8 +325,15 @@ impl Shard {
                 }
             }
             Command::ConnectRemote { id, remote, law } => {
-                if let Some(bridge) = self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) {
-                    bridge.connect(remote, law);
+                let held = match self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) {
+                    Some(bridge) => {
+                        bridge.connect(remote, law);
+                        bridge.take_held()
+                    }
+                    None => Vec::new(),
+                };
+                for (source, data) in held {
+                    self.pass_to_browser(id, source, &data);
                 }
             }
             Command::RemovePeer { id } => {
@@ -475,15 +482,19 @@ impl Shard {
     fn on_sip_rtp(&mut self, datagram: RtpIn) {
         self.metrics.rtp_packets_in.inc();
         self.metrics.rtp_bytes_in.inc_by(datagram.data.len() as u64);
-        let id = datagram.peer;
+        self.pass_to_browser(datagram.peer, datagram.source, &datagram.data);
+    }
+
+    fn pass_to_browser(&mut self, id: PeerId, source: SocketAddr, data: &[u8]) {
         let Some(bridge) = self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) else {
             return;
         };
-        let (law, time, payload) = match bridge.accept_from_sip(datagram.source, &datagram.data) {
+        let (law, time, payload) = match bridge.accept_from_sip(source, data) {
             Ok(accepted) => accepted,
+            Err(Drop::Held) => return,
             Err(why) => {
                 self.metrics.rtp_dropped.inc();
-                debug!(peer = id.0, source = %datagram.source, "rtp dropped: {why:?}");
+                debug!(peer = id.0, %source, "rtp dropped: {why:?}");
                 return;
             }
         };
