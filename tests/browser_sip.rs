@@ -595,6 +595,15 @@ async fn call_bob_and_check_tones(t: &str, gw: gangway::Gateway, bob: Baresip) {
         rec.events()
     );
 
+    // RTCP on the SIP leg: our sender reports went out, baresip's came in.
+    let rtcp_sent = scrape_metric(&gw, "gangway_rtcp_packets_sent_total").await;
+    let rtcp_received = scrape_metric(&gw, "gangway_rtcp_packets_received_total").await;
+    println!("[{t}] RTCP on the SIP leg: {rtcp_sent} sent, {rtcp_received} received");
+    assert!(
+        rtcp_sent >= 1.0,
+        "[{t}] no RTCP report was sent to the SIP leg"
+    );
+
     assert_no_leftovers(&gw).await;
     let hangups = scrape_metric(&gw, "gangway_calls_ended_total{reason=\"hangup\"}").await;
     assert!(hangups >= 1.0, "[{t}] calls ended by hangup: {hangups}");

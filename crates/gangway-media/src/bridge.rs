@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use gangway_rtc::{AudioCodec, PeerId};
 use tokio::net::UdpSocket;
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::g711::LawTables;
+use crate::rtcp::{self, ReceiveStats, SenderInfo};
 use crate::rtp::{self, InTimeline, OutStream};
 
 /// The G.711 law of the SIP leg.
@@ -61,8 +63,8 @@ impl PortAllocator {
         PortAllocator { range, next }
     }
 
-    /// Binds the next free even port.
-    pub(crate) fn bind(&mut self) -> Option<(u16, StdUdpSocket)> {
+    /// Binds the next free even port and the odd one above it (RTCP).
+    pub(crate) fn bind(&mut self) -> Option<(u16, StdUdpSocket, StdUdpSocket)> {
         let slots = u32::from(self.range.max.saturating_sub(self.range.min)) / 2 + 1;
         for _ in 0..slots {
             let port = self.next;
@@ -73,10 +75,13 @@ impl PortAllocator {
             if port > self.range.max {
                 continue;
             }
-            if let Ok(socket) = StdUdpSocket::bind(SocketAddr::new(self.range.ip, port)) {
-                if socket.set_nonblocking(true).is_ok() {
-                    return Some((port, socket));
-                }
+            let bind = |p: u16| {
+                let s = StdUdpSocket::bind(SocketAddr::new(self.range.ip, p)).ok()?;
+                s.set_nonblocking(true).ok()?;
+                Some(s)
+            };
+            if let (Some(rtp), Some(rtcp)) = (bind(port), port.checked_add(1).and_then(bind)) {
+                return Some((port, rtp, rtcp));
             }
         }
         None
@@ -92,6 +97,8 @@ pub(crate) struct RtpIn {
     pub peer: PeerId,
     pub source: SocketAddr,
     pub data: Vec<u8>,
+    /// From the RTCP port rather than the RTP port.
+    pub rtcp: bool,
 }
 
 /// Why an RTP datagram from the SIP leg was not passed on.
@@ -111,8 +118,9 @@ pub(crate) enum Drop {
 /// A bridged call's SIP-side media state.
 pub(crate) struct Bridge {
     pub socket: Arc<UdpSocket>,
+    pub rtcp_socket: Arc<UdpSocket>,
     pub port: u16,
-    receiver: tokio::task::JoinHandle<()>,
+    receivers: [tokio::task::JoinHandle<()>; 2],
     /// From the SIP SDP; `None` until the far end has sent one.
     remote: Option<SocketAddr>,
     /// Symmetric RTP: the source the far end actually sends from, once seen.
@@ -123,6 +131,14 @@ pub(crate) struct Bridge {
     /// RTP that arrived before the far end's SDP (a PBX often sends early
     /// media right behind its 183): replayed once the SDP says who may send.
     held: Vec<(SocketAddr, Vec<u8>)>,
+    /// RTCP: what we received (for report blocks) and sent (for the sender info).
+    stats: ReceiveStats,
+    sent_packets: u32,
+    sent_octets: u32,
+    last_sent: Option<Instant>,
+    next_report: Option<Instant>,
+    /// Origin of arrival times for the jitter estimate.
+    epoch: Instant,
 }
 
 /// At most 100 ms of 20 ms packets are held waiting for the far end's SDP.
@@ -130,7 +146,9 @@ const MAX_HELD: usize = 5;
 
 impl std::ops::Drop for Bridge {
     fn drop(&mut self) {
-        self.receiver.abort();
+        for r in &self.receivers {
+            r.abort();
+        }
     }
 }
 
@@ -141,20 +159,32 @@ impl Bridge {
         peer: PeerId,
         port: u16,
         socket: StdUdpSocket,
+        rtcp_socket: StdUdpSocket,
         to_shard: mpsc::UnboundedSender<RtpIn>,
     ) -> std::io::Result<Bridge> {
         let socket = Arc::new(UdpSocket::from_std(socket)?);
-        let receiver = tokio::spawn(receive(peer, socket.clone(), to_shard));
+        let rtcp_socket = Arc::new(UdpSocket::from_std(rtcp_socket)?);
+        let receivers = [
+            tokio::spawn(receive(peer, socket.clone(), to_shard.clone(), false)),
+            tokio::spawn(receive(peer, rtcp_socket.clone(), to_shard, true)),
+        ];
         Ok(Bridge {
             socket,
+            rtcp_socket,
             port,
-            receiver,
+            receivers,
             remote: None,
             latched: None,
             law: Law::Pcmu,
             to_sip: OutStream::new(random_u32(), random_u32() as u16, random_u32()),
             from_sip: InTimeline::default(),
             held: Vec::new(),
+            stats: ReceiveStats::default(),
+            sent_packets: 0,
+            sent_octets: 0,
+            last_sent: None,
+            next_report: None,
+            epoch: Instant::now(),
         })
     }
 
@@ -172,6 +202,54 @@ impl Bridge {
         }
         self.remote = Some(remote);
         self.law = law;
+        // First report soon after media starts, then every ~5 s.
+        self.next_report
+            .get_or_insert_with(|| Instant::now() + std::time::Duration::from_secs(1));
+    }
+
+    /// Writes our RTCP report into `out` when one is due; returns where it goes
+    /// (the far end's RTP port + 1, RFC 3550 §11).
+    pub(crate) fn rtcp_due(
+        &mut self,
+        now: Instant,
+        cname: &str,
+        out: &mut Vec<u8>,
+    ) -> Option<SocketAddr> {
+        let remote = self.remote?;
+        if self.next_report.is_none_or(|t| now < t) {
+            return None;
+        }
+        self.next_report = Some(rtcp::next_report(now, random_u32()));
+        // The RTP timestamp that corresponds to "now" on our stream.
+        let elapsed = self
+            .last_sent
+            .map(|t| now.saturating_duration_since(t).as_secs_f64())
+            .unwrap_or(0.0);
+        let rtp_ts = self
+            .to_sip
+            .last_timestamp()
+            .wrapping_add((elapsed * 8000.0) as u32);
+        let info = SenderInfo {
+            ssrc: self.to_sip.ssrc(),
+            ntp: rtcp::ntp_time(SystemTime::now()),
+            rtp_ts,
+            packets: self.sent_packets,
+            octets: self.sent_octets,
+        };
+        let block = self.stats.report_block(now);
+        rtcp::write_sender_report(out, &info, block.as_ref(), cname);
+        Some(SocketAddr::new(remote.ip(), remote.port().wrapping_add(1)))
+    }
+
+    /// RTCP from the far end: its sender report feeds our LSR/DLSR.
+    pub(crate) fn on_rtcp(&mut self, data: &[u8], now: Instant) -> bool {
+        match rtcp::parse_sender_report(data) {
+            Some((_, secs, frac)) => {
+                self.stats.on_sender_report(secs, frac, now);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Builds the RTP packet for one browser frame into `out` and returns
@@ -210,6 +288,9 @@ impl Bridge {
             payload,
             out,
         );
+        self.sent_packets = self.sent_packets.wrapping_add(1);
+        self.sent_octets = self.sent_octets.wrapping_add(payload.len() as u32);
+        self.last_sent = Some(Instant::now());
         Some(dest)
     }
 
@@ -240,6 +321,9 @@ impl Bridge {
         if packet.pt != self.law.payload_type() {
             return Err(Drop::OtherPayload);
         }
+        let arrival = (self.epoch.elapsed().as_secs_f64() * 8000.0) as u64;
+        self.stats
+            .on_packet(packet.ssrc, packet.seq, packet.ts, arrival);
         let time = self
             .from_sip
             .map(packet.ssrc, packet.ts, packet.payload.len() as u32);
@@ -248,7 +332,12 @@ impl Bridge {
 }
 
 /// Reads one bridge's RTP socket and hands datagrams to the shard loop.
-async fn receive(peer: PeerId, socket: Arc<UdpSocket>, to_shard: mpsc::UnboundedSender<RtpIn>) {
+async fn receive(
+    peer: PeerId,
+    socket: Arc<UdpSocket>,
+    to_shard: mpsc::UnboundedSender<RtpIn>,
+    rtcp: bool,
+) {
     let mut buf = vec![0u8; 2048];
     loop {
         match socket.recv_from(&mut buf).await {
@@ -257,6 +346,7 @@ async fn receive(peer: PeerId, socket: Arc<UdpSocket>, to_shard: mpsc::Unbounded
                     peer,
                     source,
                     data: buf[..n].to_vec(),
+                    rtcp,
                 };
                 if to_shard.send(datagram).is_err() {
                     return;
@@ -298,9 +388,12 @@ mod tests {
 
     async fn bridge() -> Bridge {
         let (tx, _rx) = mpsc::unbounded_channel();
-        let socket = StdUdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_nonblocking(true).unwrap();
-        Bridge::start(PeerId(1), 0, socket, tx).unwrap()
+        let open = || {
+            let socket = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.set_nonblocking(true).unwrap();
+            socket
+        };
+        Bridge::start(PeerId(1), 0, open(), open(), tx).unwrap()
     }
 
     #[tokio::test]
@@ -421,12 +514,17 @@ mod tests {
         };
         let mut alloc = PortAllocator::new(range.clone());
         let mut held = Vec::new();
-        while let Some((port, socket)) = alloc.bind() {
+        while let Some((port, socket, rtcp)) = alloc.bind() {
+            assert_eq!(
+                rtcp.local_addr().unwrap().port(),
+                port + 1,
+                "RTCP on the odd port"
+            );
             assert!(
                 port % 2 == 0 && port >= range.min && port <= range.max,
                 "{port}"
             );
-            held.push(socket);
+            held.push((socket, rtcp));
             if held.len() > 3 {
                 break;
             }

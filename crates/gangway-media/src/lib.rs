@@ -15,4 +15,5 @@ mod shard;
 pub use bridge::{Law, RtpPorts};
 pub use shard::{LegEvent, MediaRoute, ShardHandle, ShardMetrics, ShardStartError};
 pub mod g711;
+pub mod rtcp;
 pub mod rtp;

@@ -68,6 +68,15 @@ impl OutStream {
         }
     }
 
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// The timestamp of the last packet written.
+    pub fn last_timestamp(&self) -> u32 {
+        self.ts
+    }
+
     /// Writes the next packet into `out` (cleared first). `source_time` is the
     /// frame's media time in 8 kHz units; `samples` its length.
     pub fn write(

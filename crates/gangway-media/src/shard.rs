@@ -61,6 +61,8 @@ pub struct ShardMetrics {
     pub rtp_dropped: Counter,
     /// Bridged calls refused because no RTP port was free.
     pub rtp_port_exhausted: Counter,
+    pub rtcp_packets_in: Counter,
+    pub rtcp_packets_out: Counter,
 }
 
 #[derive(Debug)]
@@ -239,6 +241,11 @@ struct Shard {
 
 /// Longest a shard sleeps with nothing scheduled; keeps the loop honest.
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
+/// How often bridged calls are checked for due RTCP reports.
+const RTCP_TICK: Duration = Duration::from_millis(250);
+/// RTCP CNAME of our SIP-side streams; nothing about the browser.
+const RTCP_CNAME: &str = "gangway";
+
 /// Larger than any datagram a WebRTC peer sends (MTU-sized).
 const RECV_BUFFER: usize = 2048;
 
@@ -266,6 +273,8 @@ impl Shard {
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut buf = vec![0u8; RECV_BUFFER];
+        let mut rtcp_tick = tokio::time::interval(RTCP_TICK);
+        rtcp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.flush();
             let deadline = self
@@ -296,6 +305,7 @@ impl Shard {
                     }
                 }
                 Some(datagram) = self.rtp_in.recv() => self.on_sip_rtp(datagram),
+                _ = rtcp_tick.tick() => self.send_due_rtcp(),
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     self.endpoint.handle_timeout(Instant::now());
                 }
@@ -393,8 +403,8 @@ impl Shard {
     }
 
     fn open_bridge(&mut self, id: PeerId) -> Option<Bridge> {
-        let (port, socket) = self.ports.as_mut()?.bind()?;
-        match Bridge::start(id, port, socket, self.rtp_in_tx.clone()) {
+        let (port, socket, rtcp) = self.ports.as_mut()?.bind()?;
+        match Bridge::start(id, port, socket, rtcp, self.rtp_in_tx.clone()) {
             Ok(b) => Some(b),
             Err(e) => {
                 warn!(peer = id.0, port, "RTP socket unusable: {e}");
@@ -480,6 +490,17 @@ impl Shard {
 
     /// RTP from the SIP leg, on its way to the browser.
     fn on_sip_rtp(&mut self, datagram: RtpIn) {
+        if datagram.rtcp {
+            self.metrics.rtcp_packets_in.inc();
+            if let Some(bridge) = self
+                .peers
+                .get_mut(&datagram.peer)
+                .and_then(|p| p.bridge.as_mut())
+            {
+                bridge.on_rtcp(&datagram.data, Instant::now());
+            }
+            return;
+        }
         self.metrics.rtp_packets_in.inc();
         self.metrics.rtp_bytes_in.inc_by(datagram.data.len() as u64);
         self.pass_to_browser(datagram.peer, datagram.source, &datagram.data);
@@ -520,6 +541,28 @@ impl Shard {
         };
         self.endpoint
             .write_audio(id, other, time, now, &self.scratch);
+    }
+
+    /// Sends the RTCP reports that are due on every bridged call.
+    fn send_due_rtcp(&mut self) {
+        let now = Instant::now();
+        for peer in self.peers.values_mut() {
+            let Some(bridge) = peer.bridge.as_mut() else {
+                continue;
+            };
+            let Some(dest) = bridge.rtcp_due(now, RTCP_CNAME, &mut self.packet) else {
+                continue;
+            };
+            match bridge.rtcp_socket.try_send_to(&self.packet, dest) {
+                Ok(_) => {
+                    self.metrics.rtcp_packets_out.inc();
+                }
+                Err(e) => {
+                    self.metrics.send_drops.inc();
+                    debug!(%dest, "rtcp send failed: {e}");
+                }
+            }
+        }
     }
 
     fn tell(&self, id: PeerId, event: LegEvent) {

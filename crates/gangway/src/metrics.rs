@@ -161,6 +161,16 @@ impl Metrics {
             s.rtp_dropped.clone(),
         );
         registry.register(
+            "rtcp_packets_received",
+            "RTCP packets received from SIP legs",
+            s.rtcp_packets_in.clone(),
+        );
+        registry.register(
+            "rtcp_packets_sent",
+            "RTCP reports sent to SIP legs",
+            s.rtcp_packets_out.clone(),
+        );
+        registry.register(
             "rtp_port_exhausted",
             "Bridged calls refused because no RTP port was free",
             s.rtp_port_exhausted.clone(),

@@ -1,0 +1,307 @@
+//! RTCP for the SIP leg (RFC 3550 §6): what we send (sender reports with a
+//! reception report block and a CNAME) and the receive statistics behind the
+//! block (loss, extended highest sequence, interarrival jitter, LSR/DLSR).
+//! The WebRTC leg's RTCP is str0m's.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Seconds between 1900 (NTP epoch) and 1970 (UNIX epoch).
+const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+
+/// 64-bit NTP timestamp (seconds, fraction) for a wall-clock time.
+pub fn ntp_time(t: SystemTime) -> (u32, u32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() + NTP_UNIX_OFFSET;
+    let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
+    (secs as u32, frac as u32)
+}
+
+/// One reception report block (RFC 3550 §6.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportBlock {
+    pub ssrc: u32,
+    pub fraction_lost: u8,
+    /// 24-bit signed, clamped.
+    pub cumulative_lost: i32,
+    pub extended_highest_seq: u32,
+    pub jitter: u32,
+    pub last_sr: u32,
+    /// Units of 1/65536 s.
+    pub delay_since_last_sr: u32,
+}
+
+/// Receive statistics for the far end's stream (RFC 3550 A.1, A.3, A.8).
+#[derive(Debug, Default)]
+pub struct ReceiveStats {
+    ssrc: Option<u32>,
+    base_seq: u32,
+    max_seq: u16,
+    cycles: u32,
+    received: u32,
+    expected_prior: u32,
+    received_prior: u32,
+    /// Interarrival jitter in timestamp units, scaled by 16 as in A.8.
+    jitter_q4: u32,
+    last_transit: Option<i64>,
+    /// Middle 32 bits of the far end's last SR NTP time, and when it came.
+    last_sr: Option<(u32, Instant)>,
+}
+
+impl ReceiveStats {
+    /// Records one packet. `arrival` is the arrival time in the stream's
+    /// clock units (8 kHz), from any fixed origin.
+    pub fn on_packet(&mut self, ssrc: u32, seq: u16, ts: u32, arrival: u64) {
+        if self.ssrc != Some(ssrc) {
+            // A new source (e.g. the answer's stream after early media): start over.
+            *self = ReceiveStats {
+                ssrc: Some(ssrc),
+                base_seq: u32::from(seq),
+                max_seq: seq,
+                last_sr: self.last_sr,
+                ..ReceiveStats::default()
+            };
+        } else {
+            let delta = seq.wrapping_sub(self.max_seq);
+            if delta != 0 && delta < 0x8000 {
+                if seq < self.max_seq {
+                    self.cycles += 1 << 16;
+                }
+                self.max_seq = seq;
+            }
+        }
+        self.received += 1;
+        let transit = arrival as i64 - i64::from(ts);
+        if let Some(last) = self.last_transit {
+            let d = (transit - last).unsigned_abs() as u32;
+            // J += (|D| - J) / 16, kept scaled by 16.
+            self.jitter_q4 = self
+                .jitter_q4
+                .wrapping_add(d)
+                .wrapping_sub((self.jitter_q4 + 8) >> 4);
+        }
+        self.last_transit = Some(transit);
+    }
+
+    /// The far end's sender report: remembered for LSR/DLSR.
+    pub fn on_sender_report(&mut self, ntp_secs: u32, ntp_frac: u32, now: Instant) {
+        self.last_sr = Some(((ntp_secs << 16) | (ntp_frac >> 16), now));
+    }
+
+    pub fn packets_received(&self) -> u32 {
+        self.received
+    }
+
+    /// Cumulative packets lost so far (negative with duplicates).
+    pub fn lost(&self) -> i64 {
+        i64::from(self.extended_max()) - i64::from(self.base_seq) + 1 - i64::from(self.received)
+    }
+
+    /// Interarrival jitter in timestamp units.
+    pub fn jitter(&self) -> u32 {
+        self.jitter_q4 >> 4
+    }
+
+    fn extended_max(&self) -> u32 {
+        self.cycles + u32::from(self.max_seq)
+    }
+
+    /// The report block for the next RTCP packet; advances the interval counters.
+    pub fn report_block(&mut self, now: Instant) -> Option<ReportBlock> {
+        let ssrc = self.ssrc?;
+        let expected = self.extended_max() - self.base_seq + 1;
+        let expected_interval = expected.wrapping_sub(self.expected_prior);
+        let received_interval = self.received.wrapping_sub(self.received_prior);
+        self.expected_prior = expected;
+        self.received_prior = self.received;
+        let lost_interval = i64::from(expected_interval) - i64::from(received_interval);
+        let fraction_lost = if expected_interval == 0 || lost_interval <= 0 {
+            0
+        } else {
+            ((lost_interval << 8) / i64::from(expected_interval)).min(255) as u8
+        };
+        let (last_sr, delay_since_last_sr) = match self.last_sr {
+            Some((lsr, at)) => {
+                let d = now.saturating_duration_since(at);
+                (lsr, (d.as_secs_f64() * 65536.0) as u32)
+            }
+            None => (0, 0),
+        };
+        Some(ReportBlock {
+            ssrc,
+            fraction_lost,
+            cumulative_lost: self.lost().clamp(-0x80_0000, 0x7f_ffff) as i32,
+            extended_highest_seq: self.extended_max(),
+            jitter: self.jitter(),
+            last_sr,
+            delay_since_last_sr,
+        })
+    }
+}
+
+/// What our side sent, for the sender info.
+#[derive(Debug, Clone, Copy)]
+pub struct SenderInfo {
+    pub ssrc: u32,
+    pub ntp: (u32, u32),
+    pub rtp_ts: u32,
+    pub packets: u32,
+    pub octets: u32,
+}
+
+/// Writes a compound RTCP packet: SR (with at most one report block), then
+/// SDES with our CNAME (RFC 3550 §6.1 requires both).
+pub fn write_sender_report(
+    out: &mut Vec<u8>,
+    info: &SenderInfo,
+    block: Option<&ReportBlock>,
+    cname: &str,
+) {
+    out.clear();
+    let count = u8::from(block.is_some());
+    let words = 6 + 6 * u16::from(count); // length in 32-bit words minus one
+    out.extend_from_slice(&[0x80 | count, 200]);
+    out.extend_from_slice(&words.to_be_bytes());
+    out.extend_from_slice(&info.ssrc.to_be_bytes());
+    out.extend_from_slice(&info.ntp.0.to_be_bytes());
+    out.extend_from_slice(&info.ntp.1.to_be_bytes());
+    out.extend_from_slice(&info.rtp_ts.to_be_bytes());
+    out.extend_from_slice(&info.packets.to_be_bytes());
+    out.extend_from_slice(&info.octets.to_be_bytes());
+    if let Some(b) = block {
+        out.extend_from_slice(&b.ssrc.to_be_bytes());
+        let lost = (b.cumulative_lost as u32) & 0x00ff_ffff;
+        out.push(b.fraction_lost);
+        out.extend_from_slice(&lost.to_be_bytes()[1..]);
+        out.extend_from_slice(&b.extended_highest_seq.to_be_bytes());
+        out.extend_from_slice(&b.jitter.to_be_bytes());
+        out.extend_from_slice(&b.last_sr.to_be_bytes());
+        out.extend_from_slice(&b.delay_since_last_sr.to_be_bytes());
+    }
+    // SDES: one chunk, CNAME item, END, padded to a word boundary.
+    let cname = &cname.as_bytes()[..cname.len().min(255)];
+    let chunk = 4 + 2 + cname.len() + 1;
+    let padded = chunk.div_ceil(4) * 4;
+    out.extend_from_slice(&[0x81, 202]);
+    out.extend_from_slice(&((padded / 4) as u16).to_be_bytes());
+    out.extend_from_slice(&info.ssrc.to_be_bytes());
+    out.extend_from_slice(&[1, cname.len() as u8]);
+    out.extend_from_slice(cname);
+    out.resize(out.len() + (padded - chunk) + 1, 0);
+}
+
+/// Finds a sender report in a compound RTCP packet: (sender SSRC, NTP seconds, NTP fraction).
+pub fn parse_sender_report(data: &[u8]) -> Option<(u32, u32, u32)> {
+    let mut rest = data;
+    while rest.len() >= 4 {
+        if rest[0] >> 6 != 2 {
+            return None;
+        }
+        let len = (usize::from(u16::from_be_bytes([rest[2], rest[3]])) + 1) * 4;
+        let packet = rest.get(..len)?;
+        if packet[1] == 200 && packet.len() >= 20 {
+            let word = |i: usize| {
+                u32::from_be_bytes([packet[i], packet[i + 1], packet[i + 2], packet[i + 3]])
+            };
+            return Some((word(4), word(8), word(12)));
+        }
+        rest = &rest[len..];
+    }
+    None
+}
+
+/// When the next report is due: 5 s apart, jittered ±50 % (RFC 3550 §6.3.1)
+/// so calls set up together do not report in lockstep.
+pub fn next_report(now: Instant, random: u32) -> Instant {
+    let factor = 0.5 + f64::from(random % 1000) / 1000.0;
+    now + Duration::from_secs_f64(5.0 * factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use str0m::rtp::rtcp::Rtcp;
+
+    #[test]
+    fn loss_sequence_wrap_and_jitter() {
+        let mut s = ReceiveStats::default();
+        // 20 ms packets, seq wrapping, one lost (65535 missing), steady arrival.
+        let seqs = [65530u16, 65531, 65532, 65533, 65534, 0, 1, 2];
+        for (i, seq) in seqs.iter().enumerate() {
+            let n = if i >= 5 { i + 1 } else { i } as u32;
+            s.on_packet(7, *seq, 1000 + n * 160, 50_000 + u64::from(n) * 160);
+        }
+        assert_eq!(s.packets_received(), 8);
+        assert_eq!(s.lost(), 1);
+        assert_eq!(s.jitter(), 0, "perfectly paced arrival has no jitter");
+        let b = s.report_block(Instant::now()).unwrap();
+        assert_eq!(b.extended_highest_seq, 65536 + 2);
+        assert_eq!(b.cumulative_lost, 1);
+        assert_eq!(b.fraction_lost, (256 / 9) as u8, "1 of 9 expected");
+        // The next interval had no new packets: nothing lost in it.
+        assert_eq!(s.report_block(Instant::now()).unwrap().fraction_lost, 0);
+    }
+
+    #[test]
+    fn jitter_grows_with_uneven_arrival() {
+        let mut s = ReceiveStats::default();
+        for i in 0..50u32 {
+            let wobble = if i % 2 == 0 { 0 } else { 40 }; // 5 ms of 8 kHz
+            s.on_packet(1, i as u16, i * 160, u64::from(i * 160 + wobble));
+        }
+        assert!((30..=40).contains(&s.jitter()), "jitter {}", s.jitter());
+    }
+
+    #[test]
+    fn sender_report_is_valid_rtcp_for_an_independent_parser() {
+        let info = SenderInfo {
+            ssrc: 0x1234_5678,
+            ntp: ntp_time(SystemTime::now()),
+            rtp_ts: 987_654,
+            packets: 250,
+            octets: 40_000,
+        };
+        let block = ReportBlock {
+            ssrc: 0xdead_beef,
+            fraction_lost: 12,
+            cumulative_lost: 3,
+            extended_highest_seq: 70_000,
+            jitter: 17,
+            last_sr: 0xabcd_ef01,
+            delay_since_last_sr: 65536,
+        };
+        let mut out = Vec::new();
+        write_sender_report(&mut out, &info, Some(&block), "gangway@example");
+        assert_eq!(out.len() % 4, 0);
+        let Ok(Rtcp::SenderReport(sr)) = Rtcp::try_from(&out[..]) else {
+            panic!("str0m does not read our SR: {out:02x?}");
+        };
+        assert_eq!(*sr.sender_info.ssrc, 0x1234_5678);
+        assert_eq!(sr.sender_info.sender_packet_count, 250);
+        assert_eq!(sr.sender_info.sender_octet_count, 40_000);
+        let report = sr.reports.iter().next().expect("one report block");
+        assert_eq!(*report.ssrc, 0xdead_beef);
+        assert_eq!(report.fraction_lost, 12);
+        assert_eq!(report.packets_lost, 3);
+        assert_eq!(report.max_seq, 70_000);
+        assert_eq!(report.jitter, 17);
+        assert_eq!(report.last_sr_time, 0xabcd_ef01);
+        // The SDES that follows the SR.
+        let sr_len = (usize::from(u16::from_be_bytes([out[2], out[3]])) + 1) * 4;
+        let Ok(Rtcp::SourceDescription(d)) = Rtcp::try_from(&out[sr_len..]) else {
+            panic!("str0m does not read our SDES");
+        };
+        let sdes = d.reports.iter().next().unwrap();
+        assert_eq!(sdes.values.iter().next().unwrap().1, "gangway@example");
+        // And we read our own back.
+        assert_eq!(
+            parse_sender_report(&out),
+            Some((0x1234_5678, info.ntp.0, info.ntp.1))
+        );
+        assert_eq!(parse_sender_report(&out[sr_len..]), None);
+        assert_eq!(
+            parse_sender_report(&[0x80, 200, 0xff, 0xff]),
+            None,
+            "truncated"
+        );
+    }
+}
