@@ -439,7 +439,17 @@ async fn browser_calls_baresip_audio_both_ways() {
     let bob = tokio::task::spawn_blocking(start_bob).await.unwrap();
     // A bare user becomes sip:bob@127.0.0.1, sent to baresip's port.
     let gw = gateway_to(bob.sip_addr().port(), "127.0.0.1").await;
-    call_bob_and_check_tones("browser->baresip", gw, bob).await;
+    call_bob_and_check_tones("browser->baresip", gw, bob, "PCMU").await;
+}
+
+/// A browser that offers only Opus reaches a G.711-only phone: the gateway
+/// transcodes Opus ↔ PCMU at 8 kHz, and both tones still come through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_only_browser_calls_baresip_transcoded() {
+    let _serial = serial().await;
+    let bob = tokio::task::spawn_blocking(start_bob).await.unwrap();
+    let gw = gateway_to(bob.sip_addr().port(), "127.0.0.1").await;
+    call_bob_and_check_tones("opus browser->baresip", gw, bob, "opus").await;
 }
 
 /// The same call through kamailio as registrar and proxy: bob registers with
@@ -476,7 +486,7 @@ async fn browser_calls_registered_baresip_through_kamailio() {
         c.sip.trunk.password = Some("gwpw".into());
     })
     .await;
-    call_bob_and_check_tones("browser->kamailio->baresip", gw, bob).await;
+    call_bob_and_check_tones("browser->kamailio->baresip", gw, bob, "PCMU").await;
     assert!(
         kam.challenges(407, "INVITE") >= 1,
         "kamailio challenged the INVITE with 407: {:?}",
@@ -486,7 +496,12 @@ async fn browser_calls_registered_baresip_through_kamailio() {
 
 /// Calls `bob` from Chromium (1000 Hz, PCMU), records 5 s after the answer,
 /// hangs up, and checks both directions by tone with negative controls.
-async fn call_bob_and_check_tones(t: &str, gw: gangway::Gateway, bob: Baresip) {
+async fn call_bob_and_check_tones(
+    t: &str,
+    gw: gangway::Gateway,
+    bob: Baresip,
+    codec: &'static str,
+) {
     let started = Instant::now();
     let page = format!("http://{}/", gw.http_addr());
 
@@ -497,7 +512,7 @@ async fn call_bob_and_check_tones(t: &str, gw: gangway::Gateway, bob: Baresip) {
                 CALL_SCRIPT,
                 json!({
                     "to": "bob",
-                    "codec": "PCMU",
+                    "codec": codec,
                     "holdMs": SETTLE_MS + RECORD_MS + 200,
                     "hangup": true,
                 }),
@@ -548,10 +563,10 @@ async fn call_bob_and_check_tones(t: &str, gw: gangway::Gateway, bob: Baresip) {
          {bob_control:.3}"
     );
 
-    let codec = rec.result["codec"].as_str().unwrap_or("");
+    let negotiated = rec.result["codec"].as_str().unwrap_or("");
     assert!(
-        codec.eq_ignore_ascii_case("audio/PCMU"),
-        "[{t}] browser's inbound codec {codec:?}, expected audio/PCMU"
+        negotiated.eq_ignore_ascii_case(&format!("audio/{codec}")),
+        "[{t}] browser's inbound codec {negotiated:?}, expected audio/{codec}"
     );
     assert!(
         seconds >= RECORD_MS as f64 / 1000.0 * 0.95,

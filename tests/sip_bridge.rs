@@ -127,9 +127,12 @@ async fn remote_bye_ends_the_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn opus_only_browser_gets_incompatible_codecs_and_no_invite() {
+async fn without_transcoding_opus_only_browsers_get_incompatible_codecs_and_no_invite() {
     let mut sipp = Sipp::uas("uas_answer_wait_bye.xml", 0, &[]);
-    let gw = gateway_to(sipp.port()).await;
+    let gw = start_sip_gateway(sipp.port(), "pbx.test", |c| {
+        c.media.codec_policy = gangway::config::CodecPolicySetting::PassthroughOnly;
+    })
+    .await;
     let mut api = ApiClient::connect(&gw).await;
     let (_client, offer) = RtcClient::new(ClientCodec::Opus).await;
     api.call("opus", "1000", &offer).await;

@@ -14,6 +14,7 @@ use tracing::debug;
 use crate::g711::LawTables;
 use crate::rtcp::{self, ReceiveStats, SenderInfo};
 use crate::rtp::{self, InTimeline, OutStream};
+use crate::transcode::{Transcoder, FRAME_SAMPLES};
 
 /// The G.711 law of the SIP leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +140,35 @@ pub(crate) struct Bridge {
     next_report: Option<Instant>,
     /// Origin of arrival times for the jitter estimate.
     epoch: Instant,
+    /// Set when the browser leg speaks Opus and the SIP leg G.711.
+    transcoder: Option<Transcoder>,
+}
+
+/// RTP packets built for one browser frame, in one reused buffer.
+#[derive(Default)]
+pub(crate) struct Packets {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+    scratch: Vec<u8>,
+}
+
+impl Packets {
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
+
+    fn push_scratch(&mut self) {
+        self.buf.extend_from_slice(&self.scratch);
+        self.ends.push(self.buf.len());
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(a, b)| &self.buf[a..b])
+    }
 }
 
 /// At most 100 ms of 20 ms packets are held waiting for the far end's SDP.
@@ -155,6 +185,11 @@ impl std::ops::Drop for Bridge {
 impl Bridge {
     /// Wraps a bound socket and starts its receiver on the current
     /// (the shard's single-threaded) runtime.
+    /// Transcodes this call's media: the browser leg negotiated Opus.
+    pub(crate) fn set_transcoder(&mut self, transcoder: Transcoder) {
+        self.transcoder = Some(transcoder);
+    }
+
     pub(crate) fn start(
         peer: PeerId,
         port: u16,
@@ -185,6 +220,7 @@ impl Bridge {
             last_sent: None,
             next_report: None,
             epoch: Instant::now(),
+            transcoder: None,
         })
     }
 
@@ -252,8 +288,9 @@ impl Bridge {
         }
     }
 
-    /// Builds the RTP packet for one browser frame into `out` and returns
-    /// where to send it; `None` when the frame cannot go to the SIP leg.
+    /// Turns one browser frame into RTP packets for the SIP leg (more than
+    /// one when an Opus packet carries more than 20 ms) and returns where
+    /// they go; `None` when the frame cannot go to the SIP leg.
     pub(crate) fn packetize_for_sip(
         &mut self,
         codec: Option<AudioCodec>,
@@ -261,10 +298,11 @@ impl Bridge {
         payload: &[u8],
         laws: &LawTables,
         scratch: &mut Vec<u8>,
-        out: &mut Vec<u8>,
+        packets: &mut Packets,
     ) -> Option<SocketAddr> {
+        packets.clear();
         let dest = self.latched.or(self.remote)?;
-        let payload: &[u8] = match (codec?, self.law) {
+        let g711: &[u8] = match (codec?, self.law) {
             (AudioCodec::Pcmu, Law::Pcmu) | (AudioCodec::Pcma, Law::Pcma) => payload,
             (AudioCodec::Pcmu, Law::Pcma) => {
                 scratch.clear();
@@ -278,20 +316,40 @@ impl Bridge {
                 laws.alaw_to_ulaw(scratch);
                 scratch
             }
-            // Opus is never negotiated on a bridged leg.
-            (AudioCodec::Opus, _) => return None,
+            (AudioCodec::Opus, law) => match self.transcoder.as_mut()?.opus_to_g711(payload, law) {
+                Ok(pcm) => pcm,
+                Err(e) => {
+                    debug!("undecodable Opus packet dropped: {e}");
+                    return None;
+                }
+            },
         };
-        self.to_sip.write(
-            self.law.payload_type(),
-            time_8k,
-            payload.len() as u32,
-            payload,
-            out,
-        );
-        self.sent_packets = self.sent_packets.wrapping_add(1);
-        self.sent_octets = self.sent_octets.wrapping_add(payload.len() as u32);
+        // Passthrough keeps the browser's packetization; decoded Opus goes out in 20 ms packets.
+        let chunk = if codec == Some(AudioCodec::Opus) {
+            FRAME_SAMPLES
+        } else {
+            g711.len().max(1)
+        };
+        for (i, part) in g711.chunks(chunk).enumerate() {
+            let time = time_8k + (i * chunk) as u64;
+            self.to_sip.write(
+                self.law.payload_type(),
+                time,
+                part.len() as u32,
+                part,
+                &mut packets.scratch,
+            );
+            packets.push_scratch();
+            self.sent_packets = self.sent_packets.wrapping_add(1);
+            self.sent_octets = self.sent_octets.wrapping_add(part.len() as u32);
+        }
         self.last_sent = Some(Instant::now());
         Some(dest)
+    }
+
+    /// The Opus transcoder, when the browser leg speaks Opus.
+    pub(crate) fn transcoder(&mut self) -> Option<&mut Transcoder> {
+        self.transcoder.as_mut()
     }
 
     /// Checks one datagram from the SIP leg. On success returns the law, the
@@ -471,7 +529,7 @@ mod tests {
         assert_eq!((law, payload.len()), (Law::Pcma, 160));
 
         let laws = LawTables::new();
-        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        let (mut scratch, mut out) = (Vec::new(), Packets::default());
         // Browser speaks µ-law silence (0xff); the PBX chose A-law: 0xd5 goes out.
         let dest = b.packetize_for_sip(
             Some(AudioCodec::Pcmu),
@@ -482,7 +540,8 @@ mod tests {
             &mut out,
         );
         assert_eq!(dest, Some(pbx));
-        let sent = rtp::parse(&out).unwrap();
+        assert_eq!(out.iter().count(), 1);
+        let sent = rtp::parse(out.iter().next().unwrap()).unwrap();
         assert_eq!(sent.pt, 8);
         assert!(
             sent.payload.iter().all(|&b| b == 0xd5),
@@ -494,6 +553,51 @@ mod tests {
                 Some(AudioCodec::Opus),
                 0,
                 &[0; 40],
+                &laws,
+                &mut scratch,
+                &mut out
+            ),
+            None,
+            "Opus without a transcoder cannot go to the SIP leg"
+        );
+    }
+
+    #[tokio::test]
+    async fn opus_from_the_browser_goes_out_as_20_ms_g711_packets() {
+        use crate::transcode::{OpusSettings, Transcoder};
+        let mut b = bridge().await;
+        let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        b.connect(pbx, Law::Pcmu);
+        b.set_transcoder(Transcoder::new(OpusSettings::default()).unwrap());
+        // A 40 ms Opus packet (two 20 ms frames) made by a real encoder.
+        let mut enc =
+            opus::Encoder::new(8000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let opus = enc.encode_vec(&[0i16; 320], 400).unwrap();
+        let (laws, mut scratch, mut out) = (LawTables::new(), Vec::new(), Packets::default());
+        let dest = b.packetize_for_sip(
+            Some(AudioCodec::Opus),
+            800,
+            &opus,
+            &laws,
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(dest, Some(pbx));
+        let sent: Vec<_> = out.iter().map(|p| rtp::parse(p).unwrap()).collect();
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|p| p.pt == 0 && p.payload.len() == 160));
+        assert_eq!(
+            sent[1].ts.wrapping_sub(sent[0].ts),
+            160,
+            "consecutive 20 ms timestamps"
+        );
+        assert_eq!(sent[1].seq.wrapping_sub(sent[0].seq), 1);
+        // Garbage that libopus rejects is dropped, not sent.
+        assert_eq!(
+            b.packetize_for_sip(
+                Some(AudioCodec::Opus),
+                1120,
+                &[0x03],
                 &laws,
                 &mut scratch,
                 &mut out

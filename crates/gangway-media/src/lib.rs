@@ -13,7 +13,11 @@ mod bridge;
 mod shard;
 
 pub use bridge::{Law, RtpPorts};
-pub use shard::{LegEvent, MediaRoute, ShardHandle, ShardMetrics, ShardStartError};
+pub use shard::{
+    CodecPolicy, LegEvent, MediaPolicy, MediaRoute, ShardHandle, ShardMetrics, ShardStartError,
+};
+pub use transcode::OpusSettings;
 pub mod g711;
 pub mod rtcp;
 pub mod rtp;
+pub mod transcode;

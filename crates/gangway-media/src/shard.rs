@@ -12,8 +12,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::bridge::{Bridge, Drop, Law, PortAllocator, RtpIn, RtpPorts};
+use crate::bridge::{Bridge, Drop, Law, Packets, PortAllocator, RtpIn, RtpPorts};
 use crate::g711::LawTables;
+use crate::transcode::{OpusSettings, Transcoder};
 
 /// Where a call's browser media goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,26 @@ pub enum MediaRoute {
     Echo,
     /// To and from plain RTP on a port of its own (the SIP leg), G.711 passed through.
     Bridge,
+}
+
+/// Which codec the browser leg of a bridged call uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CodecPolicy {
+    /// G.711 passed through when the browser offers it; Opus, transcoded, otherwise.
+    #[default]
+    PassthroughFirst,
+    /// Opus towards the browser whenever it offers it (better on lossy
+    /// networks, costs a transcode); G.711 passthrough otherwise.
+    OpusToBrowser,
+    /// Never transcode: browsers that offer no G.711 cannot reach SIP.
+    PassthroughOnly,
+}
+
+/// How bridged calls' media is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MediaPolicy {
+    pub codecs: CodecPolicy,
+    pub opus: OpusSettings,
 }
 
 /// What a shard tells a call about its WebRTC leg.
@@ -124,6 +145,7 @@ impl ShardHandle {
         advertise_ip: Option<std::net::IpAddr>,
         config: EndpointConfig,
         rtp_ports: Option<RtpPorts>,
+        policy: MediaPolicy,
         metrics: ShardMetrics,
     ) -> Result<Self, ShardStartError> {
         let socket = StdUdpSocket::bind(bind).map_err(|e| ShardStartError::Bind(bind, e))?;
@@ -157,7 +179,7 @@ impl ShardHandle {
                 rt.block_on(async move {
                     match UdpSocket::from_std(socket) {
                         Ok(socket) => {
-                            Shard::new(socket, endpoint, rtp_ports, metrics)
+                            Shard::new(socket, endpoint, rtp_ports, policy, metrics)
                                 .run(rx)
                                 .await
                         }
@@ -234,8 +256,10 @@ struct Shard {
     rtp_in_tx: mpsc::UnboundedSender<RtpIn>,
     rtp_in: mpsc::UnboundedReceiver<RtpIn>,
     laws: LawTables,
-    /// Reused buffers: law conversion and outgoing RTP packets.
+    policy: MediaPolicy,
+    /// Reused buffers: law conversion, outgoing RTP and RTCP packets.
     scratch: Vec<u8>,
+    packets: Packets,
     packet: Vec<u8>,
 }
 
@@ -254,6 +278,7 @@ impl Shard {
         socket: UdpSocket,
         endpoint: Endpoint,
         rtp_ports: Option<RtpPorts>,
+        policy: MediaPolicy,
         metrics: ShardMetrics,
     ) -> Self {
         let (rtp_in_tx, rtp_in) = mpsc::unbounded_channel();
@@ -266,7 +291,9 @@ impl Shard {
             rtp_in_tx,
             rtp_in,
             laws: LawTables::new(),
+            policy,
             scratch: Vec::with_capacity(RECV_BUFFER),
+            packets: Packets::default(),
             packet: Vec::with_capacity(RECV_BUFFER),
         }
     }
@@ -367,39 +394,62 @@ impl Shard {
         route: MediaRoute,
         events: &mpsc::UnboundedSender<(PeerId, LegEvent)>,
     ) -> LegEvent {
-        // Passthrough needs the browser to speak G.711; there is no transcoder yet.
-        let (allowed, bridge): (&[AudioCodec], _) = match route {
-            MediaRoute::Echo => (&[], None),
-            MediaRoute::Bridge => match self.open_bridge(id) {
-                Some(b) => (&[AudioCodec::Pcmu, AudioCodec::Pcma], Some(b)),
-                None => {
+        const G711: &[AudioCodec] = &[AudioCodec::Pcmu, AudioCodec::Pcma];
+        const OPUS: &[AudioCodec] = &[AudioCodec::Opus];
+        let (mut bridge, attempts): (_, &[&[AudioCodec]]) = match route {
+            MediaRoute::Echo => (None, &[&[]]),
+            MediaRoute::Bridge => {
+                let Some(b) = self.open_bridge(id) else {
                     self.metrics.rtp_port_exhausted.inc();
                     warn!(peer = id.0, "no free RTP port in the configured range");
                     return LegEvent::Failed(SetupError::InvalidSdp(
                         "the gateway has no free RTP port for this call".into(),
                     ));
-                }
-            },
-        };
-        match self.endpoint.add_peer(id, offer, allowed, Instant::now()) {
-            Ok(answer) => {
-                let rtp_port = bridge.as_ref().map(|b| b.port);
-                if bridge.is_some() {
-                    self.metrics.rtp_ports.inc();
-                }
-                self.peers.insert(
-                    id,
-                    PeerEntry {
-                        events: events.clone(),
-                        bridge,
-                    },
-                );
-                self.metrics.peers.set(self.peers.len() as i64);
-                LegEvent::Ready { answer, rtp_port }
+                };
+                // Which codecs the browser leg may use, in order of preference.
+                let attempts: &[&[AudioCodec]] = match self.policy.codecs {
+                    CodecPolicy::PassthroughFirst => &[G711, OPUS],
+                    CodecPolicy::OpusToBrowser => &[OPUS, G711],
+                    CodecPolicy::PassthroughOnly => &[G711],
+                };
+                (Some(b), attempts)
             }
-            // Dropping the unused bridge frees its port.
-            Err(e) => LegEvent::Failed(e),
+        };
+        let mut result = Err(SetupError::IncompatibleCodecs);
+        for allowed in attempts {
+            result = self.endpoint.add_peer(id, offer, allowed, Instant::now());
+            if !matches!(result, Err(SetupError::IncompatibleCodecs)) {
+                break;
+            }
         }
+        let answer = match result {
+            Ok(answer) => answer,
+            // Dropping the unused bridge frees its ports.
+            Err(e) => return LegEvent::Failed(e),
+        };
+        if let Some(b) = bridge.as_mut() {
+            if self.endpoint.supports(id, AudioCodec::Opus) {
+                match Transcoder::new(self.policy.opus) {
+                    Ok(t) => b.set_transcoder(t),
+                    Err(e) => {
+                        self.endpoint.remove_peer(id);
+                        warn!(peer = id.0, "cannot create the Opus transcoder: {e}");
+                        return LegEvent::Failed(SetupError::IncompatibleCodecs);
+                    }
+                }
+            }
+            self.metrics.rtp_ports.inc();
+        }
+        let rtp_port = bridge.as_ref().map(|b| b.port);
+        self.peers.insert(
+            id,
+            PeerEntry {
+                events: events.clone(),
+                bridge,
+            },
+        );
+        self.metrics.peers.set(self.peers.len() as i64);
+        LegEvent::Ready { answer, rtp_port }
     }
 
     fn open_bridge(&mut self, id: PeerId) -> Option<Bridge> {
@@ -470,18 +520,20 @@ impl Shard {
                     &frame.data,
                     &self.laws,
                     &mut self.scratch,
-                    &mut self.packet,
+                    &mut self.packets,
                 ) else {
                     return;
                 };
-                match bridge.socket.try_send_to(&self.packet, dest) {
-                    Ok(n) => {
-                        self.metrics.rtp_packets_out.inc();
-                        self.metrics.rtp_bytes_out.inc_by(n as u64);
-                    }
-                    Err(e) => {
-                        self.metrics.send_drops.inc();
-                        debug!(%dest, "rtp send failed: {e}");
+                for packet in self.packets.iter() {
+                    match bridge.socket.try_send_to(packet, dest) {
+                        Ok(n) => {
+                            self.metrics.rtp_packets_out.inc();
+                            self.metrics.rtp_bytes_out.inc_by(n as u64);
+                        }
+                        Err(e) => {
+                            self.metrics.send_drops.inc();
+                            debug!(%dest, "rtp send failed: {e}");
+                        }
                     }
                 }
             }
@@ -519,8 +571,20 @@ impl Shard {
                 return;
             }
         };
-        let time = MediaTime::new(time, Frequency::EIGHT_KHZ);
         let now = Instant::now();
+        if let Some(transcoder) = bridge.transcoder() {
+            match transcoder.g711_to_opus(payload, law) {
+                Ok(opus) => {
+                    // Opus runs on a 48 kHz RTP clock.
+                    let time = MediaTime::new(time * 6, Frequency::FORTY_EIGHT_KHZ);
+                    self.endpoint
+                        .write_audio(id, AudioCodec::Opus, time, now, opus);
+                }
+                Err(e) => debug!(peer = id.0, "Opus encoding failed: {e}"),
+            }
+            return;
+        }
+        let time = MediaTime::new(time, Frequency::EIGHT_KHZ);
         if self.endpoint.supports(id, law.codec()) {
             self.endpoint
                 .write_audio(id, law.codec(), time, now, payload);

@@ -18,7 +18,40 @@ pub struct Config {
     pub webrtc: WebRtcConfig,
     pub calls: CallsConfig,
     pub sip: SipSection,
+    pub media: MediaSection,
     pub shutdown: ShutdownConfig,
+}
+
+/// Which codec the browser leg of a SIP call uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodecPolicySetting {
+    /// G.711 passthrough when the browser offers it, Opus (transcoded) otherwise.
+    PassthroughFirst,
+    /// Opus towards browsers that offer it, transcoded to G.711 for SIP.
+    OpusToBrowser,
+    /// Never transcode.
+    PassthroughOnly,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSection {
+    pub codec_policy: CodecPolicySetting,
+    /// Opus encoder complexity towards browsers, 0–10.
+    pub opus_complexity: u8,
+    /// Opus bitrate towards browsers, bits per second.
+    pub opus_bitrate: u32,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        MediaSection {
+            codec_policy: CodecPolicySetting::PassthroughFirst,
+            opus_complexity: 5,
+            opus_bitrate: 24_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -312,6 +345,15 @@ impl Config {
             ));
         }
         self.validate_sip()?;
+        if self.media.opus_complexity > 10 {
+            return Err(problem("media.opus_complexity", "must be between 0 and 10"));
+        }
+        if !(6_000..=64_000).contains(&self.media.opus_bitrate) {
+            return Err(problem(
+                "media.opus_bitrate",
+                "must be between 6000 and 64000",
+            ));
+        }
         if self.shutdown.drain_timeout_secs > 3600 {
             return Err(problem(
                 "shutdown.drain_timeout_secs",
@@ -492,6 +534,12 @@ mod tests {
             load_str("[sip]\nenabled = true\n[sip.trunk]\nhost = \"pbx\"\ntransport = \"sctp\"\n")
                 .unwrap_err();
         assert_eq!(e.key, "sip.trunk.transport", "{e}");
+
+        let e = load_str("[media]\ncodec_policy = \"always\"\n").unwrap_err();
+        assert_eq!(e.key, "media.codec_policy", "{e}");
+
+        let e = load_str("[media]\nopus_complexity = 11\n").unwrap_err();
+        assert_eq!(e.key, "media.opus_complexity", "{e}");
 
         let e = load_str("[calls]\nunknown_key = 1\n").unwrap_err();
         assert!(e.to_string().contains("unknown_key"), "{e}");

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::serve::ListenerExt;
 use gangway_core::{Router, SipRouting};
-use gangway_media::{RtpPorts, ShardHandle};
+use gangway_media::{CodecPolicy, MediaPolicy, OpusSettings, RtpPorts, ShardHandle};
 use gangway_rtc::EndpointConfig;
 use gangway_sip::{SipConfig, SipService, Transport, Trunk};
 use tokio::net::TcpListener;
@@ -130,6 +130,7 @@ impl Gateway {
                 codecs,
             },
             rtp_ports,
+            media_policy(&config),
             metrics.shard.clone(),
         )
         .map_err(StartError::Media)?;
@@ -241,6 +242,21 @@ impl Gateway {
             sip.service.stop().await;
         }
         info!("gangway stopped");
+    }
+}
+
+fn media_policy(config: &Config) -> MediaPolicy {
+    use config::CodecPolicySetting as Setting;
+    MediaPolicy {
+        codecs: match config.media.codec_policy {
+            Setting::PassthroughFirst => CodecPolicy::PassthroughFirst,
+            Setting::OpusToBrowser => CodecPolicy::OpusToBrowser,
+            Setting::PassthroughOnly => CodecPolicy::PassthroughOnly,
+        },
+        opus: OpusSettings {
+            complexity: config.media.opus_complexity,
+            bitrate: config.media.opus_bitrate,
+        },
     }
 }
 

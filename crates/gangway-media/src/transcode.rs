@@ -1,0 +1,162 @@
+//! Opus (browser leg) ↔ G.711 (SIP leg), run natively at 8 kHz: libopus
+//! decodes any Opus bandwidth straight to 8 kHz and encodes from it, so no
+//! resampler sits in the path.
+
+use opus::{Application, Bitrate, Channels, Decoder, Encoder};
+
+use crate::bridge::Law;
+use crate::g711;
+
+/// 20 ms at 8 kHz: one G.711 packet and one Opus frame towards the browser.
+pub const FRAME_SAMPLES: usize = 160;
+/// The longest Opus packet (120 ms) decoded at 8 kHz.
+const MAX_DECODED: usize = 960;
+/// Larger than any Opus packet the encoder makes at our bitrates.
+const MAX_OPUS_PACKET: usize = 400;
+
+/// Encoder settings for the Opus sent to browsers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpusSettings {
+    /// 0–10; higher costs more CPU for slightly better quality.
+    pub complexity: u8,
+    pub bitrate: u32,
+}
+
+impl Default for OpusSettings {
+    fn default() -> Self {
+        OpusSettings {
+            complexity: 5,
+            bitrate: 24_000,
+        }
+    }
+}
+
+/// One call's codec state. Buffers are allocated once, here.
+pub struct Transcoder {
+    decoder: Decoder,
+    encoder: Encoder,
+    pcm: Vec<i16>,
+    decoded: usize,
+    opus: Vec<u8>,
+    g711: Vec<u8>,
+}
+
+impl Transcoder {
+    pub fn new(settings: OpusSettings) -> Result<Self, opus::Error> {
+        let decoder = Decoder::new(8000, Channels::Mono)?;
+        let mut encoder = Encoder::new(8000, Channels::Mono, Application::Voip)?;
+        encoder.set_complexity(i32::from(settings.complexity.min(10)))?;
+        encoder.set_bitrate(Bitrate::Bits(settings.bitrate as i32))?;
+        // Browsers ask for in-band FEC; it lets them recover a lost packet from the next.
+        encoder.set_inband_fec(true)?;
+        encoder.set_packet_loss_perc(5)?;
+        Ok(Transcoder {
+            decoder,
+            encoder,
+            pcm: vec![0; MAX_DECODED],
+            decoded: 0,
+            opus: vec![0; MAX_OPUS_PACKET],
+            g711: Vec::with_capacity(MAX_DECODED),
+        })
+    }
+
+    /// Decodes one browser Opus packet to G.711 in `law`. Returns the G.711
+    /// bytes (one per 8 kHz sample; any multiple of 20 ms), or an error for a
+    /// packet libopus rejects.
+    pub fn opus_to_g711(&mut self, packet: &[u8], law: Law) -> Result<&[u8], opus::Error> {
+        self.decoded = self.decoder.decode(packet, &mut self.pcm, false)?;
+        self.g711.clear();
+        let encode = match law {
+            Law::Pcmu => g711::linear_to_ulaw,
+            Law::Pcma => g711::linear_to_alaw,
+        };
+        self.g711
+            .extend(self.pcm[..self.decoded].iter().map(|&s| encode(s)));
+        Ok(&self.g711)
+    }
+
+    /// Encodes one G.711 packet (20 ms expected) from the SIP leg as an Opus
+    /// packet for the browser.
+    pub fn g711_to_opus(&mut self, payload: &[u8], law: Law) -> Result<&[u8], opus::Error> {
+        let decode = match law {
+            Law::Pcmu => g711::ulaw_to_linear,
+            Law::Pcma => g711::alaw_to_linear,
+        };
+        // Opus takes 2.5–60 ms frames; a PBX sends 10/20/30 ms. Pad or cut to 20 ms
+        // rather than fail on an odd ptime.
+        let n = payload.len().min(FRAME_SAMPLES);
+        for (dst, &b) in self.pcm.iter_mut().zip(&payload[..n]) {
+            *dst = decode(b);
+        }
+        self.pcm[n..FRAME_SAMPLES].fill(0);
+        let len = self
+            .encoder
+            .encode(&self.pcm[..FRAME_SAMPLES], &mut self.opus)?;
+        Ok(&self.opus[..len])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(freq: f64, samples: usize, start: usize) -> Vec<i16> {
+        (start..start + samples)
+            .map(|i| {
+                (0.5 * 32767.0 * (2.0 * std::f64::consts::PI * freq * i as f64 / 8000.0).sin())
+                    as i16
+            })
+            .collect()
+    }
+
+    /// Power of `freq` relative to the signal's total power (Goertzel).
+    fn share(samples: &[i16], freq: f64) -> f64 {
+        let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        let mut total = 0.0;
+        for &x in samples {
+            let x = f64::from(x);
+            total += x * x;
+            let s = x + 2.0 * w.cos() * s1 - s2;
+            s2 = s1;
+            s1 = s;
+        }
+        let power = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
+        power / (total * samples.len() as f64 / 2.0).max(1.0)
+    }
+
+    #[test]
+    fn a_tone_survives_g711_to_opus_to_g711() {
+        let mut gw = Transcoder::new(OpusSettings::default()).unwrap();
+        let mut browser = Transcoder::new(OpusSettings::default()).unwrap();
+        let mut out = Vec::new();
+        for frame in 0..50 {
+            let pcm = tone(1000.0, FRAME_SAMPLES, frame * FRAME_SAMPLES);
+            let ulaw: Vec<u8> = pcm.iter().map(|&s| g711::linear_to_ulaw(s)).collect();
+            let opus = gw.g711_to_opus(&ulaw, Law::Pcmu).unwrap().to_vec();
+            assert!(opus.len() < 100, "a 20 ms frame at 24 kbit/s is ~60 bytes");
+            // The "browser" decodes and sends it straight back.
+            let back = browser.opus_to_g711(&opus, Law::Pcma).unwrap();
+            assert_eq!(back.len(), FRAME_SAMPLES);
+            out.extend(back.iter().map(|&b| g711::alaw_to_linear(b)));
+        }
+        // Skip the codec's start-up, then the tone must dominate.
+        let settled = &out[FRAME_SAMPLES * 5..];
+        assert!(
+            share(settled, 1000.0) > 0.8,
+            "1000 Hz share {}",
+            share(settled, 1000.0)
+        );
+        assert!(share(settled, 440.0) < 0.05, "negative control");
+    }
+
+    #[test]
+    fn garbage_opus_is_an_error_not_a_panic() {
+        let mut t = Transcoder::new(OpusSettings::default()).unwrap();
+        // A TOC announcing a frame count code 3 packet with no count byte.
+        assert!(t.opus_to_g711(&[0x03], Law::Pcmu).is_err());
+        // Odd-sized G.711 is padded to 20 ms.
+        assert!(t.g711_to_opus(&[0xff; 80], Law::Pcmu).is_ok());
+        assert!(t.g711_to_opus(&[0xff; 400], Law::Pcmu).is_ok());
+    }
+}
