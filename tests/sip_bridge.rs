@@ -232,3 +232,65 @@ async fn wrong_trunk_password_fails_cleanly() {
     assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_far_end_ends_the_call_with_media_timeout() {
+    // sipp answers but sends no RTP, as a PBX that vanished would.
+    let mut sipp = Sipp::uas("uas_answer_wait_bye.xml", 0, &[]);
+    let gw = start_sip_gateway(sipp.port(), "pbx.test", |c| c.media.timeout_secs = 2).await;
+    let mut api = ApiClient::connect(&gw).await;
+    let (mut client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("quiet", "1000", &offer).await;
+    let answer = api.expect("answer").await;
+    client.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(client.connect(Duration::from_secs(10)).await);
+    api.expect("answered").await;
+    let answered_at = Instant::now();
+    let ended = api.expect("ended").await;
+    let after = answered_at.elapsed();
+    assert_eq!(ended["reason"], "media_timeout", "{ended}");
+    assert!(
+        after >= Duration::from_millis(1500),
+        "ended too early: {after:?}"
+    );
+    sipp.wait(Duration::from_secs(10))
+        .expect("sipp got our BYE");
+    assert_eq!(
+        scrape_metric(&gw, "gangway_media_timeouts_total").await,
+        1.0
+    );
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_flowing_both_ways_never_times_out() {
+    // Negative control: with audio both ways the same 1 s timeout never fires.
+    let mut sipp = Sipp::uas("uas_answer_wait_bye.xml", 0, &["-rtp_echo"]);
+    let gw = start_sip_gateway(sipp.port(), "pbx.test", |c| c.media.timeout_secs = 1).await;
+    let mut api = ApiClient::connect(&gw).await;
+    let (mut client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("talking", "1000", &offer).await;
+    let answer = api.expect("answer").await;
+    client.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(client.connect(Duration::from_secs(10)).await);
+    api.expect("answered").await;
+    let report = client
+        .echo_exchange(9, 150, Duration::from_millis(200))
+        .await;
+    assert!(report.echoed >= 130, "{report:?}");
+    api.hangup("talking").await;
+    let ended = api.expect("ended").await;
+    assert_eq!(
+        ended["reason"], "hangup",
+        "3 s of audio did not time out: {ended}"
+    );
+    sipp.wait(Duration::from_secs(10))
+        .expect("sipp got our BYE");
+    assert_eq!(
+        scrape_metric(&gw, "gangway_media_timeouts_total").await,
+        0.0
+    );
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}

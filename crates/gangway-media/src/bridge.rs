@@ -142,6 +142,11 @@ pub(crate) struct Bridge {
     epoch: Instant,
     /// Set when the browser leg speaks Opus and the SIP leg G.711.
     transcoder: Option<Transcoder>,
+    /// Media inactivity is watched from the answer on (early media may be silent).
+    answered_at: Option<Instant>,
+    last_from_sip: Option<Instant>,
+    last_from_browser: Option<Instant>,
+    timed_out: bool,
 }
 
 /// RTP packets built for one browser frame, in one reused buffer.
@@ -221,6 +226,10 @@ impl Bridge {
             next_report: None,
             epoch: Instant::now(),
             transcoder: None,
+            answered_at: None,
+            last_from_sip: None,
+            last_from_browser: None,
+            timed_out: false,
         })
     }
 
@@ -229,6 +238,27 @@ impl Bridge {
     /// shard passes them through `accept_from_sip` again after `connect`.
     pub(crate) fn take_held(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
         std::mem::take(&mut self.held)
+    }
+
+    /// The far end answered: from now on silence on either leg counts.
+    pub(crate) fn answered(&mut self, now: Instant) {
+        self.answered_at.get_or_insert(now);
+    }
+
+    /// True once, when either leg has sent nothing for `timeout` since the
+    /// answer (or since its last packet).
+    pub(crate) fn media_timed_out(&mut self, now: Instant, timeout: std::time::Duration) -> bool {
+        let Some(answered) = self.answered_at else {
+            return false;
+        };
+        if self.timed_out {
+            return false;
+        }
+        let silent = |last: Option<Instant>| {
+            now.saturating_duration_since(last.unwrap_or(answered).max(answered)) >= timeout
+        };
+        self.timed_out = silent(self.last_from_sip) || silent(self.last_from_browser);
+        self.timed_out
     }
 
     pub(crate) fn connect(&mut self, remote: SocketAddr, law: Law) {
@@ -301,6 +331,7 @@ impl Bridge {
         packets: &mut Packets,
     ) -> Option<SocketAddr> {
         packets.clear();
+        self.last_from_browser = Some(Instant::now());
         let dest = self.latched.or(self.remote)?;
         let g711: &[u8] = match (codec?, self.law) {
             (AudioCodec::Pcmu, Law::Pcmu) | (AudioCodec::Pcma, Law::Pcma) => payload,
@@ -379,6 +410,7 @@ impl Bridge {
         if packet.pt != self.law.payload_type() {
             return Err(Drop::OtherPayload);
         }
+        self.last_from_sip = Some(Instant::now());
         let arrival = (self.epoch.elapsed().as_secs_f64() * 8000.0) as u64;
         self.stats
             .on_packet(packet.ssrc, packet.seq, packet.ts, arrival);
@@ -478,6 +510,27 @@ mod tests {
         let answer: SocketAddr = "10.0.0.5:6000".parse().unwrap();
         b.connect(answer, Law::Pcmu);
         assert!(b.accept_from_sip(answer, &data).is_ok());
+    }
+
+    #[tokio::test]
+    async fn silence_counts_only_after_the_answer_and_fires_once() {
+        use std::time::Duration;
+        let mut b = bridge().await;
+        let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        b.connect(pbx, Law::Pcmu);
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(30);
+        assert!(
+            !b.media_timed_out(t0 + Duration::from_secs(300), timeout),
+            "ringing may be silent"
+        );
+        b.answered(t0);
+        assert!(!b.media_timed_out(t0 + Duration::from_secs(29), timeout));
+        assert!(b.media_timed_out(t0 + Duration::from_secs(30), timeout));
+        assert!(
+            !b.media_timed_out(t0 + Duration::from_secs(31), timeout),
+            "reported once"
+        );
     }
 
     #[tokio::test]

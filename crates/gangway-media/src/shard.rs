@@ -43,6 +43,8 @@ pub enum CodecPolicy {
 pub struct MediaPolicy {
     pub codecs: CodecPolicy,
     pub opus: OpusSettings,
+    /// End answered bridged calls when a leg sends nothing for this long.
+    pub media_timeout: Option<Duration>,
 }
 
 /// What a shard tells a call about its WebRTC leg.
@@ -58,6 +60,8 @@ pub enum LegEvent {
     CandidateRejected(String),
     Connected,
     Disconnected,
+    /// An answered bridged call received no media on one leg for the configured time.
+    MediaTimeout,
 }
 
 /// Counters a shard updates as it works. Cloning shares the underlying atomics.
@@ -84,6 +88,8 @@ pub struct ShardMetrics {
     pub rtp_port_exhausted: Counter,
     pub rtcp_packets_in: Counter,
     pub rtcp_packets_out: Counter,
+    /// Bridged calls ended because a leg went silent.
+    pub media_timeouts: Counter,
 }
 
 #[derive(Debug)]
@@ -102,6 +108,7 @@ enum Command {
         id: PeerId,
         remote: SocketAddr,
         law: Law,
+        answered: bool,
     },
     RemovePeer {
         id: PeerId,
@@ -221,11 +228,15 @@ impl ShardHandle {
         let _ = self.commands.send(Command::AddCandidate { id, candidate });
     }
 
-    /// Points a bridged call's RTP at the SIP leg's media (from a 183 or 200 SDP).
-    pub fn connect_remote(&self, id: PeerId, remote: SocketAddr, law: Law) {
-        let _ = self
-            .commands
-            .send(Command::ConnectRemote { id, remote, law });
+    /// Points a bridged call's RTP at the SIP leg's media (from a 183 or 200
+    /// SDP). `answered` starts the media inactivity watch.
+    pub fn connect_remote(&self, id: PeerId, remote: SocketAddr, law: Law, answered: bool) {
+        let _ = self.commands.send(Command::ConnectRemote {
+            id,
+            remote,
+            law,
+            answered,
+        });
     }
 
     pub fn remove_peer(&self, id: PeerId) {
@@ -361,10 +372,18 @@ impl Shard {
                     }
                 }
             }
-            Command::ConnectRemote { id, remote, law } => {
+            Command::ConnectRemote {
+                id,
+                remote,
+                law,
+                answered,
+            } => {
                 let held = match self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) {
                     Some(bridge) => {
                         bridge.connect(remote, law);
+                        if answered {
+                            bridge.answered(Instant::now());
+                        }
                         bridge.take_held()
                     }
                     None => Vec::new(),
@@ -607,13 +626,20 @@ impl Shard {
             .write_audio(id, other, time, now, &self.scratch);
     }
 
-    /// Sends the RTCP reports that are due on every bridged call.
+    /// Sends the RTCP reports that are due on every bridged call, and reports
+    /// calls whose media went silent.
     fn send_due_rtcp(&mut self) {
         let now = Instant::now();
-        for peer in self.peers.values_mut() {
+        for (id, peer) in self.peers.iter_mut() {
             let Some(bridge) = peer.bridge.as_mut() else {
                 continue;
             };
+            if let Some(timeout) = self.policy.media_timeout {
+                if bridge.media_timed_out(now, timeout) {
+                    self.metrics.media_timeouts.inc();
+                    let _ = peer.events.send((*id, LegEvent::MediaTimeout));
+                }
+            }
             let Some(dest) = bridge.rtcp_due(now, RTCP_CNAME, &mut self.packet) else {
                 continue;
             };

@@ -42,6 +42,9 @@ pub struct MediaSection {
     pub opus_complexity: u8,
     /// Opus bitrate towards browsers, bits per second.
     pub opus_bitrate: u32,
+    /// An answered SIP call ends (`media_timeout`) when either leg sends no
+    /// media for this many seconds; 0 disables.
+    pub timeout_secs: u64,
 }
 
 impl Default for MediaSection {
@@ -50,6 +53,7 @@ impl Default for MediaSection {
             codec_policy: CodecPolicySetting::PassthroughFirst,
             opus_complexity: 5,
             opus_bitrate: 24_000,
+            timeout_secs: 30,
         }
     }
 }
@@ -347,6 +351,12 @@ impl Config {
         self.validate_sip()?;
         if self.media.opus_complexity > 10 {
             return Err(problem("media.opus_complexity", "must be between 0 and 10"));
+        }
+        if self.media.timeout_secs > 3600 {
+            return Err(problem(
+                "media.timeout_secs",
+                "must be at most 3600 (0 disables)",
+            ));
         }
         if !(6_000..=64_000).contains(&self.media.opus_bitrate) {
             return Err(problem(

@@ -257,6 +257,9 @@ fn media_policy(config: &Config) -> MediaPolicy {
             complexity: config.media.opus_complexity,
             bitrate: config.media.opus_bitrate,
         },
+        media_timeout: Some(config.media.timeout_secs)
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
     }
 }
 

@@ -161,6 +161,11 @@ impl Metrics {
             s.rtp_dropped.clone(),
         );
         registry.register(
+            "media_timeouts",
+            "Answered SIP calls ended because a leg sent no media for media.timeout_secs",
+            s.media_timeouts.clone(),
+        );
+        registry.register(
             "rtcp_packets_received",
             "RTCP packets received from SIP legs",
             s.rtcp_packets_in.clone(),

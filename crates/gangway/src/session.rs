@@ -291,6 +291,10 @@ impl Session {
                 Event::MediaConnected
             }
             LegEvent::Disconnected => Event::MediaLost,
+            LegEvent::MediaTimeout => {
+                info!(call = %id, "no media from one leg: ending the call");
+                Event::MediaLost
+            }
         };
         self.feed(&id, core_event);
     }
@@ -301,14 +305,15 @@ impl Session {
         };
         let core_event = match event {
             SipEvent::Provisional { status, sdp } => {
-                let early_media = sdp.is_some_and(|sdp| self.connect_sip_media(peer, &id, &sdp));
+                let early_media =
+                    sdp.is_some_and(|sdp| self.connect_sip_media(peer, &id, &sdp, false));
                 Event::SipProgress {
                     status,
                     early_media,
                 }
             }
             SipEvent::Answered { sdp } => {
-                if self.connect_sip_media(peer, &id, &sdp) {
+                if self.connect_sip_media(peer, &id, &sdp, true) {
                     if let Some(entry) = self.calls.get(&id) {
                         let elapsed = entry.started.elapsed();
                         self.shared
@@ -334,14 +339,16 @@ impl Session {
 
     /// Points the bridge at the media the far end's SDP describes. False
     /// when the SDP is unusable (no common codec, no address).
-    fn connect_sip_media(&mut self, peer: PeerId, id: &CallId, sdp: &str) -> bool {
+    fn connect_sip_media(&mut self, peer: PeerId, id: &CallId, sdp: &str, answered: bool) -> bool {
         match sip_sdp::parse_answer(sdp, &SIP_CODECS) {
             Ok(media) => {
                 let law = match media.codec {
                     G711::Pcmu => Law::Pcmu,
                     G711::Pcma => Law::Pcma,
                 };
-                self.shared.shard.connect_remote(peer, media.addr, law);
+                self.shared
+                    .shard
+                    .connect_remote(peer, media.addr, law, answered);
                 true
             }
             Err(e) => {
