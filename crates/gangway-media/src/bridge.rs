@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::dtmf::{DtmfReceiver, DtmfSender};
 use crate::g711::LawTables;
 use crate::rtcp::{self, ReceiveStats, SenderInfo};
 use crate::rtp::{self, InTimeline, OutStream};
@@ -147,6 +148,23 @@ pub(crate) struct Bridge {
     last_from_sip: Option<Instant>,
     last_from_browser: Option<Instant>,
     timed_out: bool,
+    /// RFC 4733 on the SIP leg: the far end's payload type, when it accepted telephone-event.
+    dtmf_pt: Option<u8>,
+    dtmf_out: DtmfSender,
+    dtmf_in: DtmfReceiver,
+}
+
+/// What a datagram from the SIP leg carried.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Inbound<'a> {
+    /// Audio for the browser: the law, the continuous 8 kHz time, the payload.
+    Audio {
+        law: Law,
+        time: u64,
+        payload: &'a [u8],
+    },
+    /// A DTMF digit the far end started sending (RFC 4733).
+    Digit(char),
 }
 
 /// RTP packets built for one browser frame, in one reused buffer.
@@ -230,6 +248,9 @@ impl Bridge {
             last_from_sip: None,
             last_from_browser: None,
             timed_out: false,
+            dtmf_pt: None,
+            dtmf_out: DtmfSender::default(),
+            dtmf_in: DtmfReceiver::default(),
         })
     }
 
@@ -261,7 +282,14 @@ impl Bridge {
         self.timed_out
     }
 
-    pub(crate) fn connect(&mut self, remote: SocketAddr, law: Law) {
+    /// Queues digits to send as RFC 4733 events; false when the far end did
+    /// not accept telephone-event.
+    pub(crate) fn send_dtmf(&mut self, digits: &str) -> bool {
+        self.dtmf_pt.is_some() && self.dtmf_out.push(digits) > 0
+    }
+
+    pub(crate) fn connect(&mut self, remote: SocketAddr, law: Law, dtmf_pt: Option<u8>) {
+        self.dtmf_pt = dtmf_pt;
         if self.remote != Some(remote) {
             // A new media address (e.g. the 200's after the 183's): latch anew.
             self.latched = None;
@@ -374,6 +402,19 @@ impl Bridge {
             self.sent_packets = self.sent_packets.wrapping_add(1);
             self.sent_octets = self.sent_octets.wrapping_add(part.len() as u32);
         }
+        // Queued digits ride along, one event packet per audio frame.
+        if let Some(pt) = self.dtmf_pt {
+            if let Some(event) = self.dtmf_out.next(self.to_sip.last_timestamp()) {
+                self.to_sip.write_event(
+                    pt,
+                    event.start_ts,
+                    event.marker,
+                    &event.payload,
+                    &mut packets.scratch,
+                );
+                packets.push_scratch();
+            }
+        }
         self.last_sent = Some(Instant::now());
         Some(dest)
     }
@@ -383,13 +424,12 @@ impl Bridge {
         self.transcoder.as_mut()
     }
 
-    /// Checks one datagram from the SIP leg. On success returns the law, the
-    /// continuous 8 kHz output time and the payload.
+    /// Checks one datagram from the SIP leg and says what it carried.
     pub(crate) fn accept_from_sip<'a>(
         &mut self,
         source: SocketAddr,
         data: &'a [u8],
-    ) -> Result<(Law, u64, &'a [u8]), Drop> {
+    ) -> Result<Inbound<'a>, Drop> {
         let Some(remote) = self.remote else {
             if self.held.len() < MAX_HELD {
                 self.held.push((source, data.to_vec()));
@@ -407,6 +447,16 @@ impl Bridge {
             None => return Err(Drop::WrongSource),
         }
         let packet = rtp::parse(data).ok_or(Drop::NotRtp)?;
+        if Some(packet.pt) == self.dtmf_pt {
+            self.last_from_sip = Some(Instant::now());
+            return match self
+                .dtmf_in
+                .on_packet(packet.ssrc, packet.ts, packet.payload)
+            {
+                Some(d) => Ok(Inbound::Digit(d)),
+                None => Err(Drop::OtherPayload),
+            };
+        }
         if packet.pt != self.law.payload_type() {
             return Err(Drop::OtherPayload);
         }
@@ -417,7 +467,11 @@ impl Bridge {
         let time = self
             .from_sip
             .map(packet.ssrc, packet.ts, packet.payload.len() as u32);
-        Ok((self.law, time, packet.payload))
+        Ok(Inbound::Audio {
+            law: self.law,
+            time,
+            payload: packet.payload,
+        })
     }
 }
 
@@ -492,7 +546,7 @@ mod tests {
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         let data = rtp(0, 1, 160, 7, &[0xff; 160]);
         assert_eq!(b.accept_from_sip(pbx, &data).unwrap_err(), Drop::Held);
-        b.connect(pbx, Law::Pcmu);
+        b.connect(pbx, Law::Pcmu, None);
         assert_eq!(b.take_held().len(), 1, "kept for replay (tested below)");
         let stranger: SocketAddr = "10.9.9.9:4000".parse().unwrap();
         assert_eq!(
@@ -508,7 +562,7 @@ mod tests {
         );
         // A new SDP address (the 200 after the 183) latches anew.
         let answer: SocketAddr = "10.0.0.5:6000".parse().unwrap();
-        b.connect(answer, Law::Pcmu);
+        b.connect(answer, Law::Pcmu, None);
         assert!(b.accept_from_sip(answer, &data).is_ok());
     }
 
@@ -517,7 +571,7 @@ mod tests {
         use std::time::Duration;
         let mut b = bridge().await;
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
-        b.connect(pbx, Law::Pcmu);
+        b.connect(pbx, Law::Pcmu, None);
         let t0 = Instant::now();
         let timeout = Duration::from_secs(30);
         assert!(
@@ -530,6 +584,56 @@ mod tests {
         assert!(
             !b.media_timed_out(t0 + Duration::from_secs(31), timeout),
             "reported once"
+        );
+    }
+
+    #[tokio::test]
+    async fn dtmf_goes_out_with_the_audio_and_comes_in_as_digits() {
+        let mut b = bridge().await;
+        let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        assert!(
+            !b.send_dtmf("1"),
+            "no telephone-event before the far end's SDP"
+        );
+        b.connect(pbx, Law::Pcmu, Some(101));
+        assert!(b.send_dtmf("1#"));
+        let (laws, mut scratch, mut out) = (LawTables::new(), Vec::new(), Packets::default());
+        let mut events = Vec::new();
+        for i in 0..25u64 {
+            b.packetize_for_sip(
+                Some(AudioCodec::Pcmu),
+                i * 160,
+                &[0xff; 160],
+                &laws,
+                &mut scratch,
+                &mut out,
+            );
+            for p in out.iter() {
+                let p = rtp::parse(p).unwrap();
+                if p.pt == 101 {
+                    events.push((p.payload[0], p.ts, p.marker));
+                }
+            }
+        }
+        assert_eq!(events.len(), 16, "8 packets per digit: {events:?}");
+        assert!(events[..8].iter().all(|e| e.0 == 1) && events[8..].iter().all(|e| e.0 == 11));
+        assert!(
+            events[0].2 && events[8].2,
+            "marker on each event's first packet"
+        );
+        // From the far end: the first packet of an event becomes a digit, repeats do not.
+        let ev = |ts: u32| {
+            let mut p = rtp(101, 1, ts, 9, &[5, 0x0a, 0, 160]);
+            p[1] = 101;
+            p
+        };
+        assert_eq!(
+            b.accept_from_sip(pbx, &ev(800)).unwrap(),
+            Inbound::Digit('5')
+        );
+        assert_eq!(
+            b.accept_from_sip(pbx, &ev(800)).unwrap_err(),
+            Drop::OtherPayload
         );
     }
 
@@ -548,12 +652,12 @@ mod tests {
             replayed.accept_from_sip(pbx, &data).unwrap_err(),
             Drop::Held
         );
-        replayed.connect(pbx, Law::Pcmu);
+        replayed.connect(pbx, Law::Pcmu, None);
         let (source, packet) = replayed.take_held().remove(0);
         assert!(replayed.accept_from_sip(source, &packet).is_ok());
         // Held packets still face the source check once the SDP is known.
         let stranger: SocketAddr = "10.9.9.9:4000".parse().unwrap();
-        b.connect(stranger, Law::Pcmu);
+        b.connect(stranger, Law::Pcmu, None);
         let held = b.take_held();
         assert_eq!(held.len(), MAX_HELD);
         assert_eq!(
@@ -567,7 +671,7 @@ mod tests {
     async fn filters_payloads_and_converts_laws_towards_sip() {
         let mut b = bridge().await;
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
-        b.connect(pbx, Law::Pcma);
+        b.connect(pbx, Law::Pcma, None);
         assert_eq!(
             b.accept_from_sip(pbx, &rtp(101, 1, 0, 7, &[1, 0, 0, 160]))
                 .unwrap_err(),
@@ -578,7 +682,9 @@ mod tests {
             Drop::NotRtp
         );
         let alaw = rtp(8, 1, 0, 7, &[0xd5; 160]);
-        let (law, _, payload) = b.accept_from_sip(pbx, &alaw).unwrap();
+        let Ok(Inbound::Audio { law, payload, .. }) = b.accept_from_sip(pbx, &alaw) else {
+            panic!("A-law audio expected");
+        };
         assert_eq!((law, payload.len()), (Law::Pcma, 160));
 
         let laws = LawTables::new();
@@ -620,7 +726,7 @@ mod tests {
         use crate::transcode::{OpusSettings, Transcoder};
         let mut b = bridge().await;
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
-        b.connect(pbx, Law::Pcmu);
+        b.connect(pbx, Law::Pcmu, None);
         b.set_transcoder(Transcoder::new(OpusSettings::default()).unwrap());
         // A 40 ms Opus packet (two 20 ms frames) made by a real encoder.
         let mut enc =

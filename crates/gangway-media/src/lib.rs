@@ -17,6 +17,7 @@ pub use shard::{
     CodecPolicy, LegEvent, MediaPolicy, MediaRoute, ShardHandle, ShardMetrics, ShardStartError,
 };
 pub use transcode::OpusSettings;
+pub mod dtmf;
 pub mod g711;
 pub mod rtcp;
 pub mod rtp;

@@ -77,6 +77,25 @@ impl OutStream {
         self.ts
     }
 
+    /// Writes a telephone-event packet (RFC 4733): next sequence number, but
+    /// the event's own start timestamp; the audio timeline is not moved.
+    pub fn write_event(
+        &mut self,
+        pt: u8,
+        ts: u32,
+        marker: bool,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) {
+        out.clear();
+        out.extend_from_slice(&[0x80, pt | if marker { 0x80 } else { 0 }]);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&ts.to_be_bytes());
+        out.extend_from_slice(&self.ssrc.to_be_bytes());
+        out.extend_from_slice(payload);
+        self.seq = self.seq.wrapping_add(1);
+    }
+
     /// Writes the next packet into `out` (cleared first). `source_time` is the
     /// frame's media time in 8 kHz units; `samples` its length.
     pub fn write(

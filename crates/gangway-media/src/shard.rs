@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::bridge::{Bridge, Drop, Law, Packets, PortAllocator, RtpIn, RtpPorts};
+use crate::bridge::{Bridge, Drop, Inbound, Law, Packets, PortAllocator, RtpIn, RtpPorts};
 use crate::g711::LawTables;
 use crate::transcode::{OpusSettings, Transcoder};
 
@@ -62,6 +62,10 @@ pub enum LegEvent {
     Disconnected,
     /// An answered bridged call received no media on one leg for the configured time.
     MediaTimeout,
+    /// The far end sent a DTMF digit.
+    Dtmf(char),
+    /// Digits could not be sent: not a bridged call, or the far end did not accept telephone-event.
+    DtmfRefused,
 }
 
 /// Counters a shard updates as it works. Cloning shares the underlying atomics.
@@ -108,7 +112,12 @@ enum Command {
         id: PeerId,
         remote: SocketAddr,
         law: Law,
+        dtmf_pt: Option<u8>,
         answered: bool,
+    },
+    SendDtmf {
+        id: PeerId,
+        digits: String,
     },
     RemovePeer {
         id: PeerId,
@@ -230,13 +239,26 @@ impl ShardHandle {
 
     /// Points a bridged call's RTP at the SIP leg's media (from a 183 or 200
     /// SDP). `answered` starts the media inactivity watch.
-    pub fn connect_remote(&self, id: PeerId, remote: SocketAddr, law: Law, answered: bool) {
+    pub fn connect_remote(
+        &self,
+        id: PeerId,
+        remote: SocketAddr,
+        law: Law,
+        dtmf_pt: Option<u8>,
+        answered: bool,
+    ) {
         let _ = self.commands.send(Command::ConnectRemote {
             id,
             remote,
             law,
+            dtmf_pt,
             answered,
         });
+    }
+
+    /// Sends DTMF digits to the SIP leg as RFC 4733 events.
+    pub fn send_dtmf(&self, id: PeerId, digits: String) {
+        let _ = self.commands.send(Command::SendDtmf { id, digits });
     }
 
     pub fn remove_peer(&self, id: PeerId) {
@@ -372,15 +394,26 @@ impl Shard {
                     }
                 }
             }
+            Command::SendDtmf { id, digits } => {
+                let sent = self
+                    .peers
+                    .get_mut(&id)
+                    .and_then(|p| p.bridge.as_mut())
+                    .is_some_and(|b| b.send_dtmf(&digits));
+                if !sent {
+                    self.tell(id, LegEvent::DtmfRefused);
+                }
+            }
             Command::ConnectRemote {
                 id,
                 remote,
                 law,
+                dtmf_pt,
                 answered,
             } => {
                 let held = match self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) {
                     Some(bridge) => {
-                        bridge.connect(remote, law);
+                        bridge.connect(remote, law, dtmf_pt);
                         if answered {
                             bridge.answered(Instant::now());
                         }
@@ -582,7 +615,11 @@ impl Shard {
             return;
         };
         let (law, time, payload) = match bridge.accept_from_sip(source, data) {
-            Ok(accepted) => accepted,
+            Ok(Inbound::Audio { law, time, payload }) => (law, time, payload),
+            Ok(Inbound::Digit(d)) => {
+                self.tell(id, LegEvent::Dtmf(d));
+                return;
+            }
             Err(Drop::Held) => return,
             Err(why) => {
                 self.metrics.rtp_dropped.inc();

@@ -79,6 +79,8 @@ export interface CallEventMap {
   ringing: CustomEvent<null>;
   /** Early media (a SIP 183 with SDP): the far end's audio is playing before the answer. */
   progress: CustomEvent<null>;
+  /** The far end sent a DTMF digit. */
+  dtmf: CustomEvent<{ digit: string }>;
   /** The far end answered. */
   answered: CustomEvent<null>;
   /** The call is over; fired exactly once, after the call left `client.calls`. */
@@ -159,6 +161,8 @@ export class Call extends EventTarget {
    * `socket_closed` if the socket is closed. Does nothing after the first call.
    */
   hangup(): void;
+  /** Sends DTMF digits (0-9, * # A-D, at most 32) as RFC 4733 events; answered SIP calls only. */
+  sendDtmf(digits: string): void;
 
   addEventListener<K extends keyof CallEventMap>(
     type: K,

@@ -127,6 +127,7 @@ export class GangwayClient extends EventTarget {
       case 'answer':
       case 'ringing':
       case 'progress':
+      case 'dtmf':
       case 'answered':
       case 'ended':
         // Messages for a call that already ended locally are stale; drop them.
@@ -223,6 +224,16 @@ export class Call extends EventTarget {
     else this.#end('socket_closed', null);
   }
 
+  /**
+   * Sends DTMF digits (0-9, *, #, A-D; at most 32) to the far end as RFC 4733
+   * events. Only on an answered call to a SIP destination; otherwise the
+   * gateway answers with an `error` event on this call.
+   */
+  sendDtmf(digits) {
+    if (this.#state === 'ended') return;
+    this.#link.send({ type: 'dtmf', call: this.#id, digits: String(digits) });
+  }
+
   async #start(options) {
     try {
       let stream = options.stream ?? null;
@@ -276,6 +287,9 @@ export class Call extends EventTarget {
         // Never step back from answered, whatever order a SIP leg produces.
         if (this.#state === 'connecting') this.#setState('ringing');
         this.#emit('ringing');
+        break;
+      case 'dtmf':
+        if (typeof msg.digit === 'string') this.#emit('dtmf', { digit: msg.digit });
         break;
       case 'progress':
         // Early media: the far end's audio is already on the remote stream.

@@ -8,8 +8,8 @@
 mod protocol;
 
 pub use protocol::{
-    decode, encode, ApiError, CallId, ClientMessage, EndReason, ErrorCode, IceCandidate,
-    ServerMessage, PROTOCOL_VERSION,
+    decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, EndReason, ErrorCode,
+    IceCandidate, ServerMessage, MAX_DTMF_DIGITS, PROTOCOL_VERSION,
 };
 
 /// Browser assets served by the gateway.

@@ -76,10 +76,26 @@ pub enum ClientMessage {
     Hangup {
         call: CallId,
     },
+    /// Send DTMF digits to the far end (0-9, *, #, A-D).
+    Dtmf {
+        call: CallId,
+        digits: String,
+    },
     Ping,
 }
 
-const CLIENT_TYPES: &[&str] = &["call", "candidate", "hangup", "ping"];
+const CLIENT_TYPES: &[&str] = &["call", "candidate", "hangup", "dtmf", "ping"];
+
+/// Most digits one `dtmf` request may carry.
+pub const MAX_DTMF_DIGITS: usize = 32;
+
+/// Whether `digits` is a valid `dtmf.digits` value.
+pub fn valid_dtmf(digits: &str) -> bool {
+    (1..=MAX_DTMF_DIGITS).contains(&digits.len())
+        && digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D'))
+}
 
 fn required_nullable<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
@@ -103,6 +119,10 @@ pub enum ErrorCode {
     TooManyCalls,
     InvalidSdp,
     InvalidCandidate,
+    /// The request does not fit the call's state (e.g. DTMF before the answer).
+    InvalidState,
+    /// The far end did not accept telephone-event, so digits cannot be sent.
+    DtmfUnavailable,
     ShuttingDown,
     Internal,
 }
@@ -120,6 +140,8 @@ impl ErrorCode {
             ErrorCode::TooManyCalls => "too_many_calls",
             ErrorCode::InvalidSdp => "invalid_sdp",
             ErrorCode::InvalidCandidate => "invalid_candidate",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::DtmfUnavailable => "dtmf_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
         }
@@ -137,6 +159,8 @@ impl ErrorCode {
         ErrorCode::TooManyCalls,
         ErrorCode::InvalidSdp,
         ErrorCode::InvalidCandidate,
+        ErrorCode::InvalidState,
+        ErrorCode::DtmfUnavailable,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
     ];
@@ -190,6 +214,11 @@ pub enum ServerMessage {
     },
     Answered {
         call: CallId,
+    },
+    /// The far end sent a DTMF digit.
+    Dtmf {
+        call: CallId,
+        digit: String,
     },
     Ended {
         call: CallId,
@@ -328,6 +357,25 @@ mod tests {
         let long = "x".repeat(65);
         let e = err(&format!(r#"{{"type":"hangup","call":"{long}"}}"#));
         assert_eq!(e.code, ErrorCode::InvalidMessage);
+    }
+
+    #[test]
+    fn dtmf_requests_and_digit_validation() {
+        let m = decode(r#"{"type":"dtmf","call":"c1","digits":"123#"}"#).unwrap();
+        assert!(matches!(m, ClientMessage::Dtmf { ref digits, .. } if digits == "123#"));
+        assert!(valid_dtmf("0123456789*#ABCD"));
+        assert!(!valid_dtmf(""));
+        assert!(!valid_dtmf("12x"));
+        assert!(!valid_dtmf(&"1".repeat(33)));
+        assert_eq!(
+            err(r#"{"type":"dtmf","call":"c1"}"#).code,
+            ErrorCode::InvalidMessage
+        );
+        let event = ServerMessage::Dtmf {
+            call: CallId::new("c1").unwrap(),
+            digit: "5".into(),
+        };
+        assert_eq!(encode(&event), r#"{"type":"dtmf","call":"c1","digit":"5"}"#);
     }
 
     #[test]

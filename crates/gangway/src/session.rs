@@ -8,12 +8,14 @@ use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use gangway_core::{
-    Action, Call, CallTimers, EndReason, Event, LegSetupError, MediaPlan, Notify, Router,
+    Action, Call, CallState, CallTimers, EndReason, Event, LegSetupError, MediaPlan, Notify, Route,
+    Router,
 };
 use gangway_media::{Law, LegEvent, MediaRoute};
 use gangway_rtc::{PeerId, SetupError};
 use gangway_signal::{
-    decode, encode, ApiError, CallId, ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION,
+    decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, ErrorCode, ServerMessage,
+    MAX_DTMF_DIGITS, PROTOCOL_VERSION,
 };
 use gangway_sip::sdp::{self as sip_sdp, G711};
 use gangway_sip::{OutboundCall, SipCall, SipEvent};
@@ -191,6 +193,7 @@ impl Session {
                     self.shared.shard.add_candidate(entry.peer, c.candidate);
                 }
             }
+            ClientMessage::Dtmf { call, digits } => self.send_dtmf(call, digits),
             ClientMessage::Hangup { call } => {
                 if !self.calls.contains_key(&call) {
                     return self.reject(unknown_call(call));
@@ -198,6 +201,30 @@ impl Session {
                 self.feed(&call, Event::Hangup);
             }
         }
+    }
+
+    fn send_dtmf(&mut self, id: CallId, digits: String) {
+        let Some(entry) = self.calls.get(&id) else {
+            return self.reject(unknown_call(id));
+        };
+        if !valid_dtmf(&digits) {
+            return self.reject(ApiError::new(
+                ErrorCode::InvalidMessage,
+                Some(id),
+                format!("digits must be 1-{MAX_DTMF_DIGITS} of 0-9 * # A-D"),
+            ));
+        }
+        let answered_sip = entry.call.state() == CallState::Answered
+            && matches!(entry.call.route(), Some(Route::Sip { .. }));
+        if !answered_sip {
+            return self.reject(ApiError::new(
+                ErrorCode::InvalidState,
+                Some(id),
+                "DTMF can be sent on answered SIP calls only",
+            ));
+        }
+        debug!(call = %id, %digits, "sending DTMF");
+        self.shared.shard.send_dtmf(entry.peer, digits);
     }
 
     fn start_call(&mut self, id: CallId, to: String, sdp: String) {
@@ -291,6 +318,21 @@ impl Session {
                 Event::MediaConnected
             }
             LegEvent::Disconnected => Event::MediaLost,
+            LegEvent::Dtmf(digit) => {
+                info!(call = %id, %digit, "DTMF received");
+                self.outbox.push(ServerMessage::Dtmf {
+                    call: id,
+                    digit: digit.to_string(),
+                });
+                return;
+            }
+            LegEvent::DtmfRefused => {
+                return self.reject(ApiError::new(
+                    ErrorCode::DtmfUnavailable,
+                    Some(id),
+                    "the far end did not accept telephone-event (RFC 4733)",
+                ));
+            }
             LegEvent::MediaTimeout => {
                 info!(call = %id, "no media from one leg: ending the call");
                 Event::MediaLost
@@ -348,7 +390,7 @@ impl Session {
                 };
                 self.shared
                     .shard
-                    .connect_remote(peer, media.addr, law, answered);
+                    .connect_remote(peer, media.addr, law, media.dtmf_pt, answered);
                 true
             }
             Err(e) => {
