@@ -59,11 +59,20 @@ async fn answered_call_passes_media_both_ways_and_hangs_up_with_bye() {
         "correlation header present"
     );
     assert!(
-        !messages.contains("c1"),
+        !messages.contains("browser-call-7f3a"),
         "the browser's call id stays off the SIP leg"
     );
     assert_no_leftovers(&gw).await;
     assert!(scrape_metric(&gw, "gangway_rtp_packets_sent_total").await >= 90.0);
+    // The call's media summary: one observation, and loopback lost nothing.
+    assert_eq!(
+        scrape_metric(&gw, "gangway_sip_leg_loss_ratio_count").await,
+        1.0
+    );
+    assert_eq!(
+        scrape_metric(&gw, "gangway_sip_leg_loss_ratio_sum").await,
+        0.0
+    );
     api.close().await;
     gw.shutdown(Duration::ZERO).await;
 }

@@ -5,6 +5,7 @@
 pub mod api_client;
 pub mod audio;
 pub mod gateway;
+pub mod impair;
 pub mod kamailio;
 pub mod rtc_client;
 pub mod sip_peers;

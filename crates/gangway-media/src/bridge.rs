@@ -154,6 +154,19 @@ pub(crate) struct Bridge {
     dtmf_in: DtmfReceiver,
 }
 
+/// Media quality of a bridged call's SIP leg.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LegSummary {
+    pub packets_received: u32,
+    /// From sequence numbers (RFC 3550 A.3); duplicates can make it smaller.
+    pub packets_lost: u64,
+    pub loss_ratio: f64,
+    /// Interarrival jitter (RFC 3550 A.8) at the end of the call.
+    pub jitter_ms: f64,
+    pub packets_sent: u32,
+    pub transcoded: bool,
+}
+
 /// What a datagram from the SIP leg carried.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Inbound<'a> {
@@ -333,6 +346,25 @@ impl Bridge {
         let block = self.stats.report_block(now);
         rtcp::write_sender_report(out, &info, block.as_ref(), cname);
         Some(SocketAddr::new(remote.ip(), remote.port().wrapping_add(1)))
+    }
+
+    /// The SIP leg's media quality over the call, for the end-of-call summary.
+    pub(crate) fn summary(&self) -> LegSummary {
+        let received = self.stats.packets_received();
+        let lost = self.stats.lost().max(0) as u64;
+        let expected = u64::from(received) + lost;
+        LegSummary {
+            packets_received: received,
+            packets_lost: lost,
+            loss_ratio: if expected == 0 {
+                0.0
+            } else {
+                lost as f64 / expected as f64
+            },
+            jitter_ms: f64::from(self.stats.jitter()) / 8.0,
+            packets_sent: self.sent_packets,
+            transcoded: self.transcoder.is_some(),
+        }
     }
 
     /// RTCP from the far end: its sender report feeds our LSR/DLSR.

@@ -12,7 +12,7 @@
 mod bridge;
 mod shard;
 
-pub use bridge::{Law, RtpPorts};
+pub use bridge::{Law, LegSummary, RtpPorts};
 pub use shard::{
     CodecPolicy, LegEvent, MediaPolicy, MediaRoute, ShardHandle, ShardMetrics, ShardStartError,
 };

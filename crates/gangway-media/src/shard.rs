@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use gangway_rtc::{AudioCodec, Endpoint, EndpointConfig, PeerEvent, PeerId, SetupError};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use str0m::media::{Frequency, MediaTime};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -69,7 +70,7 @@ pub enum LegEvent {
 }
 
 /// Counters a shard updates as it works. Cloning shares the underlying atomics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ShardMetrics {
     pub peers: Gauge,
     pub packets_in: Counter,
@@ -94,6 +95,36 @@ pub struct ShardMetrics {
     pub rtcp_packets_out: Counter,
     /// Bridged calls ended because a leg went silent.
     pub media_timeouts: Counter,
+    /// Per bridged call, at its end: packet loss from the SIP leg.
+    pub sip_leg_loss_ratio: Histogram,
+    /// Per bridged call, at its end: interarrival jitter from the SIP leg.
+    pub sip_leg_jitter_seconds: Histogram,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        ShardMetrics {
+            peers: Gauge::default(),
+            packets_in: Counter::default(),
+            packets_out: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            unmatched: Counter::default(),
+            send_drops: Counter::default(),
+            rtp_ports: Gauge::default(),
+            rtp_packets_in: Counter::default(),
+            rtp_packets_out: Counter::default(),
+            rtp_bytes_in: Counter::default(),
+            rtp_bytes_out: Counter::default(),
+            rtp_dropped: Counter::default(),
+            rtp_port_exhausted: Counter::default(),
+            rtcp_packets_in: Counter::default(),
+            rtcp_packets_out: Counter::default(),
+            media_timeouts: Counter::default(),
+            sip_leg_loss_ratio: Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]),
+            sip_leg_jitter_seconds: Histogram::new([0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16]),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -428,8 +459,9 @@ impl Shard {
             Command::RemovePeer { id } => {
                 self.endpoint.remove_peer(id);
                 if let Some(peer) = self.peers.remove(&id) {
-                    if peer.bridge.is_some() {
+                    if let Some(bridge) = &peer.bridge {
                         self.metrics.rtp_ports.dec();
+                        self.report(id, bridge);
                     }
                 }
                 self.metrics.peers.set(self.peers.len() as i64);
@@ -661,6 +693,27 @@ impl Shard {
         };
         self.endpoint
             .write_audio(id, other, time, now, &self.scratch);
+    }
+
+    /// Logs a bridged call's media quality when it ends and feeds the histograms.
+    fn report(&self, id: PeerId, bridge: &Bridge) {
+        let s = bridge.summary();
+        if s.packets_received > 0 {
+            self.metrics.sip_leg_loss_ratio.observe(s.loss_ratio);
+            self.metrics
+                .sip_leg_jitter_seconds
+                .observe(s.jitter_ms / 1000.0);
+        }
+        info!(
+            peer = id.0,
+            sip_packets_received = s.packets_received,
+            sip_packets_lost = s.packets_lost,
+            sip_loss_percent = format!("{:.2}", s.loss_ratio * 100.0),
+            sip_jitter_ms = format!("{:.1}", s.jitter_ms),
+            sip_packets_sent = s.packets_sent,
+            transcoded = s.transcoded,
+            "call media summary"
+        );
     }
 
     /// Sends the RTCP reports that are due on every bridged call, and reports

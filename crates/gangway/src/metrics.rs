@@ -161,6 +161,16 @@ impl Metrics {
             s.rtp_dropped.clone(),
         );
         registry.register(
+            "sip_leg_loss_ratio",
+            "Per SIP call at its end: share of the far end's RTP packets lost",
+            s.sip_leg_loss_ratio.clone(),
+        );
+        registry.register(
+            "sip_leg_jitter_seconds",
+            "Per SIP call at its end: interarrival jitter of the far end's RTP",
+            s.sip_leg_jitter_seconds.clone(),
+        );
+        registry.register(
             "media_timeouts",
             "Answered SIP calls ended because a leg sent no media for media.timeout_secs",
             s.media_timeouts.clone(),
