@@ -12,11 +12,11 @@
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use gangway_benches::{cpu_seconds, rss_kib, GatewayProcess};
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
 
@@ -52,37 +52,6 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // USER_HZ is 100 on Linux.
-    ticks / 100.0
-}
-
-fn rss_kib(pid: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
@@ -94,31 +63,15 @@ async fn main() {
     };
     let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let udp = free_udp_port();
-    let child = Command::new(&args.gateway)
-        .env("GANGWAY_HTTP__LISTEN", http.to_string())
-        .env("GANGWAY_WEBRTC__LISTEN", format!("127.0.0.1:{udp}"))
-        .env("GANGWAY_CALLS__SETUP_TIMEOUT_SECS", "60")
-        .env("GANGWAY_LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start gateway");
-    let gateway = Gateway(child);
-    let pid = gateway.0.id().to_string();
-    let health = format!("http://{http}/healthz");
-    let up = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if ureq::get(&health).call().is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    })
-    .await
-    .unwrap();
-    assert!(up, "gateway did not become healthy");
-
+    let gateway = GatewayProcess::start(
+        &args.gateway,
+        http,
+        &[
+            ("GANGWAY_WEBRTC__LISTEN", format!("127.0.0.1:{udp}")),
+            ("GANGWAY_CALLS__SETUP_TIMEOUT_SECS", "60".into()),
+        ],
+    );
+    let pid = gateway.pid();
     let idle_rss = rss_kib(&pid);
     let frames = (args.seconds * 50) as usize;
     let connected = Arc::new(tokio::sync::Barrier::new(args.calls + 1));

@@ -297,6 +297,46 @@ impl RtcClient {
 /// G.711 µ-law decoding, shared with the gateway.
 pub use gangway_media::g711::ulaw_to_linear;
 
+impl RtcClient {
+    /// Load generation: writes the given (pre-encoded) frames round-robin,
+    /// one per 20 ms, `count` in all, and counts the media frames that arrive
+    /// meanwhile and for `linger` after. Payloads are not compared: after
+    /// transcoding they cannot be.
+    pub async fn stream_frames(
+        &mut self,
+        frames: &[Vec<u8>],
+        count: usize,
+        linger: Duration,
+    ) -> (usize, usize) {
+        let pt = self.pt();
+        let (clock, step) = match self.codec {
+            ClientCodec::Opus => (48_000, 960),
+            _ => (8_000, 160),
+        };
+        let frequency = str0m::media::Frequency::new(clock).unwrap();
+        self.received.clear();
+        let start = Instant::now();
+        for i in 0..count {
+            let due = start + Duration::from_millis(20 * i as u64);
+            while Instant::now() < due {
+                self.step(due).await;
+            }
+            let time = MediaTime::new(i as u64 * step, frequency);
+            if let Some(writer) = self.rtc.writer(self.mid) {
+                let _ = writer.write(pt, Instant::now(), time, frames[i % frames.len()].clone());
+            }
+            self.drain();
+        }
+        let end = Instant::now() + linger;
+        while Instant::now() < end {
+            self.step(end).await;
+        }
+        let received = self.received.len();
+        self.received.clear();
+        (count, received)
+    }
+}
+
 #[cfg(test)]
 mod tone_tests {
     use super::ulaw_to_linear;

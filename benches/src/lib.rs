@@ -1,0 +1,69 @@
+//! Shared pieces of the load generators: the gateway as a child process and
+//! its CPU and memory, read from /proc.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// utime + stime of a process (`self` for this one), in seconds.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The gateway binary running as a child; killed on drop.
+pub struct GatewayProcess {
+    child: Child,
+    pub http: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Starts `binary` with HTTP on `http` plus `env` overrides and waits for `/healthz`.
+    pub fn start(binary: &Path, http: SocketAddr, env: &[(&str, String)]) -> GatewayProcess {
+        let mut cmd = Command::new(binary);
+        cmd.env("GANGWAY_HTTP__LISTEN", http.to_string())
+            .env("GANGWAY_LOG__LEVEL", "warn")
+            .stdout(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start gateway");
+        let gw = GatewayProcess { child, http };
+        let url = format!("http://{http}/healthz");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ureq::get(&url).call().is_err() {
+            assert!(Instant::now() < deadline, "gateway did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gw
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
