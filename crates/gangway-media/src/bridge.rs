@@ -152,6 +152,10 @@ pub(crate) struct Bridge {
     dtmf_pt: Option<u8>,
     dtmf_out: DtmfSender,
     dtmf_in: DtmfReceiver,
+    /// Where the next browser Opus frame should start (8 kHz), to spot losses.
+    opus_next: Option<u64>,
+    /// Browser frames filled in by FEC or concealment.
+    concealed_frames: u64,
 }
 
 /// Media quality of a bridged call's SIP leg.
@@ -165,6 +169,8 @@ pub struct LegSummary {
     pub jitter_ms: f64,
     pub packets_sent: u32,
     pub transcoded: bool,
+    /// Browser frames lost and filled in (Opus FEC or concealment) before transcoding.
+    pub concealed_frames: u64,
 }
 
 /// What a datagram from the SIP leg carried.
@@ -264,6 +270,8 @@ impl Bridge {
             dtmf_pt: None,
             dtmf_out: DtmfSender::default(),
             dtmf_in: DtmfReceiver::default(),
+            opus_next: None,
+            concealed_frames: 0,
         })
     }
 
@@ -364,6 +372,7 @@ impl Bridge {
             jitter_ms: f64::from(self.stats.jitter()) / 8.0,
             packets_sent: self.sent_packets,
             transcoded: self.transcoder.is_some(),
+            concealed_frames: self.concealed_frames,
         }
     }
 
@@ -393,6 +402,7 @@ impl Bridge {
         packets.clear();
         self.last_from_browser = Some(Instant::now());
         let dest = self.latched.or(self.remote)?;
+        let mut base_time = time_8k;
         let g711: &[u8] = match (codec?, self.law) {
             (AudioCodec::Pcmu, Law::Pcmu) | (AudioCodec::Pcma, Law::Pcma) => payload,
             (AudioCodec::Pcmu, Law::Pcma) => {
@@ -407,13 +417,30 @@ impl Bridge {
                 laws.alaw_to_ulaw(scratch);
                 scratch
             }
-            (AudioCodec::Opus, law) => match self.transcoder.as_mut()?.opus_to_g711(payload, law) {
-                Ok(pcm) => pcm,
-                Err(e) => {
-                    debug!("undecodable Opus packet dropped: {e}");
-                    return None;
+            (AudioCodec::Opus, law) => {
+                // A gap in the browser's timeline is lost packets (str0m
+                // delivers audio in order): conceal it before this packet.
+                let lost = match self.opus_next {
+                    Some(next) if time_8k > next => {
+                        ((time_8k - next) / FRAME_SAMPLES as u64) as usize
+                    }
+                    _ => 0,
+                };
+                let transcoder = self.transcoder.as_mut()?;
+                match transcoder.opus_to_g711_after_loss(payload, law, lost) {
+                    Ok((concealed, pcm)) => {
+                        let gap = (concealed * FRAME_SAMPLES) as u64;
+                        self.concealed_frames += concealed as u64;
+                        base_time = time_8k.saturating_sub(gap);
+                        self.opus_next = Some(base_time + pcm.len() as u64);
+                        pcm
+                    }
+                    Err(e) => {
+                        debug!("undecodable Opus packet dropped: {e}");
+                        return None;
+                    }
                 }
-            },
+            }
         };
         // Passthrough keeps the browser's packetization; decoded Opus goes out in 20 ms packets.
         let chunk = if codec == Some(AudioCodec::Opus) {
@@ -422,7 +449,7 @@ impl Bridge {
             g711.len().max(1)
         };
         for (i, part) in g711.chunks(chunk).enumerate() {
-            let time = time_8k + (i * chunk) as u64;
+            let time = base_time + (i * chunk) as u64;
             self.to_sip.write(
                 self.law.payload_type(),
                 time,
@@ -596,6 +623,42 @@ mod tests {
         let answer: SocketAddr = "10.0.0.5:6000".parse().unwrap();
         b.connect(answer, Law::Pcmu, None);
         assert!(b.accept_from_sip(answer, &data).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_lost_browser_packet_leaves_no_hole_in_the_sip_stream() {
+        use crate::transcode::{OpusSettings, Transcoder};
+        let mut b = bridge().await;
+        let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        b.connect(pbx, Law::Pcmu, None);
+        b.set_transcoder(Transcoder::new(OpusSettings::default()).unwrap());
+        let mut enc =
+            opus::Encoder::new(8000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        enc.set_inband_fec(true).unwrap();
+        let (laws, mut scratch, mut out) = (LawTables::new(), Vec::new(), Packets::default());
+        let mut timestamps = Vec::new();
+        for frame in [0u64, 1, 3, 4] {
+            let packet = enc.encode_vec(&[100i16; 160], 400).unwrap();
+            b.packetize_for_sip(
+                Some(AudioCodec::Opus),
+                frame * 160,
+                &packet,
+                &laws,
+                &mut scratch,
+                &mut out,
+            );
+            timestamps.extend(out.iter().map(|p| rtp::parse(p).unwrap().ts));
+        }
+        let steps: Vec<u32> = timestamps
+            .windows(2)
+            .map(|w| w[1].wrapping_sub(w[0]))
+            .collect();
+        assert_eq!(
+            steps,
+            [160, 160, 160, 160],
+            "frame 2 was filled in: {timestamps:?}"
+        );
+        assert_eq!(b.summary().concealed_frames, 1);
     }
 
     #[tokio::test]

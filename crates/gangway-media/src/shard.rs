@@ -712,6 +712,7 @@ impl Shard {
             sip_jitter_ms = format!("{:.1}", s.jitter_ms),
             sip_packets_sent = s.packets_sent,
             transcoded = s.transcoded,
+            browser_frames_concealed = s.concealed_frames,
             "call media summary"
         );
     }

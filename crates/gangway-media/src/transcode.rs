@@ -11,6 +11,9 @@ use crate::g711;
 pub const FRAME_SAMPLES: usize = 160;
 /// The longest Opus packet (120 ms) decoded at 8 kHz.
 const MAX_DECODED: usize = 960;
+/// Longest gap filled in (100 ms); beyond it the far end's own concealment is better
+/// than a long synthetic tail.
+const MAX_CONCEALED: usize = 5;
 /// Larger than any Opus packet the encoder makes at our bitrates.
 const MAX_OPUS_PACKET: usize = 400;
 
@@ -64,15 +67,39 @@ impl Transcoder {
     /// bytes (one per 8 kHz sample; any multiple of 20 ms), or an error for a
     /// packet libopus rejects.
     pub fn opus_to_g711(&mut self, packet: &[u8], law: Law) -> Result<&[u8], opus::Error> {
-        self.decoded = self.decoder.decode(packet, &mut self.pcm, false)?;
-        self.g711.clear();
+        Ok(self.opus_to_g711_after_loss(packet, law, 0)?.1)
+    }
+
+    /// Like [`Transcoder::opus_to_g711`], when `lost` 20 ms frames went
+    /// missing just before `packet`: they are filled in first, the last one
+    /// from the in-band FEC that `packet` carries, earlier ones by libopus's
+    /// loss concealment, so the output covers the gap and then the packet.
+    /// Returns how many frames were filled in (at most 100 ms) and the G.711.
+    pub fn opus_to_g711_after_loss(
+        &mut self,
+        packet: &[u8],
+        law: Law,
+        lost: usize,
+    ) -> Result<(usize, &[u8]), opus::Error> {
         let encode = match law {
             Law::Pcmu => g711::linear_to_ulaw,
             Law::Pcma => g711::linear_to_alaw,
         };
+        self.g711.clear();
+        let lost = lost.min(MAX_CONCEALED);
+        for i in 0..lost {
+            let frame = &mut self.pcm[..FRAME_SAMPLES];
+            let n = if i + 1 == lost {
+                self.decoder.decode(packet, frame, true)?
+            } else {
+                self.decoder.decode(&[], frame, false)?
+            };
+            self.g711.extend(frame[..n].iter().map(|&s| encode(s)));
+        }
+        self.decoded = self.decoder.decode(packet, &mut self.pcm, false)?;
         self.g711
             .extend(self.pcm[..self.decoded].iter().map(|&s| encode(s)));
-        Ok(&self.g711)
+        Ok((lost, &self.g711))
     }
 
     /// Encodes one G.711 packet (20 ms expected) from the SIP leg as an Opus
@@ -148,6 +175,52 @@ mod tests {
             share(settled, 1000.0)
         );
         assert!(share(settled, 440.0) < 0.05, "negative control");
+    }
+
+    #[test]
+    fn a_lost_packet_is_recovered_from_the_next_ones_fec() {
+        // A browser-side encoder with in-band FEC, as Chrome sends it.
+        let mut enc = Encoder::new(8000, Channels::Mono, Application::Voip).unwrap();
+        enc.set_inband_fec(true).unwrap();
+        enc.set_packet_loss_perc(20).unwrap();
+        enc.set_bitrate(Bitrate::Bits(24_000)).unwrap();
+        let packets: Vec<Vec<u8>> = (0..30)
+            .map(|f| {
+                enc.encode_vec(&tone(1000.0, FRAME_SAMPLES, f * FRAME_SAMPLES), 400)
+                    .unwrap()
+            })
+            .collect();
+        let mut t = Transcoder::new(OpusSettings::default()).unwrap();
+        let mut out = Vec::new();
+        for (i, p) in packets.iter().enumerate() {
+            match i {
+                20 => continue, // lost
+                21 => {
+                    let (filled, g) = t.opus_to_g711_after_loss(p, Law::Pcmu, 1).unwrap();
+                    assert_eq!(filled, 1);
+                    assert_eq!(g.len(), 2 * FRAME_SAMPLES, "the lost frame, then this one");
+                    out.extend(g.iter().map(|&b| g711::ulaw_to_linear(b)));
+                }
+                _ => out.extend(
+                    t.opus_to_g711(p, Law::Pcmu)
+                        .unwrap()
+                        .iter()
+                        .map(|&b| g711::ulaw_to_linear(b)),
+                ),
+            }
+        }
+        assert_eq!(out.len(), 30 * FRAME_SAMPLES, "the timeline has no hole");
+        let recovered = &out[20 * FRAME_SAMPLES..21 * FRAME_SAMPLES];
+        assert!(
+            share(recovered, 1000.0) > 0.5,
+            "FEC frame carries the tone: {}",
+            share(recovered, 1000.0)
+        );
+        // Several lost: concealment fills them all.
+        let (filled, g) = t
+            .opus_to_g711_after_loss(&packets[29], Law::Pcmu, 3)
+            .unwrap();
+        assert_eq!((filled, g.len()), (3, 4 * FRAME_SAMPLES));
     }
 
     #[test]
