@@ -486,6 +486,13 @@ async fn opus_browser_to_baresip_through_5_percent_loss() {
         reported * 100.0
     );
     assert!((0.02..0.09).contains(&reported), "reported loss {reported}");
+    // The estimate reflects it: a clean call scores about 4.4.
+    let mos = scrape_metric(&gw, "gangway_call_mos_sum").await;
+    println!("estimated MOS of the call: {mos:.2}");
+    assert!(
+        (3.0..4.25).contains(&mos),
+        "estimated MOS {mos} under ~4 % loss"
+    );
     gw.shutdown(Duration::from_secs(1)).await;
 }
 

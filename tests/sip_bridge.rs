@@ -73,6 +73,9 @@ async fn answered_call_passes_media_both_ways_and_hangs_up_with_bye() {
         scrape_metric(&gw, "gangway_sip_leg_loss_ratio_sum").await,
         0.0
     );
+    // A clean loopback call scores near the narrowband ceiling.
+    let mos = scrape_metric(&gw, "gangway_call_mos_sum").await;
+    assert!((4.3..=4.5).contains(&mos), "estimated MOS {mos}");
     api.close().await;
     gw.shutdown(Duration::ZERO).await;
 }

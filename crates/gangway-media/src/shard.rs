@@ -4,7 +4,7 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use gangway_rtc::{AudioCodec, Endpoint, EndpointConfig, PeerEvent, PeerId, SetupError};
+use gangway_rtc::{AudioCodec, Endpoint, EndpointConfig, LegStats, PeerEvent, PeerId, SetupError};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::bridge::{Bridge, Drop, Inbound, Law, Packets, PortAllocator, RtpIn, RtpPorts};
 use crate::g711::LawTables;
+use crate::quality::{estimated_mos, Impairments};
 use crate::transcode::{OpusSettings, Transcoder};
 
 /// Where a call's browser media goes.
@@ -99,6 +100,8 @@ pub struct ShardMetrics {
     pub sip_leg_loss_ratio: Histogram,
     /// Per bridged call, at its end: interarrival jitter from the SIP leg.
     pub sip_leg_jitter_seconds: Histogram,
+    /// Per bridged call, at its end: estimated MOS (E-model) over both legs.
+    pub call_mos: Histogram,
 }
 
 impl Default for ShardMetrics {
@@ -123,6 +126,7 @@ impl Default for ShardMetrics {
             media_timeouts: Counter::default(),
             sip_leg_loss_ratio: Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]),
             sip_leg_jitter_seconds: Histogram::new([0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16]),
+            call_mos: Histogram::new([1.0, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]),
         }
     }
 }
@@ -457,11 +461,12 @@ impl Shard {
                 }
             }
             Command::RemovePeer { id } => {
+                let webrtc = self.endpoint.stats(id).unwrap_or_default();
                 self.endpoint.remove_peer(id);
                 if let Some(peer) = self.peers.remove(&id) {
                     if let Some(bridge) = &peer.bridge {
                         self.metrics.rtp_ports.dec();
-                        self.report(id, bridge);
+                        self.report(id, bridge, &webrtc);
                     }
                 }
                 self.metrics.peers.set(self.peers.len() as i64);
@@ -696,13 +701,23 @@ impl Shard {
     }
 
     /// Logs a bridged call's media quality when it ends and feeds the histograms.
-    fn report(&self, id: PeerId, bridge: &Bridge) {
+    fn report(&self, id: PeerId, bridge: &Bridge, webrtc: &LegStats) {
         let s = bridge.summary();
+        // The worse of the two legs decides what the user heard.
+        let mos = estimated_mos(Impairments {
+            loss: s
+                .loss_ratio
+                .max(f64::from(webrtc.loss_from_browser.unwrap_or(0.0)))
+                .max(f64::from(webrtc.loss_to_browser.unwrap_or(0.0))),
+            rtt_ms: webrtc.rtt_ms.unwrap_or(0.0),
+            jitter_ms: s.jitter_ms.max(webrtc.jitter_ms.unwrap_or(0.0)),
+        });
         if s.packets_received > 0 {
             self.metrics.sip_leg_loss_ratio.observe(s.loss_ratio);
             self.metrics
                 .sip_leg_jitter_seconds
                 .observe(s.jitter_ms / 1000.0);
+            self.metrics.call_mos.observe(mos);
         }
         info!(
             peer = id.0,
@@ -713,6 +728,14 @@ impl Shard {
             sip_packets_sent = s.packets_sent,
             transcoded = s.transcoded,
             browser_frames_concealed = s.concealed_frames,
+            webrtc_packets_received = webrtc.packets_received,
+            webrtc_packets_sent = webrtc.packets_sent,
+            webrtc_loss_from_browser = webrtc
+                .loss_from_browser
+                .map(|l| format!("{:.2}", l * 100.0)),
+            webrtc_loss_to_browser = webrtc.loss_to_browser.map(|l| format!("{:.2}", l * 100.0)),
+            webrtc_rtt_ms = webrtc.rtt_ms.map(|r| format!("{r:.1}")),
+            estimated_mos = format!("{mos:.2}"),
             "call media summary"
         );
     }

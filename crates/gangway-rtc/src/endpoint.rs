@@ -98,8 +98,24 @@ pub struct Transmit {
     pub contents: Vec<u8>,
 }
 
+/// Media quality of a WebRTC leg, from str0m's RTCP-based statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LegStats {
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    /// Share of the browser's packets lost towards us, from our receiver reports.
+    pub loss_from_browser: Option<f32>,
+    /// Share of our packets lost towards the browser, from its receiver reports.
+    pub loss_to_browser: Option<f32>,
+    pub jitter_ms: Option<f64>,
+    pub rtt_ms: Option<f64>,
+}
+
 struct Peer {
     rtc: Rtc,
+    stats: LegStats,
+    /// Clock of the browser's audio, to turn jitter into time.
+    clock_hz: u32,
     /// The audio m-line media flows on (the first one with a codec we speak).
     audio_mid: Mid,
     next_timeout: Option<Instant>,
@@ -155,6 +171,7 @@ impl Endpoint {
     fn rtc_config(&self, allowed: &[AudioCodec]) -> RtcConfig {
         let mut cfg = Rtc::builder()
             .set_ice_lite(true)
+            .set_stats_interval(Some(std::time::Duration::from_secs(2)))
             .set_crypto_provider(self.crypto.clone())
             .set_dtls_cert(self.cert.clone())
             .clear_codecs();
@@ -218,6 +235,8 @@ impl Endpoint {
 
         let mut peer = Peer {
             rtc,
+            stats: LegStats::default(),
+            clock_hz: 48_000,
             audio_mid: Mid::new(),
             next_timeout: None,
             connected: false,
@@ -402,6 +421,11 @@ impl Endpoint {
         true
     }
 
+    /// The latest media statistics of a peer's leg.
+    pub fn stats(&self, id: PeerId) -> Option<LegStats> {
+        self.peers.get(&id).map(|p| p.stats)
+    }
+
     /// Whether the peer's answer includes `codec`.
     pub fn supports(&mut self, id: PeerId, codec: AudioCodec) -> bool {
         self.audio_pt(id, codec).is_some()
@@ -481,6 +505,23 @@ fn drain(
             }),
             Ok(Output::Event(ev)) => {
                 match &ev {
+                    Event::MediaData(d) => peer.clock_hz = d.time.frequency().get(),
+                    Event::MediaIngressStats(s) => {
+                        peer.stats.packets_received = s.packets;
+                        peer.stats.loss_from_browser = s.loss.or(peer.stats.loss_from_browser);
+                        peer.stats.jitter_ms =
+                            Some(f64::from(s.jitter) * 1000.0 / f64::from(peer.clock_hz.max(1)));
+                        if let Some(rtt) = s.rtt {
+                            peer.stats.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                        }
+                    }
+                    Event::MediaEgressStats(s) => {
+                        peer.stats.packets_sent = s.packets;
+                        peer.stats.loss_to_browser = s.loss.or(peer.stats.loss_to_browser);
+                        if let Some(rtt) = s.rtt {
+                            peer.stats.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                        }
+                    }
                     Event::Connected => peer.connected = true,
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         peer.dead = true;

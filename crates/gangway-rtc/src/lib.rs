@@ -12,6 +12,6 @@
 mod endpoint;
 
 pub use endpoint::{
-    AudioCodec, CandidateError, Endpoint, EndpointConfig, MediaFrame, PeerEvent, PeerId,
+    AudioCodec, CandidateError, Endpoint, EndpointConfig, LegStats, MediaFrame, PeerEvent, PeerId,
     SetupError, Transmit,
 };

@@ -171,6 +171,11 @@ impl Metrics {
             s.sip_leg_jitter_seconds.clone(),
         );
         registry.register(
+            "call_mos",
+            "Per SIP call at its end: estimated MOS (E-model) over both legs' loss, delay and jitter",
+            s.call_mos.clone(),
+        );
+        registry.register(
             "media_timeouts",
             "Answered SIP calls ended because a leg sent no media for media.timeout_secs",
             s.media_timeouts.clone(),
