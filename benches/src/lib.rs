@@ -67,3 +67,39 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// CPU and memory over the media phase of a load run.
+pub struct MediaPhase {
+    /// Seconds the phase lasted.
+    pub seconds: f64,
+    /// CPU seconds the gateway and this generator used during it.
+    pub gateway_cpu: f64,
+    pub generator_cpu: f64,
+    /// Gateway RSS halfway through, KiB.
+    pub busy_rss_kib: f64,
+}
+
+/// Measures the media phase: samples CPU now, the gateway's RSS after
+/// `half`, and CPU again once every call task has finished.
+pub async fn measure_media_phase<T>(
+    pid: &str,
+    half: Duration,
+    tasks: Vec<tokio::task::JoinHandle<T>>,
+) -> (MediaPhase, Vec<T>) {
+    let gw_cpu0 = cpu_seconds(pid);
+    let self_cpu0 = cpu_seconds("self");
+    let t0 = Instant::now();
+    tokio::time::sleep(half).await;
+    let busy_rss_kib = rss_kib(pid);
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("call task"));
+    }
+    let phase = MediaPhase {
+        seconds: t0.elapsed().as_secs_f64(),
+        gateway_cpu: cpu_seconds(pid) - gw_cpu0,
+        generator_cpu: cpu_seconds("self") - self_cpu0,
+        busy_rss_kib,
+    };
+    (phase, results)
+}

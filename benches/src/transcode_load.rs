@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use gangway_benches::{cpu_seconds, rss_kib, GatewayProcess};
+use gangway_benches::{measure_media_phase, rss_kib, GatewayProcess};
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
 use gangway_tests::sip_peers::{free_udp_port, free_udp_range, Sipp};
@@ -108,18 +108,14 @@ async fn main() {
     }
     connected.wait().await;
     let all_connected = start.elapsed();
-    let gw_cpu0 = cpu_seconds(&pid);
-    let self_cpu0 = cpu_seconds("self");
-    let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.seconds) / 2).await;
-    let busy_rss = rss_kib(&pid);
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(t.await.expect("call task"));
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    let gw_cpu = cpu_seconds(&pid) - gw_cpu0;
-    let self_cpu = cpu_seconds("self") - self_cpu0;
+    let (phase, results) =
+        measure_media_phase(&pid, Duration::from_secs(args.seconds) / 2, tasks).await;
+    let (secs, gw_cpu, self_cpu, busy_rss) = (
+        phase.seconds,
+        phase.gateway_cpu,
+        phase.generator_cpu,
+        phase.busy_rss_kib,
+    );
     let failed = results.iter().filter(|r| !r.0).count();
     let sent: usize = results.iter().map(|r| r.1).sum();
     let received: usize = results.iter().map(|r| r.2).sum();
