@@ -1,6 +1,6 @@
 //! DTMF through the gateway with a real SIP phone (baresip): digits the API
 //! client asks for reach baresip as RFC 4733 events, and digits baresip
-//! sends come back as API `dtmf` events.
+//! sends come back as API `dtmf` events; so do digits a PBX sends in SIP INFO.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::gateway::{assert_no_leftovers, start_sip_gateway};
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
-use gangway_tests::sip_peers::{Baresip, BaresipOptions};
+use gangway_tests::sip_peers::{Baresip, BaresipOptions, Sipp};
 use serde_json::json;
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,6 +101,35 @@ async fn digits_go_both_ways_as_rfc_4733() {
 
     api.hangup("d1").await;
     assert_eq!(api.expect("ended").await["reason"], "hangup");
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_in_sip_info_reach_the_api() {
+    // sipp answers, then sends Signal=7 and Signal=# in application/dtmf-relay INFOs.
+    let mut sipp = Sipp::uas("uas_answer_info_dtmf.xml", 0, &[]);
+    let gw = start_sip_gateway(sipp.port(), "pbx.test", |_| {}).await;
+    let mut api = ApiClient::connect(&gw).await;
+    let (mut client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("info", "1000", &offer).await;
+    let answer = api.expect("answer").await;
+    client.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(client.connect(Duration::from_secs(10)).await);
+    let mut digits = String::new();
+    while digits.len() < 2 {
+        let m = api.recv().await;
+        match m["type"].as_str() {
+            Some("dtmf") => digits.push_str(m["digit"].as_str().unwrap()),
+            Some("ringing" | "answered") => {}
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    assert_eq!(digits, "7#");
+    api.hangup("info").await;
+    assert_eq!(api.expect("ended").await["reason"], "hangup");
+    sipp.wait(Duration::from_secs(10))
+        .expect("sipp got 200 for both INFOs and our BYE");
     assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }

@@ -268,7 +268,17 @@ async fn on_state(
         }
         DialogState::Updated(_, req, handle) => answer_reoffer(&req, handle, local).await,
         DialogState::Info(_, req, handle) => {
-            debug!(body_len = req.body.len(), "INFO received, ignored");
+            let content_type = req.headers.iter().find_map(|h| match h {
+                Header::ContentType(v) => Some(v.to_string()),
+                _ => None,
+            });
+            match info_dtmf_digit(content_type.as_deref(), &req.body) {
+                Some(digit) => {
+                    info!(%digit, "DTMF received in INFO");
+                    events.send(SipEvent::Dtmf { digit });
+                }
+                None => debug!(body_len = req.body.len(), "INFO without DTMF, ignored"),
+            }
             let _ = handle.reply(StatusCode::OK).await;
         }
         DialogState::Options(_, _, handle) => {
@@ -552,6 +562,29 @@ fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, S
     })
 }
 
+/// The digit of a DTMF INFO body: `application/dtmf-relay` (`Signal=5`, the
+/// de-facto format of Cisco and most PBXs) or `application/dtmf` (just `5`).
+fn info_dtmf_digit(content_type: Option<&str>, body: &[u8]) -> Option<char> {
+    let content_type = content_type?.to_ascii_lowercase();
+    let body = std::str::from_utf8(body).ok()?;
+    let value = if content_type.contains("application/dtmf-relay") {
+        body.lines().find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            key.trim()
+                .eq_ignore_ascii_case("signal")
+                .then(|| value.trim())
+        })?
+    } else if content_type.contains("application/dtmf") {
+        body.trim()
+    } else {
+        return None;
+    };
+    let mut chars = value.chars();
+    let digit = chars.next()?.to_ascii_uppercase();
+    let valid = digit.is_ascii_digit() || matches!(digit, '*' | '#' | 'A'..='D');
+    (valid && chars.next().is_none()).then_some(digit)
+}
+
 /// RFC 3261 `user`: unreserved / escaped / user-unreserved, minus the
 /// characters that would need care in a header (`;`, `?`, `/`).
 fn is_user_char(c: char) -> bool {
@@ -565,6 +598,37 @@ fn is_host_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dtmf_info_bodies() {
+        let relay = Some("application/dtmf-relay");
+        assert_eq!(
+            info_dtmf_digit(relay, b"Signal=5\r\nDuration=160\r\n"),
+            Some('5')
+        );
+        assert_eq!(info_dtmf_digit(relay, b"signal= #\r\n"), Some('#'));
+        assert_eq!(
+            info_dtmf_digit(Some("Application/DTMF-Relay"), b"Signal=d"),
+            Some('D')
+        );
+        assert_eq!(
+            info_dtmf_digit(Some("application/dtmf"), b"7\r\n"),
+            Some('7')
+        );
+        assert_eq!(info_dtmf_digit(relay, b"Duration=160"), None);
+        assert_eq!(
+            info_dtmf_digit(relay, b"Signal=12"),
+            None,
+            "one digit per INFO"
+        );
+        assert_eq!(info_dtmf_digit(relay, b"Signal=x"), None);
+        assert_eq!(
+            info_dtmf_digit(Some("application/media_control+xml"), b"<x/>"),
+            None
+        );
+        assert_eq!(info_dtmf_digit(None, b"Signal=5"), None);
+        assert_eq!(info_dtmf_digit(relay, &[0xff, 0xfe]), None, "not UTF-8");
+    }
 
     #[test]
     fn reads_sdp_version() {

@@ -126,6 +126,9 @@ pub enum SipEvent {
     Failed { status: u16, reason: String },
     /// The far end sent BYE (answered with 200).
     RemoteHangup,
+    /// The far end sent a DTMF digit in a SIP INFO (`application/dtmf-relay`
+    /// or `application/dtmf`), answered with 200.
+    Dtmf { digit: char },
     /// The dialog is gone. Always the last event for a call.
     Ended,
 }

@@ -374,6 +374,14 @@ impl Session {
                 Event::SipFailed { status }
             }
             SipEvent::RemoteHangup => Event::SipRemoteHangup,
+            SipEvent::Dtmf { digit } => {
+                info!(call = %id, %digit, "DTMF received (SIP INFO)");
+                self.outbox.push(ServerMessage::Dtmf {
+                    call: id,
+                    digit: digit.to_string(),
+                });
+                return;
+            }
             SipEvent::Ended => return,
         };
         self.feed(&id, core_event);
