@@ -133,3 +133,50 @@ async fn digits_in_sip_info_reach_the_api() {
     assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browsers_own_rfc_4733_digits_reach_the_phone() {
+    // What RTCDTMFSender.insertDTMF sends, from str0m's RFC 4733 writer.
+    let bob = tokio::task::spawn_blocking(|| {
+        Arc::new(Baresip::start(BaresipOptions {
+            user: "bob",
+            tone_hz: 440.0,
+            codecs: &["PCMU"],
+            ..Default::default()
+        }))
+    })
+    .await
+    .unwrap();
+    let gw = start_sip_gateway(bob.sip_addr().port(), "127.0.0.1", |_| {}).await;
+    let mut api = ApiClient::connect(&gw).await;
+    let (mut client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("b1", "bob", &offer).await;
+    let answer = api.expect("answer").await;
+    client.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(client.connect(Duration::from_secs(10)).await);
+    loop {
+        let m = api.recv().await;
+        if m["type"] == "answered" {
+            break;
+        }
+    }
+    for code in [4u8, 6] {
+        client.send_rfc4733(code);
+        client.send_pcmu_tone(1000.0, 0.6, Duration::ZERO).await;
+    }
+    let mut heard = String::new();
+    while heard.len() < 2 {
+        let b = bob.clone();
+        let event =
+            tokio::task::spawn_blocking(move || b.wait_for_event("CALL_DTMF_START", EVENT_TIMEOUT))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("baresip heard only {heard:?}: {e}"));
+        heard.push_str(event["param"].as_str().unwrap_or("?"));
+    }
+    assert_eq!(heard, "46");
+    api.hangup("b1").await;
+    assert_eq!(api.expect("ended").await["reason"], "hangup");
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}

@@ -29,6 +29,7 @@ pub struct RtcClient {
     codec: ClientCodec,
     connected: bool,
     disconnected: bool,
+    created: Instant,
     next_timeout: Instant,
     received: Vec<Vec<u8>>,
 }
@@ -51,11 +52,24 @@ impl RtcClient {
             .expect("bind client socket");
         let local = socket.local_addr().unwrap();
         let builder = Rtc::builder().clear_codecs();
-        let builder = match codec {
+        let mut builder = match codec {
             ClientCodec::Opus => builder.enable_opus(true, false),
             ClientCodec::Pcmu => builder.enable_pcmu(true, false),
             ClientCodec::Pcma => builder.enable_pcma(true, false),
         };
+        // telephone-event at the audio clock, as browsers offer it.
+        let (tele_pt, tele_rate) = match codec {
+            ClientCodec::Opus => (110, str0m::media::Frequency::FORTY_EIGHT_KHZ),
+            _ => (101, str0m::media::Frequency::EIGHT_KHZ),
+        };
+        builder.codec_config().add_config(
+            Pt::new_with_value(tele_pt),
+            None,
+            Codec::Tele,
+            tele_rate,
+            None,
+            str0m::format::FormatParams::default(),
+        );
         let mut rtc = builder.build(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
         let mut change = rtc.sdp_api();
@@ -70,6 +84,7 @@ impl RtcClient {
             codec,
             connected: false,
             disconnected: false,
+            created: Instant::now(),
             next_timeout: Instant::now(),
             received: Vec::new(),
         };
@@ -334,6 +349,38 @@ impl RtcClient {
         let received = self.received.len();
         self.received.clear();
         (count, received)
+    }
+}
+
+impl RtcClient {
+    /// Sends one DTMF digit as a browser's RTCDTMFSender does: an RFC 4733
+    /// event (100 ms, with its end packets) written through str0m, at the
+    /// current point of the audio timeline. Keep the loop running after
+    /// (e.g. `send_pcmu_tone`) so its packets go out.
+    pub fn send_rfc4733(&mut self, code: u8) {
+        let pt = self.pt();
+        let (clock, per_ms) = match self.codec {
+            ClientCodec::Opus => (48_000, 48),
+            _ => (8_000, 8),
+        };
+        let elapsed = self.created.elapsed().as_millis() as u64;
+        let time = MediaTime::new(
+            elapsed * per_ms,
+            str0m::media::Frequency::new(clock).unwrap(),
+        );
+        let event = str0m::media::TelephoneEvent {
+            event: code,
+            end: true,
+            volume: 10,
+            duration: Duration::from_millis(100),
+        };
+        if let Some(writer) = self.rtc.writer(self.mid) {
+            writer
+                .telephone_event(event)
+                .write(pt, Instant::now(), time, Vec::<u8>::new())
+                .expect("telephone event");
+        }
+        self.drain();
     }
 }
 

@@ -152,6 +152,8 @@ pub(crate) struct Bridge {
     dtmf_pt: Option<u8>,
     dtmf_out: DtmfSender,
     dtmf_in: DtmfReceiver,
+    /// The browser's own RFC 4733 events (RTCDTMFSender), one digit per event.
+    browser_dtmf: DtmfReceiver,
     /// Where the next browser Opus frame should start (8 kHz), to spot losses.
     opus_next: Option<u64>,
     /// Browser frames filled in by FEC or concealment.
@@ -272,6 +274,7 @@ impl Bridge {
             dtmf_in: DtmfReceiver::default(),
             opus_next: None,
             concealed_frames: 0,
+            browser_dtmf: DtmfReceiver::default(),
         })
     }
 
@@ -301,6 +304,16 @@ impl Bridge {
         };
         self.timed_out = silent(self.last_from_sip) || silent(self.last_from_browser);
         self.timed_out
+    }
+
+    /// A telephone-event frame from the browser (its RTCDTMFSender): each new
+    /// event is sent on as one of ours, with the SIP leg's clock and pacing.
+    pub(crate) fn on_browser_dtmf(&mut self, event_start: u64, code: u8) -> bool {
+        let payload = [code, 0, 0, 0];
+        match self.browser_dtmf.on_packet(0, event_start as u32, &payload) {
+            Some(digit) => self.send_dtmf(&digit.to_string()),
+            None => false,
+        }
     }
 
     /// Queues digits to send as RFC 4733 events; false when the far end did

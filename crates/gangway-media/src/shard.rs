@@ -588,6 +588,12 @@ impl Shard {
                 let Some(peer) = self.peers.get_mut(&id) else {
                     return;
                 };
+                if let (Some(code), Some(bridge)) = (frame.telephone_event, peer.bridge.as_mut()) {
+                    if bridge.on_browser_dtmf(frame.time.numer(), code) {
+                        debug!(peer = id.0, code, "browser DTMF sent on to the SIP leg");
+                    }
+                    return;
+                }
                 let Some(bridge) = peer.bridge.as_mut() else {
                     // The echo line. Audio only: DTMF events are not echoed as tones.
                     if frame.codec.is_some() {

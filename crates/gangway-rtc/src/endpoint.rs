@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use str0m::crypto::dtls::DtlsCert;
 use str0m::crypto::CryptoProvider;
-use str0m::format::{Codec, FormatParams};
+use str0m::format::{Codec, CodecExtra, FormatParams};
 use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
@@ -80,6 +80,8 @@ pub struct MediaFrame {
     pub time: MediaTime,
     pub network_time: Instant,
     pub data: Arc<[u8]>,
+    /// For RFC 4733 telephone-event frames: the event code (DTMF 0–15).
+    pub telephone_event: Option<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -553,6 +555,10 @@ fn translate(id: PeerId, ev: Event) -> Option<PeerEvent> {
                 codec: AudioCodec::from_str0m(d.params.spec().codec),
                 time: d.time,
                 network_time: d.network_time,
+                telephone_event: match d.codec_extra {
+                    CodecExtra::Tele(t) => Some(t.event),
+                    _ => None,
+                },
                 data: d.data,
             },
         )),
