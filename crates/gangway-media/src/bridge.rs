@@ -152,6 +152,10 @@ pub(crate) struct Bridge {
     dtmf_pt: Option<u8>,
     dtmf_out: DtmfSender,
     dtmf_in: DtmfReceiver,
+    /// Where the next frame towards the browser should start (8 kHz), to spot SIP-leg losses.
+    to_browser_next: Option<u64>,
+    /// SIP-leg frames lost and filled in towards the browser.
+    concealed_from_sip: u64,
     /// The browser's own RFC 4733 events (RTCDTMFSender), one digit per event.
     browser_dtmf: DtmfReceiver,
     /// Where the next browser Opus frame should start (8 kHz), to spot losses.
@@ -173,6 +177,8 @@ pub struct LegSummary {
     pub transcoded: bool,
     /// Browser frames lost and filled in (Opus FEC or concealment) before transcoding.
     pub concealed_frames: u64,
+    /// SIP-leg frames lost and filled in (fading repeat) before encoding to Opus.
+    pub concealed_from_sip: u64,
 }
 
 /// What a datagram from the SIP leg carried.
@@ -275,6 +281,8 @@ impl Bridge {
             opus_next: None,
             concealed_frames: 0,
             browser_dtmf: DtmfReceiver::default(),
+            to_browser_next: None,
+            concealed_from_sip: 0,
         })
     }
 
@@ -386,6 +394,7 @@ impl Bridge {
             packets_sent: self.sent_packets,
             transcoded: self.transcoder.is_some(),
             concealed_frames: self.concealed_frames,
+            concealed_from_sip: self.concealed_from_sip,
         }
     }
 
@@ -489,6 +498,24 @@ impl Bridge {
         }
         self.last_sent = Some(Instant::now());
         Some(dest)
+    }
+
+    /// For a transcoded call: how many 20 ms frames the SIP leg lost right
+    /// before a packet that starts at `time` (8 kHz), at most 100 ms' worth,
+    /// and where the gap starts. Passthrough calls leave this to the browser.
+    pub(crate) fn sip_gap_before(&mut self, time: u64, samples: u64) -> (usize, u64) {
+        let gap = match self.to_browser_next {
+            Some(next) if time > next && self.transcoder.is_some() => {
+                (((time - next) / FRAME_SAMPLES as u64) as usize).min(5)
+            }
+            _ => 0,
+        };
+        let start = time.saturating_sub(gap as u64 * FRAME_SAMPLES as u64);
+        // A late packet must not pull the expectation back (and fake a gap).
+        let end = time + samples;
+        self.to_browser_next = Some(self.to_browser_next.map_or(end, |n| n.max(end)));
+        self.concealed_from_sip += gap as u64;
+        (gap, start)
     }
 
     /// The Opus transcoder, when the browser leg speaks Opus.
@@ -672,6 +699,31 @@ mod tests {
             "frame 2 was filled in: {timestamps:?}"
         );
         assert_eq!(b.summary().concealed_frames, 1);
+    }
+
+    #[tokio::test]
+    async fn sip_gaps_are_counted_once_and_late_packets_are_no_gap() {
+        use crate::transcode::{OpusSettings, Transcoder};
+        let mut b = bridge().await;
+        assert_eq!(
+            b.sip_gap_before(0, 160),
+            (0, 0),
+            "passthrough: the browser conceals"
+        );
+        b.set_transcoder(Transcoder::new(OpusSettings::default()).unwrap());
+        assert_eq!(b.sip_gap_before(160, 160), (0, 160));
+        assert_eq!(b.sip_gap_before(640, 160), (2, 320), "320 and 480 lost");
+        assert_eq!(
+            b.sip_gap_before(480, 160),
+            (0, 480),
+            "a late packet is no gap"
+        );
+        assert_eq!(
+            b.sip_gap_before(800, 160),
+            (0, 800),
+            "and does not fake one"
+        );
+        assert_eq!(b.summary().concealed_from_sip, 2);
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::bridge::{Bridge, Drop, Inbound, Law, Packets, PortAllocator, RtpIn, RtpPorts};
 use crate::g711::LawTables;
 use crate::quality::{estimated_mos, Impairments};
-use crate::transcode::{OpusSettings, Transcoder};
+use crate::transcode::{OpusSettings, Transcoder, FRAME_SAMPLES};
 
 /// Where a call's browser media goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -671,7 +671,16 @@ impl Shard {
             }
         };
         let now = Instant::now();
+        let (lost, gap_start) = bridge.sip_gap_before(time, payload.len() as u64);
         if let Some(transcoder) = bridge.transcoder() {
+            for nth in 0..lost {
+                if let Ok(opus) = transcoder.conceal_sip_loss(nth) {
+                    let at = gap_start + (nth * FRAME_SAMPLES) as u64;
+                    let at = MediaTime::new(at * 6, Frequency::FORTY_EIGHT_KHZ);
+                    self.endpoint
+                        .write_audio(id, AudioCodec::Opus, at, now, opus);
+                }
+            }
             match transcoder.g711_to_opus(payload, law) {
                 Ok(opus) => {
                     // Opus runs on a 48 kHz RTP clock.
@@ -734,6 +743,7 @@ impl Shard {
             sip_packets_sent = s.packets_sent,
             transcoded = s.transcoded,
             browser_frames_concealed = s.concealed_frames,
+            sip_frames_concealed = s.concealed_from_sip,
             webrtc_packets_received = webrtc.packets_received,
             webrtc_packets_sent = webrtc.packets_sent,
             webrtc_loss_from_browser = webrtc

@@ -42,6 +42,8 @@ pub struct Transcoder {
     decoded: usize,
     opus: Vec<u8>,
     g711: Vec<u8>,
+    /// The last 20 ms decoded from the SIP leg, repeated (fading) to conceal its losses.
+    last_from_sip: Vec<i16>,
 }
 
 impl Transcoder {
@@ -60,6 +62,7 @@ impl Transcoder {
             decoded: 0,
             opus: vec![0; MAX_OPUS_PACKET],
             g711: Vec::with_capacity(MAX_DECODED),
+            last_from_sip: vec![0; FRAME_SAMPLES],
         })
     }
 
@@ -116,6 +119,24 @@ impl Transcoder {
             *dst = decode(b);
         }
         self.pcm[n..FRAME_SAMPLES].fill(0);
+        self.last_from_sip
+            .copy_from_slice(&self.pcm[..FRAME_SAMPLES]);
+        let len = self
+            .encoder
+            .encode(&self.pcm[..FRAME_SAMPLES], &mut self.opus)?;
+        Ok(&self.opus[..len])
+    }
+}
+
+impl Transcoder {
+    /// Conceals the `nth` (0-based) consecutive lost 20 ms frame from the SIP
+    /// leg: the last frame repeated at half the level each time, so a short
+    /// gap sounds continuous and a long one fades to silence rather than buzz.
+    pub fn conceal_sip_loss(&mut self, nth: usize) -> Result<&[u8], opus::Error> {
+        let shift = (nth + 1).min(15) as u32;
+        for (dst, &s) in self.pcm.iter_mut().zip(&self.last_from_sip) {
+            *dst = s >> shift;
+        }
         let len = self
             .encoder
             .encode(&self.pcm[..FRAME_SAMPLES], &mut self.opus)?;
@@ -221,6 +242,39 @@ mod tests {
             .opus_to_g711_after_loss(&packets[29], Law::Pcmu, 3)
             .unwrap();
         assert_eq!((filled, g.len()), (3, 4 * FRAME_SAMPLES));
+    }
+
+    #[test]
+    fn sip_losses_are_concealed_by_a_fading_repeat() {
+        let mut gw = Transcoder::new(OpusSettings::default()).unwrap();
+        let mut browser = Decoder::new(8000, Channels::Mono).unwrap();
+        let mut pcm = vec![0i16; MAX_DECODED];
+        let mut level = |opus: &[u8]| {
+            let n = browser.decode(opus, &mut pcm, false).unwrap();
+            (pcm[..n].iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / n as f64).sqrt()
+        };
+        let mut last = 0.0;
+        for f in 0..20 {
+            let ulaw: Vec<u8> = tone(1000.0, FRAME_SAMPLES, f * FRAME_SAMPLES)
+                .iter()
+                .map(|&s| g711::linear_to_ulaw(s))
+                .collect();
+            last = level(gw.g711_to_opus(&ulaw, Law::Pcmu).unwrap());
+        }
+        let concealed: Vec<f64> = (0..4)
+            .map(|nth| {
+                let opus = gw.conceal_sip_loss(nth).unwrap().to_vec();
+                level(&opus)
+            })
+            .collect();
+        assert!(
+            concealed[0] > last * 0.2,
+            "the first repeat carries the signal: {concealed:?} vs {last}"
+        );
+        assert!(
+            concealed.windows(2).all(|w| w[1] < w[0]),
+            "and it fades: {concealed:?}"
+        );
     }
 
     #[test]
