@@ -142,3 +142,51 @@ async fn two_hundred_peers_connect_at_once_and_all_echo() {
     );
     gw.shutdown(Duration::ZERO).await;
 }
+
+/// With two media shards, calls spread over both ports and each shard echoes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_spread_over_media_shards() {
+    let gw = gangway_tests::gateway::start_gateway_with(|c| c.media.shards = 2).await;
+    let addrs = gw.webrtc_addrs();
+    assert_eq!(addrs.len(), 2);
+    assert_ne!(addrs[0], addrs[1], "one UDP port per shard");
+    let mut used = std::collections::HashSet::new();
+    let mut apis = Vec::new();
+    let mut clients = Vec::new();
+    for tag in 0..4u32 {
+        let mut api = ApiClient::connect(&gw).await;
+        let (mut client, offer) = RtcClient::new(ClientCodec::Opus).await;
+        let id = format!("s{tag}");
+        api.call(&id, "echo", &offer).await;
+        let answer = api.expect("answer").await;
+        let sdp = answer["sdp"].as_str().unwrap();
+        // The answer's host candidate names the shard's port.
+        let port = addrs
+            .iter()
+            .find(|a| sdp.contains(&format!(" {} typ host", a.port())))
+            .expect("candidate on one of the shards' ports");
+        used.insert(*port);
+        client.accept_answer(sdp);
+        api.expect("answered").await;
+        assert!(client.connect(Duration::from_secs(10)).await);
+        apis.push((api, id));
+        clients.push(client);
+    }
+    assert_eq!(used.len(), 2, "calls on both shards: {used:?}");
+    for (i, client) in clients.iter_mut().enumerate() {
+        let report = client
+            .echo_exchange(i as u32, 25, Duration::from_millis(300))
+            .await;
+        assert!(report.echoed >= 20 && report.foreign == 0, "{report:?}");
+    }
+    for (mut api, id) in apis {
+        api.hangup(&id).await;
+        assert_eq!(api.expect("ended").await["reason"], "hangup");
+        api.close().await;
+    }
+    assert_eq!(
+        wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await,
+        0.0
+    );
+    gw.shutdown(Duration::ZERO).await;
+}

@@ -1,6 +1,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -186,6 +188,8 @@ impl std::error::Error for ShardStartError {}
 pub struct ShardHandle {
     commands: mpsc::UnboundedSender<Command>,
     local_addr: SocketAddr,
+    /// Calls the shard holds, as it last published.
+    load: Arc<AtomicUsize>,
 }
 
 impl ShardHandle {
@@ -214,6 +218,8 @@ impl ShardHandle {
         })
         .map_err(ShardStartError::Endpoint)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let load = Arc::new(AtomicUsize::new(0));
+        let shard_load = load.clone();
         thread::Builder::new()
             .name("gangway-media".into())
             .spawn(move || {
@@ -230,7 +236,7 @@ impl ShardHandle {
                 rt.block_on(async move {
                     match UdpSocket::from_std(socket) {
                         Ok(socket) => {
-                            Shard::new(socket, endpoint, rtp_ports, policy, metrics)
+                            Shard::new(socket, endpoint, rtp_ports, policy, metrics, shard_load)
                                 .run(rx)
                                 .await
                         }
@@ -243,6 +249,7 @@ impl ShardHandle {
         Ok(ShardHandle {
             commands: tx,
             local_addr,
+            load,
         })
     }
 
@@ -296,6 +303,11 @@ impl ShardHandle {
         let _ = self.commands.send(Command::SendDtmf { id, digits });
     }
 
+    /// Calls this shard holds.
+    pub fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+
     pub fn remove_peer(&self, id: PeerId) {
         let _ = self.commands.send(Command::RemovePeer { id });
     }
@@ -325,6 +337,7 @@ struct Shard {
     rtp_in: mpsc::UnboundedReceiver<RtpIn>,
     laws: LawTables,
     policy: MediaPolicy,
+    load: Arc<AtomicUsize>,
     /// Reused buffers: law conversion, outgoing RTP and RTCP packets.
     scratch: Vec<u8>,
     packets: Packets,
@@ -348,6 +361,7 @@ impl Shard {
         rtp_ports: Option<RtpPorts>,
         policy: MediaPolicy,
         metrics: ShardMetrics,
+        load: Arc<AtomicUsize>,
     ) -> Self {
         let (rtp_in_tx, rtp_in) = mpsc::unbounded_channel();
         Shard {
@@ -360,6 +374,7 @@ impl Shard {
             rtp_in,
             laws: LawTables::new(),
             policy,
+            load,
             scratch: Vec::with_capacity(RECV_BUFFER),
             packets: Packets::default(),
             packet: Vec::with_capacity(RECV_BUFFER),
@@ -468,8 +483,9 @@ impl Shard {
                         self.metrics.rtp_ports.dec();
                         self.report(id, bridge, &webrtc);
                     }
+                    self.metrics.peers.dec();
                 }
-                self.metrics.peers.set(self.peers.len() as i64);
+                self.publish_load();
             }
             Command::Stop { done } => return Some(done),
         }
@@ -537,7 +553,8 @@ impl Shard {
                 bridge,
             },
         );
-        self.metrics.peers.set(self.peers.len() as i64);
+        self.metrics.peers.inc();
+        self.publish_load();
         LegEvent::Ready { answer, rtp_port }
     }
 
@@ -796,8 +813,16 @@ impl Shard {
         for id in ids {
             self.endpoint.remove_peer(id);
         }
+        // Gauges are shared by all shards: take back only this shard's share.
+        let bridged = self.peers.values().filter(|p| p.bridge.is_some()).count();
+        self.metrics.peers.dec_by(self.peers.len() as i64);
+        self.metrics.rtp_ports.dec_by(bridged as i64);
         self.peers.clear();
-        self.metrics.peers.set(0);
-        self.metrics.rtp_ports.set(0);
+        self.publish_load();
+    }
+
+    /// Lets the gateway place new calls on the least loaded shard.
+    fn publish_load(&self) {
+        self.load.store(self.peers.len(), Ordering::Relaxed);
     }
 }

@@ -45,6 +45,8 @@ pub struct MediaSection {
     /// An answered SIP call ends (`media_timeout`) when either leg sends no
     /// media for this many seconds; 0 disables.
     pub timeout_secs: u64,
+    /// Media shards (threads, each with its own WebRTC port); 0: one per core, up to 8.
+    pub shards: usize,
 }
 
 impl Default for MediaSection {
@@ -54,6 +56,7 @@ impl Default for MediaSection {
             opus_complexity: 5,
             opus_bitrate: 24_000,
             timeout_secs: 30,
+            shards: 0,
         }
     }
 }
@@ -352,6 +355,20 @@ impl Config {
         if self.media.opus_complexity > 10 {
             return Err(problem("media.opus_complexity", "must be between 0 and 10"));
         }
+        if self.media.shards > 64 {
+            return Err(problem(
+                "media.shards",
+                "must be at most 64 (0: one per core)",
+            ));
+        }
+        if self.webrtc.listen.port() != 0
+            && usize::from(self.webrtc.listen.port()) + self.media_shards() > 65536
+        {
+            return Err(problem(
+                "webrtc.listen",
+                "no room above this port for one port per media shard",
+            ));
+        }
         if self.media.timeout_secs > 3600 {
             return Err(problem(
                 "media.timeout_secs",
@@ -434,6 +451,17 @@ impl Config {
                 })
             })
             .collect()
+    }
+
+    /// How many media shards to run.
+    pub fn media_shards(&self) -> usize {
+        match self.media.shards {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(8),
+            n => n,
+        }
     }
 
     /// The domain bare destinations are sent to.

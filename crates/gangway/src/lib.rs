@@ -8,7 +8,7 @@ mod metrics;
 mod session;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,7 +46,9 @@ pub(crate) struct SipLeg {
 pub(crate) struct Shared {
     config: Config,
     metrics: Arc<Metrics>,
-    shard: ShardHandle,
+    /// The media shards; each call lives on one (see `Shared::pick_shard`).
+    shards: Vec<ShardHandle>,
+    next_shard: AtomicUsize,
     router: Router,
     /// The SIP leg, when `sip.enabled`.
     sip: Option<SipLeg>,
@@ -57,6 +59,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The least loaded shard for a new call; ties go round-robin so a
+    /// burst of calls (loads not yet published) still spreads out.
+    fn pick_shard(&self) -> usize {
+        let n = self.shards.len();
+        let start = self.next_shard.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|k| (start + k) % n)
+            .min_by_key(|&i| self.shards[i].load())
+            .unwrap_or(0)
+    }
+
     /// Session ids only need to be unique for logs and the API; they carry no authority.
     fn next_session_id(&self) -> String {
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
@@ -121,19 +134,29 @@ impl Gateway {
                 .transpose()
                 .map_err(StartError::Config)?,
         );
-        let shard = ShardHandle::start(
-            config.webrtc.listen,
-            config.webrtc.public_ip,
-            EndpointConfig {
-                // Replaced by the shard with the bound address (or public_ip).
-                candidate_addr: config.webrtc.listen,
-                codecs,
-            },
-            rtp_ports,
-            media_policy(&config),
-            metrics.shard.clone(),
-        )
-        .map_err(StartError::Media)?;
+        // One shard per configured core, each on its own port: listen, listen + 1, …
+        // (port 0: each picks a free one).
+        let mut shards = Vec::new();
+        for i in 0..config.media_shards() {
+            let mut bind = config.webrtc.listen;
+            if bind.port() != 0 {
+                bind.set_port(bind.port() + i as u16);
+            }
+            let shard = ShardHandle::start(
+                bind,
+                config.webrtc.public_ip,
+                EndpointConfig {
+                    // Replaced by the shard with the bound address (or public_ip).
+                    candidate_addr: bind,
+                    codecs: codecs.clone(),
+                },
+                rtp_ports.clone(),
+                media_policy(&config),
+                metrics.shard.clone(),
+            )
+            .map_err(StartError::Media)?;
+            shards.push(shard);
+        }
         let listener = TcpListener::bind(config.http.listen)
             .await
             .map_err(|e| StartError::Http(config.http.listen, e))?;
@@ -148,7 +171,8 @@ impl Gateway {
         let shared = Arc::new(Shared {
             config,
             metrics,
-            shard,
+            shards,
+            next_shard: AtomicUsize::new(0),
             router,
             sip,
             phase,
@@ -176,7 +200,12 @@ impl Gateway {
                 warn!("http server failed: {e}");
             }
         });
-        info!(http = %http_addr, webrtc = %shared.shard.local_addr(), "gangway started");
+        let webrtc: Vec<String> = shared
+            .shards
+            .iter()
+            .map(|s| s.local_addr().to_string())
+            .collect();
+        info!(http = %http_addr, webrtc = %webrtc.join(","), "gangway started");
         Ok(Gateway {
             shared,
             http_addr,
@@ -189,7 +218,12 @@ impl Gateway {
     }
 
     pub fn webrtc_addr(&self) -> SocketAddr {
-        self.shared.shard.local_addr()
+        self.shared.shards[0].local_addr()
+    }
+
+    /// Every media shard's WebRTC address.
+    pub fn webrtc_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.shards.iter().map(|s| s.local_addr()).collect()
     }
 
     /// The SIP listen address, when the SIP leg is enabled.
@@ -237,7 +271,9 @@ impl Gateway {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), sessions_gone).await;
-        self.shared.shard.stop().await;
+        for shard in &self.shared.shards {
+            shard.stop().await;
+        }
         if let Some(sip) = &self.shared.sip {
             sip.service.stop().await;
         }

@@ -45,6 +45,8 @@ struct CallEntry {
     /// The local RTP port of a bridged call, for the SIP offer.
     rtp_port: Option<u16>,
     sip: Option<SipCall>,
+    /// The media shard holding the call's legs.
+    shard: usize,
 }
 
 struct Session {
@@ -190,7 +192,7 @@ impl Session {
                 };
                 // `null` (end of candidates) needs no action: ICE-lite waits for the browser's checks.
                 if let Some(c) = candidate {
-                    self.shared.shard.add_candidate(entry.peer, c.candidate);
+                    self.shared.shards[entry.shard].add_candidate(entry.peer, c.candidate);
                 }
             }
             ClientMessage::Dtmf { call, digits } => self.send_dtmf(call, digits),
@@ -224,7 +226,7 @@ impl Session {
             ));
         }
         debug!(call = %id, %digits, "sending DTMF");
-        self.shared.shard.send_dtmf(entry.peer, digits);
+        self.shared.shards[entry.shard].send_dtmf(entry.peer, digits);
     }
 
     fn start_call(&mut self, id: CallId, to: String, sdp: String) {
@@ -269,6 +271,7 @@ impl Session {
                 log_id: log_id.clone(),
                 rtp_port: None,
                 sip: None,
+                shard: self.shared.pick_shard(),
             },
         );
         self.by_peer.insert(peer, id.clone());
@@ -396,9 +399,15 @@ impl Session {
                     G711::Pcmu => Law::Pcmu,
                     G711::Pcma => Law::Pcma,
                 };
-                self.shared
-                    .shard
-                    .connect_remote(peer, media.addr, law, media.dtmf_pt, answered);
+                if let Some(entry) = self.calls.get(id) {
+                    self.shared.shards[entry.shard].connect_remote(
+                        peer,
+                        media.addr,
+                        law,
+                        media.dtmf_pt,
+                        answered,
+                    );
+                }
                 true
             }
             Err(e) => {
@@ -446,7 +455,7 @@ impl Session {
         let Some(entry) = self.calls.get_mut(id) else {
             return;
         };
-        let peer = entry.peer;
+        let (peer, shard) = (entry.peer, entry.shard);
         let mut finished = None;
         while let Some(action) = entry.call.poll_action() {
             match action {
@@ -460,11 +469,9 @@ impl Session {
                         .calls_started
                         .get_or_create(&[("route", label)])
                         .inc();
-                    self.shared
-                        .shard
-                        .add_peer(peer, offer, route, self.legs.clone());
+                    self.shared.shards[shard].add_peer(peer, offer, route, self.legs.clone());
                 }
-                Action::ReleaseLeg => self.shared.shard.remove_peer(peer),
+                Action::ReleaseLeg => self.shared.shards[shard].remove_peer(peer),
                 Action::PlaceSipCall { uri } => {
                     entry.sip = place_sip_call(&self.shared, entry, uri, &self.sip_events);
                     if entry.sip.is_none() {
