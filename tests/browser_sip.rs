@@ -27,7 +27,7 @@ use gangway_tests::gateway::{
 use gangway_tests::impair::LossyProxy;
 use gangway_tests::kamailio::{Kamailio, KamailioOptions};
 use gangway_tests::sip_peers::{
-    Baresip, BaresipOptions, Sipp, ANSWER_MEDIA_TONE_HZ, EARLY_MEDIA_TONE_HZ,
+    Baresip, BaresipOptions, Sipp, ANSWER_MEDIA_TONE_HZ, EARLY_MEDIA_TONE_HZ, PCMA_TONE_HZ,
 };
 use gangway_tests::webdriver::{Browser, BrowserOptions, TempDir};
 use serde_json::{json, Value};
@@ -890,4 +890,82 @@ async fn early_media_then_answer_tones() {
     gw.shutdown(Duration::from_secs(1)).await;
     drop(sipp);
     println!("[{T}] done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Chromium offering only Opus calls a PBX that speaks only PCMA (sipp
+/// playing a PCMA tone): the gateway transcodes Opus <-> PCMA; the browser
+/// must hear the tone, and PCMA must flow to sipp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_browser_hears_a_pcma_only_pbx() {
+    const T: &str = "opus browser <-> PCMA sipp";
+    let _serial = serial().await;
+    let sipp = tokio::task::spawn_blocking(|| Sipp::uas("uas_answer_play_pcma.xml", 0, &[]))
+        .await
+        .unwrap();
+    let gw = gateway_to(sipp.port(), "pbx.test").await;
+    let page = format!("http://{}/", gw.http_addr());
+    let outcome = tokio::task::spawn_blocking(move || {
+        let (browser, _wav) = launch_browser(&page)?;
+        run_script(
+            &browser,
+            CALL_SCRIPT,
+            json!({ "to": "1000", "codec": "opus", "holdMs": SETTLE_MS + 3_000, "hangup": true }),
+        )
+    })
+    .await
+    .expect("browser task panicked");
+    let mut sipp = sipp;
+    let rec = match outcome {
+        Ok(v) => Recording::parse(v),
+        Err(e) => {
+            let _ = sipp.wait(Duration::ZERO);
+            panic!(
+                "[{T}] browser side failed: {e}\n--- sipp errors ---\n{}",
+                sipp.errors()
+            )
+        }
+    };
+    let from = rec.mark("answered") + rec.ms(SETTLE_MS);
+    let heard = rec.window(from, from + rec.ms(3_000));
+    let tone = tone_coverage(heard, rec.rate, PCMA_TONE_HZ);
+    let control = tone_coverage(heard, rec.rate, BROWSER_TONE_HZ);
+    println!(
+        "[{T}] browser heard {PCMA_TONE_HZ} Hz in {tone:.3} of frames over {:.2} s, \
+         {BROWSER_TONE_HZ} Hz (control) in {control:.3}; codec {}",
+        rec.seconds(heard.len()),
+        rec.result["codec"]
+    );
+    assert!(
+        rec.result["codec"]
+            .as_str()
+            .is_some_and(|c| c.eq_ignore_ascii_case("audio/opus")),
+        "[{T}] the browser leg is Opus: {}",
+        rec.result["codec"]
+    );
+    assert!(
+        tone >= 0.90,
+        "[{T}] PCMA tone in only {:.1}% of frames",
+        tone * 100.0
+    );
+    assert!(
+        control < 0.10,
+        "[{T}] negative control {:.1}%",
+        control * 100.0
+    );
+    // The browser's audio went out to sipp as PCMA.
+    let sent = scrape_metric(&gw, "gangway_rtp_packets_sent_total").await;
+    assert!(sent >= 100.0, "[{T}] RTP packets sent to sipp: {sent}");
+    let sipp = tokio::task::spawn_blocking(move || {
+        let r = sipp.wait(SIGNALING_TIMEOUT);
+        (sipp, r)
+    })
+    .await
+    .unwrap();
+    sipp.1.unwrap_or_else(|e| panic!("[{T}] sipp: {e}"));
+    assert!(
+        sipp.0.messages().contains("PCMU/8000") && !sipp.0.messages().contains("opus"),
+        "the SIP leg never offers Opus"
+    );
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::from_secs(1)).await;
 }

@@ -79,6 +79,12 @@ pub const ANSWER_MEDIA_SECONDS: f64 = 10.0;
 /// PBX would (sipp replays the packets unchanged: both start at sequence
 /// number 0 and timestamp 0).
 pub const ANSWER_MEDIA_PCAP: &str = "pcmu_tone_b.pcap";
+/// The tone [`Sipp`] plays in PCMA in `tests/sipp/uas_answer_play_pcma.xml`.
+pub const PCMA_TONE_HZ: f64 = 600.0;
+/// Length of that tone; the pcap is played once.
+pub const PCMA_TONE_SECONDS: f64 = 10.0;
+/// File name of that pcap (PT 8) in sipp's working directory.
+pub const PCMA_TONE_PCAP: &str = "pcma_tone.pcap";
 /// The SSRC of the [`ANSWER_MEDIA_PCAP`] stream.
 const ANSWER_MEDIA_SSRC: u32 = 0x4741_4e32; // "GAN2"
 
@@ -950,6 +956,12 @@ impl Sipp {
             ANSWER_MEDIA_SSRC,
         )
         .map_err(|e| format!("cannot write {ANSWER_MEDIA_PCAP}: {e}"))?;
+        write_pcma_tone_pcap(
+            dir.path().join(PCMA_TONE_PCAP),
+            PCMA_TONE_HZ,
+            PCMA_TONE_SECONDS,
+        )
+        .map_err(|e| format!("cannot write {PCMA_TONE_PCAP}: {e}"))?;
         let port = if port == 0 { free_udp_port() } else { port };
         let media_port = free_udp_range(SIPP_MEDIA_PORTS);
         let control_port = free_udp_port();
@@ -1235,6 +1247,31 @@ pub fn write_pcmu_tone_pcap_with_ssrc(
     seconds: f64,
     ssrc: u32,
 ) -> std::io::Result<()> {
+    write_g711_tone_pcap(path, freq_hz, seconds, ssrc, false)
+}
+
+/// A pcap of RTP PCMA (PT 8) packets carrying a tone, like
+/// [`write_pcmu_tone_pcap`].
+pub fn write_pcma_tone_pcap(
+    path: impl AsRef<Path>,
+    freq_hz: f64,
+    seconds: f64,
+) -> std::io::Result<()> {
+    write_g711_tone_pcap(path, freq_hz, seconds, 0x4741_4e41, true) // "GANA"
+}
+
+fn write_g711_tone_pcap(
+    path: impl AsRef<Path>,
+    freq_hz: f64,
+    seconds: f64,
+    ssrc: u32,
+    alaw: bool,
+) -> std::io::Result<()> {
+    let (pt, encode): (u8, fn(i16) -> u8) = if alaw {
+        (8, gangway_media::g711::linear_to_alaw)
+    } else {
+        (0, linear_to_ulaw)
+    };
     const SAMPLES: usize = 160;
     let packets = (seconds * 50.0).round() as usize;
     let mut out = Vec::with_capacity(24 + packets * (16 + 42 + 12 + SAMPLES));
@@ -1249,14 +1286,14 @@ pub fn write_pcmu_tone_pcap_with_ssrc(
     for n in 0..packets {
         let mut rtp = Vec::with_capacity(12 + SAMPLES);
         rtp.push(0x80); // V=2
-        rtp.push(if n == 0 { 0x80 } else { 0x00 }); // marker on the first, PT 0
+        rtp.push(if n == 0 { 0x80 | pt } else { pt }); // marker on the first
         rtp.extend_from_slice(&(n as u16).to_be_bytes());
         rtp.extend_from_slice(&((n * SAMPLES) as u32).to_be_bytes());
         rtp.extend_from_slice(&ssrc.to_be_bytes());
         for i in 0..SAMPLES {
             let t = (n * SAMPLES + i) as f64 / 8000.0;
             let v = 0.5 * (2.0 * std::f64::consts::PI * freq_hz * t).sin();
-            rtp.push(linear_to_ulaw((v * f64::from(i16::MAX)).round() as i16));
+            rtp.push(encode((v * f64::from(i16::MAX)).round() as i16));
         }
         let udp_len = 8 + rtp.len();
         let ip_len = 20 + udp_len;
