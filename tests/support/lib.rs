@@ -4,6 +4,7 @@
 
 pub mod api_client;
 pub mod audio;
+pub mod browser_call;
 pub mod gateway;
 pub mod impair;
 pub mod kamailio;
