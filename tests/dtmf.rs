@@ -13,8 +13,8 @@ use serde_json::json;
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn digits_go_both_ways_as_rfc_4733() {
+/// bob (baresip, PCMU, auto-answer) and a gateway whose trunk is bob.
+async fn bob_and_gateway() -> (Arc<Baresip>, gangway::Gateway) {
     let bob = tokio::task::spawn_blocking(|| {
         Arc::new(Baresip::start(BaresipOptions {
             user: "bob",
@@ -26,6 +26,27 @@ async fn digits_go_both_ways_as_rfc_4733() {
     .await
     .unwrap();
     let gw = start_sip_gateway(bob.sip_addr().port(), "127.0.0.1", |_| {}).await;
+    (bob, gw)
+}
+
+/// The next `n` digits baresip reports hearing (its CALL_DTMF_START events).
+async fn digits_heard_by(bob: &Arc<Baresip>, n: usize) -> String {
+    let mut heard = String::new();
+    while heard.len() < n {
+        let b = bob.clone();
+        let event =
+            tokio::task::spawn_blocking(move || b.wait_for_event("CALL_DTMF_START", EVENT_TIMEOUT))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("baresip heard only {heard:?}: {e}"));
+        heard.push_str(event["param"].as_str().unwrap_or("?"));
+    }
+    heard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_go_both_ways_as_rfc_4733() {
+    let (bob, gw) = bob_and_gateway().await;
     let mut api = ApiClient::connect(&gw).await;
     let (mut client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
 
@@ -65,16 +86,7 @@ async fn digits_go_both_ways_as_rfc_4733() {
     client
         .send_pcmu_tone(1000.0, 1.5, Duration::from_millis(200))
         .await;
-    let mut heard = String::new();
-    while heard.len() < 4 {
-        let b = bob.clone();
-        let event =
-            tokio::task::spawn_blocking(move || b.wait_for_event("CALL_DTMF_START", EVENT_TIMEOUT))
-                .await
-                .unwrap()
-                .unwrap_or_else(|e| panic!("baresip heard only {heard:?}: {e}"));
-        heard.push_str(event["param"].as_str().unwrap_or("?"));
-    }
+    let heard = digits_heard_by(&bob, 4).await;
     assert_eq!(heard, "123#", "baresip's CALL_DTMF_START events");
 
     // Phone -> browser: baresip sends 5 and 9; the API reports each once.
@@ -137,17 +149,7 @@ async fn digits_in_sip_info_reach_the_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browsers_own_rfc_4733_digits_reach_the_phone() {
     // What RTCDTMFSender.insertDTMF sends, from str0m's RFC 4733 writer.
-    let bob = tokio::task::spawn_blocking(|| {
-        Arc::new(Baresip::start(BaresipOptions {
-            user: "bob",
-            tone_hz: 440.0,
-            codecs: &["PCMU"],
-            ..Default::default()
-        }))
-    })
-    .await
-    .unwrap();
-    let gw = start_sip_gateway(bob.sip_addr().port(), "127.0.0.1", |_| {}).await;
+    let (bob, gw) = bob_and_gateway().await;
     let mut api = ApiClient::connect(&gw).await;
     let (mut client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
     api.call("b1", "bob", &offer).await;
@@ -164,16 +166,7 @@ async fn the_browsers_own_rfc_4733_digits_reach_the_phone() {
         client.send_rfc4733(code);
         client.send_pcmu_tone(1000.0, 0.6, Duration::ZERO).await;
     }
-    let mut heard = String::new();
-    while heard.len() < 2 {
-        let b = bob.clone();
-        let event =
-            tokio::task::spawn_blocking(move || b.wait_for_event("CALL_DTMF_START", EVENT_TIMEOUT))
-                .await
-                .unwrap()
-                .unwrap_or_else(|e| panic!("baresip heard only {heard:?}: {e}"));
-        heard.push_str(event["param"].as_str().unwrap_or("?"));
-    }
+    let heard = digits_heard_by(&bob, 2).await;
     assert_eq!(heard, "46");
     api.hangup("b1").await;
     assert_eq!(api.expect("ended").await["reason"], "hangup");

@@ -105,7 +105,7 @@ pub(crate) struct RtpIn {
 
 /// Why an RTP datagram from the SIP leg was not passed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Drop {
+pub(crate) enum Discard {
     /// No SDP from the far end yet and the hold buffer is full.
     NoRemote,
     /// No SDP from the far end yet: held, replayed by the next `connect`.
@@ -224,7 +224,7 @@ impl Packets {
 /// At most 100 ms of 20 ms packets are held waiting for the far end's SDP.
 const MAX_HELD: usize = 5;
 
-impl std::ops::Drop for Bridge {
+impl Drop for Bridge {
     fn drop(&mut self) {
         for r in &self.receivers {
             r.abort();
@@ -528,24 +528,24 @@ impl Bridge {
         &mut self,
         source: SocketAddr,
         data: &'a [u8],
-    ) -> Result<Inbound<'a>, Drop> {
+    ) -> Result<Inbound<'a>, Discard> {
         let Some(remote) = self.remote else {
             if self.held.len() < MAX_HELD {
                 self.held.push((source, data.to_vec()));
-                return Err(Drop::Held);
+                return Err(Discard::Held);
             }
-            return Err(Drop::NoRemote);
+            return Err(Discard::NoRemote);
         };
         match self.latched {
-            Some(latched) if latched != source => return Err(Drop::WrongSource),
+            Some(latched) if latched != source => return Err(Discard::WrongSource),
             Some(_) => {}
             // Symmetric RTP (RFC 4961): the far end may send from another port
             // than it announced (NAT); follow the first source, on the announced
             // host only, so strangers cannot take over the stream.
             None if source.ip() == remote.ip() => self.latched = Some(source),
-            None => return Err(Drop::WrongSource),
+            None => return Err(Discard::WrongSource),
         }
-        let packet = rtp::parse(data).ok_or(Drop::NotRtp)?;
+        let packet = rtp::parse(data).ok_or(Discard::NotRtp)?;
         if Some(packet.pt) == self.dtmf_pt {
             self.last_from_sip = Some(Instant::now());
             return match self
@@ -553,11 +553,11 @@ impl Bridge {
                 .on_packet(packet.ssrc, packet.ts, packet.payload)
             {
                 Some(d) => Ok(Inbound::Digit(d)),
-                None => Err(Drop::OtherPayload),
+                None => Err(Discard::OtherPayload),
             };
         }
         if packet.pt != self.law.payload_type() {
-            return Err(Drop::OtherPayload);
+            return Err(Discard::OtherPayload);
         }
         self.last_from_sip = Some(Instant::now());
         let arrival = (self.epoch.elapsed().as_secs_f64() * 8000.0) as u64;
@@ -644,20 +644,20 @@ mod tests {
         let mut b = bridge().await;
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         let data = rtp(0, 1, 160, 7, &[0xff; 160]);
-        assert_eq!(b.accept_from_sip(pbx, &data).unwrap_err(), Drop::Held);
+        assert_eq!(b.accept_from_sip(pbx, &data).unwrap_err(), Discard::Held);
         b.connect(pbx, Law::Pcmu, None);
         assert_eq!(b.take_held().len(), 1, "kept for replay (tested below)");
         let stranger: SocketAddr = "10.9.9.9:4000".parse().unwrap();
         assert_eq!(
             b.accept_from_sip(stranger, &data).unwrap_err(),
-            Drop::WrongSource
+            Discard::WrongSource
         );
         // NAT moved the port: latch to it, then only it.
         let natted: SocketAddr = "10.0.0.5:5123".parse().unwrap();
         assert!(b.accept_from_sip(natted, &data).is_ok());
         assert_eq!(
             b.accept_from_sip(pbx, &data).unwrap_err(),
-            Drop::WrongSource
+            Discard::WrongSource
         );
         // A new SDP address (the 200 after the 183) latches anew.
         let answer: SocketAddr = "10.0.0.5:6000".parse().unwrap();
@@ -793,7 +793,7 @@ mod tests {
         );
         assert_eq!(
             b.accept_from_sip(pbx, &ev(800)).unwrap_err(),
-            Drop::OtherPayload
+            Discard::OtherPayload
         );
     }
 
@@ -803,14 +803,17 @@ mod tests {
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         let data = rtp(0, 1, 160, 7, &[0xff; 160]);
         for _ in 0..MAX_HELD {
-            assert_eq!(b.accept_from_sip(pbx, &data).unwrap_err(), Drop::Held);
+            assert_eq!(b.accept_from_sip(pbx, &data).unwrap_err(), Discard::Held);
         }
-        assert_eq!(b.accept_from_sip(pbx, &data).unwrap_err(), Drop::NoRemote);
+        assert_eq!(
+            b.accept_from_sip(pbx, &data).unwrap_err(),
+            Discard::NoRemote
+        );
         // Replayed after the SDP, a held packet from the announced host plays.
         let mut replayed = bridge().await;
         assert_eq!(
             replayed.accept_from_sip(pbx, &data).unwrap_err(),
-            Drop::Held
+            Discard::Held
         );
         replayed.connect(pbx, Law::Pcmu, None);
         let (source, packet) = replayed.take_held().remove(0);
@@ -822,7 +825,7 @@ mod tests {
         assert_eq!(held.len(), MAX_HELD);
         assert_eq!(
             b.accept_from_sip(held[0].0, &held[0].1).unwrap_err(),
-            Drop::WrongSource
+            Discard::WrongSource
         );
         assert!(b.take_held().is_empty());
     }
@@ -835,11 +838,11 @@ mod tests {
         assert_eq!(
             b.accept_from_sip(pbx, &rtp(101, 1, 0, 7, &[1, 0, 0, 160]))
                 .unwrap_err(),
-            Drop::OtherPayload
+            Discard::OtherPayload
         );
         assert_eq!(
             b.accept_from_sip(pbx, &[1, 2, 3]).unwrap_err(),
-            Drop::NotRtp
+            Discard::NotRtp
         );
         let alaw = rtp(8, 1, 0, 7, &[0xd5; 160]);
         let Ok(Inbound::Audio { law, payload, .. }) = b.accept_from_sip(pbx, &alaw) else {

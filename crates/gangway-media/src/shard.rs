@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::bridge::{Bridge, Drop, Inbound, Law, Packets, PortAllocator, RtpIn, RtpPorts};
+use crate::bridge::{Bridge, Discard, Inbound, Law, Packets, PortAllocator, RtpIn, RtpPorts};
 use crate::g711::LawTables;
 use crate::quality::{estimated_mos, Impairments};
 use crate::transcode::{OpusSettings, Transcoder, FRAME_SAMPLES};
@@ -680,7 +680,7 @@ impl Shard {
                 self.tell(id, LegEvent::Dtmf(d));
                 return;
             }
-            Err(Drop::Held) => return,
+            Err(Discard::Held) => return,
             Err(why) => {
                 self.metrics.rtp_dropped.inc();
                 debug!(peer = id.0, %source, "rtp dropped: {why:?}");

@@ -28,14 +28,6 @@ impl AudioCodec {
             _ => None,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            AudioCodec::Opus => "opus",
-            AudioCodec::Pcmu => "PCMU",
-            AudioCodec::Pcma => "PCMA",
-        }
-    }
 }
 
 /// Identifies a peer within its endpoint. Chosen by the owner.
@@ -160,10 +152,6 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         })
-    }
-
-    pub fn candidate_addr(&self) -> SocketAddr {
-        self.config.candidate_addr
     }
 
     pub fn peer_count(&self) -> usize {
@@ -353,30 +341,25 @@ impl Endpoint {
         drain(id, peer, &mut self.transmits, &mut |ev| {
             events.extend(translate(id, ev))
         });
-        self.note_state(id);
+        report_if_dead(id, peer, events);
         Some(id)
     }
 
     /// Advances every peer whose timer is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.next_timeout.is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let Some(peer) = self.peers.get_mut(&id) else {
+        // Runs on every shard wake-up: walk the peers in place, no collecting.
+        let (transmits, events) = (&mut self.transmits, &mut self.events);
+        for (&id, peer) in self.peers.iter_mut() {
+            if peer.next_timeout.is_none_or(|t| t > now) {
                 continue;
-            };
+            }
             if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
                 debug!(peer = id.0, "timeout handling failed: {e}");
             }
-            let events = &mut self.events;
-            drain(id, peer, &mut self.transmits, &mut |ev| {
+            drain(id, peer, transmits, &mut |ev| {
                 events.extend(translate(id, ev))
             });
-            self.note_state(id);
+            report_if_dead(id, peer, events);
         }
     }
 
@@ -458,14 +441,13 @@ impl Endpoint {
             None => false,
         }
     }
+}
 
-    fn note_state(&mut self, id: PeerId) {
-        if let Some(peer) = self.peers.get_mut(&id) {
-            if (peer.dead || !peer.rtc.is_alive()) && !peer.reported_dead {
-                peer.reported_dead = true;
-                self.events.push_back(PeerEvent::Disconnected(id));
-            }
-        }
+/// Reports a peer's loss of connectivity, once.
+fn report_if_dead(id: PeerId, peer: &mut Peer, events: &mut VecDeque<PeerEvent>) {
+    if (peer.dead || !peer.rtc.is_alive()) && !peer.reported_dead {
+        peer.reported_dead = true;
+        events.push_back(PeerEvent::Disconnected(id));
     }
 }
 
@@ -543,7 +525,7 @@ fn drain(
 }
 
 /// Maps the str0m events the gateway cares about; disconnection is reported
-/// separately (once) by `note_state`.
+/// separately (once) by `report_if_dead`.
 fn translate(id: PeerId, ev: Event) -> Option<PeerEvent> {
     match ev {
         Event::Connected => Some(PeerEvent::Connected(id)),

@@ -33,8 +33,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("gangway");
-        let m = Metrics {
+        let mut m = Metrics {
             calls_active: Gauge::default(),
             calls_started: Family::default(),
             calls_ended: Family::default(),
@@ -50,147 +49,148 @@ impl Metrics {
             ]),
             shard: ShardMetrics::default(),
             sip: SipMetrics::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("gangway"),
         };
-        registry.register("calls_active", "Calls in progress", m.calls_active.clone());
-        registry.register(
+        m.registry
+            .register("calls_active", "Calls in progress", m.calls_active.clone());
+        m.registry.register(
             "calls_started",
             "Calls whose media leg was set up, by route",
             m.calls_started.clone(),
         );
-        registry.register(
+        m.registry.register(
             "calls_ended",
             "Calls ended, by reason",
             m.calls_ended.clone(),
         );
-        registry.register(
+        m.registry.register(
             "ws_connections_active",
             "Open API WebSocket connections",
             m.ws_active.clone(),
         );
-        registry.register(
+        m.registry.register(
             "ws_connections",
             "API WebSocket connections accepted",
             m.ws_total.clone(),
         );
-        registry.register(
+        m.registry.register(
             "api_errors",
             "API error messages sent, by code",
             m.api_errors.clone(),
         );
-        registry.register(
+        m.registry.register(
             "webrtc_connect_seconds",
             "Time from the API call request to ICE and DTLS connected",
             m.webrtc_connect_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "call_answer_seconds",
             "Time from the API call request to the far end's answer",
             m.call_answer_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "sip_invite_seconds",
             "Time from the API call request to the INVITE being sent",
             m.sip_invite_seconds.clone(),
         );
-        m.sip.register(&mut registry);
+        m.sip.register(&mut m.registry);
         let s = &m.shard;
-        registry.register(
+        m.registry.register(
             "webrtc_peers_active",
             "WebRTC peers held by media shards",
             s.peers.clone(),
         );
-        registry.register(
+        m.registry.register(
             "webrtc_packets_received",
             "UDP datagrams received on the WebRTC port",
             s.packets_in.clone(),
         );
-        registry.register(
+        m.registry.register(
             "webrtc_packets_sent",
             "UDP datagrams sent from the WebRTC port",
             s.packets_out.clone(),
         );
-        registry.register(
+        m.registry.register(
             "webrtc_bytes_received",
             "Bytes received on the WebRTC port",
             s.bytes_in.clone(),
         );
-        registry.register(
+        m.registry.register(
             "webrtc_bytes_sent",
             "Bytes sent from the WebRTC port",
             s.bytes_out.clone(),
         );
-        registry.register(
+        m.registry.register(
             "webrtc_unmatched_datagrams",
             "Datagrams on the WebRTC port that belonged to no peer",
             s.unmatched.clone(),
         );
-        registry.register(
+        m.registry.register(
             "webrtc_send_drops",
             "Datagrams the WebRTC socket could not send",
             s.send_drops.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rtp_ports_active",
             "RTP ports held by SIP legs",
             s.rtp_ports.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rtp_packets_received",
             "RTP datagrams received from SIP legs",
             s.rtp_packets_in.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rtp_packets_sent",
             "RTP datagrams sent to SIP legs",
             s.rtp_packets_out.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rtp_bytes_received",
             "RTP bytes received from SIP legs",
             s.rtp_bytes_in.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rtp_bytes_sent",
             "RTP bytes sent to SIP legs",
             s.rtp_bytes_out.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rtp_dropped",
             "RTP datagrams not passed on (not RTP, payload type not bridged, unexpected source)",
             s.rtp_dropped.clone(),
         );
-        registry.register(
+        m.registry.register(
             "sip_leg_loss_ratio",
             "Per SIP call at its end: share of the far end's RTP packets lost",
             s.sip_leg_loss_ratio.clone(),
         );
-        registry.register(
+        m.registry.register(
             "sip_leg_jitter_seconds",
             "Per SIP call at its end: interarrival jitter of the far end's RTP",
             s.sip_leg_jitter_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "call_mos",
             "Per SIP call at its end: estimated MOS (E-model) over both legs' loss, delay and jitter",
             s.call_mos.clone(),
         );
-        registry.register(
+        m.registry.register(
             "media_timeouts",
             "Answered SIP calls ended because a leg sent no media for media.timeout_secs",
             s.media_timeouts.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rtcp_packets_received",
             "RTCP packets received from SIP legs",
             s.rtcp_packets_in.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rtcp_packets_sent",
             "RTCP reports sent to SIP legs",
             s.rtcp_packets_out.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rtp_port_exhausted",
             "Bridged calls refused because no RTP port was free",
             s.rtp_port_exhausted.clone(),
@@ -204,7 +204,7 @@ impl Metrics {
         }
         let _ = m.calls_started.get_or_create(&[("route", "echo")]);
         let _ = m.calls_started.get_or_create(&[("route", "sip")]);
-        Metrics { registry, ..m }
+        m
     }
 
     pub fn encode(&self) -> String {
