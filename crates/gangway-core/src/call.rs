@@ -10,7 +10,8 @@ pub enum CallState {
     Idle,
     /// Waiting for the WebRTC leg to accept the browser's offer.
     SettingUp,
-    /// The browser has its answer; the far end has not answered yet.
+    /// The browser has its answer; the far end has not answered yet (for
+    /// an incoming call: our 200 OK waits for the PBX's ACK).
     Dialing,
     /// The far end is ringing (or playing early media).
     Ringing,
@@ -62,6 +63,10 @@ pub enum Event {
     /// The browser asked for a call (`call` message).
     Start {
         to: String,
+        offer: String,
+    },
+    /// The browser answered an incoming call (`accept` message).
+    Accept {
         offer: String,
     },
     /// The WebRTC leg accepted the offer.
@@ -117,7 +122,10 @@ pub enum Action {
     CreateLeg { offer: String, media: MediaPlan },
     /// Send the INVITE for the SIP leg.
     PlaceSipCall { uri: String },
-    /// End the SIP leg: CANCEL before a final response, BYE after 2xx.
+    /// Answer the incoming INVITE (200 OK with the SIP leg's SDP).
+    AnswerSip,
+    /// End the SIP leg: CANCEL before a final response, BYE after 2xx (for
+    /// an incoming call: a failure response before our 200, BYE after).
     HangupSip,
     /// Tear down the WebRTC leg (and the RTP port bridged to it).
     ReleaseLeg,
@@ -143,6 +151,8 @@ pub struct Call {
     call_deadline: Option<Instant>,
     leg_exists: bool,
     sip_exists: bool,
+    /// The PBX called us (the SIP leg exists from the start).
+    incoming: bool,
     actions: VecDeque<Action>,
 }
 
@@ -158,8 +168,25 @@ impl Call {
             call_deadline: None,
             leg_exists: false,
             sip_exists: false,
+            incoming: false,
             actions: VecDeque::new(),
         }
+    }
+
+    /// An incoming call from `caller` (a SIP URI), ringing until the
+    /// browser sends [`Event::Accept`]. Ending it before then (any other
+    /// event that ends a call) refuses the INVITE.
+    pub fn incoming(router: Router, timers: CallTimers, caller: String) -> Self {
+        let mut call = Call::new(router, timers);
+        call.incoming = true;
+        call.sip_exists = true;
+        call.route = Some(Route::Sip { uri: caller });
+        call
+    }
+
+    /// Whether the PBX placed this call.
+    pub fn is_incoming(&self) -> bool {
+        self.incoming
     }
 
     pub fn state(&self) -> CallState {
@@ -210,7 +237,22 @@ impl Call {
         use CallState as S;
         match (self.state, event) {
             (S::Ended(_), _) => {}
-            (S::Idle, Event::Start { to, offer }) => self.start(now, &to, offer),
+            (S::Idle, Event::Start { to, offer }) if !self.incoming => self.start(now, &to, offer),
+            (S::Idle, Event::Accept { offer }) if self.incoming => {
+                self.state = S::SettingUp;
+                self.media_deadline = Some(now + self.timers.media_setup);
+                self.leg_exists = true;
+                self.actions.push_back(Action::CreateLeg {
+                    offer,
+                    media: MediaPlan::Bridge,
+                });
+            }
+            (S::SettingUp, Event::LegReady { answer }) if self.incoming => {
+                self.notify(Notify::Answer { sdp: answer });
+                // Waiting for the ACK; the SIP stack gives up on it itself.
+                self.state = S::Dialing;
+                self.actions.push_back(Action::AnswerSip);
+            }
             (S::SettingUp, Event::LegReady { answer }) => {
                 self.notify(Notify::Answer { sdp: answer });
                 match self.route.clone() {
@@ -249,7 +291,7 @@ impl Call {
             }
             (S::Dialing | S::Ringing, Event::SipAnswered) => self.answered(now),
             (_, Event::SipMediaUnusable) => self.end(EndReason::IncompatibleCodecs, None),
-            (S::Dialing | S::Ringing, Event::SipFailed { status }) => {
+            (S::SettingUp | S::Dialing | S::Ringing, Event::SipFailed { status }) => {
                 // The SIP leg is already gone: nothing to hang up there.
                 self.sip_exists = false;
                 self.end(reason_for_status(status), Some(status));

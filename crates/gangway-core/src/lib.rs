@@ -52,6 +52,8 @@ pub enum EndReason {
     MaxDuration,
     /// Any other SIP failure; `code` has the status.
     Failed,
+    /// An incoming call was answered by another session of the same user.
+    AnsweredElsewhere,
 }
 
 impl EndReason {
@@ -72,6 +74,7 @@ impl EndReason {
         EndReason::RemoteHangup,
         EndReason::MaxDuration,
         EndReason::Failed,
+        EndReason::AnsweredElsewhere,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +95,7 @@ impl EndReason {
             EndReason::RemoteHangup => "remote_hangup",
             EndReason::MaxDuration => "max_duration",
             EndReason::Failed => "failed",
+            EndReason::AnsweredElsewhere => "answered_elsewhere",
         }
     }
 }

@@ -29,16 +29,75 @@ export interface CallOptions {
   id?: string;
 }
 
+/** Options for {@link Call.accept}: as for `call()`, without the id (the gateway chose it). */
+export type AcceptOptions = Omit<CallOptions, 'id'>;
+
+/**
+ * Outgoing calls start `connecting`; incoming calls start `ringing` and stay
+ * there after `accept()` until `answered`. States never go back.
+ */
 export type CallState = 'connecting' | 'ringing' | 'answered' | 'ended';
+
+/** `outgoing`: made with `client.call()`. `incoming`: from an `incoming` event. */
+export type CallDirection = 'outgoing' | 'incoming';
+
+/** SIP statuses an incoming call can be rejected with: busy, temporarily unavailable, decline. */
+export type RejectCode = 486 | 480 | 603;
+
+/** Credentials for {@link GangwayClient.register}: a SIP user and password, or a token. */
+export type RegisterCredentials =
+  | { user: string; password: string; token?: never }
+  | { token: string; user?: never; password?: never };
+
+/** A successful registration (`registered`). */
+export interface Registration {
+  user: string;
+  /** Seconds the registration lasts; the gateway refreshes it by itself. */
+  expires: number;
+}
+
+/** A failed registration (`registration_failed`); the registration is gone. */
+export interface RegistrationFailedDetail {
+  /** The user that failed, or `null` if the gateway could not tell (e.g. an invalid token). */
+  user: string | null;
+  /** SIP status (e.g. `401`, `403`, `408`), or `null` when no SIP response caused it. */
+  code: number | null;
+  /** Human-readable text; not stable, do not parse. */
+  reason: string;
+}
+
+/**
+ * The Error `register()` and `unregister()` reject with (bad arguments
+ * reject with a plain `TypeError` instead).
+ */
+export interface RegistrationError extends Error {
+  /**
+   * - a number or `null`: the SIP status of `registration_failed`;
+   * - a gateway `error` code: `rate_limited` (too many failed attempts from
+   *   this address), `invalid_state` (another user is registered on this
+   *   socket), `invalid_message`;
+   * - a local code: `invalid_state` (another register is pending),
+   *   `socket_closed`, `message_too_large`.
+   */
+  code: number | string | null;
+  /** The gateway's reason or message, or a local explanation. */
+  reason: string;
+}
 
 /**
  * Why a call ended. Reasons from the gateway: `hangup`, `invalid_sdp`,
  * `incompatible_codecs`, `not_found`, `media_timeout`, `shutdown`, and more
  * in later versions (`busy`, `rejected`, `no_answer`, `remote_hangup`,
- * `cancelled`, …); treat unknown ones as a generic end. Reasons the client
- * produces locally: `socket_closed`, `client_error`, `hangup` (hung up before
- * the call was sent), and the error codes `duplicate_call`, `too_many_calls`,
- * `shutting_down`, `unknown_call`, `internal` when the gateway refused the call.
+ * `cancelled`, …); treat unknown ones as a generic end. Incoming calls can
+ * also end with `answered_elsewhere` (another socket of the same user
+ * answered), `cancelled` (the caller gave up), `rejected` and `no_answer`
+ * (ring timeout). Reasons the client produces locally: `socket_closed`,
+ * `client_error`, `hangup` (hung up before the call was sent), `rejected`
+ * (`reject()`, or `hangup()` on an incoming call before its `accept` was
+ * sent; `code` is the status sent), and the error codes `duplicate_call`,
+ * `too_many_calls`, `shutting_down`, `unknown_call` (also: an incoming call
+ * stopped ringing before `accept` arrived), `internal` when the gateway
+ * refused the call.
  */
 export interface EndReason {
   reason: string;
@@ -54,6 +113,11 @@ export interface CallErrorDetail {
   message: string;
 }
 
+/**
+ * Besides the codes above: `rate_limited`, `invalid_state` and
+ * `invalid_message` without a call id, unless they answered a pending
+ * `register()`/`unregister()` (which then rejects instead).
+ */
 export interface ClientErrorDetail extends CallErrorDetail {
   /** The call id the gateway named, if any (usually `null`). */
   call: string | null;
@@ -68,20 +132,39 @@ export interface CloseDetail {
 export interface GangwayClientEventMap {
   /** A gateway error not tied to an active call. */
   error: CustomEvent<ClientErrorDetail>;
-  /** The socket closed; all calls have already ended with `socket_closed`. */
+  /**
+   * The socket closed; all calls have already ended with `socket_closed`,
+   * the registration is gone (`user` is `null`) and a pending `register()`
+   * or `unregister()` has rejected.
+   */
   close: CustomEvent<CloseDetail>;
+  /** A SIP user was registered on this socket: in reply to `register()`, or unprompted when a failed refresh recovered. */
+  registered: CustomEvent<Registration>;
+  /**
+   * A register failed, either in reply to `register()` or later, unprompted,
+   * when a refresh failed; `user` is then `null` until the next `registered`.
+   */
+  registration_failed: CustomEvent<RegistrationFailedDetail>;
+  /** The registration was removed: in reply to `unregister()`, or unprompted (e.g. the gateway is stopping). */
+  unregistered: CustomEvent<{ user: string }>;
+  /**
+   * A call to the registered user is ringing: `call` (state `ringing`,
+   * already in `client.calls`) waits for `accept()` or `reject()`. Ringing
+   * holds no peer connection and no microphone.
+   */
+  incoming: CustomEvent<{ call: Call }>;
 }
 
 export interface CallEventMap {
   /** The gateway's SDP answer arrived (before the far end answers). */
   answer: CustomEvent<{ sdp: string }>;
-  /** The far end is ringing. */
+  /** The far end is ringing (outgoing calls). */
   ringing: CustomEvent<null>;
   /** Early media (a SIP 183 with SDP): the far end's audio is playing before the answer. */
   progress: CustomEvent<null>;
   /** The far end sent a DTMF digit. */
   dtmf: CustomEvent<{ digit: string }>;
-  /** The far end answered. */
+  /** The far end answered (outgoing), or the gateway connected an accepted incoming call. */
   answered: CustomEvent<null>;
   /** The call is over; fired exactly once, after the call left `client.calls`. */
   ended: CustomEvent<EndReason>;
@@ -106,8 +189,10 @@ export class GangwayClient extends EventTarget {
 
   /** The gateway's opaque session id from `hello` (useful in logs and bug reports). */
   readonly sessionId: string;
-  /** Active calls by id. Do not modify. */
+  /** Active calls by id, ringing incoming calls included. Do not modify. */
   readonly calls: ReadonlyMap<string, Call>;
+  /** The SIP user registered on this socket, or `null`. */
+  readonly user: string | null;
 
   /**
    * Starts a call and returns at once; progress is reported by the call's
@@ -115,6 +200,24 @@ export class GangwayClient extends EventTarget {
    * socket is not open.
    */
   call(to: string, options?: CallOptions): Call;
+
+  /**
+   * Registers a SIP user on this socket (one per socket) so its calls arrive
+   * as `incoming` events; the gateway keeps the registration refreshed.
+   * Resolves on `registered`; rejects with a {@link RegistrationError} on
+   * `registration_failed`, on a `rate_limited`/`invalid_state`/
+   * `invalid_message` error, if another register is pending, or if the
+   * socket closes first.
+   */
+  register(credentials: RegisterCredentials): Promise<Registration>;
+
+  /**
+   * Removes the registration and resolves on `unregistered` (at once, with
+   * `user: null`, if nothing is registered or pending). Ringing and active
+   * calls are not affected. Rejects with a {@link RegistrationError} if the
+   * socket closes first or the gateway answers `invalid_state`/`invalid_message`.
+   */
+  unregister(): Promise<{ user: string | null }>;
 
   /** Closes the socket; every active call ends with reason `socket_closed`. */
   close(): void;
@@ -145,20 +248,47 @@ export class Call extends EventTarget {
   private constructor();
 
   readonly id: string;
-  /** The destination passed to `call()`. */
+  readonly direction: CallDirection;
+  /** Outgoing: the destination passed to `call()`. Incoming: the called SIP URI (e.g. `sip:alice@pbx.example`). */
   readonly to: string;
+  /** Incoming: the caller's SIP URI. Outgoing: `null`. */
+  readonly from: string | null;
+  /** Incoming: the caller's display name, if it sent one. Outgoing: `null`. */
+  readonly display: string | null;
   readonly state: CallState;
-  /** The call's peer connection, e.g. for getStats() or DTMF via `getSenders()[0].dtmf`. */
-  readonly peerConnection: RTCPeerConnection;
+  /**
+   * The call's peer connection, e.g. for getStats() or DTMF via
+   * `getSenders()[0].dtmf`. Always set on outgoing calls; `null` on an
+   * incoming call until `accept()` (which creates it synchronously).
+   */
+  readonly peerConnection: RTCPeerConnection | null;
   /** The remote audio, once the `track` event fired. */
   readonly remoteStream: MediaStream | null;
   /** Set when the call has ended. */
   readonly endReason: EndReason | null;
 
   /**
+   * Answers a ringing incoming call: captures the microphone, creates the
+   * peer connection and its offer, and sends `accept`; then it goes on like an
+   * outgoing call (`answer`, then `answered`). If the call stopped ringing
+   * meanwhile it ends with `unknown_call` (or the gateway's reason, e.g.
+   * `answered_elsewhere`). If a local step fails before `accept` is sent, the
+   * call is rejected with 480 and ends with `client_error`. Throws on an
+   * outgoing call, when called twice, or after the call ended.
+   */
+  accept(options?: AcceptOptions): void;
+  /**
+   * Declines a ringing incoming call (default 486) and ends it at once with
+   * reason `rejected` and that code. Does nothing once ended. Throws on an
+   * outgoing call, after `accept()` (use `hangup()`), or for another code
+   * (RangeError).
+   */
+  reject(code?: RejectCode): void;
+  /**
    * Asks the gateway to end the call; `ended` with reason `hangup` follows
    * once it confirms. Ends at once if the call was not sent yet, or with
-   * `socket_closed` if the socket is closed. Does nothing after the first call.
+   * `socket_closed` if the socket is closed. On an incoming call whose
+   * `accept` is not sent yet it is `reject(486)`. Does nothing after the first call.
    */
   hangup(): void;
   /** Sends DTMF digits (0-9, * # A-D, at most 32) as RFC 4733 events; answered SIP calls only. */

@@ -7,6 +7,11 @@
 //   const client = await GangwayClient.connect();
 //   const call = client.call('echo');
 //   call.addEventListener('track', (e) => { audio.srcObject = e.detail.stream; });
+//
+// Inbound calls: register a SIP user, then answer `incoming` calls.
+//
+//   await client.register({ user: 'alice', password: 's3cret' });
+//   client.addEventListener('incoming', ({ detail: { call } }) => call.accept());
 
 const PROTOCOL_VERSION = 1;
 
@@ -17,6 +22,18 @@ const CALL_ID = /^[\x21-\x7e]{1,64}$/;
 // Errors after which the gateway has no such call and will never send
 // `ended`, so the client must end the call itself or it would hang forever.
 const NOT_ACCEPTED = new Set(['duplicate_call', 'too_many_calls', 'shutting_down', 'unknown_call']);
+
+// SIP statuses a browser may reject an incoming call with.
+const REJECT_CODES = new Set([486, 480, 603]);
+const DEFAULT_REJECT_CODE = 486;
+// Sent when accepting failed locally (no microphone, WebRTC error) before the
+// `accept` was out: the caller hears "temporarily unavailable", not "busy".
+const ACCEPT_FAILED_CODE = 480;
+
+// `error` codes with no call id that answer a pending `register`.
+const REGISTER_ERRORS = new Set(['rate_limited', 'invalid_state', 'invalid_message']);
+// ... and those that answer a pending `unregister` (e.g. nothing registered).
+const UNREGISTER_ERRORS = new Set(['invalid_state', 'invalid_message']);
 
 // Proxies commonly drop WebSockets idle for 60 s; a ping keeps ours busy.
 const DEFAULT_PING_INTERVAL_MS = 30_000;
@@ -33,6 +50,10 @@ export class GangwayClient extends EventTarget {
   #iceServers;
   #calls = new Map();
   #pingTimer = null;
+  #link;
+  #user = null;             // the registered SIP user
+  #pendingRegister = null;  // {user, resolve, reject}: at most one at a time
+  #pendingUnregisters = []; // [{resolve, reject}]
 
   /**
    * Opens the WebSocket and resolves once the gateway's `hello` arrived.
@@ -69,6 +90,12 @@ export class GangwayClient extends EventTarget {
     this.#sessionId = String(hello.session ?? '');
     this.#maxMessageBytes = Number.isInteger(hello.max_message_bytes) ? hello.max_message_bytes : Infinity;
     this.#iceServers = options.iceServers ?? [];
+    this.#link = {
+      iceServers: this.#iceServers,
+      send: (msg) => this.#send(msg),
+      isOpen: () => this.#isOpen(),
+      forget: (call) => this.#calls.delete(call.id),
+    };
     ws.onmessage = (event) => this.#onMessage(event.data);
     ws.onclose = (event) => this.#onClose(event);
 
@@ -78,8 +105,14 @@ export class GangwayClient extends EventTarget {
 
   get sessionId() { return this.#sessionId; }
 
-  /** Active calls by id; a call leaves the map just before its `ended` event. */
+  /**
+   * Active calls by id, incoming ones included from `incoming` on; a call
+   * leaves the map just before its `ended` event.
+   */
   get calls() { return this.#calls; }
+
+  /** The SIP user registered on this socket, or null. */
+  get user() { return this.#user; }
 
   /** Starts a call. Returns at once; watch the call's events for progress. */
   call(to, options = {}) {
@@ -89,15 +122,56 @@ export class GangwayClient extends EventTarget {
     if (this.#calls.has(id)) throw new Error(`call id ${id} is already in use`);
     if (!this.#isOpen()) throw new Error('not connected');
 
-    const link = {
-      iceServers: this.#iceServers,
-      send: (msg) => this.#send(msg),
-      isOpen: () => this.#isOpen(),
-      forget: (call) => this.#calls.delete(call.id),
-    };
-    const call = new Call(INTERNAL, link, id, to, options);
+    const call = new Call(INTERNAL, this.#link, id, { direction: 'outgoing', to }, options);
     this.#calls.set(id, call);
     return call;
+  }
+
+  /**
+   * Registers a SIP user on this socket, with `{user, password}` or
+   * `{token}`, so its inbound calls arrive as `incoming` events. Resolves
+   * with `{user, expires}`; rejects with an Error whose `code` is the SIP
+   * status (or null) of `registration_failed`, or the gateway's error code
+   * (`rate_limited`, `invalid_state`, `invalid_message`), or a local one
+   * (`invalid_state`: another register is pending; `socket_closed`;
+   * `message_too_large`), and whose `reason` is the text. Bad arguments
+   * reject with a TypeError.
+   */
+  register(credentials) {
+    return new Promise((resolve, reject) => {
+      const { user, password, token } = credentials ?? {};
+      let msg;
+      if (token !== undefined) {
+        if (user !== undefined || password !== undefined) throw new TypeError('pass either {user, password} or {token}, not both');
+        if (typeof token !== 'string' || token === '') throw new TypeError('token must be a non-empty string');
+        msg = { type: 'register', token };
+      } else {
+        if (typeof user !== 'string' || user === '') throw new TypeError('user must be a non-empty string');
+        if (typeof password !== 'string') throw new TypeError('password must be a string');
+        msg = { type: 'register', user, password };
+      }
+      if (this.#pendingRegister) throw registrationError('register', 'invalid_state', 'another register is pending');
+      const result = this.#send(msg);
+      if (result === 'closed') throw registrationError('register', 'socket_closed', 'not connected');
+      if (result === 'too_large') throw registrationError('register', 'message_too_large', 'register message exceeds the gateway\'s max_message_bytes');
+      this.#pendingRegister = { user: msg.user ?? null, resolve, reject };
+    });
+  }
+
+  /**
+   * Removes the registration; resolves with `{user}` on `unregistered`
+   * (at once with `{user: null}` if nothing is registered or pending).
+   * Calls already ringing or active are not affected.
+   */
+  unregister() {
+    return new Promise((resolve, reject) => {
+      if (this.#user === null && !this.#pendingRegister) {
+        resolve({ user: null });
+        return;
+      }
+      if (this.#send({ type: 'unregister' }) !== 'sent') throw registrationError('unregister', 'socket_closed', 'not connected');
+      this.#pendingUnregisters.push({ resolve, reject });
+    });
   }
 
   /** Closes the socket; every call then ends with reason `socket_closed`. */
@@ -133,15 +207,35 @@ export class GangwayClient extends EventTarget {
         // Messages for a call that already ended locally are stale; drop them.
         this.#calls.get(msg.call)?.[RECEIVE](msg);
         break;
+      case 'incoming':
+        this.#onIncoming(msg);
+        break;
+      case 'registered':
+        this.#onRegistered(msg);
+        break;
+      case 'registration_failed':
+        this.#onRegistrationFailed(msg);
+        break;
+      case 'unregistered':
+        this.#onUnregistered(msg);
+        break;
       case 'error': {
         const call = typeof msg.call === 'string' ? this.#calls.get(msg.call) : undefined;
+        const code = String(msg.code);
         if (call) {
           call[RECEIVE](msg);
-        } else if (msg.code !== 'unknown_call') {
+        } else if (msg.call == null && this.#pendingRegister && REGISTER_ERRORS.has(code)) {
+          const { reject } = this.#pendingRegister;
+          this.#pendingRegister = null;
+          reject(registrationError('register', code, String(msg.message ?? '')));
+        } else if (msg.call == null && this.#pendingUnregisters.length > 0 && UNREGISTER_ERRORS.has(code)) {
+          const err = registrationError('unregister', code, String(msg.message ?? ''));
+          for (const { reject } of this.#takeUnregisters()) reject(err);
+        } else if (code !== 'unknown_call') {
           // unknown_call for a call we no longer track is the expected race
           // (a candidate or hangup crossing the gateway's `ended`): not news.
           this.dispatchEvent(new CustomEvent('error', {
-            detail: { code: String(msg.code), message: String(msg.message ?? ''), call: msg.call ?? null },
+            detail: { code, message: String(msg.message ?? ''), call: msg.call ?? null },
           }));
         }
         break;
@@ -152,10 +246,75 @@ export class GangwayClient extends EventTarget {
     }
   }
 
+  #onIncoming(msg) {
+    // A malformed or clashing id cannot be answered (or rejected) anyway.
+    if (typeof msg.call !== 'string' || !CALL_ID.test(msg.call) || this.#calls.has(msg.call)) return;
+    const call = new Call(INTERNAL, this.#link, msg.call, {
+      direction: 'incoming',
+      to: String(msg.to ?? ''),
+      from: String(msg.from ?? ''),
+      display: typeof msg.display === 'string' ? msg.display : null,
+    });
+    this.#calls.set(msg.call, call);
+    this.dispatchEvent(new CustomEvent('incoming', { detail: { call } }));
+  }
+
+  #onRegistered(msg) {
+    const user = String(msg.user ?? '');
+    const expires = Number(msg.expires);
+    this.#user = user;
+    const pending = this.#pendingRegister;
+    // Also sent unprompted when a failed refresh recovered; matched like
+    // registration_failed below so that one does not answer another user's register.
+    const answers = pending && (pending.user === null || pending.user === user);
+    if (answers) this.#pendingRegister = null;
+    this.dispatchEvent(new CustomEvent('registered', { detail: { user, expires } }));
+    if (answers) pending.resolve({ user, expires });
+  }
+
+  // The answer to a pending register, or unsolicited when a refresh failed;
+  // either way the registration is gone (until a `registered`, should the
+  // gateway's retries succeed).
+  #onRegistrationFailed(msg) {
+    // An empty user (e.g. an unreadable token) counts as unknown.
+    const user = typeof msg.user === 'string' && msg.user !== '' ? msg.user : null;
+    const code = typeof msg.code === 'number' ? msg.code : null;
+    const reason = String(msg.reason ?? '');
+    this.#user = null;
+    const pending = this.#pendingRegister;
+    // A refresh failure of another user is not the answer to this register.
+    const answers = pending && (pending.user === null || user === null || pending.user === user);
+    if (answers) this.#pendingRegister = null;
+    this.dispatchEvent(new CustomEvent('registration_failed', { detail: { user, code, reason } }));
+    if (answers) pending.reject(registrationError('register', code, reason));
+  }
+
+  #onUnregistered(msg) {
+    const user = String(msg.user ?? this.#user ?? '');
+    this.#user = null;
+    this.dispatchEvent(new CustomEvent('unregistered', { detail: { user } }));
+    for (const { resolve } of this.#takeUnregisters()) resolve({ user });
+  }
+
+  #takeUnregisters() {
+    const pending = this.#pendingUnregisters;
+    this.#pendingUnregisters = [];
+    return pending;
+  }
+
   #onClose(event) {
     clearInterval(this.#pingTimer);
     // The gateway frees every call of a closed socket, so mirror that locally.
     for (const call of [...this.#calls.values()]) call[RECEIVE]({ type: 'ended', reason: 'socket_closed', code: null });
+    // ... and its registration.
+    this.#user = null;
+    const closed = (what) => registrationError(what, 'socket_closed', 'the socket closed');
+    if (this.#pendingRegister) {
+      const { reject } = this.#pendingRegister;
+      this.#pendingRegister = null;
+      reject(closed('register'));
+    }
+    for (const { reject } of this.#takeUnregisters()) reject(closed('unregister'));
     this.dispatchEvent(new CustomEvent('close', { detail: { code: event.code, reason: event.reason } }));
   }
 }
@@ -163,59 +322,91 @@ export class GangwayClient extends EventTarget {
 export class Call extends EventTarget {
   #link;
   #id;
+  #direction;
   #to;
+  #from = null;
+  #display = null;
   #state = 'connecting';
-  #pc;
+  #pc = null;          // incoming calls get theirs on accept()
   #ownStream = null;   // only tracks we captured ourselves get stopped
   #remoteStream = null;
   #endReason = null;
-  #offerSent = false;
+  #accepted = false;   // accept() was called (incoming calls)
+  #offerSent = false;  // the `call` or `accept` message is out
   #answered = false;   // `answer` received, i.e. the gateway surely holds the call
   #hangupSent = false;
   #pendingCandidates = [];
 
-  constructor(token, link, id, to, options) {
+  constructor(token, link, id, info, options = {}) {
     if (token !== INTERNAL) throw new TypeError('use GangwayClient.call()');
     super();
     this.#link = link;
     this.#id = id;
-    this.#to = to;
-    this.#pc = new RTCPeerConnection({ iceServers: link.iceServers });
-
-    // Candidates can fire before the `call` message is out (the gateway would
-    // answer unknown_call), so they are held until the offer has been sent.
-    this.#pc.onicecandidate = ({ candidate }) => {
-      if (this.#state === 'ended') return;
-      // An empty candidate string is a per-m-line end marker; the null event
-      // that ends gathering is the one the protocol knows about.
-      if (candidate && !candidate.candidate) return;
-      const msg = { type: 'candidate', call: this.#id, candidate: candidate ? candidateInit(candidate) : null };
-      if (this.#offerSent) this.#link.send(msg);
-      else this.#pendingCandidates.push(msg);
-    };
-
-    this.#pc.ontrack = (event) => {
-      // The answer normally carries an msid; the fallback covers one that does not.
-      this.#remoteStream = event.streams[0] ?? new MediaStream([event.track]);
-      this.#emit('track', { stream: this.#remoteStream });
-    };
-
-    // Deferred so the caller can attach listeners before a synchronous
-    // failure (e.g. no navigator.mediaDevices) ends the call.
-    queueMicrotask(() => this.#start(options));
+    this.#direction = info.direction;
+    this.#to = info.to;
+    if (this.#direction === 'incoming') {
+      // No peer connection until accept(): a tab that only rings (and maybe
+      // never answers, or loses to another tab) holds no WebRTC resources.
+      this.#from = info.from;
+      this.#display = info.display;
+      this.#state = 'ringing';
+      return;
+    }
+    this.#connect(options, { type: 'call', call: id, to: info.to });
   }
 
   get id() { return this.#id; }
+  /** 'outgoing' (from client.call()) or 'incoming' (from an `incoming` event). */
+  get direction() { return this.#direction; }
+  /** Outgoing: the destination. Incoming: the called SIP URI (`incoming.to`). */
   get to() { return this.#to; }
+  /** Incoming: the caller's SIP URI. Outgoing: null. */
+  get from() { return this.#from; }
+  /** Incoming: the caller's display name, if it sent one. Outgoing: null. */
+  get display() { return this.#display; }
   get state() { return this.#state; }
+  /** Null for an incoming call until accept(). */
   get peerConnection() { return this.#pc; }
   get remoteStream() { return this.#remoteStream; }
   get endReason() { return this.#endReason; }
 
-  /** Asks the gateway to end the call; `ended` (reason `hangup`) follows. */
+  /**
+   * Answers a ringing incoming call: gets the microphone, makes the WebRTC
+   * offer and sends `accept`; from then on it behaves like an outgoing call
+   * (`answer`, then `answered`). Options as for client.call() (except `id`).
+   * Throws on an outgoing call, a second time, or after the call ended.
+   */
+  accept(options = {}) {
+    if (this.#direction !== 'incoming') throw new Error('only incoming calls can be accepted');
+    if (this.#accepted) throw new Error(`call ${this.#id} was already accepted`);
+    if (this.#state === 'ended') throw new Error(`call ${this.#id} has ended`);
+    this.#connect(options, { type: 'accept', call: this.#id });
+    this.#accepted = true;
+  }
+
+  /**
+   * Declines a ringing incoming call with SIP status 486 (busy, default),
+   * 480 (unavailable) or 603 (decline), and ends it at once with reason
+   * `rejected`. Does nothing once ended; throws on an outgoing or accepted
+   * call (use hangup()).
+   */
+  reject(code = DEFAULT_REJECT_CODE) {
+    if (this.#direction !== 'incoming') throw new Error('only incoming calls can be rejected');
+    if (!REJECT_CODES.has(code)) throw new RangeError('reject code must be 486, 480 or 603');
+    if (this.#state === 'ended') return;
+    if (this.#accepted) throw new Error(`call ${this.#id} was already accepted; use hangup()`);
+    this.#decline(code);
+  }
+
+  /**
+   * Asks the gateway to end the call; `ended` (reason `hangup`) follows. On
+   * an incoming call whose `accept` is not out yet, this is reject(486).
+   */
   hangup() {
     if (this.#state === 'ended' || this.#hangupSent) return;
     if (!this.#offerSent) {
+      // An incoming call still rings at the gateway: decline it.
+      if (this.#direction === 'incoming') return this.#decline(DEFAULT_REJECT_CODE);
       // The gateway has never heard of this call; #start notices and stops.
       this.#end('hangup', null);
       return;
@@ -234,7 +425,35 @@ export class Call extends EventTarget {
     this.#link.send({ type: 'dtmf', call: this.#id, digits: String(digits) });
   }
 
-  async #start(options) {
+  // Creates the peer connection and starts the offer; `request` is the
+  // `call` or `accept` message the SDP is added to.
+  #connect(options, request) {
+    this.#pc = new RTCPeerConnection({ iceServers: this.#link.iceServers });
+
+    // Candidates can fire before the `call`/`accept` message is out (the
+    // gateway would answer unknown_call), so they are held until it is.
+    this.#pc.onicecandidate = ({ candidate }) => {
+      if (this.#state === 'ended') return;
+      // An empty candidate string is a per-m-line end marker; the null event
+      // that ends gathering is the one the protocol knows about.
+      if (candidate && !candidate.candidate) return;
+      const msg = { type: 'candidate', call: this.#id, candidate: candidate ? candidateInit(candidate) : null };
+      if (this.#offerSent) this.#link.send(msg);
+      else this.#pendingCandidates.push(msg);
+    };
+
+    this.#pc.ontrack = (event) => {
+      // The answer normally carries an msid; the fallback covers one that does not.
+      this.#remoteStream = event.streams[0] ?? new MediaStream([event.track]);
+      this.#emit('track', { stream: this.#remoteStream });
+    };
+
+    // Deferred so the caller can attach listeners before a synchronous
+    // failure (e.g. no navigator.mediaDevices) ends the call.
+    queueMicrotask(() => this.#start(options, request));
+  }
+
+  async #start(options, request) {
     try {
       let stream = options.stream ?? null;
       if (!stream && options.audio !== false) {
@@ -259,7 +478,7 @@ export class Call extends EventTarget {
       await this.#pc.setLocalDescription(await this.#pc.createOffer());
       if (this.#state === 'ended') return;
 
-      const result = this.#link.send({ type: 'call', call: this.#id, to: this.#to, sdp: this.#pc.localDescription.sdp });
+      const result = this.#link.send({ ...request, sdp: this.#pc.localDescription.sdp });
       if (result === 'closed') return this.#end('socket_closed', null);
       if (result === 'too_large') throw new Error('SDP offer exceeds the gateway\'s max_message_bytes');
       this.#offerSent = true;
@@ -276,7 +495,8 @@ export class Call extends EventTarget {
     if (this.#state === 'ended') return;
     switch (msg.type) {
       case 'answer':
-        if (this.#answered || typeof msg.sdp !== 'string') return;
+        // An incoming call has no offer to apply an answer to before accept().
+        if (this.#answered || !this.#pc || typeof msg.sdp !== 'string') return;
         this.#answered = true;
         this.#emit('answer', { sdp: msg.sdp });
         this.#pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp }).catch((err) => {
@@ -306,13 +526,21 @@ export class Call extends EventTarget {
       case 'error': {
         const code = String(msg.code);
         this.#emit('error', { code, message: String(msg.message ?? '') });
-        // A rejected `call` gets no `ended`. `internal` before the answer
-        // almost certainly means setup failed; hang up in case it did not.
+        // A rejected `call` (or an `accept`/`reject` for a call that no
+        // longer rings) gets no `ended`. `internal` before the answer almost
+        // certainly means setup failed; hang up in case it did not.
         if (NOT_ACCEPTED.has(code)) this.#end(code, null);
         else if (code === 'internal' && !this.#answered) this.#abandon(code);
         break;
       }
     }
+  }
+
+  // Sends `reject` for a ringing incoming call and ends it locally; the
+  // gateway's own `ended` (reason `rejected`) then finds no call and is dropped.
+  #decline(code) {
+    if (this.#link.send({ type: 'reject', call: this.#id, code }) === 'sent') this.#end('rejected', code);
+    else this.#end('socket_closed', null);
   }
 
   // Ends locally after a client-side failure, telling the gateway if it may
@@ -323,14 +551,19 @@ export class Call extends EventTarget {
   }
 
   #abandon(reason) {
-    if (this.#offerSent && !this.#hangupSent) this.#link.send({ type: 'hangup', call: this.#id });
+    if (this.#offerSent) {
+      if (!this.#hangupSent) this.#link.send({ type: 'hangup', call: this.#id });
+    } else if (this.#direction === 'incoming') {
+      // Still ringing at the gateway: the caller should not ring on for nothing.
+      this.#link.send({ type: 'reject', call: this.#id, code: ACCEPT_FAILED_CODE });
+    }
     this.#end(reason, null);
   }
 
   #end(reason, code) {
     if (this.#state === 'ended') return;
     this.#endReason = { reason, code };
-    this.#pc.close();
+    this.#pc?.close();
     if (this.#ownStream) stopTracks(this.#ownStream);
     this.#pendingCandidates = [];
     this.#link.forget(this);
@@ -346,6 +579,16 @@ export class Call extends EventTarget {
   #emit(type, detail = null) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+// The Error that register() and unregister() reject with: `code` is the SIP
+// status (or null) of `registration_failed`, or an error code; `reason` the text.
+function registrationError(what, code, reason) {
+  const text = [code, reason].filter((part) => part != null && part !== '').join(' ');
+  const err = new Error(`${what} failed${text ? `: ${text}` : ''}`);
+  err.code = code;
+  err.reason = reason;
+  return err;
 }
 
 // Reorders/filters the offered codecs; telephone-event stays so DTMF keeps

@@ -9,7 +9,7 @@ mod protocol;
 
 pub use protocol::{
     decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, EndReason, ErrorCode,
-    IceCandidate, ServerMessage, MAX_DTMF_DIGITS, PROTOCOL_VERSION,
+    IceCandidate, ServerMessage, MAX_DTMF_DIGITS, PROTOCOL_VERSION, REJECT_CODES,
 };
 
 /// Browser assets served by the gateway.

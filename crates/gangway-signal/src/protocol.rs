@@ -82,9 +82,44 @@ pub enum ClientMessage {
         digits: String,
     },
     Ping,
+    /// Sign in as a SIP user: `user` + `password` (digest credentials the
+    /// gateway passes to the registrar), or a `token` (JWT) naming the user.
+    Register {
+        #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+        #[serde(default)]
+        token: Option<String>,
+    },
+    Unregister,
+    /// Answer an `incoming` call with the browser's SDP offer.
+    Accept {
+        call: CallId,
+        sdp: String,
+    },
+    /// Refuse an `incoming` call: 486 (default), 480 or 603.
+    Reject {
+        call: CallId,
+        #[serde(default)]
+        code: Option<u16>,
+    },
 }
 
-const CLIENT_TYPES: &[&str] = &["call", "candidate", "hangup", "dtmf", "ping"];
+const CLIENT_TYPES: &[&str] = &[
+    "call",
+    "candidate",
+    "hangup",
+    "dtmf",
+    "ping",
+    "register",
+    "unregister",
+    "accept",
+    "reject",
+];
+
+/// Status codes a browser may reject an incoming call with.
+pub const REJECT_CODES: [u16; 3] = [486, 480, 603];
 
 /// Most digits one `dtmf` request may carry.
 pub const MAX_DTMF_DIGITS: usize = 32;
@@ -124,6 +159,8 @@ pub enum ErrorCode {
     /// The far end did not accept telephone-event, so digits cannot be sent.
     DtmfUnavailable,
     ShuttingDown,
+    /// Too many failed sign-in attempts from this address; try again later.
+    RateLimited,
     Internal,
 }
 
@@ -143,6 +180,7 @@ impl ErrorCode {
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::DtmfUnavailable => "dtmf_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
         }
     }
@@ -162,6 +200,7 @@ impl ErrorCode {
         ErrorCode::InvalidState,
         ErrorCode::DtmfUnavailable,
         ErrorCode::ShuttingDown,
+        ErrorCode::RateLimited,
         ErrorCode::Internal,
     ];
 }
@@ -231,6 +270,30 @@ pub enum ServerMessage {
         message: String,
     },
     Pong,
+    /// The user is registered at the PBX (reply to `register`, and again
+    /// after a failed refresh recovered).
+    Registered {
+        user: String,
+        expires: u32,
+    },
+    /// Sign-in refused, or an established registration failed to refresh.
+    /// `code` is the registrar's SIP status, `null` when none applies.
+    RegistrationFailed {
+        user: String,
+        code: Option<u16>,
+        reason: String,
+    },
+    /// Reply to `unregister`, or the registration ended (gateway stopping).
+    Unregistered {
+        user: String,
+    },
+    /// A call for the signed-in user is ringing; answer with `accept`.
+    Incoming {
+        call: CallId,
+        from: String,
+        display: Option<String>,
+        to: String,
+    },
 }
 
 /// Decodes one text frame. Errors say exactly what is wrong and carry the
@@ -376,6 +439,59 @@ mod tests {
             digit: "5".into(),
         };
         assert_eq!(encode(&event), r#"{"type":"dtmf","call":"c1","digit":"5"}"#);
+    }
+
+    #[test]
+    fn registration_and_inbound_messages() {
+        let m = decode(r#"{"type":"register","user":"alice","password":"pw"}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Register {
+                user: Some("alice".into()),
+                password: Some("pw".into()),
+                token: None
+            }
+        );
+        let m = decode(r#"{"type":"register","token":"a.b.c"}"#).unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::Register {
+                token: Some(_),
+                user: None,
+                ..
+            }
+        ));
+        assert_eq!(
+            decode(r#"{"type":"unregister"}"#).unwrap(),
+            ClientMessage::Unregister
+        );
+        let m = decode(r#"{"type":"reject","call":"in-1"}"#).unwrap();
+        assert!(matches!(m, ClientMessage::Reject { code: None, .. }));
+        let e = err(r#"{"type":"accept","call":"in-1"}"#);
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert_eq!(e.call.unwrap().as_str(), "in-1");
+        let e = err(r#"{"type":"reject","call":"in-1","code":"busy"}"#);
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+
+        let incoming = ServerMessage::Incoming {
+            call: CallId::new("in-1").unwrap(),
+            from: "sip:bob@pbx".into(),
+            display: None,
+            to: "sip:alice@pbx".into(),
+        };
+        assert_eq!(
+            encode(&incoming),
+            r#"{"type":"incoming","call":"in-1","from":"sip:bob@pbx","display":null,"to":"sip:alice@pbx"}"#
+        );
+        let failed = ServerMessage::RegistrationFailed {
+            user: "alice".into(),
+            code: Some(401),
+            reason: "Unauthorized".into(),
+        };
+        assert_eq!(
+            encode(&failed),
+            r#"{"type":"registration_failed","user":"alice","code":401,"reason":"Unauthorized"}"#
+        );
     }
 
     #[test]

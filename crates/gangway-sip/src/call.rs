@@ -5,54 +5,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rsipstack::dialog::authenticate::Credential;
-use rsipstack::dialog::dialog::{DialogState, TerminatedReason, TransactionHandle};
+use rsipstack::dialog::dialog::{DialogState, TerminatedReason};
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::dialog::DialogId;
 use rsipstack::sip::{
-    Auth, Header, Host, HostWithPort, Method, Request, Response, Scheme, StatusCode,
-    StatusCodeKind, Uri,
+    Auth, Header, Host, HostWithPort, Response, Scheme, StatusCode, StatusCodeKind, Uri,
 };
 use rsipstack::transport::SipAddr;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::sdp::{self, Direction};
+use crate::dialog::{body_text, in_dialog_request, Events, LocalSdp, ALLOW};
 use crate::service::{ActiveCall, Shared};
 use crate::{CallControl, OutboundCall, SipEvent, Transport};
 
 /// After we hang up, give CANCEL/BYE this long (64*T1 plus slack) before
 /// reporting `Ended` regardless.
 const HANGUP_DEADLINE: Duration = Duration::from_secs(40);
-
-/// The call's channel to its owner.
-struct Events {
-    key: u64,
-    tx: UnboundedSender<(u64, SipEvent)>,
-}
-
-impl Events {
-    fn send(&self, event: SipEvent) {
-        debug!(?event, "sip event");
-        // The owner may have gone away; the call still runs to its end.
-        let _ = self.tx.send((self.key, event));
-    }
-
-    fn fail(&self, status: u16, reason: impl Into<String>) {
-        self.send(SipEvent::Failed {
-            status,
-            reason: reason.into(),
-        });
-    }
-}
-
-/// Our side of the SDP within the dialog, for answering re-offers.
-struct LocalSdp {
-    body: String,
-    version: u64,
-    direction: Direction,
-}
 
 /// How the INVITE transaction ended.
 enum Outcome {
@@ -81,10 +52,7 @@ pub(crate) async fn run_call(
     control: Arc<CallControl>,
     _active: ActiveCall,
 ) {
-    let events = Events {
-        key: call.key,
-        tx: events,
-    };
+    let events = Events::to(call.key, events);
 
     let option = match invite_option(&shared, &call) {
         Ok(option) => option,
@@ -116,11 +84,7 @@ pub(crate) async fn run_call(
     let early_id = dialog.id();
     tokio::pin!(invite);
 
-    let mut local = LocalSdp {
-        version: sdp_version(&call.sdp_offer).unwrap_or(1),
-        body: call.sdp_offer,
-        direction: Direction::SendRecv,
-    };
+    let mut local = LocalSdp::new(call.sdp_offer);
     let mut p = Progress::default();
 
     let forced = loop {
@@ -266,114 +230,19 @@ async fn on_state(
                 start_hangup(dialog, p);
             }
         }
-        DialogState::Updated(_, req, handle) => answer_reoffer(&req, handle, local).await,
-        DialogState::Info(_, req, handle) => {
-            let content_type = req.headers.iter().find_map(|h| match h {
-                Header::ContentType(v) => Some(v.to_string()),
-                _ => None,
-            });
-            match info_dtmf_digit(content_type.as_deref(), &req.body) {
-                Some(digit) => {
-                    info!(%digit, "DTMF received in INFO");
-                    events.send(SipEvent::Dtmf { digit });
-                }
-                None => debug!(body_len = req.body.len(), "INFO without DTMF, ignored"),
-            }
-            let _ = handle.reply(StatusCode::OK).await;
-        }
-        DialogState::Options(_, _, handle) => {
-            let _ = handle
-                .respond(
-                    StatusCode::OK,
-                    Some(vec![Header::Allow(
-                        "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE".into(),
-                    )]),
-                    None,
-                )
-                .await;
-        }
-        DialogState::Notify(_, _, handle) => {
-            let _ = handle.reply(StatusCode::OK).await;
-        }
-        DialogState::Refer(_, _, handle) => {
-            info!("REFER received, declined (transfer not supported)");
-            let _ = handle.reply(StatusCode::Decline).await;
-        }
-        DialogState::Message(_, _, handle) | DialogState::Publish(_, _, handle) => {
-            let _ = handle.reply(StatusCode::MethodNotAllowed).await;
-        }
+        DialogState::Updated(..)
+        | DialogState::Info(..)
+        | DialogState::Options(..)
+        | DialogState::Notify(..)
+        | DialogState::Refer(..)
+        | DialogState::Message(..)
+        | DialogState::Publish(..) => in_dialog_request(state, events, local).await,
         DialogState::Terminated(_, reason) => {
             debug!(?reason, "dialog terminated");
             p.terminated = Some(reason);
         }
         DialogState::Calling(_) | DialogState::Trying(_) | DialogState::WaitAck(_, _) => {}
     }
-}
-
-/// Answer a re-INVITE or UPDATE from the far end. The media address and
-/// codec we offered stay as they are; only the direction follows the offer
-/// (hold/resume), so the far end's hold is honoured.
-async fn answer_reoffer(req: &Request, handle: TransactionHandle, local: &mut LocalSdp) {
-    let sdp_headers = || Some(vec![Header::ContentType("application/sdp".into())]);
-    if req.body.is_empty() {
-        if req.method == Method::Update {
-            // Session refresh without an offer.
-            let _ = handle.reply(StatusCode::OK).await;
-        } else {
-            // Offerless re-INVITE: our current SDP is the offer; the answer
-            // comes in the ACK.
-            let _ = handle
-                .respond(
-                    StatusCode::OK,
-                    sdp_headers(),
-                    Some(local.body.clone().into_bytes()),
-                )
-                .await;
-        }
-        return;
-    }
-    let offer = String::from_utf8_lossy(&req.body);
-    let Some(offered) = sdp::offer_direction(&offer) else {
-        info!(method = %req.method, "re-offer without usable audio, rejected");
-        let _ = handle.reply(StatusCode::NotAcceptableHere).await;
-        return;
-    };
-    let wanted = offered.reverse();
-    if wanted != local.direction {
-        match sdp::with_direction(&local.body, wanted, local.version.saturating_add(1)) {
-            Some(body) => {
-                local.body = body;
-                local.version = local.version.saturating_add(1);
-                local.direction = wanted;
-            }
-            None => {
-                let _ = handle.reply(StatusCode::ServerInternalError).await;
-                return;
-            }
-        }
-    }
-    info!(method = %req.method, direction = wanted.as_str(), "answering re-offer");
-    let _ = handle
-        .respond(
-            StatusCode::OK,
-            sdp_headers(),
-            Some(local.body.clone().into_bytes()),
-        )
-        .await;
-}
-
-fn body_text(body: &[u8]) -> Option<String> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return None;
-    }
-    Some(String::from_utf8_lossy(body).into_owned())
-}
-
-fn sdp_version(sdp: &str) -> Option<u64> {
-    sdp.lines()
-        .find_map(|l| l.trim_end().strip_prefix("o="))
-        .and_then(|o| o.split_ascii_whitespace().nth(2))
-        .and_then(|v| v.parse().ok())
 }
 
 /// Status and reason for a call that ended without being answered.
@@ -540,9 +409,7 @@ fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, S
         .filter(|c| c.is_ascii_graphic())
         .take(128)
         .collect();
-    let mut headers = vec![Header::Allow(
-        "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE".into(),
-    )];
+    let mut headers = vec![Header::Allow(ALLOW.into())];
     if !correlation.is_empty() {
         headers.push(Header::Other("X-Gangway-Call-ID".to_string(), correlation));
     }
@@ -562,32 +429,9 @@ fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, S
     })
 }
 
-/// The digit of a DTMF INFO body: `application/dtmf-relay` (`Signal=5`, the
-/// de-facto format of Cisco and most PBXs) or `application/dtmf` (just `5`).
-fn info_dtmf_digit(content_type: Option<&str>, body: &[u8]) -> Option<char> {
-    let content_type = content_type?.to_ascii_lowercase();
-    let body = std::str::from_utf8(body).ok()?;
-    let value = if content_type.contains("application/dtmf-relay") {
-        body.lines().find_map(|l| {
-            let (key, value) = l.split_once('=')?;
-            key.trim()
-                .eq_ignore_ascii_case("signal")
-                .then(|| value.trim())
-        })?
-    } else if content_type.contains("application/dtmf") {
-        body.trim()
-    } else {
-        return None;
-    };
-    let mut chars = value.chars();
-    let digit = chars.next()?.to_ascii_uppercase();
-    let valid = digit.is_ascii_digit() || matches!(digit, '*' | '#' | 'A'..='D');
-    (valid && chars.next().is_none()).then_some(digit)
-}
-
 /// RFC 3261 `user`: unreserved / escaped / user-unreserved, minus the
 /// characters that would need care in a header (`;`, `?`, `/`).
-fn is_user_char(c: char) -> bool {
+pub(crate) fn is_user_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-_.!~*'()%&=+$,".contains(c)
 }
 
@@ -598,45 +442,6 @@ fn is_host_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dtmf_info_bodies() {
-        let relay = Some("application/dtmf-relay");
-        assert_eq!(
-            info_dtmf_digit(relay, b"Signal=5\r\nDuration=160\r\n"),
-            Some('5')
-        );
-        assert_eq!(info_dtmf_digit(relay, b"signal= #\r\n"), Some('#'));
-        assert_eq!(
-            info_dtmf_digit(Some("Application/DTMF-Relay"), b"Signal=d"),
-            Some('D')
-        );
-        assert_eq!(
-            info_dtmf_digit(Some("application/dtmf"), b"7\r\n"),
-            Some('7')
-        );
-        assert_eq!(info_dtmf_digit(relay, b"Duration=160"), None);
-        assert_eq!(
-            info_dtmf_digit(relay, b"Signal=12"),
-            None,
-            "one digit per INFO"
-        );
-        assert_eq!(info_dtmf_digit(relay, b"Signal=x"), None);
-        assert_eq!(
-            info_dtmf_digit(Some("application/media_control+xml"), b"<x/>"),
-            None
-        );
-        assert_eq!(info_dtmf_digit(None, b"Signal=5"), None);
-        assert_eq!(info_dtmf_digit(relay, &[0xff, 0xfe]), None, "not UTF-8");
-    }
-
-    #[test]
-    fn reads_sdp_version() {
-        let sdp = sdp::offer("192.0.2.1".parse().unwrap(), 4000, &[], 101, 77);
-        assert_eq!(sdp_version(&sdp), Some(1));
-        assert_eq!(sdp_version("v=0\r\no=- 1 42 IN IP4 1.2.3.4\r\n"), Some(42));
-        assert_eq!(sdp_version("garbage"), None);
-    }
 
     #[test]
     fn user_and_host_chars() {

@@ -29,7 +29,10 @@
 pub mod sdp;
 
 mod call;
+mod dialog;
+mod inbound;
 mod metrics;
+mod register;
 mod service;
 
 use std::net::{IpAddr, SocketAddr};
@@ -38,7 +41,10 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+pub use inbound::{InboundSipCall, IncomingCall};
+pub use ipnet;
 pub use metrics::{SipLabels, SipMetrics};
+pub use register::{RegEvent, RegistrationHandle, RegistrationRequest};
 pub use service::SipService;
 
 /// How the SIP endpoint listens.

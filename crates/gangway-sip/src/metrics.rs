@@ -23,6 +23,9 @@ pub struct SipMetrics {
     pub requests: Family<SipLabels, Counter>,
     /// Responses by `direction` and `status` (`"200"`, `"486"`, …).
     pub responses: Family<SipLabels, Counter>,
+    /// Dialog-creating INVITEs refused before anyone was asked, by `reason`
+    /// (`forbidden_source`, `no_user`).
+    pub inbound_rejected: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl SipMetrics {
@@ -39,6 +42,17 @@ impl SipMetrics {
             "SIP responses, by direction and status code",
             self.responses.clone(),
         );
+        registry.register(
+            "sip_inbound_rejected",
+            "Inbound INVITEs refused by the SIP service itself, by reason",
+            self.inbound_rejected.clone(),
+        );
+    }
+
+    pub(crate) fn inbound_rejected(&self, reason: &'static str) {
+        self.inbound_rejected
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     pub(crate) fn count(&self, direction: &'static str, msg: &SipMessage) {

@@ -190,6 +190,22 @@ pub fn offer_with_direction(
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Our answer to the far end's offer, parsed with [`parse_answer`] (an
+/// offer reads the same way): only the codec chosen from it, its own
+/// telephone-event payload type (left out when it offered none), and the
+/// direction that answers its direction (RFC 3264 §6.1).
+pub fn answer(ip: IpAddr, rtp_port: u16, offer: &MediaAnswer, session_id: u64) -> String {
+    offer_with_direction(
+        ip,
+        rtp_port,
+        &[offer.codec],
+        offer.dtmf_pt.unwrap_or(0),
+        session_id,
+        1,
+        offer.direction.reverse(),
+    )
+}
+
 /// Parse the far end's SDP answer to one of our offers.
 ///
 /// Uses the first `m=audio` line; its port must not be 0 and its transport

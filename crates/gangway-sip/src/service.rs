@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rsipstack::dialog::dialog_layer::DialogLayer;
@@ -19,14 +19,15 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::call::run_call;
+use crate::dialog::ALLOW;
+use crate::inbound::{request_source, source_allowed, start_inbound};
 use crate::metrics::MetricsInspector;
-use crate::{CallControl, OutboundCall, SipCall, SipConfig, SipError, SipEvent, SipMetrics};
+use crate::{
+    CallControl, IncomingCall, OutboundCall, SipCall, SipConfig, SipError, SipEvent, SipMetrics,
+};
 
 /// How long [`SipService::stop`] lets calls hang up cleanly before it drops them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-
-/// Methods we answer (for `Allow`).
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
 
 /// The SIP endpoint. Create with [`SipService::start`]; stop with
 /// [`SipService::stop`] (dropping it also shuts the endpoint down, abruptly).
@@ -45,13 +46,22 @@ pub(crate) struct Shared {
     pub(crate) hangup_all: CancellationToken,
     /// Ends every call at once (stop after the grace period, or drop).
     pub(crate) kill: CancellationToken,
-    stopping: AtomicBool,
+    pub(crate) stopping: AtomicBool,
     active: AtomicUsize,
     idle: Notify,
+    /// Set once by [`SipService::accept_inbound`].
+    inbound: OnceLock<Inbound>,
+    metrics: SipMetrics,
+}
+
+/// Who may call in, and who gets the calls.
+struct Inbound {
+    allowed_sources: Vec<ipnet::IpNet>,
+    handler: UnboundedSender<IncomingCall>,
 }
 
 /// Decrements the active call count when a call task ends.
-pub(crate) struct ActiveCall(Arc<Shared>);
+pub(crate) struct ActiveCall(pub(crate) Arc<Shared>);
 
 impl Drop for ActiveCall {
     fn drop(&mut self) {
@@ -119,7 +129,7 @@ impl SipService {
             .with_cancel_token(root.clone())
             .with_transport_layer(transport_layer)
             .with_user_agent(&config.user_agent)
-            .with_inspector(Box::new(MetricsInspector(metrics)))
+            .with_inspector(Box::new(MetricsInspector(metrics.clone())))
             .with_allows(vec![
                 Method::Invite,
                 Method::Ack,
@@ -146,6 +156,8 @@ impl SipService {
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             idle: Notify::new(),
+            inbound: OnceLock::new(),
+            metrics,
         });
 
         let endpoint_inner = shared.endpoint.inner.clone();
@@ -154,11 +166,7 @@ impl SipService {
                 warn!(error = %e, "SIP endpoint stopped with an error");
             }
         });
-        tokio::spawn(incoming_loop(
-            shared.dialog_layer.clone(),
-            incoming,
-            root.clone(),
-        ));
+        tokio::spawn(incoming_loop(shared.clone(), incoming, root.clone()));
 
         info!(%local_addr, %advertised_ip, "SIP service listening (UDP and TCP)");
         Ok(SipService { shared })
@@ -208,11 +216,26 @@ impl SipService {
             let _ = events.send((call.key, SipEvent::Ended));
             return handle;
         }
-        self.shared.active.fetch_add(1, Ordering::SeqCst);
+        self.shared.call_started();
         let active = ActiveCall(self.shared.clone());
         let span = tracing::info_span!("sip_call", call = %call.correlation_id, key = call.key);
         tokio::spawn(run_call(self.shared.clone(), call, events, control, active).instrument(span));
         handle
+    }
+
+    /// Take inbound calls: INVITEs that start a dialog, from an address in
+    /// `allowed_sources`, go to `handler` (others get 403 and count in
+    /// `sip_inbound_rejected{reason="forbidden_source"}`). Without this every
+    /// inbound INVITE gets 480. Only the first call has an effect.
+    pub fn accept_inbound(
+        &self,
+        allowed_sources: Vec<ipnet::IpNet>,
+        handler: UnboundedSender<IncomingCall>,
+    ) {
+        let _ = self.shared.inbound.set(Inbound {
+            allowed_sources,
+            handler,
+        });
     }
 
     /// Stop: new calls fail with 503, live calls are hung up (CANCEL/BYE)
@@ -248,6 +271,14 @@ impl Drop for SipService {
 }
 
 impl Shared {
+    pub(crate) fn endpoint_inner(&self) -> rsipstack::transaction::endpoint::EndpointInnerRef {
+        self.endpoint.inner.clone()
+    }
+
+    pub(crate) fn call_started(&self) {
+        self.active.fetch_add(1, Ordering::SeqCst);
+    }
+
     async fn wait_idle(&self) {
         loop {
             let notified = self.idle.notified();
@@ -293,7 +324,7 @@ fn bind_udp_and_check_tcp(listen: SocketAddr) -> Result<std::net::UdpSocket, Sip
 
 /// Requests that are not responses to our own transactions.
 async fn incoming_loop(
-    dialog_layer: Arc<DialogLayer>,
+    shared: Arc<Shared>,
     mut incoming: TransactionReceiver,
     cancel: CancellationToken,
 ) {
@@ -305,15 +336,14 @@ async fn incoming_loop(
                 None => break,
             },
         };
-        let dialog_layer = dialog_layer.clone();
-        tokio::spawn(handle_incoming(dialog_layer, tx));
+        tokio::spawn(handle_incoming(shared.clone(), tx));
     }
     debug!("incoming request loop ended");
 }
 
-async fn handle_incoming(dialog_layer: Arc<DialogLayer>, mut tx: Transaction) {
+async fn handle_incoming(shared: Arc<Shared>, mut tx: Transaction) {
     let method = tx.original.method;
-    if let Some(mut dialog) = dialog_layer.match_dialog(&tx) {
+    if let Some(mut dialog) = shared.dialog_layer.match_dialog(&tx) {
         if let Err(e) = dialog.handle(&mut tx).await {
             debug!(%method, error = %e, "in-dialog request failed");
         }
@@ -343,9 +373,10 @@ async fn handle_incoming(dialog_layer: Arc<DialogLayer>, mut tx: Transaction) {
         .ok()
         .and_then(|to| to.tag().ok().flatten())
         .is_some();
+    if method == Method::Invite && !has_to_tag {
+        return new_invite(&shared, tx).await;
+    }
     let (status, allow) = match method {
-        // Inbound calls are not supported yet.
-        Method::Invite if !has_to_tag => (StatusCode::TemporarilyUnavailable, false),
         Method::Options => (StatusCode::OK, true),
         // Endpoint answers CANCEL itself; ACK never reaches here.
         Method::Ack => return,
@@ -367,7 +398,7 @@ async fn handle_incoming(dialog_layer: Arc<DialogLayer>, mut tx: Transaction) {
         }
         _ => (StatusCode::MethodNotAllowed, true),
     };
-    debug!(%method, status = status.code(), src = ?tx.connection.as_ref().and_then(|c| c.get_remote_addr()).map(|a| a.to_string()), "out-of-dialog request");
+    debug!(%method, status = status.code(), src = ?request_source(&tx), "out-of-dialog request");
     let mut headers = Vec::new();
     if allow {
         headers.push(Header::Allow(ALLOW.into()));
@@ -377,12 +408,57 @@ async fn handle_incoming(dialog_layer: Arc<DialogLayer>, mut tx: Transaction) {
     }
     if let Err(e) = tx.reply_with(status, headers, None).await {
         debug!(%method, error = %e, "failed to answer request");
+    }
+}
+
+/// An INVITE that starts a dialog: screened, then handed to the inbound
+/// handler, or refused.
+async fn new_invite(shared: &Arc<Shared>, tx: Transaction) {
+    let Some(inbound) = shared.inbound.get() else {
+        // Inbound calls are not enabled.
+        return refuse_invite(tx, StatusCode::TemporarilyUnavailable).await;
+    };
+    let source = request_source(&tx);
+    let Some(source) = source.filter(|s| source_allowed(&inbound.allowed_sources, s.ip())) else {
+        warn!(src = ?source, "INVITE from an address not in sip.inbound_allow, refused (403)");
+        shared.metrics.inbound_rejected("forbidden_source");
+        return refuse_invite(tx, StatusCode::Forbidden).await;
+    };
+    if shared.stopping.load(Ordering::SeqCst) {
+        return refuse_invite(tx, StatusCode::ServiceUnavailable).await;
+    }
+    let user = tx
+        .original
+        .uri
+        .auth
+        .as_ref()
+        .map(|a| a.user.clone())
+        .filter(|u| !u.is_empty());
+    let Some(user) = user else {
+        shared.metrics.inbound_rejected("no_user");
+        return refuse_invite(tx, StatusCode::NotFound).await;
+    };
+    match start_inbound(shared, tx, user, source) {
+        Ok(call) => {
+            if let Err(refused) = inbound.handler.send(call) {
+                refused.0.handle.reject(480);
+            }
+        }
+        Err(refused) => {
+            let (tx, status) = *refused;
+            refuse_invite(tx, status).await
+        }
+    }
+}
+
+/// Answers an INVITE we will not take, and keeps its server transaction
+/// until the ACK (or Timer H): it retransmits the response over UDP.
+async fn refuse_invite(mut tx: Transaction, status: StatusCode) {
+    debug!(status = status.code(), src = ?request_source(&tx), "INVITE refused");
+    if let Err(e) = tx.reply(status).await {
+        debug!(error = %e, "failed to answer INVITE");
         return;
     }
-    if method == Method::Invite {
-        // Keep the server transaction until the ACK (or Timer H): it
-        // retransmits the final response over UDP.
-        let drain = async { while tx.receive().await.is_some() {} };
-        let _ = tokio::time::timeout(Duration::from_secs(40), drain).await;
-    }
+    let drain = async { while tx.receive().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(40), drain).await;
 }

@@ -20,6 +20,64 @@ pub struct Config {
     pub sip: SipSection,
     pub media: MediaSection,
     pub shutdown: ShutdownConfig,
+    pub auth: AuthSection,
+}
+
+/// Sign-in of browsers as SIP users (API `register`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// HS256 key for `register` with a `token` (a JWT whose `sub` names the
+    /// SIP user and whose `exp` is required). Unset: tokens are refused.
+    pub token_secret: Option<String>,
+    /// SIP digest passwords for users who sign in with a token, by user.
+    pub users: std::collections::BTreeMap<String, String>,
+    /// Failed sign-ins from one address within `failure_window_secs` after
+    /// which that address gets `rate_limited` until the window passes.
+    pub max_failures: u32,
+    pub failure_window_secs: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            token_secret: None,
+            users: Default::default(),
+            max_failures: 5,
+            failure_window_secs: 300,
+        }
+    }
+}
+
+/// Where users are registered; every field defaults to the trunk's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarSection {
+    pub host: String,
+    /// 0: the trunk's port.
+    pub port: u16,
+    /// `udp` or `tcp`; empty: the trunk's transport.
+    pub transport: String,
+    /// Domain of the users' addresses-of-record; empty: the trunk's domain.
+    pub domain: String,
+    /// Registration lifetime asked for; refreshed at 75 % of what is granted.
+    pub expires_secs: u32,
+    /// After a user's last session closes, keep the registration this long
+    /// (a page reload must not make the user unreachable).
+    pub unregister_grace_secs: u64,
+}
+
+impl Default for RegistrarSection {
+    fn default() -> Self {
+        RegistrarSection {
+            host: String::new(),
+            port: 0,
+            transport: String::new(),
+            domain: String::new(),
+            expires_secs: 300,
+            unregister_grace_secs: 10,
+        }
+    }
 }
 
 /// Which codec the browser leg of a SIP call uses.
@@ -78,7 +136,13 @@ pub struct SipSection {
     pub answer_timeout_secs: u64,
     /// Answered calls are ended after this many seconds; 0 for no limit.
     pub max_call_duration_secs: u64,
+    /// Seconds an incoming call rings the browsers before it is refused (480).
+    pub ring_timeout_secs: u64,
+    /// Addresses (IPs or CIDR networks) allowed to send INVITEs; others get
+    /// 403. Empty: the trunk's and the registrar's addresses.
+    pub inbound_allow: Vec<String>,
     pub trunk: TrunkSection,
+    pub registrar: RegistrarSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,7 +176,10 @@ impl Default for SipSection {
             rtp_port_max: 31999,
             answer_timeout_secs: 60,
             max_call_duration_secs: 4 * 3600,
+            ring_timeout_secs: 60,
+            inbound_allow: Vec::new(),
             trunk: TrunkSection::default(),
+            registrar: RegistrarSection::default(),
         }
     }
 }
@@ -433,7 +500,68 @@ impl Config {
             ));
         }
         self.sip_allow_patterns()?;
+        self.inbound_allow()?;
+        if !(1..=600).contains(&s.ring_timeout_secs) {
+            return Err(problem(
+                "sip.ring_timeout_secs",
+                "must be between 1 and 600",
+            ));
+        }
+        let r = &s.registrar;
+        if !(r.transport.is_empty()
+            || matches!(r.transport.to_ascii_lowercase().as_str(), "udp" | "tcp"))
+        {
+            return Err(problem(
+                "sip.registrar.transport",
+                "must be `udp`, `tcp` or empty (the trunk's)",
+            ));
+        }
+        if !(30..=86_400).contains(&r.expires_secs) {
+            return Err(problem(
+                "sip.registrar.expires_secs",
+                "must be between 30 and 86400",
+            ));
+        }
+        if r.unregister_grace_secs > 3600 {
+            return Err(problem(
+                "sip.registrar.unregister_grace_secs",
+                "must be at most 3600",
+            ));
+        }
+        let a = &self.auth;
+        if a.token_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err(problem(
+                "auth.token_secret",
+                "must be at least 32 bytes (HS256 keys shorter than the hash are weak)",
+            ));
+        }
+        if a.max_failures == 0 || a.failure_window_secs == 0 {
+            return Err(problem(
+                "auth.max_failures",
+                "max_failures and failure_window_secs must be positive",
+            ));
+        }
         Ok(())
+    }
+
+    /// `sip.inbound_allow`, parsed; empty when not configured.
+    pub fn inbound_allow(&self) -> Result<Vec<gangway_sip::ipnet::IpNet>, ConfigError> {
+        self.sip
+            .inbound_allow
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<gangway_sip::ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(gangway_sip::ipnet::IpNet::from))
+                    .map_err(|_| {
+                        problem(
+                            "sip.inbound_allow",
+                            format!("`{entry}` is neither an IP address nor a CIDR network"),
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// The trunk allow-list, compiled.
@@ -472,6 +600,10 @@ impl Config {
         } else {
             t.domain.clone()
         }
+    }
+
+    pub fn ring_timeout(&self) -> Duration {
+        Duration::from_secs(self.sip.ring_timeout_secs)
     }
 
     pub fn answer_timeout(&self) -> Duration {

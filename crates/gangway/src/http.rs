@@ -1,9 +1,10 @@
 //! HTTP routes. Handlers stay thin: assets, health, metrics, and the
 //! WebSocket upgrade that hands the socket to a session.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -71,6 +72,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn websocket(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -80,7 +82,7 @@ async fn websocket(
     upgrade
         .max_message_size(MAX_WS_FRAME_BYTES)
         .max_frame_size(MAX_WS_FRAME_BYTES)
-        .on_upgrade(move |socket| session::run(socket, shared))
+        .on_upgrade(move |socket| session::run(socket, shared, peer.ip()))
 }
 
 /// Browsers always send `Origin` on WebSocket requests; refusing foreign

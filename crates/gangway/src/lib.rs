@@ -2,10 +2,13 @@
 //! metrics and graceful drain. Protocol and call logic live in the
 //! `gangway-*` crates; this crate only connects them.
 
+mod auth;
 pub mod config;
 mod http;
+mod inbound;
 mod metrics;
 mod session;
+mod users;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,6 +19,7 @@ use axum::serve::ListenerExt;
 use gangway_core::{Router, SipRouting};
 use gangway_media::{CodecPolicy, MediaPolicy, OpusSettings, RtpPorts, ShardHandle};
 use gangway_rtc::EndpointConfig;
+use gangway_sip::sdp::G711;
 use gangway_sip::{SipConfig, SipService, Transport, Trunk};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -35,9 +39,13 @@ pub enum Phase {
     Terminating,
 }
 
+/// Codecs offered to and accepted from the SIP leg; the bridge converts
+/// between them if the browser and the PBX chose differently.
+pub(crate) const SIP_CODECS: [G711; 2] = [G711::Pcmu, G711::Pcma];
+
 /// The SIP service and the trunk calls go to.
 pub(crate) struct SipLeg {
-    service: SipService,
+    service: Arc<SipService>,
     trunk: Trunk,
     from_user: String,
 }
@@ -52,6 +60,10 @@ pub(crate) struct Shared {
     router: Router,
     /// The SIP leg, when `sip.enabled`.
     sip: Option<SipLeg>,
+    /// Signed-in SIP users (with the SIP leg).
+    users: Option<users::Users>,
+    /// Failed sign-ins per source address.
+    sign_in_failures: auth::FailureLimiter,
     phase: watch::Sender<Phase>,
     next_peer: AtomicU64,
     next_session: AtomicU64,
@@ -71,9 +83,9 @@ impl Shared {
     }
 
     /// Session ids only need to be unique for logs and the API; they carry no authority.
-    fn next_session_id(&self) -> String {
+    fn next_session_id(&self) -> (u64, String) {
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
-        format!("{:x}-{n}", self.started_ms)
+        (n, format!("{:x}-{n}", self.started_ms))
     }
 }
 
@@ -163,6 +175,28 @@ impl Gateway {
         let http_addr = listener
             .local_addr()
             .map_err(|e| StartError::Http(config.http.listen, e))?;
+        let (inbound_tx, inbound_rx) = tokio::sync::mpsc::unbounded_channel();
+        let users = match &sip {
+            Some(leg) => {
+                let allowed = inbound_sources(&config).await.map_err(StartError::Config)?;
+                info!(allowed = ?allowed, "inbound SIP accepted from these sources");
+                leg.service.accept_inbound(allowed, inbound_tx);
+                Some(users::start(
+                    leg.service.clone(),
+                    users::UsersConfig {
+                        registrar: registrar(&config),
+                        expires: config.sip.registrar.expires_secs,
+                        grace: Duration::from_secs(config.sip.registrar.unregister_grace_secs),
+                    },
+                    metrics.clone(),
+                ))
+            }
+            None => None,
+        };
+        let sign_in_failures = auth::FailureLimiter::new(
+            config.auth.max_failures,
+            Duration::from_secs(config.auth.failure_window_secs),
+        );
         let (phase, _) = watch::channel(Phase::Running);
         let started_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -175,6 +209,8 @@ impl Gateway {
             next_shard: AtomicUsize::new(0),
             router,
             sip,
+            users,
+            sign_in_failures,
             phase,
             next_peer: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
@@ -187,7 +223,8 @@ impl Gateway {
                 warn!("cannot set TCP_NODELAY on an API connection: {e}");
             }
         });
-        let app = http::router(shared.clone());
+        tokio::spawn(inbound::run(shared.clone(), inbound_rx));
+        let app = http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let mut phase_rx = shared.phase.subscribe();
         let server = tokio::spawn(async move {
             let stop = async move {
@@ -331,8 +368,70 @@ async fn start_sip(config: &Config, metrics: &Metrics) -> Result<SipLeg, StartEr
         .unwrap_or_else(|| "gangway".into());
     info!(sip = %service.local_addr(), trunk = %format!("{}:{}", t.host, t.port), "SIP leg enabled");
     Ok(SipLeg {
-        service,
+        service: Arc::new(service),
         trunk,
         from_user,
     })
+}
+
+/// The registrar users are registered at: `sip.registrar`, each field
+/// defaulting to the trunk's.
+fn registrar(config: &Config) -> Trunk {
+    let (r, t) = (&config.sip.registrar, &config.sip.trunk);
+    let transport = if r.transport.is_empty() {
+        &t.transport
+    } else {
+        &r.transport
+    };
+    Trunk {
+        host: if r.host.is_empty() {
+            t.host.clone()
+        } else {
+            r.host.clone()
+        },
+        port: if r.port == 0 { t.port } else { r.port },
+        transport: if transport.eq_ignore_ascii_case("tcp") {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        },
+        domain: if r.domain.is_empty() {
+            config.sip_domain()
+        } else {
+            r.domain.clone()
+        },
+        username: None,
+        password: None,
+    }
+}
+
+/// `sip.inbound_allow`, or by default the addresses the trunk and the
+/// registrar resolve to (each as a single-host network).
+async fn inbound_sources(config: &Config) -> Result<Vec<gangway_sip::ipnet::IpNet>, ConfigError> {
+    let configured = config.inbound_allow()?;
+    if !configured.is_empty() {
+        return Ok(configured);
+    }
+    let mut nets = Vec::new();
+    let trunk = &config.sip.trunk;
+    let registrar = registrar(config);
+    for (host, port) in [
+        (trunk.host.as_str(), trunk.port),
+        (registrar.host.as_str(), registrar.port),
+    ] {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match tokio::net::lookup_host((host, port)).await {
+            Ok(addrs) => nets.extend(addrs.map(|a| gangway_sip::ipnet::IpNet::from(a.ip()))),
+            Err(e) => warn!(%host, "cannot resolve for the inbound allow-list: {e}"),
+        }
+    }
+    nets.sort();
+    nets.dedup();
+    if nets.is_empty() {
+        return Err(ConfigError {
+            key: "sip.inbound_allow".into(),
+            problem: "empty, and neither the trunk nor the registrar host resolves".into(),
+        });
+    }
+    Ok(nets)
 }

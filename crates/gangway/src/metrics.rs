@@ -29,6 +29,12 @@ pub struct Metrics {
     pub sip_invite_seconds: Histogram,
     pub shard: ShardMetrics,
     pub sip: SipMetrics,
+    /// SIP users this instance holds a registration for.
+    pub registrations_active: Gauge,
+    /// Failed REGISTERs and refused sign-ins, by SIP status (`none` for tokens).
+    pub registrations_failed: Family<Labels, Counter>,
+    /// Inbound INVITEs by outcome.
+    pub inbound_calls: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -49,6 +55,9 @@ impl Metrics {
             ]),
             shard: ShardMetrics::default(),
             sip: SipMetrics::default(),
+            registrations_active: Gauge::default(),
+            registrations_failed: Family::default(),
+            inbound_calls: Family::default(),
             registry: Registry::with_prefix("gangway"),
         };
         m.registry
@@ -94,6 +103,21 @@ impl Metrics {
             m.sip_invite_seconds.clone(),
         );
         m.sip.register(&mut m.registry);
+        m.registry.register(
+            "registrations_active",
+            "SIP users registered by this instance",
+            m.registrations_active.clone(),
+        );
+        m.registry.register(
+            "registrations_failed",
+            "Failed registrations and refused sign-ins, by SIP status",
+            m.registrations_failed.clone(),
+        );
+        m.registry.register(
+            "inbound_calls",
+            "Inbound calls by outcome (answered, rejected, cancelled, no_answer, not_found, unavailable, incompatible, failed, shutting_down)",
+            m.inbound_calls.clone(),
+        );
         let s = &m.shard;
         m.registry.register(
             "webrtc_peers_active",
@@ -219,6 +243,28 @@ impl Metrics {
             .get_or_create(&[("reason", reason.as_str())])
             .inc();
         self.calls_active.dec();
+    }
+
+    pub fn registration_failed(&self, status: Option<u16>) {
+        let label = match status {
+            Some(401) => "401",
+            Some(403) => "403",
+            Some(404) => "404",
+            Some(407) => "407",
+            Some(408) => "408",
+            Some(503) => "503",
+            Some(_) => "other",
+            None => "none",
+        };
+        self.registrations_failed
+            .get_or_create(&[("code", label)])
+            .inc();
+    }
+
+    pub fn inbound_call(&self, outcome: &'static str) {
+        self.inbound_calls
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
     }
 
     pub fn api_error(&self, code: ErrorCode) {

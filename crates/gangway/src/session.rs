@@ -2,6 +2,7 @@
 //! carries out their actions. The call logic itself lives in `gangway-core`.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,23 +16,22 @@ use gangway_media::{Law, LegEvent, MediaRoute};
 use gangway_rtc::{PeerId, SetupError};
 use gangway_signal::{
     decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, ErrorCode, ServerMessage,
-    MAX_DTMF_DIGITS, PROTOCOL_VERSION,
+    MAX_DTMF_DIGITS, PROTOCOL_VERSION, REJECT_CODES,
 };
 use gangway_sip::sdp::{self as sip_sdp, G711};
-use gangway_sip::{OutboundCall, SipCall, SipEvent};
+use gangway_sip::{InboundSipCall, OutboundCall, SipCall, SipEvent};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::{Phase, Shared};
+use crate::inbound::Ringing;
+use crate::users::Inbox;
+use crate::{auth, Phase, Shared, SIP_CODECS};
 
 /// WebSocket close code for a frame over the hard limit (RFC 6455 "message too big").
 const CLOSE_TOO_BIG: u16 = 1009;
 /// WebSocket close code when the gateway goes away.
 const CLOSE_GOING_AWAY: u16 = 1001;
 
-/// Codecs offered to the SIP leg; the bridge converts between them if the
-/// browser and the PBX chose differently.
-const SIP_CODECS: [G711; 2] = [G711::Pcmu, G711::Pcma];
 /// RFC 4733 telephone-event payload type offered to the SIP leg.
 const SIP_DTMF_PT: u8 = 101;
 
@@ -44,13 +44,38 @@ struct CallEntry {
     log_id: String,
     /// The local RTP port of a bridged call, for the SIP offer.
     rtp_port: Option<u16>,
-    sip: Option<SipCall>,
+    sip: Option<SipLeg>,
+    /// An incoming call's INVITE offer (`None` also for offerless INVITEs).
+    sip_offer: Option<String>,
     /// The media shard holding the call's legs.
     shard: usize,
 }
 
+/// The SIP side of a call, whichever side placed it.
+enum SipLeg {
+    Outbound(SipCall),
+    Inbound(InboundSipCall),
+}
+
+impl SipLeg {
+    fn hangup(&self) {
+        match self {
+            SipLeg::Outbound(call) => call.hangup(),
+            SipLeg::Inbound(call) => call.hangup(),
+        }
+    }
+}
+
 struct Session {
     shared: Arc<Shared>,
+    /// This session's number, for the user table and ringing decisions.
+    number: u64,
+    peer_ip: IpAddr,
+    inbox: mpsc::UnboundedSender<Inbox>,
+    /// The SIP user this session signed in as (or is signing in as).
+    user: Option<String>,
+    /// Incoming calls ringing here, not yet accepted or withdrawn.
+    ringing: HashMap<CallId, Arc<Ringing>>,
     router: Router,
     calls: HashMap<CallId, CallEntry>,
     by_peer: HashMap<PeerId, CallId>,
@@ -59,14 +84,14 @@ struct Session {
     outbox: Vec<ServerMessage>,
 }
 
-pub async fn run(socket: WebSocket, shared: Arc<Shared>) {
-    let id = shared.next_session_id();
+pub async fn run(socket: WebSocket, shared: Arc<Shared>, peer_ip: IpAddr) {
+    let (number, id) = shared.next_session_id();
     shared.metrics.ws_total.inc();
     shared.metrics.ws_active.inc();
     let span = info_span!("session", session = %id);
     async {
         debug!("connected");
-        serve(socket, shared.clone(), id).await;
+        serve(socket, shared.clone(), number, id, peer_ip).await;
         debug!("disconnected");
     }
     .instrument(span)
@@ -74,8 +99,15 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>) {
     shared.metrics.ws_active.dec();
 }
 
-async fn serve(mut socket: WebSocket, shared: Arc<Shared>, id: String) {
+async fn serve(
+    mut socket: WebSocket,
+    shared: Arc<Shared>,
+    number: u64,
+    id: String,
+    peer_ip: IpAddr,
+) {
     let (legs, mut leg_events) = mpsc::unbounded_channel();
+    let (inbox, mut inbox_rx) = mpsc::unbounded_channel();
     let (sip_events, mut sip_rx) = mpsc::unbounded_channel();
     let mut phase = shared.phase.subscribe();
     let hello = ServerMessage::Hello {
@@ -86,6 +118,11 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>, id: String) {
     let mut s = Session {
         router: shared.router.clone(),
         shared,
+        number,
+        peer_ip,
+        inbox,
+        user: None,
+        ringing: HashMap::new(),
         calls: HashMap::new(),
         by_peer: HashMap::new(),
         legs,
@@ -131,12 +168,14 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>, id: String) {
             },
             Some((peer, event)) = leg_events.recv() => s.on_leg(peer, event),
             Some((key, event)) = sip_rx.recv() => s.on_sip(PeerId(key), event),
+            Some(message) = inbox_rx.recv() => s.on_inbox(message),
             _ = sleep_until(deadline) => s.on_timeout(Instant::now()),
             _ = phase.changed() => {}
         }
     }
     // Whatever the reason we left, the calls go with the socket.
     s.end_all(EndReason::SocketClosed);
+    s.leave();
     if let Some(frame) = close {
         let _ = socket.send(Message::Close(Some(frame))).await;
     }
@@ -196,6 +235,17 @@ impl Session {
                 }
             }
             ClientMessage::Dtmf { call, digits } => self.send_dtmf(call, digits),
+            ClientMessage::Register {
+                user,
+                password,
+                token,
+            } => self.register(user, password, token),
+            ClientMessage::Unregister => self.unregister(),
+            ClientMessage::Accept { call, sdp } => self.accept(call, sdp),
+            ClientMessage::Reject { call, code } => self.reject_incoming(call, code),
+            ClientMessage::Hangup { call } if self.ringing.contains_key(&call) => {
+                self.reject_incoming(call, None)
+            }
             ClientMessage::Hangup { call } => {
                 if !self.calls.contains_key(&call) {
                     return self.reject(unknown_call(call));
@@ -229,6 +279,235 @@ impl Session {
         self.shared.shards[entry.shard].send_dtmf(entry.peer, digits);
     }
 
+    /// `register`: sign in as a SIP user with a password (checked by the
+    /// registrar) or a token (checked here, credentials from the config).
+    fn register(&mut self, user: Option<String>, password: Option<String>, token: Option<String>) {
+        let Some(users) = self.shared.users.clone() else {
+            return self.reject(ApiError::new(
+                ErrorCode::InvalidState,
+                None,
+                "registration needs the SIP leg (sip.enabled)",
+            ));
+        };
+        let now = Instant::now();
+        if self.shared.sign_in_failures.is_blocked(self.peer_ip, now) {
+            return self.reject(ApiError::new(
+                ErrorCode::RateLimited,
+                None,
+                "too many failed sign-ins from this address; try again later",
+            ));
+        }
+        let (user, password, by_token) = match (user, password, token) {
+            (Some(user), Some(password), None) => (user, password, false),
+            (None, None, Some(token)) => {
+                let Some(secret) = self.shared.config.auth.token_secret.as_deref() else {
+                    return self.reject(ApiError::new(
+                        ErrorCode::InvalidMessage,
+                        None,
+                        "token sign-in is not enabled (auth.token_secret)",
+                    ));
+                };
+                let user = match auth::verify_token(secret, &token) {
+                    Ok(user) => user,
+                    Err(reason) => return self.sign_in_refused(String::new(), None, reason),
+                };
+                let Some(password) = self.shared.config.auth.users.get(&user).cloned() else {
+                    let reason = "no SIP credentials configured for this user".to_string();
+                    return self.sign_in_refused(user, None, reason);
+                };
+                (user, password, true)
+            }
+            _ => {
+                return self.reject(ApiError::new(
+                    ErrorCode::InvalidMessage,
+                    None,
+                    "register needs `user` and `password`, or `token` alone",
+                ))
+            }
+        };
+        if !valid_sip_user(&user) || password.is_empty() || password.len() > 256 {
+            return self.reject(ApiError::new(
+                ErrorCode::InvalidMessage,
+                None,
+                "`user` must be 1-64 characters valid in a SIP URI user part, `password` 1-256",
+            ));
+        }
+        if self.user.as_ref().is_some_and(|u| *u != user) {
+            return self.reject(ApiError::new(
+                ErrorCode::InvalidState,
+                None,
+                "this connection is signed in as another user; unregister first",
+            ));
+        }
+        info!(%user, by_token, "sign-in requested");
+        self.user = Some(user.clone());
+        users.sign_in(self.number, self.inbox.clone(), user, password, by_token);
+    }
+
+    fn sign_in_refused(&mut self, user: String, code: Option<u16>, reason: String) {
+        info!(%user, ?code, %reason, "sign-in refused");
+        self.shared
+            .sign_in_failures
+            .record_failure(self.peer_ip, Instant::now());
+        self.shared.metrics.registration_failed(code);
+        self.outbox
+            .push(ServerMessage::RegistrationFailed { user, code, reason });
+    }
+
+    fn unregister(&mut self) {
+        let Some(user) = self.user.take() else {
+            return self.reject(ApiError::new(
+                ErrorCode::InvalidState,
+                None,
+                "not signed in",
+            ));
+        };
+        if let Some(users) = &self.shared.users {
+            users.sign_out(self.number);
+        }
+        self.outbox.push(ServerMessage::Unregistered { user });
+    }
+
+    fn on_inbox(&mut self, message: Inbox) {
+        match message {
+            Inbox::Registered { user, expires } => {
+                if self.user.as_ref() == Some(&user) {
+                    self.outbox
+                        .push(ServerMessage::Registered { user, expires });
+                }
+            }
+            Inbox::RegistrationFailed {
+                user,
+                code,
+                reason,
+                still_signed_in,
+            } => {
+                if self.user.as_ref() != Some(&user) {
+                    return;
+                }
+                if !still_signed_in {
+                    self.user = None;
+                    if matches!(code, Some(401 | 403 | 407)) {
+                        self.shared
+                            .sign_in_failures
+                            .record_failure(self.peer_ip, Instant::now());
+                    }
+                }
+                self.outbox
+                    .push(ServerMessage::RegistrationFailed { user, code, reason });
+            }
+            Inbox::Unregistered { user } => {
+                if self.user.as_ref() == Some(&user) {
+                    self.user = None;
+                    self.outbox.push(ServerMessage::Unregistered { user });
+                }
+            }
+            Inbox::Incoming(ringing) => {
+                let full = self.calls.len() + self.ringing.len()
+                    >= self.shared.config.calls.max_per_session;
+                if full || self.calls.contains_key(&ringing.id) {
+                    debug!(call = %ringing.id, "no room for another call here");
+                    return ringing.gone(self.number);
+                }
+                self.outbox.push(ServerMessage::Incoming {
+                    call: ringing.id.clone(),
+                    from: ringing.from.clone(),
+                    display: ringing.display.clone(),
+                    to: ringing.to.clone(),
+                });
+                self.ringing.insert(ringing.id.clone(), ringing);
+            }
+            Inbox::Withdrawn { call, reason, code } => {
+                if self.ringing.remove(&call).is_some() {
+                    self.outbox
+                        .push(ServerMessage::Ended { call, reason, code });
+                }
+            }
+        }
+    }
+
+    /// `accept`: take a ringing call; the browser's offer sets up its leg,
+    /// then the PBX gets our 200 OK.
+    fn accept(&mut self, id: CallId, sdp: String) {
+        let Some(ringing) = self.ringing.get(&id).cloned() else {
+            return self.reject(not_ringing(id));
+        };
+        if *self.shared.phase.borrow() != Phase::Running {
+            return self.reject(ApiError::new(
+                ErrorCode::ShuttingDown,
+                Some(id),
+                "the gateway is shutting down",
+            ));
+        }
+        if !ringing.claim() {
+            // Answered elsewhere, cancelled or timed out just now: the
+            // `ended` is on its way.
+            return self.reject(ApiError::new(
+                ErrorCode::InvalidState,
+                Some(id),
+                "the call is no longer ringing",
+            ));
+        }
+        self.ringing.remove(&id);
+        let peer = PeerId(self.shared.next_peer.fetch_add(1, Ordering::Relaxed));
+        ringing.sip.route_events(peer.0, self.sip_events.clone());
+        ringing.accepted(self.number);
+        info!(call = %id, gangway_call = %ringing.log_id, from = %ringing.from, "incoming call accepted");
+        let config = &self.shared.config;
+        let timers = CallTimers {
+            media_setup: config.setup_timeout(),
+            answer: config.answer_timeout(),
+            max_duration: config.max_call_duration(),
+        };
+        self.shared.metrics.calls_active.inc();
+        self.calls.insert(
+            id.clone(),
+            CallEntry {
+                call: Call::incoming(self.router.clone(), timers, ringing.from.clone()),
+                peer,
+                started: Instant::now(),
+                log_id: ringing.log_id.clone(),
+                rtp_port: None,
+                sip: Some(SipLeg::Inbound(ringing.sip.clone())),
+                sip_offer: ringing.sdp_offer.clone(),
+                shard: self.shared.pick_shard(),
+            },
+        );
+        self.by_peer.insert(peer, id.clone());
+        self.feed(&id, Event::Accept { offer: sdp });
+    }
+
+    /// `reject` (or `hangup` of a ringing call): refuse it for every session.
+    fn reject_incoming(&mut self, id: CallId, code: Option<u16>) {
+        let code = code.unwrap_or(486);
+        if !REJECT_CODES.contains(&code) {
+            return self.reject(ApiError::new(
+                ErrorCode::InvalidMessage,
+                Some(id),
+                "code must be 486, 480 or 603",
+            ));
+        }
+        let Some(ringing) = self.ringing.get(&id).cloned() else {
+            return self.reject(not_ringing(id));
+        };
+        // Whoever claimed first decides; the `ended` reaches us either way.
+        if ringing.claim() {
+            ringing.rejected(code);
+        }
+    }
+
+    /// The socket is gone: leave the user's registration and ringing calls.
+    fn leave(&mut self) {
+        if let Some(users) = &self.shared.users {
+            if self.user.take().is_some() {
+                users.sign_out(self.number);
+            }
+        }
+        for (_, ringing) in self.ringing.drain() {
+            ringing.gone(self.number);
+        }
+    }
+
     fn start_call(&mut self, id: CallId, to: String, sdp: String) {
         if *self.shared.phase.borrow() != Phase::Running {
             return self.reject(ApiError::new(
@@ -237,7 +516,7 @@ impl Session {
                 "the gateway is shutting down; try another instance",
             ));
         }
-        if self.calls.contains_key(&id) {
+        if self.calls.contains_key(&id) || self.ringing.contains_key(&id) {
             return self.reject(ApiError::new(
                 ErrorCode::DuplicateCall,
                 Some(id),
@@ -271,6 +550,7 @@ impl Session {
                 log_id: log_id.clone(),
                 rtp_port: None,
                 sip: None,
+                sip_offer: None,
                 shard: self.shared.pick_shard(),
             },
         );
@@ -358,7 +638,10 @@ impl Session {
                 }
             }
             SipEvent::Answered { sdp } => {
-                if self.connect_sip_media(peer, &id, &sdp, true) {
+                // An incoming call's media was connected from the INVITE's
+                // offer when we answered; the ACK only confirms it.
+                let connected = self.calls.get(&id).is_some_and(|e| e.sip_offer.is_some());
+                if connected || self.connect_sip_media(peer, &id, &sdp, true) {
                     if let Some(entry) = self.calls.get(&id) {
                         let elapsed = entry.started.elapsed();
                         self.shared
@@ -457,6 +740,7 @@ impl Session {
         };
         let (peer, shard) = (entry.peer, entry.shard);
         let mut finished = None;
+        let mut connect_offer = None;
         while let Some(action) = entry.call.poll_action() {
             match action {
                 Action::CreateLeg { offer, media } => {
@@ -472,8 +756,21 @@ impl Session {
                     self.shared.shards[shard].add_peer(peer, offer, route, self.legs.clone());
                 }
                 Action::ReleaseLeg => self.shared.shards[shard].remove_peer(peer),
+                Action::AnswerSip => {
+                    let Some(sdp) = answer_sdp(&self.shared, entry) else {
+                        entry.call.handle(Instant::now(), Event::SipMediaUnusable);
+                        continue;
+                    };
+                    if let Some(SipLeg::Inbound(sip)) = &entry.sip {
+                        sip.answer(sdp);
+                    }
+                    if let Some(offer) = entry.sip_offer.clone() {
+                        connect_offer = Some(offer);
+                    }
+                }
                 Action::PlaceSipCall { uri } => {
-                    entry.sip = place_sip_call(&self.shared, entry, uri, &self.sip_events);
+                    entry.sip = place_sip_call(&self.shared, entry, uri, &self.sip_events)
+                        .map(SipLeg::Outbound);
                     if entry.sip.is_none() {
                         // Cannot happen with a consistent config; fail the call visibly.
                         entry
@@ -489,6 +786,9 @@ impl Session {
                 Action::Notify(n) => self.outbox.push(to_message(id.clone(), n)),
                 Action::Finished(reason) => finished = Some(reason),
             }
+        }
+        if let Some(offer) = connect_offer {
+            self.connect_sip_media(peer, id, &offer, true);
         }
         if let Some(reason) = finished {
             info!(call = %id, reason = reason.as_str(), "call ended");
@@ -534,6 +834,44 @@ fn place_sip_call(
         .sip_invite_seconds
         .observe(entry.started.elapsed().as_secs_f64());
     Some(call)
+}
+
+/// Our SDP for an incoming call's 200 OK: the answer to the INVITE's
+/// offer, or our offer when the INVITE had none. `None` if the leg has no
+/// RTP port or the offer is unusable (checked before ringing, so not expected).
+fn answer_sdp(shared: &Shared, entry: &CallEntry) -> Option<String> {
+    let sip = shared.sip.as_ref()?;
+    let rtp_port = entry.rtp_port?;
+    let ip = sip.service.advertised_ip();
+    match &entry.sip_offer {
+        Some(offer) => {
+            let media = sip_sdp::parse_answer(offer, &SIP_CODECS).ok()?;
+            Some(sip_sdp::answer(ip, rtp_port, &media, entry.peer.0))
+        }
+        None => Some(sip_sdp::offer(
+            ip,
+            rtp_port,
+            &SIP_CODECS,
+            SIP_DTMF_PT,
+            entry.peer.0,
+        )),
+    }
+}
+
+/// A SIP user part we are willing to put in a URI.
+fn valid_sip_user(user: &str) -> bool {
+    (1..=64).contains(&user.len())
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.!~*'()+".contains(c))
+}
+
+fn not_ringing(call: CallId) -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownCall,
+        Some(call),
+        "no incoming call with this id is ringing on this connection",
+    )
 }
 
 fn unknown_call(call: CallId) -> ApiError {

@@ -1,0 +1,206 @@
+//! Inbound calls while they ring: one task per INVITE offers the call to
+//! every session of the called user (forked ringing) and settles who gets
+//! it. The session that accepts takes the call over; the others, and every
+//! session when the call is cancelled, rejected or times out, are told.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use gangway_core::{reason_for_status, EndReason};
+use gangway_signal::CallId;
+use gangway_sip::{sdp as sip_sdp, InboundSipCall, IncomingCall, SipEvent};
+use tokio::sync::mpsc;
+use tracing::{info, info_span, Instrument};
+
+use crate::users::{Inbox, InboxTx, Lookup};
+use crate::{Phase, Shared, SIP_CODECS};
+
+/// An incoming call offered to sessions.
+#[derive(Debug)]
+pub(crate) struct Ringing {
+    pub id: CallId,
+    /// Gangway's id for logs (as for outbound calls).
+    pub log_id: String,
+    pub from: String,
+    pub display: Option<String>,
+    pub to: String,
+    /// The INVITE's SDP offer (`None`: offerless INVITE).
+    pub sdp_offer: Option<String>,
+    pub sip: InboundSipCall,
+    claimed: AtomicBool,
+    decisions: mpsc::UnboundedSender<Decision>,
+}
+
+#[derive(Debug)]
+enum Decision {
+    Accepted {
+        session: u64,
+    },
+    Rejected {
+        code: u16,
+    },
+    /// The session closed, or had no room for another call.
+    Gone {
+        session: u64,
+    },
+}
+
+impl Ringing {
+    /// Takes the decision on this call; true for exactly one caller (a
+    /// session accepting or rejecting, or the coordinator giving up).
+    pub fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::SeqCst)
+    }
+
+    /// After a successful [`Ringing::claim`]: the session now owns the call
+    /// (it has routed the SIP events to itself).
+    pub fn accepted(&self, session: u64) {
+        let _ = self.decisions.send(Decision::Accepted { session });
+    }
+
+    /// After a successful [`Ringing::claim`]: refuse the INVITE with `code`.
+    pub fn rejected(&self, code: u16) {
+        let _ = self.decisions.send(Decision::Rejected { code });
+    }
+
+    /// The session will not answer (closed, or full).
+    pub fn gone(&self, session: u64) {
+        let _ = self.decisions.send(Decision::Gone { session });
+    }
+}
+
+/// Takes every inbound INVITE the SIP service accepted.
+pub(crate) async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<IncomingCall>) {
+    while let Some(call) = calls.recv().await {
+        let span = info_span!("inbound", sip_call_id = %call.sip_call_id, user = %call.user);
+        tokio::spawn(ring(shared.clone(), call).instrument(span));
+    }
+}
+
+async fn ring(shared: Arc<Shared>, call: IncomingCall) {
+    let outcome = |label: &'static str| shared.metrics.inbound_call(label);
+    info!(from = %call.from_uri, source = %call.source, "incoming call");
+    if *shared.phase.borrow() != Phase::Running {
+        call.handle.reject(503);
+        return outcome("shutting_down");
+    }
+    if let Some(offer) = &call.sdp_offer {
+        if let Err(e) = sip_sdp::parse_answer(offer, &SIP_CODECS) {
+            info!("offer unusable ({e}), refusing with 488");
+            call.handle.reject(488);
+            return outcome("incompatible");
+        }
+    }
+    let Some(users) = &shared.users else {
+        call.handle.reject(480);
+        return outcome("not_found");
+    };
+    let sessions = match users.lookup(&call.user).await {
+        Lookup::Unknown => {
+            info!("no such user signed in here (404)");
+            call.handle.reject(404);
+            return outcome("not_found");
+        }
+        Lookup::NoSessions => {
+            info!("user registered but no session is open (480)");
+            call.handle.reject(480);
+            return outcome("unavailable");
+        }
+        Lookup::Sessions(sessions) => sessions,
+    };
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    call.handle.route_events(0, events_tx);
+    let (decisions_tx, mut decisions) = mpsc::unbounded_channel();
+    let n = shared.next_peer.fetch_add(1, Ordering::Relaxed);
+    let id = CallId::new(format!("in-{:x}-{n}", shared.started_ms))
+        .expect("a short ASCII id is a valid call id");
+    let ringing = Arc::new(Ringing {
+        id: id.clone(),
+        log_id: format!("{:x}-{n}", shared.started_ms),
+        from: call.from_uri,
+        display: call.from_display,
+        to: call.to_uri,
+        sdp_offer: call.sdp_offer,
+        sip: call.handle,
+        claimed: AtomicBool::new(false),
+        decisions: decisions_tx,
+    });
+    let mut waiting: HashSet<u64> = HashSet::new();
+    let mut inboxes: Vec<(u64, InboxTx)> = Vec::new();
+    for (session, inbox) in sessions {
+        if inbox.send(Inbox::Incoming(ringing.clone())).is_ok() {
+            waiting.insert(session);
+            inboxes.push((session, inbox));
+        }
+    }
+    info!(call = %id, sessions = waiting.len(), "ringing");
+    ringing.sip.ring();
+    let withdraw = |except: Option<u64>, reason: EndReason, code: Option<u16>| {
+        for (session, inbox) in &inboxes {
+            if Some(*session) != except {
+                let _ = inbox.send(Inbox::Withdrawn {
+                    call: id.clone(),
+                    reason,
+                    code,
+                });
+            }
+        }
+    };
+
+    let timeout = tokio::time::sleep(shared.config.ring_timeout());
+    tokio::pin!(timeout);
+    loop {
+        tokio::select! {
+            Some((_, event)) = events.recv() => {
+                let status = match &event {
+                    SipEvent::Failed { status, .. } => *status,
+                    SipEvent::Ended => 500,
+                    _ => continue,
+                };
+                if !ringing.claim() {
+                    // A session took the call just now: the event is its own.
+                    ringing.sip.redeliver(event);
+                    continue;
+                }
+                let reason = reason_for_status(status);
+                info!(call = %id, status, "caller gave up while ringing");
+                withdraw(None, reason, Some(status));
+                return outcome(if status == 487 { "cancelled" } else { "failed" });
+            }
+            Some(decision) = decisions.recv() => match decision {
+                Decision::Accepted { session } => {
+                    info!(call = %id, session, "answered");
+                    withdraw(Some(session), EndReason::AnsweredElsewhere, None);
+                    return outcome("answered");
+                }
+                Decision::Rejected { code } => {
+                    info!(call = %id, code, "rejected by the browser");
+                    ringing.sip.reject(code);
+                    withdraw(None, EndReason::Rejected, Some(code));
+                    return outcome("rejected");
+                }
+                Decision::Gone { session } => {
+                    waiting.remove(&session);
+                    if waiting.is_empty() && ringing.claim() {
+                        info!(call = %id, "no session left to answer (480)");
+                        ringing.sip.reject(480);
+                        withdraw(None, EndReason::NoAnswer, Some(480));
+                        return outcome("unavailable");
+                    }
+                }
+            },
+            _ = &mut timeout => {
+                if ringing.claim() {
+                    info!(call = %id, "nobody answered in time (480)");
+                    ringing.sip.reject(480);
+                    withdraw(None, EndReason::NoAnswer, Some(480));
+                    return outcome("no_answer");
+                }
+                // Claimed meanwhile: its decision is on the way.
+                timeout.as_mut().reset(tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
+            }
+        }
+    }
+}
