@@ -393,3 +393,80 @@ async fn ringing_call_is_refused_when_the_last_tab_closes() {
     no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }
+
+const TOKEN_SECRET: &str = "gangway-test-token-secret-0123456789";
+
+fn token(sub: &str, secret: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A token names the user and the gateway brings the password; bad tokens
+/// and wrong passwords count as failures, and past the limit `register` is
+/// refused without anything reaching the PBX.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_sign_in_and_failed_attempts_are_rate_limited() {
+    let kam = start_kamailio().await;
+    let gw = gateway_to(&kam, |c| {
+        c.auth.token_secret = Some(TOKEN_SECRET.into());
+        c.auth.users.insert("alice".into(), "alicepw".into());
+        c.auth.max_failures = 2;
+    })
+    .await;
+
+    let mut api = ApiClient::connect(&gw).await;
+    api.send(json!({"type": "register", "token": token("alice", TOKEN_SECRET)}))
+        .await;
+    let reply = api.recv().await;
+    assert_eq!(reply["type"], "registered", "{reply}");
+    assert_eq!(reply["user"], "alice");
+    kam.wait_registered("alice", SIGNALING_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Failure 1: a token signed with another key.
+    let mut other = ApiClient::connect(&gw).await;
+    other
+        .send(json!({"type": "register", "token": token("alice", "not-the-gateway-secret-0123456789")}))
+        .await;
+    let reply = other.recv().await;
+    assert_eq!(reply["type"], "registration_failed", "{reply}");
+    assert_eq!(
+        reply["code"],
+        Value::Null,
+        "no SIP request was made: {reply}"
+    );
+    // Failure 2: a password that does not match alice's live registration.
+    let reply = register(&mut other, "alice", "guess").await;
+    assert_eq!(reply["type"], "registration_failed", "{reply}");
+    assert_eq!(reply["code"], 403, "{reply}");
+    // Now even the right password is refused until the window passes.
+    let registers_before = kam.challenges(401, "REGISTER");
+    let reply = register(&mut other, "alice", "alicepw").await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("rate_limited")),
+        "{reply}"
+    );
+    assert_eq!(kam.challenges(401, "REGISTER"), registers_before);
+    assert_eq!(
+        metric_or_zero(&gw, "gangway_api_errors_total{code=\"rate_limited\"}").await,
+        1.0
+    );
+
+    // The signed-in socket is unaffected; unregister signs it out.
+    api.send(json!({"type": "unregister"})).await;
+    let reply = api.expect("unregistered").await;
+    assert_eq!(reply["user"], "alice");
+    other.close().await;
+    api.close().await;
+    gw.shutdown(Duration::ZERO).await;
+}
