@@ -245,7 +245,8 @@ async fn baresip_calls_alice_through_kamailio_and_the_first_tab_to_accept_wins()
 /// sipp straight at the gateway: an unknown user (404), a source outside
 /// `sip.inbound_allow` (403), a caller who cancels while alice's tab rings
 /// (`ended`/`cancelled`), a tab that rejects (486), and an offerless INVITE
-/// that is answered with our offer and carries audio both ways.
+/// that is answered with our offer and carries audio both ways, with a
+/// second call ringing (call waiting) while it is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_inbound_edge_cases() {
     let kam = start_kamailio().await;
@@ -342,6 +343,24 @@ async fn sipp_inbound_edge_cases() {
         "WebRTC leg connects"
     );
     tab.expect("answered").await;
+
+    // Call waiting: a second call rings the same tab while this one is up;
+    // the tab turns it down and the first call carries on.
+    let mut waiting = Sipp::uac("uac_expect_busy.xml", sip, &["-s", "alice"]);
+    let second = tab.expect("incoming").await;
+    assert_ne!(second["call"], ring["call"], "{second}");
+    tab.send(json!({"type": "reject", "call": second["call"]}))
+        .await;
+    let ended = tab.expect("ended").await;
+    assert_eq!(
+        (ended["call"].clone(), ended["reason"].as_str()),
+        (second["call"].clone(), Some("rejected")),
+        "{ended}"
+    );
+    waiting
+        .wait(SIGNALING_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+
     let tones = client
         .send_pcmu_tone(CLIENT_TONE_HZ, 2.0, Duration::from_millis(300))
         .await;
@@ -361,7 +380,7 @@ async fn sipp_inbound_edge_cases() {
     for (outcome, n) in [
         ("not_found", 1.0),
         ("cancelled", 1.0),
-        ("rejected", 1.0),
+        ("rejected", 2.0),
         ("answered", 1.0),
     ] {
         let series = format!("gangway_inbound_calls_total{{outcome=\"{outcome}\"}}");
