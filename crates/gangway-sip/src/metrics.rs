@@ -42,6 +42,9 @@ impl SipMetrics {
             "SIP responses, by direction and status code",
             self.responses.clone(),
         );
+        for reason in ["forbidden_source", "no_user"] {
+            let _ = self.inbound_rejected.get_or_create(&[("reason", reason)]);
+        }
         registry.register(
             "sip_inbound_rejected",
             "Inbound INVITEs refused by the SIP service itself, by reason",

@@ -13,6 +13,23 @@ use prometheus_client::registry::Registry;
 
 type Labels = [(&'static str, &'static str); 1];
 
+/// `outcome` label values of `gangway_inbound_calls_total`.
+const INBOUND_OUTCOMES: [&str; 9] = [
+    "answered",
+    "rejected",
+    "cancelled",
+    "no_answer",
+    "not_found",
+    "unavailable",
+    "incompatible",
+    "failed",
+    "shutting_down",
+];
+
+/// `code` label values of `gangway_registrations_failed_total`.
+const REGISTRATION_FAILURE_CODES: [&str; 8] =
+    ["401", "403", "404", "407", "408", "503", "other", "none"];
+
 pub struct Metrics {
     registry: Registry,
     pub calls_active: Gauge,
@@ -113,6 +130,12 @@ impl Metrics {
             "Failed registrations and refused sign-ins, by SIP status",
             m.registrations_failed.clone(),
         );
+        for outcome in INBOUND_OUTCOMES {
+            let _ = m.inbound_calls.get_or_create(&[("outcome", outcome)]);
+        }
+        for code in REGISTRATION_FAILURE_CODES {
+            let _ = m.registrations_failed.get_or_create(&[("code", code)]);
+        }
         m.registry.register(
             "inbound_calls",
             "Inbound calls by outcome (answered, rejected, cancelled, no_answer, not_found, unavailable, incompatible, failed, shutting_down)",
