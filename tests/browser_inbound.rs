@@ -426,6 +426,11 @@ async fn browser_signs_in_as_alice_and_answers_baresip_through_kamailio() {
     let (browser, closed) = page(browser, CLOSE_SCRIPT, json!(null)).await;
     let closed = closed.unwrap_or_else(|e| panic!("closing the client: {e}"));
     println!("the client's socket closed: {}", closed["close"]);
+    assert_eq!(
+        closed["close"]["code"], 1000,
+        "the gateway completes the closing handshake: {}",
+        closed["close"]
+    );
     assert_eq!(closed["user"], Value::Null, "{closed}");
     tokio::task::spawn_blocking(move || {
         let mut browser = browser;

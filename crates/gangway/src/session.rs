@@ -20,6 +20,7 @@ use gangway_signal::{
 };
 use gangway_sip::sdp::{self as sip_sdp, G711};
 use gangway_sip::{InboundSipCall, OutboundCall, SipCall, SipEvent};
+use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -29,6 +30,8 @@ use crate::{auth, Phase, Shared, SIP_CODECS};
 
 /// WebSocket close code for a frame over the hard limit (RFC 6455 "message too big").
 const CLOSE_TOO_BIG: u16 = 1009;
+/// WebSocket close code of a normal closure.
+const CLOSE_NORMAL: u16 = 1000;
 /// WebSocket close code when the gateway goes away.
 const CLOSE_GOING_AWAY: u16 = 1001;
 
@@ -131,6 +134,7 @@ async fn serve(
     };
 
     let mut close: Option<CloseFrame> = None;
+    let mut peer_closed = false;
     loop {
         if !s.flush(&mut socket).await {
             break;
@@ -154,7 +158,17 @@ async fn serve(
                     "binary frames are not supported; send JSON text frames",
                 )),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(Message::Close(frame))) => {
+                    // Complete the closing handshake: echo the client's code
+                    // (RFC 6455 §5.5.1), else the browser sees 1006.
+                    close = Some(frame.unwrap_or(CloseFrame {
+                        code: CLOSE_NORMAL,
+                        reason: "".into(),
+                    }));
+                    peer_closed = true;
+                    break;
+                }
+                None => break,
                 Some(Err(e)) => {
                     // The transport refused the frame (over the hard size limit, or broken framing).
                     debug!("websocket error: {e}");
@@ -176,8 +190,17 @@ async fn serve(
     // Whatever the reason we left, the calls go with the socket.
     s.end_all(EndReason::SocketClosed);
     s.leave();
-    if let Some(frame) = close {
-        let _ = socket.send(Message::Close(Some(frame))).await;
+    match close {
+        // The peer started the closing handshake: tungstenite has queued
+        // the reply already; flushing it out completes the handshake.
+        Some(frame) if peer_closed => {
+            debug!(code = frame.code, "client closed the socket");
+            let _ = SinkExt::close(&mut socket).await;
+        }
+        Some(frame) => {
+            let _ = socket.send(Message::Close(Some(frame))).await;
+        }
+        None => {}
     }
 }
 
