@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
 use gangway_core::{
     Action, Call, CallState, CallTimers, EndReason, Event, LegSetupError, MediaPlan, Notify, Route,
     Router,
@@ -20,7 +21,6 @@ use gangway_signal::{
 };
 use gangway_sip::sdp::{self as sip_sdp, G711};
 use gangway_sip::{InboundSipCall, OutboundCall, SipCall, SipEvent};
-use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
