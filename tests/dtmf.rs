@@ -146,6 +146,48 @@ async fn digits_in_sip_info_reach_the_api() {
     gw.shutdown(Duration::ZERO).await;
 }
 
+/// With `sip.dtmf_mode = "info"` the API's digits go out as SIP INFO
+/// (application/dtmf-relay), one per digit and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_digits_go_out_as_sip_info_when_configured() {
+    let mut sipp = Sipp::uas("uas_answer_expect_info.xml", 0, &[]);
+    let gw = start_sip_gateway(sipp.port(), "pbx.test", |c| {
+        c.sip.dtmf_mode = gangway::config::DtmfMode::Info;
+    })
+    .await;
+    let mut api = ApiClient::connect(&gw).await;
+    let (mut client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("info-out", "1000", &offer).await;
+    let answer = api.expect("answer").await;
+    client.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(client.connect(Duration::from_secs(10)).await);
+    loop {
+        let m = api.recv().await;
+        match m["type"].as_str() {
+            Some("answered") => break,
+            Some("ringing") => {}
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    api.send(serde_json::json!({"type": "dtmf", "call": "info-out", "digits": "5#"}))
+        .await;
+    // Both INFOs answered before the BYE, or sipp's scenario fails.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    api.hangup("info-out").await;
+    assert_eq!(api.expect("ended").await["reason"], "hangup");
+    sipp.wait(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("sipp got both INFOs and our BYE: {e}"));
+    let log = sipp.action_log();
+    let first = log.find("INFO digit 5");
+    let second = log.find("INFO digit #");
+    assert!(
+        matches!((first, second), (Some(a), Some(b)) if a < b),
+        "digits 5 then # in sipp's log:\n{log}"
+    );
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browsers_own_rfc_4733_digits_reach_the_phone() {
     // What RTCDTMFSender.insertDTMF sends, from str0m's RFC 4733 writer.

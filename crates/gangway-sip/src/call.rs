@@ -13,11 +13,11 @@ use rsipstack::sip::{
     Auth, Header, Host, HostWithPort, Response, Scheme, StatusCode, StatusCodeKind, Uri,
 };
 use rsipstack::transport::SipAddr;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::dialog::{body_text, in_dialog_request, Events, LocalSdp, ALLOW};
+use crate::dialog::{body_text, in_dialog_request, send_dtmf_info, Events, LocalSdp, ALLOW};
 use crate::service::{ActiveCall, Shared};
 use crate::{CallControl, OutboundCall, SipEvent, Transport};
 
@@ -50,6 +50,7 @@ pub(crate) async fn run_call(
     call: OutboundCall,
     events: UnboundedSender<(u64, SipEvent)>,
     control: Arc<CallControl>,
+    mut dtmf: UnboundedReceiver<String>,
     _active: ActiveCall,
 ) {
     let events = Events::to(call.key, events);
@@ -86,6 +87,7 @@ pub(crate) async fn run_call(
 
     let mut local = LocalSdp::new(call.sdp_offer);
     let mut p = Progress::default();
+    let info_queue = Arc::new(tokio::sync::Mutex::new(()));
 
     let forced = loop {
         if p.invite_done {
@@ -117,6 +119,11 @@ pub(crate) async fn run_call(
                     }
                     Err(e) => Outcome::Error(500, format!("INVITE task failed: {e}")),
                 });
+            }
+            Some(digits) = dtmf.recv() => {
+                if p.answered && !p.local_hangup {
+                    send_dtmf_info(&dialog, &info_queue, digits);
+                }
             }
             _ = control.hangup.notified(), if !p.local_hangup => {
                 info!("hangup requested");

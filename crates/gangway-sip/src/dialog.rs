@@ -94,6 +94,35 @@ impl LocalSdp {
     }
 }
 
+/// Gap between two DTMF INFOs, like the pause between RFC 4733 digits.
+const INFO_DIGIT_GAP: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Sends `digits` as SIP INFO (`application/dtmf-relay`, `Signal=` and a
+/// 160 ms `Duration=`), one INFO per digit, each after the previous one's
+/// response. `queue` keeps the requests of one call in order.
+pub(crate) fn send_dtmf_info(
+    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+    queue: &Arc<tokio::sync::Mutex<()>>,
+    digits: String,
+) {
+    let (dialog, queue) = (dialog.clone(), queue.clone());
+    tokio::spawn(async move {
+        let _turn = queue.lock().await;
+        for digit in digits.chars() {
+            let body = format!("Signal={digit}\r\nDuration=160\r\n");
+            let headers = vec![Header::ContentType("application/dtmf-relay".into())];
+            match dialog.info(Some(headers), Some(body.into_bytes())).await {
+                Ok(Some(resp)) => {
+                    debug!(%digit, status = resp.status_code.code(), "DTMF INFO answered")
+                }
+                Ok(None) => debug!(%digit, "DTMF INFO not sent: dialog not confirmed"),
+                Err(e) => info!(%digit, error = %e, "DTMF INFO failed"),
+            }
+            tokio::time::sleep(INFO_DIGIT_GAP).await;
+        }
+    });
+}
+
 /// Answers one request the far end sent inside an established dialog.
 /// Other dialog states are ignored.
 pub(crate) async fn in_dialog_request(state: DialogState, events: &Events, local: &mut LocalSdp) {

@@ -15,7 +15,7 @@ use rsipstack::transaction::Transaction;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::dialog::{body_text, in_dialog_request, Events, LocalSdp, ALLOW};
+use crate::dialog::{body_text, in_dialog_request, send_dtmf_info, Events, LocalSdp, ALLOW};
 use crate::service::{ActiveCall, Shared};
 use crate::SipEvent;
 
@@ -68,6 +68,7 @@ enum Command {
     Answer(String),
     Reject(u16),
     Hangup,
+    Dtmf(String),
 }
 
 impl InboundSipCall {
@@ -95,6 +96,12 @@ impl InboundSipCall {
     /// A final failure response (4xx-6xx) to a call not yet answered.
     pub fn reject(&self, status: u16) {
         let _ = self.commands.send(Command::Reject(status));
+    }
+
+    /// Send DTMF digits as SIP INFO once the call is confirmed (see
+    /// [`crate::SipCall::send_dtmf_info`]).
+    pub fn send_dtmf_info(&self, digits: &str) {
+        let _ = self.commands.send(Command::Dtmf(digits.to_string()));
     }
 
     /// End the call: 480 before the answer, BYE after it.
@@ -239,6 +246,7 @@ async fn run_inbound(
     let mut ended_locally = false;
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut failed_sent = false;
+    let info_queue = Arc::new(tokio::sync::Mutex::new(()));
 
     loop {
         let sleep = async {
@@ -333,6 +341,9 @@ async fn run_inbound(
                     let _ = dialog.reject(Some(code), None);
                     ended_locally = true;
                     deadline = Some(tokio::time::Instant::now() + ACK_AND_BYE_DEADLINE);
+                }
+                Command::Dtmf(digits) if answered && !ended_locally => {
+                    send_dtmf_info(&dialog, &info_queue, digits);
                 }
                 Command::Hangup if !ended_locally => {
                     ended_locally = true;

@@ -162,10 +162,12 @@ pub struct SipCall {
     control: Arc<CallControl>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct CallControl {
     hangup_requested: AtomicBool,
     hangup: Notify,
+    /// Digits to send as SIP INFO once the call is answered.
+    dtmf: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl SipCall {
@@ -184,5 +186,11 @@ impl SipCall {
         if !self.control.hangup_requested.swap(true, Ordering::SeqCst) {
             self.control.hangup.notify_one();
         }
+    }
+
+    /// Send DTMF digits as SIP INFO (`application/dtmf-relay`, one INFO per
+    /// digit, in order). Ignored before the answer and after hangup.
+    pub fn send_dtmf_info(&self, digits: &str) {
+        let _ = self.control.dtmf.send(digits.to_string());
     }
 }

@@ -200,7 +200,12 @@ impl SipService {
         call: OutboundCall,
         events: UnboundedSender<(u64, SipEvent)>,
     ) -> SipCall {
-        let control = Arc::new(CallControl::default());
+        let (dtmf, dtmf_rx) = tokio::sync::mpsc::unbounded_channel();
+        let control = Arc::new(CallControl {
+            hangup_requested: Default::default(),
+            hangup: Notify::new(),
+            dtmf,
+        });
         let handle = SipCall {
             key: call.key,
             control: control.clone(),
@@ -219,7 +224,9 @@ impl SipService {
         self.shared.call_started();
         let active = ActiveCall(self.shared.clone());
         let span = tracing::info_span!("sip_call", call = %call.correlation_id, key = call.key);
-        tokio::spawn(run_call(self.shared.clone(), call, events, control, active).instrument(span));
+        tokio::spawn(
+            run_call(self.shared.clone(), call, events, control, dtmf_rx, active).instrument(span),
+        );
         handle
     }
 

@@ -80,6 +80,16 @@ impl Default for RegistrarSection {
     }
 }
 
+/// How the gateway sends DTMF to the PBX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DtmfMode {
+    /// RFC 4733 telephone-events in the RTP stream (the PBX must accept them).
+    Rfc4733,
+    /// SIP INFO with `application/dtmf-relay` (`Signal=5`), one per digit.
+    Info,
+}
+
 /// Which codec the browser leg of a SIP call uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -136,6 +146,8 @@ pub struct SipSection {
     pub answer_timeout_secs: u64,
     /// Answered calls are ended after this many seconds; 0 for no limit.
     pub max_call_duration_secs: u64,
+    /// How digits from the API `dtmf` request reach the PBX.
+    pub dtmf_mode: DtmfMode,
     /// Seconds an incoming call rings the browsers before it is refused (480).
     pub ring_timeout_secs: u64,
     /// Addresses (IPs or CIDR networks) allowed to send INVITEs; others get
@@ -176,6 +188,7 @@ impl Default for SipSection {
             rtp_port_max: 31999,
             answer_timeout_secs: 60,
             max_call_duration_secs: 4 * 3600,
+            dtmf_mode: DtmfMode::Rfc4733,
             ring_timeout_secs: 60,
             inbound_allow: Vec::new(),
             trunk: TrunkSection::default(),

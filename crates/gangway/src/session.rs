@@ -24,6 +24,7 @@ use gangway_sip::{InboundSipCall, OutboundCall, SipCall, SipEvent};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::config::DtmfMode;
 use crate::inbound::Ringing;
 use crate::users::Inbox;
 use crate::{auth, Phase, Shared, SIP_CODECS};
@@ -299,7 +300,11 @@ impl Session {
             ));
         }
         debug!(call = %id, %digits, "sending DTMF");
-        self.shared.shards[entry.shard].send_dtmf(entry.peer, digits);
+        match (self.shared.config.sip.dtmf_mode, &entry.sip) {
+            (DtmfMode::Info, Some(SipLeg::Outbound(sip))) => sip.send_dtmf_info(&digits),
+            (DtmfMode::Info, Some(SipLeg::Inbound(sip))) => sip.send_dtmf_info(&digits),
+            _ => self.shared.shards[entry.shard].send_dtmf(entry.peer, digits),
+        }
     }
 
     /// `register`: sign in as a SIP user with a password (checked by the
