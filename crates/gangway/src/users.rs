@@ -158,7 +158,8 @@ struct Table {
     keys: HashMap<u64, String>,
     next_key: u64,
     reg_events: mpsc::UnboundedSender<(u64, RegEvent)>,
-    commands: mpsc::UnboundedSender<Command>,
+    /// For the grace timers; weak, so the task ends with the last `Users`.
+    commands: mpsc::WeakUnboundedSender<Command>,
 }
 
 /// Starts the user table's task.
@@ -173,14 +174,17 @@ pub(crate) fn start(sip: Arc<SipService>, config: UsersConfig, metrics: Arc<Metr
         keys: HashMap::new(),
         next_key: 1,
         reg_events,
-        commands: commands.clone(),
+        commands: commands.downgrade(),
     };
     tokio::spawn(async move {
         loop {
             let command = tokio::select! {
-                Some(c) = rx.recv() => c,
+                command = rx.recv() => match command {
+                    Some(command) => command,
+                    // The gateway is gone.
+                    None => break,
+                },
                 Some((key, event)) = reg_rx.recv() => Command::Registration(key, event),
-                else => break,
             };
             table.handle(command);
         }
@@ -304,7 +308,9 @@ impl Table {
                 let (user, epoch) = (name.clone(), u.epoch);
                 tokio::spawn(async move {
                     tokio::time::sleep(grace).await;
-                    let _ = commands.send(Command::GraceOver { user, epoch });
+                    if let Some(commands) = commands.upgrade() {
+                        let _ = commands.send(Command::GraceOver { user, epoch });
+                    }
                 });
             }
         }
