@@ -16,9 +16,9 @@ use gangway_tests::audio::tone_coverage;
 use gangway_tests::browser_call::{
     launch_browser, level_dbfs, pretty, run_script, Recording, BROWSER_TONE_HZ,
 };
-use gangway_tests::gateway::{metric_value, scrape, start_sip_gateway, wait_metric};
-use gangway_tests::kamailio::{Kamailio, KamailioOptions};
-use gangway_tests::sip_peers::{Baresip, BaresipOptions};
+use gangway_tests::gateway::{assert_no_leftovers, metric_or_zero, start_sip_gateway, wait_metric};
+use gangway_tests::kamailio::{start_kamailio, Kamailio};
+use gangway_tests::sip_peers::{registered_baresip, Baresip};
 use gangway_tests::webdriver::{Browser, TempDir};
 use serde_json::{json, Value};
 
@@ -159,10 +159,6 @@ const done = arguments[arguments.length - 1];
 })().then(done, (e) => S.fail(e).then(done));
 "#;
 
-async fn metric_or_zero(gw: &gangway::Gateway, series: &str) -> f64 {
-    metric_value(&scrape(gw).await, series).unwrap_or(0.0)
-}
-
 /// Runs a page script on a blocking thread; gives the browser back with its outcome.
 async fn page(
     browser: Browser,
@@ -202,14 +198,7 @@ fn peers_context(bob: Option<&Baresip>, kam: &Kamailio) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_signs_in_as_alice_and_answers_baresip_through_kamailio() {
     let started = Instant::now();
-    let kam = tokio::task::spawn_blocking(|| {
-        Kamailio::start(KamailioOptions {
-            users: USERS,
-            domain: DOMAIN,
-        })
-    })
-    .await
-    .expect("kamailio start task");
+    let kam = start_kamailio(USERS, DOMAIN).await;
     // The registrar defaults to the trunk: kamailio.
     let gw = start_sip_gateway(kam.port(), DOMAIN, |c| {
         c.sip.registrar.unregister_grace_secs = GRACE_SECS;
@@ -262,22 +251,14 @@ async fn browser_signs_in_as_alice_and_answers_baresip_through_kamailio() {
     );
 
     // bob registers and calls alice through kamailio.
-    let registrar = kam.registrar_uri();
-    let bob = tokio::task::spawn_blocking(move || {
-        let bob = Baresip::start(BaresipOptions {
-            user: "bob",
-            tone_hz: BOB_TONE_HZ,
-            codecs: &["PCMU"],
-            register: Some((&registrar, "bobpw")),
-            extra_config: &[],
-        });
-        bob.wait_registered(SIGNALING_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
-        bob
-    })
-    .await
-    .expect("baresip start task");
-    let bob = Arc::new(bob);
+    let bob = registered_baresip(
+        kam.registrar_uri(),
+        "bob",
+        "bobpw",
+        BOB_TONE_HZ,
+        SIGNALING_TIMEOUT,
+    )
+    .await;
     bob.dial(&format!("sip:alice@127.0.0.1:{}", kam.port()))
         .unwrap_or_else(|e| panic!("{e}"));
 
@@ -408,14 +389,7 @@ async fn browser_signs_in_as_alice_and_answers_baresip_through_kamailio() {
         bob_self * 100.0
     );
 
-    // Nothing left behind.
-    for series in [
-        "gangway_calls_active",
-        "gangway_webrtc_peers_active",
-        "gangway_rtp_ports_active",
-    ] {
-        assert_eq!(wait_metric(&gw, series, 0.0, SETTLE).await, 0.0, "{series}");
-    }
+    assert_no_leftovers(&gw).await;
     assert_eq!(
         metric_or_zero(&gw, "gangway_inbound_calls_total{outcome=\"answered\"}").await,
         1.0

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::audio::tone_coverage;
-use gangway_tests::gateway::{metric_value, scrape, start_sip_gateway, wait_metric};
-use gangway_tests::kamailio::{Kamailio, KamailioOptions};
+use gangway_tests::gateway::{assert_no_leftovers, metric_or_zero, start_sip_gateway, wait_metric};
+use gangway_tests::kamailio::{start_kamailio, Kamailio};
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
-use gangway_tests::sip_peers::{Baresip, BaresipOptions, Sipp};
+use gangway_tests::sip_peers::{registered_baresip, Baresip, Sipp};
 use serde_json::{json, Value};
 
 const SETTLE: Duration = Duration::from_secs(5);
@@ -28,17 +28,6 @@ const TALK_SECONDS: f64 = 3.0;
 /// Short, so the test sees the un-REGISTER; production default is 10 s.
 const GRACE_SECS: u64 = 2;
 
-async fn start_kamailio() -> Kamailio {
-    tokio::task::spawn_blocking(|| {
-        Kamailio::start(KamailioOptions {
-            users: USERS,
-            domain: DOMAIN,
-        })
-    })
-    .await
-    .expect("kamailio start task")
-}
-
 /// A gateway whose trunk and registrar is kamailio.
 async fn gateway_to(kam: &Kamailio, f: impl FnOnce(&mut gangway::Config)) -> gangway::Gateway {
     start_sip_gateway(kam.port(), DOMAIN, |c| {
@@ -47,20 +36,6 @@ async fn gateway_to(kam: &Kamailio, f: impl FnOnce(&mut gangway::Config)) -> gan
         f(c);
     })
     .await
-}
-
-async fn metric_or_zero(gw: &gangway::Gateway, series: &str) -> f64 {
-    metric_value(&scrape(gw).await, series).unwrap_or(0.0)
-}
-
-async fn no_leftovers(gw: &gangway::Gateway) {
-    for series in [
-        "gangway_calls_active",
-        "gangway_webrtc_peers_active",
-        "gangway_rtp_ports_active",
-    ] {
-        assert_eq!(wait_metric(gw, series, 0.0, SETTLE).await, 0.0, "{series}");
-    }
 }
 
 /// Sends `register` and returns the reply (`registered` or `registration_failed`).
@@ -92,7 +67,7 @@ async fn baresip_event(peer: &Arc<Baresip>, kind: &'static str) -> Result<Value,
 /// both tabs close, kamailio drops the binding after the grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baresip_calls_alice_through_kamailio_and_the_first_tab_to_accept_wins() {
-    let kam = start_kamailio().await;
+    let kam = start_kamailio(USERS, DOMAIN).await;
     let gw = gateway_to(&kam, |_| {}).await;
 
     // A wrong password is refused by the registrar itself.
@@ -126,22 +101,14 @@ async fn baresip_calls_alice_through_kamailio_and_the_first_tab_to_accept_wins()
         1.0
     );
 
-    let registrar = kam.registrar_uri();
-    let bob = tokio::task::spawn_blocking(move || {
-        let bob = Baresip::start(BaresipOptions {
-            user: "bob",
-            tone_hz: BOB_TONE_HZ,
-            codecs: &["PCMU"],
-            register: Some((&registrar, "bobpw")),
-            extra_config: &[],
-        });
-        bob.wait_registered(SIGNALING_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
-        bob
-    })
-    .await
-    .expect("baresip start task");
-    let bob = Arc::new(bob);
+    let bob = registered_baresip(
+        kam.registrar_uri(),
+        "bob",
+        "bobpw",
+        BOB_TONE_HZ,
+        SIGNALING_TIMEOUT,
+    )
+    .await;
     bob.dial(&format!("sip:alice@127.0.0.1:{}", kam.port()))
         .unwrap();
 
@@ -211,7 +178,7 @@ async fn baresip_calls_alice_through_kamailio_and_the_first_tab_to_accept_wins()
         metric_or_zero(&gw, "gangway_inbound_calls_total{outcome=\"answered\"}").await,
         1.0
     );
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
 
     // Both tabs close: the binding stays through the grace period, then goes.
     tab1.close().await;
@@ -249,7 +216,7 @@ async fn baresip_calls_alice_through_kamailio_and_the_first_tab_to_accept_wins()
 /// second call ringing (call waiting) while it is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_inbound_edge_cases() {
-    let kam = start_kamailio().await;
+    let kam = start_kamailio(USERS, DOMAIN).await;
     let gw = gateway_to(&kam, |c| c.sip.inbound_allow = vec!["127.0.0.1/32".into()]).await;
     let sip = gw.sip_addr().unwrap();
     let mut tab = signed_in_alice(&gw).await;
@@ -386,7 +353,7 @@ async fn sipp_inbound_edge_cases() {
         let series = format!("gangway_inbound_calls_total{{outcome=\"{outcome}\"}}");
         assert_eq!(metric_or_zero(&gw, &series).await, n, "{series}");
     }
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
     tab.close().await;
     gw.shutdown(Duration::ZERO).await;
 }
@@ -395,7 +362,7 @@ async fn sipp_inbound_edge_cases() {
 /// left to answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ringing_call_is_refused_when_the_last_tab_closes() {
-    let kam = start_kamailio().await;
+    let kam = start_kamailio(USERS, DOMAIN).await;
     let gw = gateway_to(&kam, |_| {}).await;
     let sip = gw.sip_addr().unwrap();
     let mut tab = signed_in_alice(&gw).await;
@@ -409,7 +376,7 @@ async fn ringing_call_is_refused_when_the_last_tab_closes() {
         "{}",
         sipp.messages()
     );
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }
 
@@ -434,7 +401,7 @@ fn token(sub: &str, secret: &str) -> String {
 /// refused without anything reaching the PBX.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_sign_in_and_failed_attempts_are_rate_limited() {
-    let kam = start_kamailio().await;
+    let kam = start_kamailio(USERS, DOMAIN).await;
     let gw = gateway_to(&kam, |c| {
         c.auth.token_secret = Some(TOKEN_SECRET.into());
         c.auth.users.insert("alice".into(), "alicepw".into());

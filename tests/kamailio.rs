@@ -15,13 +15,12 @@ use std::time::{Duration, Instant};
 
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::audio::tone_coverage;
-use gangway_tests::gateway::{metric_value, scrape, start_sip_gateway, wait_metric};
-use gangway_tests::kamailio::{Kamailio, KamailioOptions};
+use gangway_tests::gateway::{assert_no_leftovers, metric_or_zero, start_sip_gateway};
+use gangway_tests::kamailio::{start_kamailio, Kamailio};
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
-use gangway_tests::sip_peers::{Baresip, BaresipOptions};
+use gangway_tests::sip_peers::{registered_baresip, Baresip};
 use serde_json::Value;
 
-const SETTLE: Duration = Duration::from_secs(5);
 const SIGNALING_TIMEOUT: Duration = Duration::from_secs(10);
 /// The domain kamailio serves and the gateway puts in its From and
 /// Request-URIs: a name, not an address (the gateway reaches kamailio by
@@ -33,35 +32,16 @@ const CLIENT_TONE_HZ: f64 = 1000.0;
 const BOB_TONE_HZ: f64 = 440.0;
 const TALK_SECONDS: f64 = 3.0;
 
-async fn start_kamailio() -> Kamailio {
-    tokio::task::spawn_blocking(|| {
-        Kamailio::start(KamailioOptions {
-            users: USERS,
-            domain: DOMAIN,
-        })
-    })
-    .await
-    .expect("kamailio start task")
-}
-
 /// bob, registered at kamailio with his password, auto-answering with a tone.
 async fn start_bob(kam: &Kamailio) -> Arc<Baresip> {
-    let registrar = kam.registrar_uri();
-    let bob = tokio::task::spawn_blocking(move || {
-        let bob = Baresip::start(BaresipOptions {
-            user: "bob",
-            tone_hz: BOB_TONE_HZ,
-            codecs: &["PCMU"],
-            register: Some((&registrar, "bobpw")),
-            extra_config: &[],
-        });
-        bob.wait_registered(SIGNALING_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
-        bob
-    })
+    registered_baresip(
+        kam.registrar_uri(),
+        "bob",
+        "bobpw",
+        BOB_TONE_HZ,
+        SIGNALING_TIMEOUT,
+    )
     .await
-    .expect("baresip start task");
-    Arc::new(bob)
 }
 
 /// A gateway whose trunk is kamailio over `transport` (`udp`, `tcp`), with
@@ -78,20 +58,6 @@ async fn gateway_to(
         c.sip.trunk.password = Some(password.to_string());
     })
     .await
-}
-
-async fn metric_or_zero(gw: &gangway::Gateway, series: &str) -> f64 {
-    metric_value(&scrape(gw).await, series).unwrap_or(0.0)
-}
-
-async fn no_leftovers(gw: &gangway::Gateway) {
-    for series in [
-        "gangway_calls_active",
-        "gangway_webrtc_peers_active",
-        "gangway_rtp_ports_active",
-    ] {
-        assert_eq!(wait_metric(gw, series, 0.0, SETTLE).await, 0.0, "{series}");
-    }
 }
 
 /// Runs a blocking baresip wait off the async runtime.
@@ -118,7 +84,7 @@ async fn registered_baresip_reached_over_a_tcp_trunk() {
 /// whose trunk (kamailio, over `transport`) demands proxy authentication;
 /// tones go both ways; the client hangs up.
 async fn call_registered_bob(transport: &str) {
-    let kam = start_kamailio().await;
+    let kam = start_kamailio(USERS, DOMAIN).await;
     let bob = start_bob(&kam).await;
 
     // kamailio holds bob's binding, pointing at baresip's own listener.
@@ -250,14 +216,14 @@ async fn call_registered_bob(transport: &str) {
     );
     assert!(bob_440 < 0.1, "bob heard 440 Hz in {bob_440:.3} of frames");
 
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
     api.close().await;
     gw.shutdown(Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_trunk_password_fails_cleanly() {
-    let kam = start_kamailio().await;
+    let kam = start_kamailio(USERS, DOMAIN).await;
     let bob = start_bob(&kam).await;
     kam.wait_registered("bob", SIGNALING_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -303,7 +269,7 @@ async fn wrong_trunk_password_fails_cleanly() {
     assert!(events.is_empty(), "bob saw call events: {events:?}");
     assert!(bob.recordings().is_empty(), "bob recorded something");
 
-    no_leftovers(&gw).await;
+    assert_no_leftovers(&gw).await;
     api.close().await;
     gw.shutdown(Duration::ZERO).await;
 }

@@ -106,6 +106,11 @@ pub async fn start_sip_gateway(
     .await
 }
 
+/// A metric's value, 0 when the series is not exported (yet).
+pub async fn metric_or_zero(gw: &Gateway, series: &str) -> f64 {
+    metric_value(&scrape(gw).await, series).unwrap_or(0.0)
+}
+
 /// Waits until no call, WebRTC peer or RTP port is left, and fails if any is.
 pub async fn assert_no_leftovers(gw: &Gateway) {
     let settle = std::time::Duration::from_secs(5);

@@ -79,6 +79,16 @@ impl Default for KamailioOptions<'_> {
     }
 }
 
+/// [`Kamailio::start`] off the async runtime (it blocks until kamailio is up).
+pub async fn start_kamailio(
+    users: &'static [(&'static str, &'static str)],
+    domain: &'static str,
+) -> Kamailio {
+    tokio::task::spawn_blocking(move || Kamailio::start(KamailioOptions { users, domain }))
+        .await
+        .expect("kamailio start task")
+}
+
 /// One registered contact, from `ul.dump`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {

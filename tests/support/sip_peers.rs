@@ -261,6 +261,32 @@ fn read_lossy(path: &Path) -> String {
 // ---------------------------------------------------------------------------
 // baresip
 
+/// A baresip (PCMU, auto-answering with a `tone_hz` tone) registered at
+/// `registrar` as `user`, started and waited for off the async runtime.
+pub async fn registered_baresip(
+    registrar: String,
+    user: &'static str,
+    password: &'static str,
+    tone_hz: f64,
+    timeout: Duration,
+) -> Arc<Baresip> {
+    let peer = tokio::task::spawn_blocking(move || {
+        let peer = Baresip::start(BaresipOptions {
+            user,
+            tone_hz,
+            codecs: &["PCMU"],
+            register: Some((&registrar, password)),
+            extra_config: &[],
+        });
+        peer.wait_registered(timeout)
+            .unwrap_or_else(|e| panic!("{e}"));
+        peer
+    })
+    .await
+    .expect("baresip start task");
+    Arc::new(peer)
+}
+
 /// What a [`Baresip`] instance is: its SIP user, the tone it sends, the
 /// codecs it offers or accepts, and whether it registers.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::dialog::DialogId;
 use rsipstack::sip::{
-    Auth, Header, Host, HostWithPort, Response, Scheme, StatusCode, StatusCodeKind, Uri,
+    Header, Host, HostWithPort, Response, Scheme, StatusCode, StatusCodeKind, Uri,
 };
 use rsipstack::transport::SipAddr;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -374,19 +374,7 @@ fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, S
 
     // For TCP rsipstack rewrites host and port to the TCP listener's
     // (public) address and adds transport=tcp.
-    let contact = Uri {
-        scheme: Some(Scheme::Sip),
-        auth: Some(Auth {
-            user: from_user.to_string(),
-            password: None,
-        }),
-        host_with_port: HostWithPort {
-            host: Host::IpAddr(shared.advertised_ip),
-            port: Some(shared.local_addr.port().into()),
-        },
-        params: vec![],
-        headers: vec![],
-    };
+    let contact = shared.contact(from_user, vec![]);
 
     let credential = match (&call.trunk.username, &call.trunk.password) {
         (Some(username), Some(password)) if !username.is_empty() => Some(Credential {

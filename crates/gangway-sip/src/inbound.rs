@@ -10,7 +10,7 @@ use std::time::Duration;
 use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
-use rsipstack::sip::{Auth, Header, Host, HostWithPort, Scheme, StatusCode, Uri};
+use rsipstack::sip::{Header, Host, StatusCode};
 use rsipstack::transaction::Transaction;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn, Instrument};
@@ -139,19 +139,7 @@ pub(crate) fn start_inbound(
     user: String,
     source: SocketAddr,
 ) -> Result<IncomingCall, Box<(Transaction, StatusCode)>> {
-    let contact = Uri {
-        scheme: Some(Scheme::Sip),
-        auth: Some(Auth {
-            user: user.clone(),
-            password: None,
-        }),
-        host_with_port: HostWithPort {
-            host: Host::IpAddr(shared.advertised_ip),
-            port: Some(shared.local_addr.port().into()),
-        },
-        params: vec![],
-        headers: vec![],
-    };
+    let contact = shared.contact(&user, vec![]);
     let (state_tx, state_rx) = shared.dialog_layer.new_dialog_state_channel();
     let dialog =
         match shared

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::registration::{backoff_interval, refresh_interval, Registration};
 use rsipstack::platform::CancellationToken;
-use rsipstack::sip::{Auth, Host, HostWithPort, Scheme, StatusCodeKind, Uri};
+use rsipstack::sip::{StatusCodeKind, Uri};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn, Instrument};
 
@@ -212,19 +212,7 @@ fn uris(shared: &Shared, request: &RegistrationRequest) -> Result<(Uri, Uri), St
         server.params.push(tcp.clone());
         contact_params.push(tcp);
     }
-    let contact = Uri {
-        scheme: Some(Scheme::Sip),
-        auth: Some(Auth {
-            user: user.to_string(),
-            password: None,
-        }),
-        host_with_port: HostWithPort {
-            host: Host::IpAddr(shared.advertised_ip),
-            port: Some(shared.local_addr.port().into()),
-        },
-        params: contact_params,
-        headers: vec![],
-    };
+    let contact = shared.contact(user, contact_params);
     Ok((server, contact))
 }
 

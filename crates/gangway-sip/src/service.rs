@@ -8,7 +8,9 @@ use std::time::Duration;
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::platform::CancellationToken;
 use rsipstack::sip::prelude::HeadersExt;
-use rsipstack::sip::{Header, Method, StatusCode, StatusCodeKind};
+use rsipstack::sip::{
+    Auth, Header, Host, HostWithPort, Method, Scheme, StatusCode, StatusCodeKind, Uri,
+};
 use rsipstack::transaction::endpoint::EndpointOption;
 use rsipstack::transaction::{CallIdFormat, Endpoint, Transaction, TransactionReceiver};
 use rsipstack::transport::udp::{UdpConnection, UdpInner};
@@ -280,6 +282,24 @@ impl Drop for SipService {
 impl Shared {
     pub(crate) fn endpoint_inner(&self) -> rsipstack::transaction::endpoint::EndpointInnerRef {
         self.endpoint.inner.clone()
+    }
+
+    /// Our Contact for `user`: `sip:<user>@<advertised ip>:<port>`, with
+    /// `params` (e.g. `transport=tcp`).
+    pub(crate) fn contact(&self, user: &str, params: Vec<rsipstack::sip::uri::Param>) -> Uri {
+        Uri {
+            scheme: Some(Scheme::Sip),
+            auth: Some(Auth {
+                user: user.to_string(),
+                password: None,
+            }),
+            host_with_port: HostWithPort {
+                host: Host::IpAddr(self.advertised_ip),
+                port: Some(self.local_addr.port().into()),
+            },
+            params,
+            headers: vec![],
+        }
     }
 
     pub(crate) fn call_started(&self) {

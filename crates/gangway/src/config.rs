@@ -615,6 +615,15 @@ impl Config {
         }
     }
 
+    /// The timers of every call.
+    pub fn call_timers(&self) -> gangway_core::CallTimers {
+        gangway_core::CallTimers {
+            media_setup: self.setup_timeout(),
+            answer: self.answer_timeout(),
+            max_duration: self.max_call_duration(),
+        }
+    }
+
     pub fn ring_timeout(&self) -> Duration {
         Duration::from_secs(self.sip.ring_timeout_secs)
     }

@@ -151,6 +151,7 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
 
     let timeout = tokio::time::sleep(shared.config.ring_timeout());
     tokio::pin!(timeout);
+    let mut timed_out = false;
     loop {
         tokio::select! {
             Some((_, event)) = events.recv() => {
@@ -191,7 +192,8 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
                     }
                 }
             },
-            _ = &mut timeout => {
+            _ = &mut timeout, if !timed_out => {
+                timed_out = true;
                 if ringing.claim() {
                     info!(call = %id, "nobody answered in time (480)");
                     ringing.sip.reject(480);
@@ -199,7 +201,6 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
                     return outcome("no_answer");
                 }
                 // Claimed meanwhile: its decision is on the way.
-                timeout.as_mut().reset(tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
             }
         }
     }

@@ -10,8 +10,7 @@ use std::time::Instant;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use gangway_core::{
-    Action, Call, CallState, CallTimers, EndReason, Event, LegSetupError, MediaPlan, Notify, Route,
-    Router,
+    Action, Call, CallState, EndReason, Event, LegSetupError, MediaPlan, Notify, Route, Router,
 };
 use gangway_media::{Law, LegEvent, MediaRoute};
 use gangway_rtc::{PeerId, SetupError};
@@ -481,12 +480,7 @@ impl Session {
         ringing.sip.route_events(peer.0, self.sip_events.clone());
         ringing.accepted(self.number);
         info!(call = %id, gangway_call = %ringing.log_id, from = %ringing.from, "incoming call accepted");
-        let config = &self.shared.config;
-        let timers = CallTimers {
-            media_setup: config.setup_timeout(),
-            answer: config.answer_timeout(),
-            max_duration: config.max_call_duration(),
-        };
+        let timers = self.shared.config.call_timers();
         self.shared.metrics.calls_active.inc();
         self.calls.insert(
             id.clone(),
@@ -562,12 +556,7 @@ impl Session {
         let peer = PeerId(self.shared.next_peer.fetch_add(1, Ordering::Relaxed));
         let log_id = format!("{:x}-{}", self.shared.started_ms, peer.0);
         info!(call = %id, gangway_call = %log_id, to = %to, "call requested");
-        let config = &self.shared.config;
-        let timers = CallTimers {
-            media_setup: config.setup_timeout(),
-            answer: config.answer_timeout(),
-            max_duration: config.max_call_duration(),
-        };
+        let timers = self.shared.config.call_timers();
         self.shared.metrics.calls_active.inc();
         self.calls.insert(
             id.clone(),
