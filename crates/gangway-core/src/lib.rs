@@ -7,11 +7,13 @@
 //! fake clock.
 
 mod call;
+mod hold;
 mod route;
 
 pub use call::{
     reason_for_status, Action, Call, CallState, CallTimers, Event, LegSetupError, MediaPlan, Notify,
 };
+pub use hold::{AudioFlow, HoldChange, HoldParty, HoldRefusal, HoldState, RemoteDirection};
 pub use route::{Route, Router, SipRouting};
 
 use serde::{Deserialize, Serialize};

@@ -15,6 +15,7 @@ use crate::dtmf::{DtmfReceiver, DtmfSender};
 use crate::g711::LawTables;
 use crate::rtcp::{self, ReceiveStats, SenderInfo};
 use crate::rtp::{self, InTimeline, OutStream};
+use crate::shard::Flow;
 use crate::transcode::{Transcoder, FRAME_SAMPLES};
 
 /// The G.711 law of the SIP leg.
@@ -148,6 +149,10 @@ pub(crate) struct Bridge {
     last_from_sip: Option<Instant>,
     last_from_browser: Option<Instant>,
     timed_out: bool,
+    /// Hold: which ways audio may go on the SIP leg.
+    flow: Flow,
+    /// Sending stopped for a hold; the next packet continues the stream.
+    paused: bool,
     /// RFC 4733 on the SIP leg: the far end's payload type, when it accepted telephone-event.
     dtmf_pt: Option<u8>,
     dtmf_out: DtmfSender,
@@ -275,6 +280,8 @@ impl Bridge {
             last_from_sip: None,
             last_from_browser: None,
             timed_out: false,
+            flow: Flow::BOTH,
+            paused: false,
             dtmf_pt: None,
             dtmf_out: DtmfSender::default(),
             dtmf_in: DtmfReceiver::default(),
@@ -304,7 +311,7 @@ impl Bridge {
         let Some(answered) = self.answered_at else {
             return false;
         };
-        if self.timed_out {
+        if self.timed_out || !self.flow.is_both() {
             return false;
         }
         let silent = |last: Option<Instant>| {
@@ -330,8 +337,34 @@ impl Bridge {
         self.dtmf_pt.is_some() && self.dtmf_out.push(digits) > 0
     }
 
+    /// Hold or resume. Silence during a hold does not count towards the
+    /// media timeout, and the watch starts afresh when audio resumes. Our
+    /// stream towards the SIP leg keeps its SSRC and sequence numbers and
+    /// its timestamps follow the clock, so the far end resumes playing it.
+    pub(crate) fn set_flow(&mut self, flow: Flow, now: Instant) {
+        if flow.is_both() && !self.flow.is_both() {
+            self.last_from_sip = Some(now);
+            self.last_from_browser = Some(now);
+        }
+        if !flow.to_sip {
+            // Resume starts the Opus decoder's timeline afresh, not as a
+            // loss the length of the hold.
+            self.opus_next = None;
+            self.paused = true;
+        }
+        self.flow = flow;
+    }
+
     pub(crate) fn connect(&mut self, remote: SocketAddr, law: Law, dtmf_pt: Option<u8>) {
         self.dtmf_pt = dtmf_pt;
+        if remote.ip().is_unspecified() {
+            // RFC 2543 hold: keep the address we had; the flow stops sending.
+            if self.remote.is_none() {
+                return;
+            }
+            self.law = law;
+            return;
+        }
         if self.remote != Some(remote) {
             // A new media address (e.g. the 200's after the 183's): latch anew.
             self.latched = None;
@@ -423,7 +456,17 @@ impl Bridge {
     ) -> Option<SocketAddr> {
         packets.clear();
         self.last_from_browser = Some(Instant::now());
+        if !self.flow.to_sip {
+            self.opus_next = None;
+            return None;
+        }
         let dest = self.latched.or(self.remote)?;
+        if std::mem::take(&mut self.paused) {
+            if let Some(last) = self.last_sent {
+                let elapsed = last.elapsed().as_secs_f64() * 8000.0;
+                self.to_sip.pause(elapsed as u64);
+            }
+        }
         let mut base_time = time_8k;
         let g711: &[u8] = match (codec?, self.law) {
             (AudioCodec::Pcmu, Law::Pcmu) | (AudioCodec::Pcma, Law::Pcma) => payload,
@@ -881,6 +924,64 @@ mod tests {
             ),
             None,
             "Opus without a transcoder cannot go to the SIP leg"
+        );
+    }
+
+    #[tokio::test]
+    async fn hold_stops_sending_pauses_the_timeout_and_resumes_the_same_stream() {
+        use std::time::Duration;
+        let mut b = bridge().await;
+        let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        b.connect(pbx, Law::Pcmu, None);
+        let (laws, mut scratch, mut out) = (LawTables::new(), Vec::new(), Packets::default());
+        let mut send = |b: &mut Bridge, time: u64| {
+            let dest = b.packetize_for_sip(
+                Some(AudioCodec::Pcmu),
+                time,
+                &[0xff; 160],
+                &laws,
+                &mut scratch,
+                &mut out,
+            );
+            dest.map(|_| rtp::parse(out.iter().next().unwrap()).unwrap())
+                .map(|p| (p.ssrc, p.seq, p.ts, p.marker))
+        };
+        let before = send(&mut b, 0).expect("sent before the hold");
+        let t0 = Instant::now();
+        b.answered(t0);
+        b.set_flow(
+            Flow {
+                to_sip: false,
+                from_sip: true,
+            },
+            t0,
+        );
+        assert_eq!(send(&mut b, 160), None, "nothing goes out while held");
+        let timeout = Duration::from_secs(30);
+        assert!(
+            !b.media_timed_out(t0 + Duration::from_secs(70), timeout),
+            "a long hold is no media timeout"
+        );
+        // c=0.0.0.0 (RFC 2543 hold) keeps the address we had.
+        b.connect("0.0.0.0:4000".parse().unwrap(), Law::Pcmu, None);
+        let t1 = Instant::now();
+        b.set_flow(Flow::BOTH, t1);
+        // The browser's own timeline may jump anywhere; ours follows the clock.
+        std::thread::sleep(Duration::from_millis(100));
+        let after = send(&mut b, 123_456_789).expect("sent after resume");
+        assert_eq!(after.0, before.0, "same SSRC");
+        assert_eq!(after.1, before.1.wrapping_add(1), "next sequence number");
+        let advance = after.2.wrapping_sub(before.2);
+        assert!(
+            (800..8000).contains(&advance),
+            "the timestamp follows the clock across the hold: {advance}"
+        );
+        assert!(after.3, "a new talkspurt");
+        assert_eq!(b.latched.or(b.remote), Some(pbx));
+        assert!(!b.media_timed_out(t1 + Duration::from_secs(29), timeout));
+        assert!(
+            b.media_timed_out(t1 + Duration::from_secs(31), timeout),
+            "the watch restarts at resume"
         );
     }
 

@@ -14,7 +14,8 @@ mod shard;
 
 pub use bridge::{Law, LegSummary, RtpPorts};
 pub use shard::{
-    CodecPolicy, LegEvent, MediaPolicy, MediaRoute, ShardHandle, ShardMetrics, ShardStartError,
+    CodecPolicy, Flow, LegEvent, MediaPolicy, MediaRoute, ShardHandle, ShardMetrics,
+    ShardStartError,
 };
 pub use transcode::OpusSettings;
 pub mod dtmf;

@@ -96,6 +96,14 @@ impl OutStream {
         self.seq = self.seq.wrapping_add(1);
     }
 
+    /// A pause in our sending (hold) of `elapsed` samples: the next packet
+    /// starts a new talkspurt (marker bit) that much later, on the same SSRC
+    /// and sequence, so the receiver sees a silence rather than a new stream.
+    pub fn pause(&mut self, elapsed: u64) {
+        self.ts = self.ts.wrapping_add(elapsed as u32);
+        self.last_source_time = None;
+    }
+
     /// Writes the next packet into `out` (cleared first). `source_time` is the
     /// frame's media time in 8 kHz units; `samples` its length.
     pub fn write(

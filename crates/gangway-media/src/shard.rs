@@ -51,6 +51,28 @@ pub struct MediaPolicy {
     pub media_timeout: Option<Duration>,
 }
 
+/// Which ways audio may go on a bridged call's SIP leg, as the latest SDP
+/// exchange (hold, resume) left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// We may send RTP to the far end (it receives, and we do not hold).
+    pub to_sip: bool,
+    /// The far end may send RTP to us.
+    pub from_sip: bool,
+}
+
+impl Flow {
+    pub const BOTH: Flow = Flow {
+        to_sip: true,
+        from_sip: true,
+    };
+
+    /// Both ways: the media inactivity watch runs only then.
+    pub fn is_both(self) -> bool {
+        self.to_sip && self.from_sip
+    }
+}
+
 /// What a shard tells a call about its WebRTC leg.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LegEvent {
@@ -151,6 +173,7 @@ enum Command {
         law: Law,
         dtmf_pt: Option<u8>,
         answered: bool,
+        flow: Flow,
     },
     SendDtmf {
         id: PeerId,
@@ -280,7 +303,10 @@ impl ShardHandle {
     }
 
     /// Points a bridged call's RTP at the SIP leg's media (from a 183 or 200
-    /// SDP). `answered` starts the media inactivity watch.
+    /// SDP, or a later offer or answer). `answered` starts the media
+    /// inactivity watch, which pauses while `flow` is not both ways (hold).
+    /// An unspecified address (RFC 2543 hold, `c=0.0.0.0`) keeps the
+    /// previous one: nothing is sent there.
     pub fn connect_remote(
         &self,
         id: PeerId,
@@ -288,6 +314,7 @@ impl ShardHandle {
         law: Law,
         dtmf_pt: Option<u8>,
         answered: bool,
+        flow: Flow,
     ) {
         let _ = self.commands.send(Command::ConnectRemote {
             id,
@@ -295,6 +322,7 @@ impl ShardHandle {
             law,
             dtmf_pt,
             answered,
+            flow,
         });
     }
 
@@ -460,10 +488,12 @@ impl Shard {
                 law,
                 dtmf_pt,
                 answered,
+                flow,
             } => {
                 let held = match self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) {
                     Some(bridge) => {
                         bridge.connect(remote, law, dtmf_pt);
+                        bridge.set_flow(flow, Instant::now());
                         if answered {
                             bridge.answered(Instant::now());
                         }

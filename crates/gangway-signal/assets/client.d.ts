@@ -166,6 +166,10 @@ export interface CallEventMap {
   dtmf: CustomEvent<{ digit: string }>;
   /** The far end answered (outgoing), or the gateway connected an accepted incoming call. */
   answered: CustomEvent<null>;
+  /** The call went on hold: by this client's `hold()` (`local`) or by the far end (`remote`). */
+  held: CustomEvent<{ by: 'local' | 'remote' }>;
+  /** That side's hold ended; audio flows again unless the other side still holds. */
+  resumed: CustomEvent<{ by: 'local' | 'remote' }>;
   /** The call is over; fired exactly once, after the call left `client.calls`. */
   ended: CustomEvent<EndReason>;
   /** The gateway rejected a request for this call, or a local WebRTC/microphone failure (`client_error`). */
@@ -293,6 +297,10 @@ export class Call extends EventTarget {
   hangup(): void;
   /** Sends DTMF digits (0-9, * # A-D, at most 32) as RFC 4733 events; answered SIP calls only. */
   sendDtmf(digits: string): void;
+  /** Puts an answered SIP call on hold (re-INVITE sendonly); `held` follows, or an `error` (`hold_failed`). */
+  hold(): void;
+  /** Takes the call off this client's hold; `resumed` follows. */
+  resume(): void;
 
   addEventListener<K extends keyof CallEventMap>(
     type: K,

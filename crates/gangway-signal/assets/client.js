@@ -203,6 +203,8 @@ export class GangwayClient extends EventTarget {
       case 'progress':
       case 'dtmf':
       case 'answered':
+      case 'held':
+      case 'resumed':
       case 'ended':
         // Messages for a call that already ended locally are stale; drop them.
         this.#calls.get(msg.call)?.[RECEIVE](msg);
@@ -425,6 +427,21 @@ export class Call extends EventTarget {
     this.#link.send({ type: 'dtmf', call: this.#id, digits: String(digits) });
   }
 
+  /**
+   * Puts the call on hold (the gateway re-INVITEs the PBX with sendonly);
+   * `held` with `by: 'local'` follows once the PBX accepted, an `error`
+   * (`hold_failed`) if it refused. `resume()` undoes it.
+   */
+  hold() {
+    if (this.#state === 'ended') return;
+    this.#link.send({ type: 'hold', call: this.#id });
+  }
+
+  resume() {
+    if (this.#state === 'ended') return;
+    this.#link.send({ type: 'resume', call: this.#id });
+  }
+
   // Creates the peer connection and starts the offer; `request` is the
   // `call` or `accept` message the SDP is added to.
   #connect(options, request) {
@@ -510,6 +527,10 @@ export class Call extends EventTarget {
         break;
       case 'dtmf':
         if (typeof msg.digit === 'string') this.#emit('dtmf', { digit: msg.digit });
+        break;
+      case 'held':
+      case 'resumed':
+        this.#emit(msg.type, { by: msg.by === 'remote' ? 'remote' : 'local' });
         break;
       case 'progress':
         // Early media: the far end's audio is already on the remote stream.

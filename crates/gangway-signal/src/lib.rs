@@ -8,7 +8,7 @@
 mod protocol;
 
 pub use protocol::{
-    decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, EndReason, ErrorCode,
+    decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, EndReason, ErrorCode, HoldParty,
     IceCandidate, ServerMessage, MAX_DTMF_DIGITS, PROTOCOL_VERSION, REJECT_CODES,
 };
 

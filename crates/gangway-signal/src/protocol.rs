@@ -2,7 +2,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use gangway_core::EndReason;
+pub use gangway_core::{EndReason, HoldParty};
 
 /// Version announced in `hello`; bumped only on incompatible changes.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -104,6 +104,14 @@ pub enum ClientMessage {
         #[serde(default)]
         code: Option<u16>,
     },
+    /// Put an answered call on hold (re-INVITE `sendonly` to the PBX).
+    Hold {
+        call: CallId,
+    },
+    /// Take a call we hold off hold (re-INVITE `sendrecv`).
+    Resume {
+        call: CallId,
+    },
 }
 
 const CLIENT_TYPES: &[&str] = &[
@@ -116,6 +124,8 @@ const CLIENT_TYPES: &[&str] = &[
     "unregister",
     "accept",
     "reject",
+    "hold",
+    "resume",
 ];
 
 /// Status codes a browser may reject an incoming call with.
@@ -161,6 +171,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Too many failed sign-in attempts from this address; try again later.
     RateLimited,
+    /// The PBX refused or did not answer our hold/resume re-INVITE; the
+    /// call stays as it was.
+    HoldFailed,
     Internal,
 }
 
@@ -181,6 +194,7 @@ impl ErrorCode {
             ErrorCode::DtmfUnavailable => "dtmf_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::HoldFailed => "hold_failed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -201,6 +215,7 @@ impl ErrorCode {
         ErrorCode::DtmfUnavailable,
         ErrorCode::ShuttingDown,
         ErrorCode::RateLimited,
+        ErrorCode::HoldFailed,
         ErrorCode::Internal,
     ];
 }
@@ -286,6 +301,17 @@ pub enum ServerMessage {
     /// Reply to `unregister`, or the registration ended (gateway stopping).
     Unregistered {
         user: String,
+    },
+    /// The call is on hold: audio stops both ways until `resumed`.
+    Held {
+        call: CallId,
+        by: HoldParty,
+    },
+    /// The hold by `by` ended; audio flows again (unless the other side
+    /// still holds).
+    Resumed {
+        call: CallId,
+        by: HoldParty,
     },
     /// A call for the signed-in user is ringing; answer with `accept`.
     Incoming {
@@ -491,6 +517,36 @@ mod tests {
         assert_eq!(
             encode(&failed),
             r#"{"type":"registration_failed","user":"alice","code":401,"reason":"Unauthorized"}"#
+        );
+    }
+
+    #[test]
+    fn hold_messages() {
+        let c1 = CallId::new("c1").unwrap();
+        assert_eq!(
+            decode(r#"{"type":"hold","call":"c1"}"#).unwrap(),
+            ClientMessage::Hold { call: c1.clone() }
+        );
+        assert_eq!(
+            decode(r#"{"type":"resume","call":"c1"}"#).unwrap(),
+            ClientMessage::Resume { call: c1.clone() }
+        );
+        assert_eq!(err(r#"{"type":"hold"}"#).code, ErrorCode::InvalidMessage);
+        let held = ServerMessage::Held {
+            call: c1.clone(),
+            by: HoldParty::Remote,
+        };
+        assert_eq!(
+            encode(&held),
+            r#"{"type":"held","call":"c1","by":"remote"}"#
+        );
+        let resumed = ServerMessage::Resumed {
+            call: c1,
+            by: HoldParty::Local,
+        };
+        assert_eq!(
+            encode(&resumed),
+            r#"{"type":"resumed","call":"c1","by":"local"}"#
         );
     }
 

@@ -17,7 +17,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::dialog::{body_text, in_dialog_request, send_dtmf_info, Events, LocalSdp, ALLOW};
+use crate::dialog::{body_text, Events, LocalSdp, MidCall, MidCallCommand, ALLOW};
 use crate::service::{ActiveCall, Shared};
 use crate::{CallControl, OutboundCall, SipEvent, Transport};
 
@@ -50,7 +50,7 @@ pub(crate) async fn run_call(
     call: OutboundCall,
     events: UnboundedSender<(u64, SipEvent)>,
     control: Arc<CallControl>,
-    mut dtmf: UnboundedReceiver<String>,
+    mut mid_commands: UnboundedReceiver<MidCallCommand>,
     _active: ActiveCall,
 ) {
     let events = Events::to(call.key, events);
@@ -85,9 +85,12 @@ pub(crate) async fn run_call(
     let early_id = dialog.id();
     tokio::pin!(invite);
 
-    let mut local = LocalSdp::new(call.sdp_offer);
+    let mid = MidCall::new(
+        dialog.clone(),
+        events.clone(),
+        LocalSdp::new(call.sdp_offer),
+    );
     let mut p = Progress::default();
-    let info_queue = Arc::new(tokio::sync::Mutex::new(()));
 
     let forced = loop {
         if p.invite_done {
@@ -101,7 +104,7 @@ pub(crate) async fn run_call(
             biased;
             _ = shared.kill.cancelled() => break true,
             Some(state) = state_rx.recv() => {
-                on_state(state, &dialog, &events, &mut p, &mut local).await;
+                on_state(state, &dialog, &events, &mut p, &mid).await;
             }
             result = &mut invite, if !p.invite_done => {
                 p.invite_done = true;
@@ -120,9 +123,9 @@ pub(crate) async fn run_call(
                     Err(e) => Outcome::Error(500, format!("INVITE task failed: {e}")),
                 });
             }
-            Some(digits) = dtmf.recv() => {
+            Some(command) = mid_commands.recv() => {
                 if p.answered && !p.local_hangup {
-                    send_dtmf_info(&dialog, &info_queue, digits);
+                    mid.command(command);
                 }
             }
             _ = control.hangup.notified(), if !p.local_hangup => {
@@ -206,7 +209,7 @@ async fn on_state(
     dialog: &InviteDialog,
     events: &Events,
     p: &mut Progress,
-    local: &mut LocalSdp,
+    mid: &MidCall,
 ) {
     match state {
         DialogState::Early(_, resp) => {
@@ -229,6 +232,7 @@ async fn on_state(
                 debug!("answered after hangup was requested");
             } else if let Some(sdp) = body_text(&resp.body) {
                 info!(status = resp.status_code.code(), "call answered");
+                mid.settle(&sdp);
                 events.send(SipEvent::Answered { sdp });
             } else {
                 warn!("2xx without SDP answer, ending the call");
@@ -243,7 +247,7 @@ async fn on_state(
         | DialogState::Notify(..)
         | DialogState::Refer(..)
         | DialogState::Message(..)
-        | DialogState::Publish(..) => in_dialog_request(state, events, local).await,
+        | DialogState::Publish(..) => mid.on_request(state).await,
         DialogState::Terminated(_, reason) => {
             debug!(?reason, "dialog terminated");
             p.terminated = Some(reason);

@@ -2,14 +2,16 @@
 //! events to the call's owner, and answering the far end's in-dialog
 //! requests (re-INVITE/UPDATE, INFO DTMF, OPTIONS, NOTIFY, REFER, MESSAGE).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rsipstack::dialog::dialog::{DialogState, TransactionHandle};
-use rsipstack::sip::{Header, Method, Request, StatusCode};
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::{Header, Method, Request, StatusCode, StatusCodeKind};
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::sdp::{self, Direction};
+use crate::sdp::{self, Direction, OwnSdp, G711};
 use crate::SipEvent;
 
 /// Methods we answer (for `Allow`).
@@ -77,19 +79,89 @@ impl Events {
     }
 }
 
-/// Our side of the SDP within the dialog, for answering re-offers.
+/// Our side of the SDP within the dialog: the address, port and session id
+/// stay; codecs narrow to the negotiated one; the direction follows holds.
 pub(crate) struct LocalSdp {
-    pub(crate) body: String,
-    pub(crate) version: u64,
-    pub(crate) direction: Direction,
+    body: String,
+    own: Option<OwnSdp>,
+    direction: Direction,
+    /// The browser holds the call: our SDP never asks to receive.
+    held: bool,
 }
 
 impl LocalSdp {
     pub(crate) fn new(body: String) -> LocalSdp {
         LocalSdp {
-            version: sdp_version(&body).unwrap_or(1),
+            own: sdp::parse_own(&body),
             body,
             direction: Direction::SendRecv,
+            held: false,
+        }
+    }
+
+    /// The far end's answer (or, for an incoming call, its offer) fixed
+    /// the codec: later offers carry only that one.
+    fn settle(&mut self, remote: &str) {
+        let Some(own) = self.own.as_mut() else {
+            return;
+        };
+        if let Ok(media) = sdp::parse_answer(remote, &own.codecs) {
+            own.codecs = vec![media.codec];
+            own.dtmf_pt = media.dtmf_pt.or(own.dtmf_pt);
+        }
+    }
+
+    /// Our SDP with these codecs and direction; the `o=` version moves on
+    /// only when something changed (RFC 3264 §8).
+    fn render(
+        &self,
+        codecs: &[G711],
+        dtmf_pt: Option<u8>,
+        direction: Direction,
+    ) -> Option<(String, u64)> {
+        let own = self.own.as_ref()?;
+        let build = |version| {
+            sdp::offer_with_direction(
+                own.ip,
+                own.port,
+                codecs,
+                dtmf_pt.unwrap_or(0),
+                own.session_id,
+                version,
+                direction,
+            )
+        };
+        let same = build(own.version);
+        if same == self.body {
+            return Some((same, own.version));
+        }
+        let version = own.version.saturating_add(1);
+        Some((build(version), version))
+    }
+
+    fn commit(
+        &mut self,
+        body: String,
+        version: u64,
+        codecs: Vec<G711>,
+        dtmf_pt: Option<u8>,
+        direction: Direction,
+    ) {
+        if let Some(own) = self.own.as_mut() {
+            own.version = version;
+            own.codecs = codecs;
+            own.dtmf_pt = dtmf_pt;
+        }
+        self.body = body;
+        self.direction = direction;
+    }
+
+    /// What the browser's hold allows us.
+    fn wish(&self) -> Direction {
+        if self.held {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
         }
     }
 }
@@ -97,124 +169,262 @@ impl LocalSdp {
 /// Gap between two DTMF INFOs, like the pause between RFC 4733 digits.
 const INFO_DIGIT_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Sends `digits` as SIP INFO (`application/dtmf-relay`, `Signal=` and a
-/// 160 ms `Duration=`), one INFO per digit, each after the previous one's
-/// response. `queue` keeps the requests of one call in order.
-pub(crate) fn send_dtmf_info(
-    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
-    queue: &Arc<tokio::sync::Mutex<()>>,
-    digits: String,
-) {
-    let (dialog, queue) = (dialog.clone(), queue.clone());
-    tokio::spawn(async move {
-        let _turn = queue.lock().await;
-        for digit in digits.chars() {
-            let body = format!("Signal={digit}\r\nDuration=160\r\n");
-            let headers = vec![Header::ContentType("application/dtmf-relay".into())];
-            match dialog.info(Some(headers), Some(body.into_bytes())).await {
-                Ok(Some(resp)) => {
-                    debug!(%digit, status = resp.status_code.code(), "DTMF INFO answered")
-                }
-                Ok(None) => debug!(%digit, "DTMF INFO not sent: dialog not confirmed"),
-                Err(e) => info!(%digit, error = %e, "DTMF INFO failed"),
-            }
-            tokio::time::sleep(INFO_DIGIT_GAP).await;
-        }
-    });
+/// Requests the call's owner makes inside an established dialog.
+#[derive(Debug)]
+pub(crate) enum MidCallCommand {
+    /// DTMF digits as SIP INFO.
+    Dtmf(String),
+    /// Hold (true) or resume (false) with a re-INVITE.
+    Hold(bool),
 }
 
-/// Answers one request the far end sent inside an established dialog.
-/// Other dialog states are ignored.
-pub(crate) async fn in_dialog_request(state: DialogState, events: &Events, local: &mut LocalSdp) {
-    match state {
-        DialogState::Updated(_, req, handle) => answer_reoffer(&req, handle, local).await,
-        DialogState::Info(_, req, handle) => {
-            let content_type = req.headers.iter().find_map(|h| match h {
-                Header::ContentType(v) => Some(v.to_string()),
-                _ => None,
-            });
-            match info_dtmf_digit(content_type.as_deref(), &req.body) {
-                Some(digit) => {
-                    info!(%digit, "DTMF received in INFO");
-                    events.send(SipEvent::Dtmf { digit });
-                }
-                None => debug!(body_len = req.body.len(), "INFO without DTMF, ignored"),
-            }
-            let _ = handle.reply(StatusCode::OK).await;
+/// An established dialog's mid-call side, shared by outbound and inbound
+/// calls: answers the far end's in-dialog requests (re-INVITE/UPDATE,
+/// INFO DTMF, OPTIONS, NOTIFY, REFER, MESSAGE) and sends ours, one at a
+/// time, in order.
+#[derive(Clone)]
+pub(crate) struct MidCall {
+    dialog: InviteDialog,
+    events: Events,
+    local: Arc<Mutex<LocalSdp>>,
+    /// Keeps our own requests of one call in order (CSeq, and digits).
+    queue: Arc<tokio::sync::Mutex<()>>,
+    /// An offer of ours is out (RFC 3261 §14.2: a re-offer meanwhile gets 491).
+    offering: Arc<AtomicBool>,
+}
+
+impl MidCall {
+    pub(crate) fn new(dialog: InviteDialog, events: Events, local: LocalSdp) -> MidCall {
+        MidCall {
+            dialog,
+            events,
+            local: Arc::new(Mutex::new(local)),
+            queue: Arc::new(tokio::sync::Mutex::new(())),
+            offering: Arc::new(AtomicBool::new(false)),
         }
-        DialogState::Options(_, _, handle) => {
-            let _ = handle
-                .respond(
-                    StatusCode::OK,
-                    Some(vec![Header::Allow(ALLOW.into())]),
-                    None,
-                )
-                .await;
-        }
-        DialogState::Notify(_, _, handle) => {
-            let _ = handle.reply(StatusCode::OK).await;
-        }
-        DialogState::Refer(_, _, handle) => {
-            info!("REFER received, declined (transfer not supported)");
-            let _ = handle.reply(StatusCode::Decline).await;
-        }
-        DialogState::Message(_, _, handle) | DialogState::Publish(_, _, handle) => {
-            let _ = handle.reply(StatusCode::MethodNotAllowed).await;
-        }
-        _ => {}
     }
-}
 
-/// Answer a re-INVITE or UPDATE from the far end. The media address and
-/// codec we offered stay as they are; only the direction follows the offer
-/// (hold/resume), so the far end's hold is honoured.
-async fn answer_reoffer(req: &Request, handle: TransactionHandle, local: &mut LocalSdp) {
-    let sdp_headers = || Some(vec![Header::ContentType("application/sdp".into())]);
-    if req.body.is_empty() {
-        if req.method == Method::Update {
-            // Session refresh without an offer.
-            let _ = handle.reply(StatusCode::OK).await;
+    fn local(&self) -> std::sync::MutexGuard<'_, LocalSdp> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The far end's SDP that completed the initial offer/answer.
+    pub(crate) fn settle(&self, remote: &str) {
+        self.local().settle(remote);
+    }
+
+    pub(crate) fn command(&self, command: MidCallCommand) {
+        match command {
+            MidCallCommand::Dtmf(digits) => self.send_dtmf_info(digits),
+            MidCallCommand::Hold(hold) => self.reoffer(hold),
+        }
+    }
+
+    /// Sends `digits` as SIP INFO (`application/dtmf-relay`, `Signal=` and a
+    /// 160 ms `Duration=`), one INFO per digit, each after the previous one's
+    /// response.
+    fn send_dtmf_info(&self, digits: String) {
+        let (dialog, queue) = (self.dialog.clone(), self.queue.clone());
+        tokio::spawn(async move {
+            let _turn = queue.lock().await;
+            for digit in digits.chars() {
+                let body = format!("Signal={digit}\r\nDuration=160\r\n");
+                let headers = vec![Header::ContentType("application/dtmf-relay".into())];
+                match dialog.info(Some(headers), Some(body.into_bytes())).await {
+                    Ok(Some(resp)) => {
+                        debug!(%digit, status = resp.status_code.code(), "DTMF INFO answered")
+                    }
+                    Ok(None) => debug!(%digit, "DTMF INFO not sent: dialog not confirmed"),
+                    Err(e) => info!(%digit, error = %e, "DTMF INFO failed"),
+                }
+                tokio::time::sleep(INFO_DIGIT_GAP).await;
+            }
+        });
+    }
+
+    /// Hold or resume: a re-INVITE offering sendonly or sendrecv. The
+    /// outcome is reported as `OfferAccepted` or `OfferRefused`.
+    fn reoffer(&self, hold: bool) {
+        if self.offering.swap(true, Ordering::SeqCst) {
+            self.events
+                .send(SipEvent::OfferRefused { status: 491, hold });
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _turn = this.queue.lock().await;
+            let status = this.send_reoffer(hold).await.err();
+            this.offering.store(false, Ordering::SeqCst);
+            if let Some(status) = status {
+                this.events.send(SipEvent::OfferRefused { status, hold });
+            }
+        });
+    }
+
+    async fn send_reoffer(&self, hold: bool) -> Result<(), u16> {
+        let direction = if hold {
+            Direction::SendOnly
         } else {
-            // Offerless re-INVITE: our current SDP is the offer; the answer
-            // comes in the ACK.
-            let _ = handle
-                .respond(
-                    StatusCode::OK,
-                    sdp_headers(),
-                    Some(local.body.clone().into_bytes()),
-                )
-                .await;
-        }
-        return;
-    }
-    let offer = String::from_utf8_lossy(&req.body);
-    let Some(offered) = sdp::offer_direction(&offer) else {
-        info!(method = %req.method, "re-offer without usable audio, rejected");
-        let _ = handle.reply(StatusCode::NotAcceptableHere).await;
-        return;
-    };
-    let wanted = offered.reverse();
-    if wanted != local.direction {
-        match sdp::with_direction(&local.body, wanted, local.version.saturating_add(1)) {
-            Some(body) => {
-                local.body = body;
-                local.version = local.version.saturating_add(1);
-                local.direction = wanted;
+            Direction::SendRecv
+        };
+        let (body, version, codecs, dtmf_pt) = {
+            let local = self.local();
+            let own = local.own.as_ref().ok_or(500u16)?;
+            let (codecs, dtmf_pt) = (own.codecs.clone(), own.dtmf_pt);
+            let (body, version) = local.render(&codecs, dtmf_pt, direction).ok_or(500u16)?;
+            (body, version, codecs, dtmf_pt)
+        };
+        info!(hold, "sending re-INVITE");
+        let headers = vec![Header::ContentType("application/sdp".into())];
+        let resp = match self
+            .dialog
+            .reinvite(Some(headers), Some(body.clone().into_bytes()))
+            .await
+        {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return Err(481),
+            Err(e) => {
+                info!(error = %e, "re-INVITE failed");
+                return Err(408);
             }
-            None => {
-                let _ = handle.reply(StatusCode::ServerInternalError).await;
+        };
+        let status = resp.status_code.code();
+        if resp.status_code.kind() != StatusCodeKind::Successful {
+            info!(status, "re-INVITE refused");
+            return Err(status);
+        }
+        let Some(answer) = body_text(&resp.body) else {
+            warn!("2xx to our re-INVITE without SDP");
+            return Err(488);
+        };
+        let media = match sdp::parse_answer(&answer, &codecs) {
+            Ok(media) => media,
+            Err(e) => {
+                warn!(error = %e, "answer to our re-INVITE unusable");
+                return Err(488);
+            }
+        };
+        {
+            let mut local = self.local();
+            local.held = hold;
+            local.commit(body, version, vec![media.codec], dtmf_pt, direction);
+        }
+        info!(
+            hold,
+            direction = media.direction.as_str(),
+            "re-INVITE answered"
+        );
+        self.events
+            .send(SipEvent::OfferAccepted { sdp: answer, hold });
+        Ok(())
+    }
+
+    /// Answers one request the far end sent inside the dialog. Other
+    /// dialog states are ignored.
+    pub(crate) async fn on_request(&self, state: DialogState) {
+        match state {
+            DialogState::Updated(_, req, handle) => self.answer_reoffer(&req, handle).await,
+            DialogState::Info(_, req, handle) => {
+                let content_type = req.headers.iter().find_map(|h| match h {
+                    Header::ContentType(v) => Some(v.to_string()),
+                    _ => None,
+                });
+                match info_dtmf_digit(content_type.as_deref(), &req.body) {
+                    Some(digit) => {
+                        info!(%digit, "DTMF received in INFO");
+                        self.events.send(SipEvent::Dtmf { digit });
+                    }
+                    None => debug!(body_len = req.body.len(), "INFO without DTMF, ignored"),
+                }
+                let _ = handle.reply(StatusCode::OK).await;
+            }
+            DialogState::Options(_, _, handle) => {
+                let _ = handle
+                    .respond(
+                        StatusCode::OK,
+                        Some(vec![Header::Allow(ALLOW.into())]),
+                        None,
+                    )
+                    .await;
+            }
+            DialogState::Notify(_, _, handle) => {
+                let _ = handle.reply(StatusCode::OK).await;
+            }
+            DialogState::Refer(_, _, handle) => {
+                info!("REFER received, declined (transfer not supported)");
+                let _ = handle.reply(StatusCode::Decline).await;
+            }
+            DialogState::Message(_, _, handle) | DialogState::Publish(_, _, handle) => {
+                let _ = handle.reply(StatusCode::MethodNotAllowed).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// A re-INVITE or UPDATE from the far end. With an offer: answered per
+    /// RFC 3264 (the codec it now prefers, its hold as recvonly/inactive,
+    /// our own hold kept) and reported as `RemoteOffer`, so the media
+    /// follows a new address, codec or direction. Without one: a session
+    /// refresh (UPDATE), or an offerless re-INVITE that gets our SDP.
+    async fn answer_reoffer(&self, req: &Request, handle: TransactionHandle) {
+        let sdp_headers = || Some(vec![Header::ContentType("application/sdp".into())]);
+        let Some(offer) = body_text(&req.body) else {
+            if req.method == Method::Update {
+                let _ = handle.reply(StatusCode::OK).await;
+            } else {
+                let body = self.local().body.clone();
+                let _ = handle
+                    .respond(StatusCode::OK, sdp_headers(), Some(body.into_bytes()))
+                    .await;
+            }
+            return;
+        };
+        if self.offering.load(Ordering::SeqCst) {
+            info!(method = %req.method, "re-offer while ours is pending: 491");
+            let _ = handle.reply(StatusCode::RequestPending).await;
+            return;
+        }
+        let media = match sdp::parse_answer(&offer, &[G711::Pcmu, G711::Pcma]) {
+            Ok(media) => media,
+            Err(e) => {
+                info!(method = %req.method, error = %e, "re-offer unusable: 488");
+                let _ = handle.reply(StatusCode::NotAcceptableHere).await;
                 return;
             }
-        }
+        };
+        let answer = {
+            let mut local = self.local();
+            let direction = media.direction.reverse().and(local.wish());
+            match local.render(&[media.codec], media.dtmf_pt, direction) {
+                Some((body, version)) => {
+                    local.commit(
+                        body.clone(),
+                        version,
+                        vec![media.codec],
+                        media.dtmf_pt,
+                        direction,
+                    );
+                    Some((body, direction))
+                }
+                None => None,
+            }
+        };
+        let Some((body, direction)) = answer else {
+            let _ = handle.reply(StatusCode::ServerInternalError).await;
+            return;
+        };
+        info!(
+            method = %req.method,
+            offered = media.direction.as_str(),
+            answered = direction.as_str(),
+            codec = media.codec.encoding_name(),
+            "answering re-offer"
+        );
+        let _ = handle
+            .respond(StatusCode::OK, sdp_headers(), Some(body.into_bytes()))
+            .await;
+        self.events.send(SipEvent::RemoteOffer { sdp: offer });
     }
-    info!(method = %req.method, direction = wanted.as_str(), "answering re-offer");
-    let _ = handle
-        .respond(
-            StatusCode::OK,
-            sdp_headers(),
-            Some(local.body.clone().into_bytes()),
-        )
-        .await;
 }
 
 /// The digit of a DTMF INFO body: `application/dtmf-relay` (`Signal=5`, the
@@ -245,13 +455,6 @@ pub(crate) fn body_text(body: &[u8]) -> Option<String> {
         return None;
     }
     Some(String::from_utf8_lossy(body).into_owned())
-}
-
-pub(crate) fn sdp_version(sdp: &str) -> Option<u64> {
-    sdp.lines()
-        .find_map(|l| l.trim_end().strip_prefix("o="))
-        .and_then(|o| o.split_ascii_whitespace().nth(2))
-        .and_then(|v| v.parse().ok())
 }
 
 #[cfg(test)]
@@ -287,13 +490,5 @@ mod tests {
         );
         assert_eq!(info_dtmf_digit(None, b"Signal=5"), None);
         assert_eq!(info_dtmf_digit(relay, &[0xff, 0xfe]), None, "not UTF-8");
-    }
-
-    #[test]
-    fn reads_sdp_version() {
-        let sdp = sdp::offer("192.0.2.1".parse().unwrap(), 4000, &[], 101, 77);
-        assert_eq!(sdp_version(&sdp), Some(1));
-        assert_eq!(sdp_version("v=0\r\no=- 1 42 IN IP4 1.2.3.4\r\n"), Some(42));
-        assert_eq!(sdp_version("garbage"), None);
     }
 }

@@ -15,7 +15,7 @@ use rsipstack::transaction::Transaction;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::dialog::{body_text, in_dialog_request, send_dtmf_info, Events, LocalSdp, ALLOW};
+use crate::dialog::{body_text, Events, LocalSdp, MidCall, MidCallCommand, ALLOW};
 use crate::service::{ActiveCall, Shared};
 use crate::SipEvent;
 
@@ -68,7 +68,7 @@ enum Command {
     Answer(String),
     Reject(u16),
     Hangup,
-    Dtmf(String),
+    MidCall(MidCallCommand),
 }
 
 impl InboundSipCall {
@@ -101,7 +101,15 @@ impl InboundSipCall {
     /// Send DTMF digits as SIP INFO once the call is confirmed (see
     /// [`crate::SipCall::send_dtmf_info`]).
     pub fn send_dtmf_info(&self, digits: &str) {
-        let _ = self.commands.send(Command::Dtmf(digits.to_string()));
+        let command = MidCallCommand::Dtmf(digits.to_string());
+        let _ = self.commands.send(Command::MidCall(command));
+    }
+
+    /// Hold or resume once answered (see [`crate::SipCall::hold`]).
+    pub fn hold(&self, hold: bool) {
+        let _ = self
+            .commands
+            .send(Command::MidCall(MidCallCommand::Hold(hold)));
     }
 
     /// End the call: 480 before the answer, BYE after it.
@@ -228,13 +236,13 @@ async fn run_inbound(
     });
     let mut transaction_done = false;
 
-    let mut local: Option<LocalSdp> = None;
+    // Our 200 OK's SDP, once we answered.
+    let mut mid: Option<MidCall> = None;
     let mut answered = false;
     // We ended the call (reject, or BYE after the answer).
     let mut ended_locally = false;
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut failed_sent = false;
-    let info_queue = Arc::new(tokio::sync::Mutex::new(()));
 
     loop {
         let sleep = async {
@@ -248,7 +256,7 @@ async fn run_inbound(
             _ = shared.kill.cancelled() => break,
             _ = &mut transaction, if !transaction_done => transaction_done = true,
             Some(state) = state_rx.recv() => match state {
-                DialogState::Confirmed(..) if !answered && local.is_some() => {
+                DialogState::Confirmed(..) if !answered && mid.is_some() => {
                     answered = true;
                     deadline = None;
                     let sdp = if has_offer {
@@ -259,6 +267,9 @@ async fn run_inbound(
                     match sdp {
                         Some(sdp) if !ended_locally => {
                             info!("inbound call answered (ACK received)");
+                            if let Some(mid) = &mid {
+                                mid.settle(&sdp);
+                            }
                             events.send(SipEvent::Answered { sdp });
                         }
                         Some(_) => {}
@@ -293,8 +304,8 @@ async fn run_inbound(
                 | DialogState::Notify(..)
                 | DialogState::Refer(..)
                 | DialogState::Message(..)
-                | DialogState::Publish(..)) => match local.as_mut() {
-                    Some(local) => in_dialog_request(state, &events, local).await,
+                | DialogState::Publish(..)) => match &mid {
+                    Some(mid) => mid.on_request(state).await,
                     None => debug!("in-dialog request before our answer, ignored"),
                 },
                 _ => {}
@@ -305,7 +316,7 @@ async fn run_inbound(
                         debug!(error = %e, "cannot send 180");
                     }
                 }
-                Command::Answer(sdp) if local.is_none() && !ended_locally => {
+                Command::Answer(sdp) if mid.is_none() && !ended_locally => {
                     let headers = vec![
                         Header::ContentType("application/sdp".into()),
                         Header::Allow(ALLOW.into()),
@@ -313,7 +324,7 @@ async fn run_inbound(
                     match dialog.accept(Some(headers), Some(sdp.clone().into_bytes())) {
                         Ok(()) => {
                             info!("answering inbound call (200 OK)");
-                            local = Some(LocalSdp::new(sdp));
+                            mid = Some(MidCall::new(dialog.clone(), events.clone(), LocalSdp::new(sdp)));
                             deadline = Some(tokio::time::Instant::now() + ACK_AND_BYE_DEADLINE);
                         }
                         Err(e) => {
@@ -323,20 +334,22 @@ async fn run_inbound(
                         }
                     }
                 }
-                Command::Reject(status) if local.is_none() && !ended_locally => {
+                Command::Reject(status) if mid.is_none() && !ended_locally => {
                     let code = StatusCode::from(status.clamp(400, 699));
                     info!(status = code.code(), "rejecting inbound call");
                     let _ = dialog.reject(Some(code), None);
                     ended_locally = true;
                     deadline = Some(tokio::time::Instant::now() + ACK_AND_BYE_DEADLINE);
                 }
-                Command::Dtmf(digits) if answered && !ended_locally => {
-                    send_dtmf_info(&dialog, &info_queue, digits);
+                Command::MidCall(command) if answered && !ended_locally => {
+                    if let Some(mid) = &mid {
+                        mid.command(command);
+                    }
                 }
                 Command::Hangup if !ended_locally => {
                     ended_locally = true;
                     deadline = Some(tokio::time::Instant::now() + ACK_AND_BYE_DEADLINE);
-                    if local.is_some() {
+                    if mid.is_some() {
                         info!("hanging up inbound call");
                         hang_up(&dialog, answered);
                     } else {
@@ -349,7 +362,7 @@ async fn run_inbound(
             _ = shared.hangup_all.cancelled(), if !ended_locally => {
                 ended_locally = true;
                 deadline = Some(tokio::time::Instant::now() + ACK_AND_BYE_DEADLINE);
-                if local.is_some() {
+                if mid.is_some() {
                     hang_up(&dialog, answered);
                 } else {
                     let _ = dialog.reject(Some(StatusCode::ServiceUnavailable), None);

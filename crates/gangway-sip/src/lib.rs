@@ -135,6 +135,18 @@ pub enum SipEvent {
     /// The far end sent a DTMF digit in a SIP INFO (`application/dtmf-relay`
     /// or `application/dtmf`), answered with 200.
     Dtmf { digit: char },
+    /// The far end changed the session with a new offer (re-INVITE or
+    /// UPDATE) that we answered; `sdp` is its offer. Its direction tells
+    /// whether it holds the call (`sendonly`, `inactive`, `c=0.0.0.0`), and
+    /// its address and codec may have changed.
+    RemoteOffer { sdp: String },
+    /// Our re-offer for hold (`hold`) or resume was answered 2xx; `sdp` is
+    /// the far end's answer.
+    OfferAccepted { sdp: String, hold: bool },
+    /// Our re-offer was refused with `status` (491 when another offer was
+    /// in progress, 408 when unanswered, 488 when the answer was unusable);
+    /// the session stays as it was.
+    OfferRefused { status: u16, hold: bool },
     /// The dialog is gone. Always the last event for a call.
     Ended,
 }
@@ -166,8 +178,8 @@ pub struct SipCall {
 pub(crate) struct CallControl {
     hangup_requested: AtomicBool,
     hangup: Notify,
-    /// Digits to send as SIP INFO once the call is answered.
-    dtmf: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Mid-call requests (DTMF INFO, hold), carried out once answered.
+    mid: tokio::sync::mpsc::UnboundedSender<dialog::MidCallCommand>,
 }
 
 impl SipCall {
@@ -191,6 +203,16 @@ impl SipCall {
     /// Send DTMF digits as SIP INFO (`application/dtmf-relay`, one INFO per
     /// digit, in order). Ignored before the answer and after hangup.
     pub fn send_dtmf_info(&self, digits: &str) {
-        let _ = self.control.dtmf.send(digits.to_string());
+        let _ = self
+            .control
+            .mid
+            .send(dialog::MidCallCommand::Dtmf(digits.to_string()));
+    }
+
+    /// Hold (`true`: re-INVITE with `sendonly`) or resume (`sendrecv`). The
+    /// outcome comes as [`SipEvent::OfferAccepted`] or
+    /// [`SipEvent::OfferRefused`]. Ignored before the answer and after hangup.
+    pub fn hold(&self, hold: bool) {
+        let _ = self.control.mid.send(dialog::MidCallCommand::Hold(hold));
     }
 }

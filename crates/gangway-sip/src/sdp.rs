@@ -63,6 +63,34 @@ impl Direction {
         }
     }
 
+    /// Whether this side sends media.
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+
+    /// Whether this side receives media.
+    pub fn receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+
+    pub fn from_flags(sends: bool, receives: bool) -> Direction {
+        match (sends, receives) {
+            (true, true) => Direction::SendRecv,
+            (true, false) => Direction::SendOnly,
+            (false, true) => Direction::RecvOnly,
+            (false, false) => Direction::Inactive,
+        }
+    }
+
+    /// What both allow: the answer to an offer when we also have wishes
+    /// of our own (a held call never asks to receive).
+    pub fn and(self, other: Direction) -> Direction {
+        Direction::from_flags(
+            self.sends() && other.sends(),
+            self.receives() && other.receives(),
+        )
+    }
+
     /// The direction an answerer uses towards an offer with this direction.
     pub fn reverse(self) -> Direction {
         match self {
@@ -284,41 +312,41 @@ pub fn parse_answer(sdp: &str, offered: &[G711]) -> Result<MediaAnswer, SdpError
     })
 }
 
-/// The direction attribute of the first audio m-line (or the session), for
-/// answering re-offers. `None` if the SDP does not parse or has no audio.
-pub(crate) fn offer_direction(sdp: &str) -> Option<Direction> {
+/// What one of our own SDP bodies (built by [`offer`] or [`answer`]) says,
+/// so later offers and answers in the dialog can keep its address, port
+/// and session id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OwnSdp {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub session_id: u64,
+    pub version: u64,
+    /// The G.711 codecs of the m-line, in order.
+    pub codecs: Vec<G711>,
+    pub dtmf_pt: Option<u8>,
+}
+
+pub(crate) fn parse_own(sdp: &str) -> Option<OwnSdp> {
     let session = Session::parse(sdp.as_bytes()).ok()?;
-    let media = session
+    let media = parse_answer(sdp, &[G711::Pcmu, G711::Pcma]).ok()?;
+    let audio = session
         .medias
         .iter()
         .find(|m| m.media.eq_ignore_ascii_case("audio"))?;
-    let direction_of = |attrs: &[Attribute]| {
-        attrs
-            .iter()
-            .find_map(|a| Direction::from_attribute(&a.attribute))
-    };
-    let mut dir = direction_of(&media.attributes)
-        .or_else(|| direction_of(&session.attributes))
-        .unwrap_or(Direction::SendRecv);
-    if media.port == 0 {
-        dir = Direction::Inactive;
-    }
-    Some(dir)
-}
-
-/// Rewrite the direction (and `o=` version) of one of our own SDP bodies.
-pub(crate) fn with_direction(sdp: &str, direction: Direction, version: u64) -> Option<String> {
-    let mut session = Session::parse(sdp.as_bytes()).ok()?;
-    session.origin.sess_version = version;
-    let is_direction = |a: &Attribute| Direction::from_attribute(&a.attribute).is_some();
-    session.attributes.retain(|a| !is_direction(a));
-    for media in session.medias.iter_mut() {
-        media.attributes.retain(|a| !is_direction(a));
-        media.add_attribute(Attribute::new(direction.as_str()));
-    }
-    let mut out = Vec::with_capacity(sdp.len() + 16);
-    session.write(&mut out).ok()?;
-    String::from_utf8(out).ok()
+    let codecs = audio
+        .fmt
+        .split_ascii_whitespace()
+        .filter_map(|t| t.parse::<u8>().ok())
+        .filter_map(G711::from_payload_type)
+        .collect();
+    Some(OwnSdp {
+        ip: media.addr.ip(),
+        port: media.addr.port(),
+        session_id: session.origin.sess_id.parse().ok()?,
+        version: session.origin.sess_version,
+        codecs,
+        dtmf_pt: media.dtmf_pt,
+    })
 }
 
 #[cfg(test)]
@@ -521,13 +549,33 @@ mod tests {
     }
 
     #[test]
-    fn rewrite_direction() {
-        let sdp = offer(IP, 40000, &[G711::Pcmu], 101, 5);
-        assert_eq!(offer_direction(&sdp), Some(Direction::SendRecv));
-        let held = with_direction(&sdp, Direction::RecvOnly, 2).unwrap();
-        assert!(held.contains("o=- 5 2 IN IP4"), "{held}");
-        assert!(held.contains("a=recvonly\r\n"), "{held}");
-        assert!(!held.contains("a=sendrecv"), "{held}");
-        assert_eq!(offer_direction(&held), Some(Direction::RecvOnly));
+    fn reads_back_our_own_sdp() {
+        let sdp = offer(IP, 40000, &[G711::Pcma, G711::Pcmu], 101, 5);
+        let own = parse_own(&sdp).unwrap();
+        assert_eq!(
+            own,
+            OwnSdp {
+                ip: IP,
+                port: 40000,
+                session_id: 5,
+                version: 1,
+                codecs: vec![G711::Pcma, G711::Pcmu],
+                dtmf_pt: Some(101),
+            }
+        );
+        assert_eq!(parse_own("garbage"), None);
+    }
+
+    #[test]
+    fn directions_combine_as_rfc_3264_answers() {
+        use Direction::*;
+        assert_eq!(SendOnly.reverse().and(SendRecv), RecvOnly);
+        assert_eq!(Inactive.reverse().and(SendRecv), Inactive);
+        // We hold (we only send) and the far end offers sendrecv: sendonly.
+        assert_eq!(SendRecv.reverse().and(SendOnly), SendOnly);
+        // Both hold: nothing flows.
+        assert_eq!(SendOnly.reverse().and(SendOnly), Inactive);
+        assert!(SendRecv.sends() && SendRecv.receives());
+        assert!(!RecvOnly.sends() && RecvOnly.receives());
     }
 }

@@ -202,11 +202,11 @@ impl SipService {
         call: OutboundCall,
         events: UnboundedSender<(u64, SipEvent)>,
     ) -> SipCall {
-        let (dtmf, dtmf_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (mid, mid_rx) = tokio::sync::mpsc::unbounded_channel();
         let control = Arc::new(CallControl {
             hangup_requested: Default::default(),
             hangup: Notify::new(),
-            dtmf,
+            mid,
         });
         let handle = SipCall {
             key: call.key,
@@ -227,7 +227,7 @@ impl SipService {
         let active = ActiveCall(self.shared.clone());
         let span = tracing::info_span!("sip_call", call = %call.correlation_id, key = call.key);
         tokio::spawn(
-            run_call(self.shared.clone(), call, events, control, dtmf_rx, active).instrument(span),
+            run_call(self.shared.clone(), call, events, control, mid_rx, active).instrument(span),
         );
         handle
     }

@@ -10,9 +10,10 @@ use std::time::Instant;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use gangway_core::{
-    Action, Call, CallState, EndReason, Event, LegSetupError, MediaPlan, Notify, Route, Router,
+    Action, Call, CallState, EndReason, Event, HoldChange, HoldRefusal, HoldState, LegSetupError,
+    MediaPlan, Notify, RemoteDirection, Route, Router,
 };
-use gangway_media::{Law, LegEvent, MediaRoute};
+use gangway_media::{Flow, Law, LegEvent, MediaRoute};
 use gangway_rtc::{PeerId, SetupError};
 use gangway_signal::{
     decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, ErrorCode, ServerMessage,
@@ -52,6 +53,8 @@ struct CallEntry {
     sip_offer: Option<String>,
     /// The media shard holding the call's legs.
     shard: usize,
+    /// Who holds the SIP leg, and so which ways its audio goes.
+    hold: HoldState,
 }
 
 /// The SIP side of a call, whichever side placed it.
@@ -65,6 +68,13 @@ impl SipLeg {
         match self {
             SipLeg::Outbound(call) => call.hangup(),
             SipLeg::Inbound(call) => call.hangup(),
+        }
+    }
+
+    fn hold(&self, hold: bool) {
+        match self {
+            SipLeg::Outbound(call) => call.hold(hold),
+            SipLeg::Inbound(call) => call.hold(hold),
         }
     }
 }
@@ -258,6 +268,8 @@ impl Session {
                 }
             }
             ClientMessage::Dtmf { call, digits } => self.send_dtmf(call, digits),
+            ClientMessage::Hold { call } => self.hold(call, true),
+            ClientMessage::Resume { call } => self.hold(call, false),
             ClientMessage::Register {
                 user,
                 password,
@@ -303,6 +315,93 @@ impl Session {
             (DtmfMode::Info, Some(SipLeg::Outbound(sip))) => sip.send_dtmf_info(&digits),
             (DtmfMode::Info, Some(SipLeg::Inbound(sip))) => sip.send_dtmf_info(&digits),
             _ => self.shared.shards[entry.shard].send_dtmf(entry.peer, digits),
+        }
+    }
+
+    /// `hold`/`resume`: a re-INVITE to the PBX; `held`/`resumed` follow
+    /// once it accepts, an error if it refuses.
+    fn hold(&mut self, id: CallId, hold: bool) {
+        let Some(entry) = self.calls.get_mut(&id) else {
+            return self.reject(unknown_call(id));
+        };
+        let Some(sip) = entry
+            .sip
+            .as_ref()
+            .filter(|_| entry.call.state() == CallState::Answered)
+        else {
+            return self.reject(ApiError::new(
+                ErrorCode::InvalidState,
+                Some(id),
+                "hold and resume need an answered SIP call",
+            ));
+        };
+        if let Err(refusal) = entry.hold.request(hold) {
+            let message = match refusal {
+                HoldRefusal::AlreadyHeld => "the call is already on hold",
+                HoldRefusal::NotHeld => "the call is not on hold here",
+                HoldRefusal::Pending => "a hold or resume is already in progress",
+            };
+            return self.reject(ApiError::new(ErrorCode::InvalidState, Some(id), message));
+        }
+        info!(call = %id, hold, "hold requested");
+        sip.hold(hold);
+    }
+
+    /// The far end's new SDP (its re-offer, or its answer to our hold or
+    /// resume): the media follows its address, codec and direction.
+    fn on_sip_renegotiated(&mut self, peer: PeerId, id: CallId, event: SipEvent) {
+        let Some(entry) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let (sdp, change) = match event {
+            SipEvent::RemoteOffer { sdp } => {
+                let Ok(media) = sip_sdp::parse_answer(&sdp, &SIP_CODECS) else {
+                    // The SIP leg answered it; it cannot be unusable here.
+                    return warn!(call = %id, "re-offer unusable");
+                };
+                let change = entry.hold.remote_offer(remote_direction(media.direction));
+                (sdp, change)
+            }
+            SipEvent::OfferAccepted { sdp, hold } => {
+                let Ok(media) = sip_sdp::parse_answer(&sdp, &SIP_CODECS) else {
+                    return warn!(call = %id, "answer to our re-offer unusable");
+                };
+                let change = entry.hold.accepted(hold, remote_direction(media.direction));
+                (sdp, change)
+            }
+            SipEvent::OfferRefused { status, hold } => {
+                entry.hold.refused();
+                let what = if hold { "hold" } else { "resume" };
+                info!(call = %id, status, what, "the far end refused");
+                return self.reject(ApiError::new(
+                    ErrorCode::HoldFailed,
+                    Some(id),
+                    format!("the far end refused the {what} ({status})"),
+                ));
+            }
+            _ => return,
+        };
+        let flow = entry.hold.flow();
+        self.connect_sip_media(
+            peer,
+            &id,
+            &sdp,
+            true,
+            Flow {
+                to_sip: flow.to_sip,
+                from_sip: flow.from_sip,
+            },
+        );
+        match change {
+            Some(HoldChange::Held(by)) => {
+                info!(call = %id, ?by, "on hold");
+                self.outbox.push(ServerMessage::Held { call: id, by });
+            }
+            Some(HoldChange::Resumed(by)) => {
+                info!(call = %id, ?by, "off hold");
+                self.outbox.push(ServerMessage::Resumed { call: id, by });
+            }
+            None => {}
         }
     }
 
@@ -493,6 +592,7 @@ impl Session {
                 sip: Some(SipLeg::Inbound(ringing.sip.clone())),
                 sip_offer: ringing.sdp_offer.clone(),
                 shard: self.shared.pick_shard(),
+                hold: HoldState::default(),
             },
         );
         self.by_peer.insert(peer, id.clone());
@@ -569,6 +669,7 @@ impl Session {
                 sip: None,
                 sip_offer: None,
                 shard: self.shared.pick_shard(),
+                hold: HoldState::default(),
             },
         );
         self.by_peer.insert(peer, id.clone());
@@ -647,8 +748,8 @@ impl Session {
         };
         let core_event = match event {
             SipEvent::Provisional { status, sdp } => {
-                let early_media =
-                    sdp.is_some_and(|sdp| self.connect_sip_media(peer, &id, &sdp, false));
+                let early_media = sdp
+                    .is_some_and(|sdp| self.connect_sip_media(peer, &id, &sdp, false, Flow::BOTH));
                 Event::SipProgress {
                     status,
                     early_media,
@@ -658,7 +759,7 @@ impl Session {
                 // An incoming call's media was connected from the INVITE's
                 // offer when we answered; the ACK only confirms it.
                 let connected = self.calls.get(&id).is_some_and(|e| e.sip_offer.is_some());
-                if connected || self.connect_sip_media(peer, &id, &sdp, true) {
+                if connected || self.connect_sip_media(peer, &id, &sdp, true, Flow::BOTH) {
                     if let Some(entry) = self.calls.get(&id) {
                         let elapsed = entry.started.elapsed();
                         self.shared
@@ -685,6 +786,9 @@ impl Session {
                 });
                 return;
             }
+            event @ (SipEvent::RemoteOffer { .. }
+            | SipEvent::OfferAccepted { .. }
+            | SipEvent::OfferRefused { .. }) => return self.on_sip_renegotiated(peer, id, event),
             SipEvent::Ended => return,
         };
         self.feed(&id, core_event);
@@ -692,7 +796,14 @@ impl Session {
 
     /// Points the bridge at the media the far end's SDP describes. False
     /// when the SDP is unusable (no common codec, no address).
-    fn connect_sip_media(&mut self, peer: PeerId, id: &CallId, sdp: &str, answered: bool) -> bool {
+    fn connect_sip_media(
+        &mut self,
+        peer: PeerId,
+        id: &CallId,
+        sdp: &str,
+        answered: bool,
+        flow: Flow,
+    ) -> bool {
         match sip_sdp::parse_answer(sdp, &SIP_CODECS) {
             Ok(media) => {
                 let law = match media.codec {
@@ -706,6 +817,7 @@ impl Session {
                         law,
                         media.dtmf_pt,
                         answered,
+                        flow,
                     );
                 }
                 true
@@ -805,7 +917,7 @@ impl Session {
             }
         }
         if let Some(offer) = connect_offer {
-            self.connect_sip_media(peer, id, &offer, true);
+            self.connect_sip_media(peer, id, &offer, true, Flow::BOTH);
         }
         if let Some(reason) = finished {
             info!(call = %id, reason = reason.as_str(), "call ended");
@@ -872,6 +984,13 @@ fn answer_sdp(shared: &Shared, entry: &CallEntry) -> Option<String> {
             SIP_DTMF_PT,
             entry.peer.0,
         )),
+    }
+}
+
+fn remote_direction(direction: sip_sdp::Direction) -> RemoteDirection {
+    RemoteDirection {
+        sends: direction.sends(),
+        receives: direction.receives(),
     }
 }
 
