@@ -63,6 +63,9 @@ impl LossyProxy {
                 let text = String::from_utf8_lossy(&buf[..n]).into_owned();
                 // Both sides see the proxy's RTP port in the other's SDP.
                 let (text, announced) = rewrite_audio_port(&text, rtp_port);
+                // In-dialog requests (re-INVITE, BYE) follow the Contacts:
+                // point them at the proxy too, so they get the same rewrite.
+                let text = rewrite_contacts(&text, sip_port);
                 let announced = announced.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
                 let dest = if source == far_end {
                     if announced.is_some() {
@@ -116,6 +119,35 @@ impl LossyProxy {
     pub fn sip_port(&self) -> u16 {
         self.sip_port
     }
+}
+
+/// Points every Contact header's URI at 127.0.0.1:`port` (the proxy).
+fn rewrite_contacts(message: &str, port: u16) -> String {
+    let Some((head, body)) = message.split_once("\r\n\r\n") else {
+        return message.to_string();
+    };
+    let head: Vec<String> = head
+        .split("\r\n")
+        .map(|h| {
+            let lower = h.to_ascii_lowercase();
+            if !(lower.starts_with("contact:") || lower.starts_with("m:")) {
+                return h.to_string();
+            }
+            let Some(start) = lower.find("sip:").map(|i| i + 4) else {
+                return h.to_string();
+            };
+            let rest = &h[start..];
+            let end = rest.find([';', '>', ' ']).unwrap_or(rest.len());
+            let user = rest[..end].rfind('@').map_or(0, |at| at + 1);
+            format!(
+                "{}{}127.0.0.1:{port}{}",
+                &h[..start],
+                &rest[..user],
+                &rest[end..]
+            )
+        })
+        .collect();
+    format!("{}\r\n\r\n{body}", head.join("\r\n"))
 }
 
 /// Replaces the port of an SDP body's `m=audio` line (fixing Content-Length)
@@ -174,6 +206,15 @@ mod tests {
         assert_eq!(
             (same.as_str(), none),
             ("ACK sip:bob@x SIP/2.0\r\n\r\n", None)
+        );
+    }
+
+    #[test]
+    fn contacts_point_at_the_proxy() {
+        let msg = "SIP/2.0 200 OK\r\nContact: <sip:bob@127.0.0.1:5062;transport=udp>\r\nm: <sip:127.0.0.1:7>\r\n\r\nv=0";
+        assert_eq!(
+            rewrite_contacts(msg, 9),
+            "SIP/2.0 200 OK\r\nContact: <sip:bob@127.0.0.1:9;transport=udp>\r\nm: <sip:127.0.0.1:9>\r\n\r\nv=0"
         );
     }
 
