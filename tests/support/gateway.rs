@@ -85,7 +85,9 @@ pub async fn wait_metric(
 
 /// A gateway with the SIP leg on: SIP on a free loopback port, RTP from a
 /// free range, and the trunk at `127.0.0.1:trunk_port` with `domain`.
-/// `f` adjusts anything else (credentials, allow-list).
+/// The OPTIONS keepalive is off (the sipp scenarios that play the trunk
+/// would take a probe for an unexpected call); `f` adjusts anything else
+/// (credentials, allow-list, `sip.keepalive_interval_secs`).
 pub async fn start_sip_gateway(
     trunk_port: u16,
     domain: &str,
@@ -101,6 +103,7 @@ pub async fn start_sip_gateway(
         c.sip.trunk.host = "127.0.0.1".into();
         c.sip.trunk.port = trunk_port;
         c.sip.trunk.domain = domain;
+        c.sip.keepalive_interval_secs = 0;
         f(c);
     })
     .await

@@ -21,6 +21,7 @@ async fn start(public_ip: Option<IpAddr>) -> SipService {
             listen: SocketAddr::new(LOCALHOST, 0),
             public_ip,
             user_agent: "Gangway-test/0.1".into(),
+            prack: true,
         },
         SipMetrics::default(),
     )
@@ -293,6 +294,7 @@ async fn config_errors() {
             listen: "0.0.0.0:0".parse().unwrap(),
             public_ip: None,
             user_agent: "x".into(),
+            prack: true,
         },
         SipMetrics::default(),
     )
@@ -308,6 +310,7 @@ async fn config_errors() {
             listen: taken.local_addr().unwrap(),
             public_ip: None,
             user_agent: "x".into(),
+            prack: true,
         },
         SipMetrics::default(),
     )
