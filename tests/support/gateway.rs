@@ -109,6 +109,27 @@ pub async fn start_sip_gateway(
     .await
 }
 
+/// `GET /readyz`: its status and body. The connection is closed after it.
+pub async fn readyz(gw: &Gateway) -> (u16, String) {
+    let url = format!("http://{}/readyz", gw.http_addr());
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = agent
+            .get(&url)
+            .header("Connection", "close")
+            .call()
+            .expect("GET /readyz");
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().expect("readyz body");
+        (status, body)
+    })
+    .await
+    .expect("readyz task")
+}
+
 /// A metric's value, 0 when the series is not exported (yet).
 pub async fn metric_or_zero(gw: &Gateway, series: &str) -> f64 {
     metric_value(&scrape(gw).await, series).unwrap_or(0.0)
