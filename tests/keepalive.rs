@@ -96,7 +96,11 @@ async fn trunk_that_stops_answering_options_is_down_and_calls_fail_fast() {
         took < Duration::from_secs(2),
         "fails fast, not after an INVITE timeout: {took:?}"
     );
-    assert_eq!(metric_or_zero(&gw, INVITES_SENT).await, 0.0, "no INVITE sent");
+    assert_eq!(
+        metric_or_zero(&gw, INVITES_SENT).await,
+        0.0,
+        "no INVITE sent"
+    );
     assert_no_leftovers(&gw).await;
 
     // The trunk is back on the same port: one answered probe brings it up,
@@ -120,7 +124,10 @@ async fn trunk_that_stops_answering_options_is_down_and_calls_fail_fast() {
     back.wait(STATE_CHANGE)
         .unwrap_or_else(|e| panic!("the returning trunk saw only OPTIONS: {e}"));
     let seen = back.messages();
-    assert!(!seen.contains("INVITE sip:"), "no INVITE reached the trunk:\n{seen}");
+    assert!(
+        !seen.contains("INVITE sip:"),
+        "no INVITE reached the trunk:\n{seen}"
+    );
     assert_eq!(metric_or_zero(&gw, INVITES_SENT).await, 0.0);
     api.close().await;
     gw.shutdown(Duration::ZERO).await;

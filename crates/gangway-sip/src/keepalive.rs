@@ -43,7 +43,9 @@ pub(crate) struct TrunkHealth {
 
 impl TrunkHealth {
     pub(crate) fn watches(&self, trunk: &Trunk) -> bool {
-        trunk.host.trim() == self.host && trunk.port == self.port && trunk.transport == self.transport
+        trunk.host.trim() == self.host
+            && trunk.port == self.port
+            && trunk.transport == self.transport
     }
 
     pub(crate) fn is_up(&self) -> bool {
@@ -182,12 +184,7 @@ async fn probe(shared: &Shared, keepalive: &TrunkKeepalive, seq: u32) -> Result<
     );
     let uri = Uri::try_from(target.as_str()).map_err(|e| format!("bad trunk URI {target}: {e}"))?;
     let from_uri = Uri::try_from(
-        format!(
-            "sip:{}@{}",
-            keepalive.from_user.trim(),
-            trunk.domain.trim()
-        )
-        .as_str(),
+        format!("sip:{}@{}", keepalive.from_user.trim(), trunk.domain.trim()).as_str(),
     )
     .map_err(|e| format!("bad From URI: {e}"))?;
     let from = rsipstack::sip::typed::From {

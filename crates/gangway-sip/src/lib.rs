@@ -43,8 +43,8 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 pub use inbound::{InboundSipCall, IncomingCall};
-pub use keepalive::TrunkKeepalive;
 pub use ipnet;
+pub use keepalive::TrunkKeepalive;
 pub use metrics::{SipLabels, SipMetrics};
 pub use register::{RegEvent, RegistrationHandle, RegistrationRequest};
 pub use service::SipService;
