@@ -134,6 +134,8 @@ async fn invite_uses_public_ip_and_only_call_data() {
         route.starts_with("<sip:127.0.0.1:") && route.ends_with(";lr>"),
         "{route}"
     );
+    // `SipConfig::prack`: reliable provisionals are welcome.
+    assert_eq!(header(&invite, "Supported"), Some("100rel"));
     // Nothing but the headers we expect.
     let names: Vec<String> = invite
         .split("\r\n\r\n")
@@ -157,6 +159,7 @@ async fn invite_uses_public_ip_and_only_call_data() {
                 "contact",
                 "content-type",
                 "allow",
+                "supported",
                 "x-gangway-call-id",
                 "content-length"
             ]
