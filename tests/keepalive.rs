@@ -107,8 +107,8 @@ async fn trunk_that_stops_answering_options_is_down_and_calls_fail_fast() {
     // even answered 405 (a PBX that does not do OPTIONS is still alive).
     // This sipp answers three OPTIONS and fails on anything else, so it
     // would also catch an INVITE (or its retransmissions) from the call.
-    let mut back = Sipp::uas("uas_options_405.xml", port, &["-m", "3"]);
     let answered_before = metric_or_zero(&gw, PROBES_ANSWERED).await;
+    let mut back = Sipp::uas("uas_options_405.xml", port, &["-m", "3"]);
     assert_eq!(wait_metric(&gw, TRUNK_UP, 1.0, STATE_CHANGE).await, 1.0);
     assert_eq!(readyz(&gw).await, (200, "ready\n".to_string()));
     assert!(metric_or_zero(&gw, PROBES_ANSWERED).await > answered_before);

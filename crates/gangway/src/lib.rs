@@ -376,7 +376,13 @@ async fn start_sip(config: &Config, metrics: &Metrics) -> Result<SipLeg, StartEr
                 interval,
                 failures: s.keepalive_failures,
             })
-            .map_err(StartError::Sip)?;
+            // Only the trunk's host, domain or From user can be refused here.
+            .map_err(|e| {
+                StartError::Config(ConfigError {
+                    key: "sip.trunk".into(),
+                    problem: format!("{e} (needed for the OPTIONS keepalive)"),
+                })
+            })?;
     }
     Ok(SipLeg {
         service: Arc::new(service),
