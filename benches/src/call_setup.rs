@@ -142,6 +142,8 @@ async fn main() {
         .env("GANGWAY_SIP__TRUNK__HOST", "127.0.0.1")
         .env("GANGWAY_SIP__TRUNK__PORT", sipp.port().to_string())
         .env("GANGWAY_SIP__TRUNK__DOMAIN", "pbx.test")
+        // sipp's UAS would take an OPTIONS probe for a failed call.
+        .env("GANGWAY_SIP__KEEPALIVE_INTERVAL_SECS", "0")
         .stdout(Stdio::null())
         .spawn()
         .expect("start gateway");

@@ -69,6 +69,8 @@ async fn main() {
             ("GANGWAY_SIP__TRUNK__HOST", "127.0.0.1".into()),
             ("GANGWAY_SIP__TRUNK__PORT", sipp.port().to_string()),
             ("GANGWAY_SIP__TRUNK__DOMAIN", "pbx.test".into()),
+            // sipp's UAS would take an OPTIONS probe for a failed call.
+            ("GANGWAY_SIP__KEEPALIVE_INTERVAL_SECS", "0".into()),
         ],
     );
     let pid = gateway.pid();

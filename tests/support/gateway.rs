@@ -85,7 +85,9 @@ pub async fn wait_metric(
 
 /// A gateway with the SIP leg on: SIP on a free loopback port, RTP from a
 /// free range, and the trunk at `127.0.0.1:trunk_port` with `domain`.
-/// `f` adjusts anything else (credentials, allow-list).
+/// The OPTIONS keepalive is off (the sipp scenarios that play the trunk
+/// would take a probe for an unexpected call); `f` adjusts anything else
+/// (credentials, allow-list, `sip.keepalive_interval_secs`).
 pub async fn start_sip_gateway(
     trunk_port: u16,
     domain: &str,
@@ -101,9 +103,31 @@ pub async fn start_sip_gateway(
         c.sip.trunk.host = "127.0.0.1".into();
         c.sip.trunk.port = trunk_port;
         c.sip.trunk.domain = domain;
+        c.sip.keepalive_interval_secs = 0;
         f(c);
     })
     .await
+}
+
+/// `GET /readyz`: its status and body. The connection is closed after it.
+pub async fn readyz(gw: &Gateway) -> (u16, String) {
+    let url = format!("http://{}/readyz", gw.http_addr());
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = agent
+            .get(&url)
+            .header("Connection", "close")
+            .call()
+            .expect("GET /readyz");
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().expect("readyz body");
+        (status, body)
+    })
+    .await
+    .expect("readyz task")
 }
 
 /// A metric's value, 0 when the series is not exported (yet).

@@ -32,6 +32,9 @@ pub struct RtcClient {
     created: Instant,
     next_timeout: Instant,
     received: Vec<Vec<u8>>,
+    /// Where the next [`RtcClient::send_pcmu_tone`] continues the audio
+    /// timeline (8 kHz samples), so successive tones never step back in time.
+    tone_samples: u64,
 }
 
 /// Result of an echo exchange.
@@ -87,6 +90,7 @@ impl RtcClient {
             created: Instant::now(),
             next_timeout: Instant::now(),
             received: Vec::new(),
+            tone_samples: 0,
         };
         (client, offer.to_sdp_string())
     }
@@ -254,7 +258,8 @@ impl RtcClient {
     /// Sends a sine of `freq_hz` (half full scale) as PCMU, 20 ms a frame,
     /// for `seconds`, keeps receiving for `linger` afterwards, and returns
     /// what arrived meanwhile decoded as µ-law. The call must have
-    /// negotiated PCMU (a [`ClientCodec::Pcmu`] client).
+    /// negotiated PCMU (a [`ClientCodec::Pcmu`] client). Successive calls
+    /// continue one RTP timeline.
     pub async fn send_pcmu_tone(
         &mut self,
         freq_hz: f64,
@@ -280,7 +285,7 @@ impl RtcClient {
                 })
                 .collect();
             let time = MediaTime::new(
-                (i * SAMPLES) as u64,
+                self.tone_samples + (i * SAMPLES) as u64,
                 str0m::media::Frequency::new(8_000).unwrap(),
             );
             if let Some(writer) = self.rtc.writer(self.mid) {
@@ -290,6 +295,7 @@ impl RtcClient {
             }
             self.drain();
         }
+        self.tone_samples += (frames * SAMPLES) as u64;
         let end = Instant::now() + linger;
         while Instant::now() < end {
             self.step(end).await;

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::dialog::{body_text, Events, LocalSdp, MidCall, MidCallCommand, ALLOW};
 use crate::service::{ActiveCall, Shared};
-use crate::{CallControl, OutboundCall, SipEvent, Transport};
+use crate::{CallControl, OutboundCall, SipEvent, Transport, Trunk};
 
 /// After we hang up, give CANCEL/BYE this long (64*T1 plus slack) before
 /// reporting `Ended` regardless.
@@ -323,10 +323,8 @@ fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, S
     if domain.is_empty() || !domain.chars().all(is_host_char) {
         return Err(format!("invalid trunk domain {:?}", call.trunk.domain));
     }
-    let host = call.trunk.host.trim();
-    if host.is_empty() || !host.chars().all(is_host_char) {
-        return Err(format!("invalid trunk host {:?}", call.trunk.host));
-    }
+    let (destination, transport) = trunk_destination(&call.trunk)?;
+    let trunk_hop = destination.addr.clone();
 
     let callee = Uri::try_from(call.request_uri.trim())
         .map_err(|e| format!("invalid request URI {:?}: {e}", call.request_uri))?;
@@ -339,22 +337,6 @@ fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, S
     let caller = Uri::try_from(format!("sip:{from_user}@{domain}").as_str())
         .map_err(|e| format!("invalid From URI: {e}"))?;
 
-    let host_addr: Host = match host.trim_start_matches('[').trim_end_matches(']').parse() {
-        Ok(ip) => Host::IpAddr(ip),
-        Err(_) => Host::Domain(host.to_string().into()),
-    };
-    let transport = match call.trunk.transport {
-        Transport::Udp => rsipstack::sip::Transport::Udp,
-        Transport::Tcp => rsipstack::sip::Transport::Tcp,
-    };
-    let trunk_hop = HostWithPort {
-        host: host_addr,
-        port: Some(call.trunk.port.into()),
-    };
-    let destination = SipAddr {
-        r#type: Some(transport),
-        addr: trunk_hop.clone(),
-    };
     // The trunk is our outbound proxy: a preloaded loose route (RFC 3261
     // §8.1.2) makes every request of the dialog's setup, CANCEL included,
     // go to it. Without it rsipstack sends the CANCEL to the Request-URI's
@@ -424,8 +406,36 @@ fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, S
         credential,
         headers: Some(headers),
         route_set: vec![trunk_route],
+        support_prack: shared.prack,
         ..Default::default()
     })
+}
+
+/// Where requests to `trunk` are sent (its host and port, with the SIP
+/// transport), after checking the host is something we can put in a URI.
+pub(crate) fn trunk_destination(
+    trunk: &Trunk,
+) -> Result<(SipAddr, rsipstack::sip::Transport), String> {
+    let host = trunk.host.trim();
+    if host.is_empty() || !host.chars().all(is_host_char) {
+        return Err(format!("invalid trunk host {:?}", trunk.host));
+    }
+    let host_addr: Host = match host.trim_start_matches('[').trim_end_matches(']').parse() {
+        Ok(ip) => Host::IpAddr(ip),
+        Err(_) => Host::Domain(host.to_string().into()),
+    };
+    let transport = match trunk.transport {
+        Transport::Udp => rsipstack::sip::Transport::Udp,
+        Transport::Tcp => rsipstack::sip::Transport::Tcp,
+    };
+    let destination = SipAddr {
+        r#type: Some(transport),
+        addr: HostWithPort {
+            host: host_addr,
+            port: Some(trunk.port.into()),
+        },
+    };
+    Ok((destination, transport))
 }
 
 /// RFC 3261 `user`: unreserved / escaped / user-unreserved, minus the
@@ -434,7 +444,7 @@ pub(crate) fn is_user_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-_.!~*'()%&=+$,".contains(c)
 }
 
-fn is_host_char(c: char) -> bool {
+pub(crate) fn is_host_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-.:[]".contains(c)
 }
 

@@ -14,8 +14,9 @@ use tracing::{debug, info, warn};
 use crate::sdp::{self, Direction, OwnSdp, G711};
 use crate::SipEvent;
 
-/// Methods we answer (for `Allow`).
-pub(crate) const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+/// Methods we answer (for `Allow`). PRACK: the stack answers the far end's
+/// PRACKs within a dialog, and sends ours for reliable provisionals.
+pub(crate) const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK";
 
 /// Where a call's events go. An inbound call changes owner once (from the
 /// ringing coordinator to the session that accepts it), so the target can

@@ -19,7 +19,7 @@
 //! | 408 | no final response in time: Timer B (32 s without any response, which is also how an unreachable trunk, a failed DNS lookup or a refused TCP connect ends) or Timer C (180 s after a provisional) |
 //! | 488 | the far end answered 2xx without an SDP answer (the call is ended with BYE) |
 //! | 500 | the call could not be built (bad request URI, From user, domain or host) or the stack failed |
-//! | 503 | a send on an established TCP connection failed, or the service is stopping/stopped |
+//! | 503 | a send on an established TCP connection failed, the service is stopping/stopped, or the call's trunk is down by the OPTIONS keepalive ([`SipService::start_keepalive`]; no INVITE is sent) |
 //!
 //! A 401/407 challenge is answered once with the trunk's credentials (more
 //! only when the server marks the nonce stale); the next challenge, or any
@@ -31,6 +31,7 @@ pub mod sdp;
 mod call;
 mod dialog;
 mod inbound;
+mod keepalive;
 mod metrics;
 mod register;
 mod service;
@@ -43,6 +44,7 @@ use tokio::sync::Notify;
 
 pub use inbound::{InboundSipCall, IncomingCall};
 pub use ipnet;
+pub use keepalive::TrunkKeepalive;
 pub use metrics::{SipLabels, SipMetrics};
 pub use register::{RegEvent, RegistrationHandle, RegistrationRequest};
 pub use service::SipService;
@@ -59,6 +61,10 @@ pub struct SipConfig {
     pub public_ip: Option<IpAddr>,
     /// `User-Agent` header value, e.g. `"Gangway/0.1"`.
     pub user_agent: String,
+    /// Reliable provisional responses (RFC 3262) on outbound calls: INVITEs
+    /// carry `Supported: 100rel` and a provisional response with
+    /// `Require: 100rel` is acknowledged with PRACK.
+    pub prack: bool,
 }
 
 /// SIP transport towards a trunk.

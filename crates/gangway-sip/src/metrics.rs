@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rsipstack::sip::{Method, SipMessage};
 use rsipstack::transaction::endpoint::MessageInspector;
@@ -26,6 +27,13 @@ pub struct SipMetrics {
     /// Dialog-creating INVITEs refused before anyone was asked, by `reason`
     /// (`forbidden_source`, `no_user`).
     pub inbound_rejected: Family<[(&'static str, &'static str); 1], Counter>,
+    /// 1 while the trunk is up, 0 while the OPTIONS keepalive has it down
+    /// (see [`crate::SipService::start_keepalive`]); 1 without a keepalive.
+    pub trunk_up: Gauge,
+    /// OPTIONS keepalive probes by `result` (`answered`: any final
+    /// response from the trunk; `failed`: no response in time, or a
+    /// transport error).
+    pub trunk_probes: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl SipMetrics {
@@ -50,6 +58,25 @@ impl SipMetrics {
             "Inbound INVITEs refused by the SIP service itself, by reason",
             self.inbound_rejected.clone(),
         );
+        // Up until a keepalive says otherwise.
+        self.trunk_up.set(1);
+        registry.register(
+            "sip_trunk_up",
+            "1 while the SIP trunk is up, 0 while the OPTIONS keepalive has it down",
+            self.trunk_up.clone(),
+        );
+        for result in ["answered", "failed"] {
+            let _ = self.trunk_probes.get_or_create(&[("result", result)]);
+        }
+        registry.register(
+            "sip_trunk_probes",
+            "OPTIONS keepalive probes to the trunk, by result (answered, failed)",
+            self.trunk_probes.clone(),
+        );
+    }
+
+    pub(crate) fn trunk_probe(&self, result: &'static str) {
+        self.trunk_probes.get_or_create(&[("result", result)]).inc();
     }
 
     pub(crate) fn inbound_rejected(&self, reason: &'static str) {

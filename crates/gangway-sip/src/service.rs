@@ -23,6 +23,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::call::run_call;
 use crate::dialog::ALLOW;
 use crate::inbound::{request_source, source_allowed, start_inbound};
+use crate::keepalive::TrunkHealth;
 use crate::metrics::MetricsInspector;
 use crate::{
     CallControl, IncomingCall, OutboundCall, SipCall, SipConfig, SipError, SipEvent, SipMetrics,
@@ -53,7 +54,11 @@ pub(crate) struct Shared {
     idle: Notify,
     /// Set once by [`SipService::accept_inbound`].
     inbound: OnceLock<Inbound>,
-    metrics: SipMetrics,
+    /// Set once by [`SipService::start_keepalive`].
+    pub(crate) trunk_health: OnceLock<Arc<TrunkHealth>>,
+    /// `SipConfig::prack`.
+    pub(crate) prack: bool,
+    pub(crate) metrics: SipMetrics,
 }
 
 /// Who may call in, and who gets the calls.
@@ -140,6 +145,7 @@ impl SipService {
                 Method::Options,
                 Method::Info,
                 Method::Update,
+                Method::PRack,
             ])
             .build();
         let incoming = endpoint
@@ -159,6 +165,8 @@ impl SipService {
             active: AtomicUsize::new(0),
             idle: Notify::new(),
             inbound: OnceLock::new(),
+            trunk_health: OnceLock::new(),
+            prack: config.prack,
             metrics,
         });
 
@@ -218,6 +226,22 @@ impl SipService {
                 SipEvent::Failed {
                     status: 503,
                     reason: "SIP service stopped".to_string(),
+                },
+            ));
+            let _ = events.send((call.key, SipEvent::Ended));
+            return handle;
+        }
+        if self.shared.trunk_down(&call.trunk) {
+            info!(
+                call = %call.correlation_id,
+                trunk = %format!("{}:{}", call.trunk.host, call.trunk.port),
+                "trunk is down (OPTIONS keepalive): call failed with 503, no INVITE sent"
+            );
+            let _ = events.send((
+                call.key,
+                SipEvent::Failed {
+                    status: 503,
+                    reason: "trunk down (no response to OPTIONS keepalive)".to_string(),
                 },
             ));
             let _ = events.send((call.key, SipEvent::Ended));
@@ -300,6 +324,13 @@ impl Shared {
             params,
             headers: vec![],
         }
+    }
+
+    /// Whether `trunk` is the one the keepalive watches and it is down.
+    pub(crate) fn trunk_down(&self, trunk: &crate::Trunk) -> bool {
+        self.trunk_health
+            .get()
+            .is_some_and(|h| h.watches(trunk) && !h.is_up())
     }
 
     pub(crate) fn call_started(&self) {

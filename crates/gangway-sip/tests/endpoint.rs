@@ -21,6 +21,7 @@ async fn start(public_ip: Option<IpAddr>) -> SipService {
             listen: SocketAddr::new(LOCALHOST, 0),
             public_ip,
             user_agent: "Gangway-test/0.1".into(),
+            prack: true,
         },
         SipMetrics::default(),
     )
@@ -133,6 +134,8 @@ async fn invite_uses_public_ip_and_only_call_data() {
         route.starts_with("<sip:127.0.0.1:") && route.ends_with(";lr>"),
         "{route}"
     );
+    // `SipConfig::prack`: reliable provisionals are welcome.
+    assert_eq!(header(&invite, "Supported"), Some("100rel"));
     // Nothing but the headers we expect.
     let names: Vec<String> = invite
         .split("\r\n\r\n")
@@ -156,6 +159,7 @@ async fn invite_uses_public_ip_and_only_call_data() {
                 "contact",
                 "content-type",
                 "allow",
+                "supported",
                 "x-gangway-call-id",
                 "content-length"
             ]
@@ -293,6 +297,7 @@ async fn config_errors() {
             listen: "0.0.0.0:0".parse().unwrap(),
             public_ip: None,
             user_agent: "x".into(),
+            prack: true,
         },
         SipMetrics::default(),
     )
@@ -308,6 +313,7 @@ async fn config_errors() {
             listen: taken.local_addr().unwrap(),
             public_ip: None,
             user_agent: "x".into(),
+            prack: true,
         },
         SipMetrics::default(),
     )

@@ -120,6 +120,7 @@ async fn start_service_with_metrics(metrics: SipMetrics) -> SipService {
             listen: SocketAddr::new(LOCALHOST, 0),
             public_ip: None,
             user_agent: "Gangway-test/0.1".into(),
+            prack: true,
         },
         metrics,
     )

@@ -153,6 +153,16 @@ pub struct SipSection {
     /// Addresses (IPs or CIDR networks) allowed to send INVITEs; others get
     /// 403. Empty: the trunk's and the registrar's addresses.
     pub inbound_allow: Vec<String>,
+    /// Seconds between OPTIONS probes to the trunk (each waits this long for
+    /// its response); 0 turns the keepalive off.
+    pub keepalive_interval_secs: u64,
+    /// Consecutive failed probes after which the trunk is down: `/readyz`
+    /// answers 503 and new calls end at once with `failed`/503. One answered
+    /// probe brings it back up.
+    pub keepalive_failures: u32,
+    /// 100rel/PRACK (RFC 3262) on outbound calls: `Supported: 100rel` in the
+    /// INVITE and PRACK for reliable provisional responses.
+    pub prack: bool,
     pub trunk: TrunkSection,
     pub registrar: RegistrarSection,
 }
@@ -191,6 +201,9 @@ impl Default for SipSection {
             dtmf_mode: DtmfMode::Rfc4733,
             ring_timeout_secs: 60,
             inbound_allow: Vec::new(),
+            keepalive_interval_secs: 30,
+            keepalive_failures: 2,
+            prack: true,
             trunk: TrunkSection::default(),
             registrar: RegistrarSection::default(),
         }
@@ -520,6 +533,18 @@ impl Config {
                 "must be between 1 and 600",
             ));
         }
+        if s.keepalive_interval_secs > 3600 {
+            return Err(problem(
+                "sip.keepalive_interval_secs",
+                "must be at most 3600 (0 disables the keepalive)",
+            ));
+        }
+        if !(1..=100).contains(&s.keepalive_failures) {
+            return Err(problem(
+                "sip.keepalive_failures",
+                "must be between 1 and 100",
+            ));
+        }
         let r = &s.registrar;
         if !(r.transport.is_empty()
             || matches!(r.transport.to_ascii_lowercase().as_str(), "udp" | "tcp"))
@@ -624,6 +649,13 @@ impl Config {
         }
     }
 
+    /// The OPTIONS keepalive interval; `None` when it is off.
+    pub fn keepalive_interval(&self) -> Option<Duration> {
+        Some(self.sip.keepalive_interval_secs)
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+    }
+
     pub fn ring_timeout(&self) -> Duration {
         Duration::from_secs(self.sip.ring_timeout_secs)
     }
@@ -726,6 +758,18 @@ mod tests {
             load_str("[sip]\nenabled = true\n[sip.trunk]\nhost = \"pbx\"\ntransport = \"sctp\"\n")
                 .unwrap_err();
         assert_eq!(e.key, "sip.trunk.transport", "{e}");
+
+        let e = load_str(
+            "[sip]\nenabled = true\nkeepalive_failures = 0\n[sip.trunk]\nhost = \"pbx\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "sip.keepalive_failures", "{e}");
+
+        let e = load_str(
+            "[sip]\nenabled = true\nkeepalive_interval_secs = 7200\n[sip.trunk]\nhost = \"pbx\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "sip.keepalive_interval_secs", "{e}");
 
         let e = load_str("[media]\ncodec_policy = \"always\"\n").unwrap_err();
         assert_eq!(e.key, "media.codec_policy", "{e}");

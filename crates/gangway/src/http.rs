@@ -62,9 +62,16 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-/// Ready while accepting new calls; 503 while draining so load balancers move on.
+/// Ready while accepting new calls; 503 while draining, and while the
+/// OPTIONS keepalive has the SIP trunk down, so load balancers move on.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let trunk_down = shared.sip.as_ref().is_some_and(|s| !s.service.trunk_up());
     match *shared.phase.borrow() {
+        Phase::Running if trunk_down => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sip trunk down: no response to OPTIONS keepalive\n",
+        )
+            .into_response(),
         Phase::Running => (StatusCode::OK, "ready\n").into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response(),
     }

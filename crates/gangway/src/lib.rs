@@ -20,7 +20,7 @@ use gangway_core::{Router, SipRouting};
 use gangway_media::{CodecPolicy, MediaPolicy, OpusSettings, RtpPorts, ShardHandle};
 use gangway_rtc::EndpointConfig;
 use gangway_sip::sdp::G711;
-use gangway_sip::{SipConfig, SipService, Transport, Trunk};
+use gangway_sip::{SipConfig, SipService, Transport, Trunk, TrunkKeepalive};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -343,6 +343,7 @@ async fn start_sip(config: &Config, metrics: &Metrics) -> Result<SipLeg, StartEr
             listen: s.listen,
             public_ip: s.public_ip,
             user_agent: s.user_agent.clone(),
+            prack: s.prack,
         },
         metrics.sip.clone(),
     )
@@ -367,6 +368,22 @@ async fn start_sip(config: &Config, metrics: &Metrics) -> Result<SipLeg, StartEr
         .or_else(|| t.username.clone())
         .unwrap_or_else(|| "gangway".into());
     info!(sip = %service.local_addr(), trunk = %format!("{}:{}", t.host, t.port), "SIP leg enabled");
+    if let Some(interval) = config.keepalive_interval() {
+        service
+            .start_keepalive(TrunkKeepalive {
+                trunk: trunk.clone(),
+                from_user: from_user.clone(),
+                interval,
+                failures: s.keepalive_failures,
+            })
+            // Only the trunk's host, domain or From user can be refused here.
+            .map_err(|e| {
+                StartError::Config(ConfigError {
+                    key: "sip.trunk".into(),
+                    problem: format!("{e} (needed for the OPTIONS keepalive)"),
+                })
+            })?;
+    }
     Ok(SipLeg {
         service: Arc::new(service),
         trunk,
