@@ -93,6 +93,8 @@ pub enum Event {
     },
     /// BYE from the far end.
     SipRemoteHangup,
+    /// The far end reported our transfer (REFER) succeeded.
+    SipTransferred,
     /// The browser sent `hangup`.
     Hangup,
     SocketClosed,
@@ -300,6 +302,8 @@ impl Call {
                 self.sip_exists = false;
                 self.end(EndReason::RemoteHangup, None);
             }
+            // The transferee reached the target: our part is done (BYE).
+            (S::Answered, Event::SipTransferred) => self.end(EndReason::Transferred, None),
             (_, Event::Hangup) => self.end(EndReason::Hangup, None),
             (_, Event::Shutdown) => self.end(EndReason::Shutdown, None),
             (_, Event::SocketClosed) => self.end(EndReason::SocketClosed, None),

@@ -176,6 +176,21 @@ fn remote_bye_ends_without_hanging_up_sip_again() {
 }
 
 #[test]
+fn a_completed_transfer_ends_the_call_with_bye() {
+    let (mut c, t0) = answered();
+    c.handle(t0, Event::SipTransferred);
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            Action::HangupSip,
+            Action::ReleaseLeg,
+            ended(EndReason::Transferred, None),
+            Action::Finished(EndReason::Transferred)
+        ]
+    );
+}
+
+#[test]
 fn busy_and_other_failures_carry_the_sip_status() {
     for (status, reason) in [
         (486, EndReason::Busy),

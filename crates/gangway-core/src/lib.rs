@@ -56,6 +56,9 @@ pub enum EndReason {
     Failed,
     /// An incoming call was answered by another session of the same user.
     AnsweredElsewhere,
+    /// The browser's blind transfer succeeded: the far end now talks to the
+    /// transfer target and this call is over.
+    Transferred,
 }
 
 impl EndReason {
@@ -77,6 +80,7 @@ impl EndReason {
         EndReason::MaxDuration,
         EndReason::Failed,
         EndReason::AnsweredElsewhere,
+        EndReason::Transferred,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +102,7 @@ impl EndReason {
             EndReason::MaxDuration => "max_duration",
             EndReason::Failed => "failed",
             EndReason::AnsweredElsewhere => "answered_elsewhere",
+            EndReason::Transferred => "transferred",
         }
     }
 }

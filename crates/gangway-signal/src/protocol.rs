@@ -112,6 +112,12 @@ pub enum ClientMessage {
     Resume {
         call: CallId,
     },
+    /// Blind transfer: ask the far end (REFER) to call `to` instead; `to`
+    /// is routed like a `call` destination.
+    Transfer {
+        call: CallId,
+        to: String,
+    },
 }
 
 const CLIENT_TYPES: &[&str] = &[
@@ -126,6 +132,7 @@ const CLIENT_TYPES: &[&str] = &[
     "reject",
     "hold",
     "resume",
+    "transfer",
 ];
 
 /// Status codes a browser may reject an incoming call with.
@@ -312,6 +319,21 @@ pub enum ServerMessage {
     Resumed {
         call: CallId,
         by: HoldParty,
+    },
+    /// How our `transfer` is going: the far end's answer to the REFER
+    /// (202), then the status of its call to the target (100, 180, 200,
+    /// 486...). `done` marks the last; a 2xx there ends this call with
+    /// `transferred`, anything else leaves it as it was.
+    TransferProgress {
+        call: CallId,
+        status: u16,
+        done: bool,
+    },
+    /// The far end transferred this call (REFER): the gateway called `to`,
+    /// it answered, and its audio now replaces the old party's.
+    Transferred {
+        call: CallId,
+        to: String,
     },
     /// A call for the signed-in user is ringing; answer with `accept`.
     Incoming {
@@ -547,6 +569,39 @@ mod tests {
         assert_eq!(
             encode(&resumed),
             r#"{"type":"resumed","call":"c1","by":"local"}"#
+        );
+    }
+
+    #[test]
+    fn transfer_messages() {
+        let m = decode(r#"{"type":"transfer","call":"c1","to":"1002"}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Transfer {
+                call: CallId::new("c1").unwrap(),
+                to: "1002".into()
+            }
+        );
+        assert_eq!(
+            err(r#"{"type":"transfer","call":"c1"}"#).code,
+            ErrorCode::InvalidMessage
+        );
+        let progress = ServerMessage::TransferProgress {
+            call: CallId::new("c1").unwrap(),
+            status: 180,
+            done: false,
+        };
+        assert_eq!(
+            encode(&progress),
+            r#"{"type":"transfer_progress","call":"c1","status":180,"done":false}"#
+        );
+        let moved = ServerMessage::Transferred {
+            call: CallId::new("c1").unwrap(),
+            to: "sip:carol@pbx".into(),
+        };
+        assert_eq!(
+            encode(&moved),
+            r#"{"type":"transferred","call":"c1","to":"sip:carol@pbx"}"#
         );
     }
 

@@ -112,6 +112,23 @@ impl InboundSipCall {
             .send(Command::MidCall(MidCallCommand::Hold(hold)));
     }
 
+    /// Blind transfer (see [`crate::SipCall::transfer`]).
+    pub fn transfer(&self, target: &str) {
+        let command = MidCallCommand::Transfer(target.to_string());
+        let _ = self.commands.send(Command::MidCall(command));
+    }
+
+    /// Progress of a call the far end REFERred us to (see
+    /// [`crate::SipCall::notify_transfer`]).
+    pub fn notify_transfer(&self, status: u16, reason: &str, done: bool) {
+        let command = MidCallCommand::ReferProgress {
+            status,
+            reason: reason.to_string(),
+            done,
+        };
+        let _ = self.commands.send(Command::MidCall(command));
+    }
+
     /// End the call: 480 before the answer, BYE after it.
     pub fn hangup(&self) {
         let _ = self.commands.send(Command::Hangup);

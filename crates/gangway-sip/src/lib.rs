@@ -153,6 +153,14 @@ pub enum SipEvent {
     /// in progress, 408 when unanswered, 488 when the answer was unusable);
     /// the session stays as it was.
     OfferRefused { status: u16, hold: bool },
+    /// Our blind transfer (REFER): its response (202: accepted), then the
+    /// far end's NOTIFYs about the new call (100, 180, 200, 486...); `done`
+    /// on the last one. A refused REFER is one event with `done`.
+    TransferProgress { status: u16, done: bool },
+    /// The far end REFERred us to `target` (a `sip:` URI), and we accepted
+    /// (202, NOTIFY 100). Place that call and report its progress with
+    /// `notify_transfer`.
+    Referred { target: String },
     /// The dialog is gone. Always the last event for a call.
     Ended,
 }
@@ -220,5 +228,23 @@ impl SipCall {
     /// [`SipEvent::OfferRefused`]. Ignored before the answer and after hangup.
     pub fn hold(&self, hold: bool) {
         let _ = self.control.mid.send(dialog::MidCallCommand::Hold(hold));
+    }
+
+    /// Blind transfer: REFER the far end to `target` (a `sip:` URI); the
+    /// outcome comes as [`SipEvent::TransferProgress`].
+    pub fn transfer(&self, target: &str) {
+        let command = dialog::MidCallCommand::Transfer(target.to_string());
+        let _ = self.control.mid.send(command);
+    }
+
+    /// After [`SipEvent::Referred`]: how the call to the target is going
+    /// (NOTIFY with `SIP/2.0 <status> <reason>`); `done` ends it.
+    pub fn notify_transfer(&self, status: u16, reason: &str, done: bool) {
+        let command = dialog::MidCallCommand::ReferProgress {
+            status,
+            reason: reason.to_string(),
+            done,
+        };
+        let _ = self.control.mid.send(command);
     }
 }

@@ -55,6 +55,18 @@ struct CallEntry {
     shard: usize,
     /// Who holds the SIP leg, and so which ways its audio goes.
     hold: HoldState,
+    /// The key the current SIP leg's events carry (the peer's at first; a
+    /// transfer replaces the leg and its key).
+    sip_key: u64,
+    /// The call the far end REFERred us to, until it answers or fails.
+    transfer_leg: Option<TransferLeg>,
+}
+
+/// A call placed for the far end's REFER, replacing the SIP leg once it answers.
+struct TransferLeg {
+    key: u64,
+    sip: SipCall,
+    target: String,
 }
 
 /// The SIP side of a call, whichever side placed it.
@@ -77,7 +89,25 @@ impl SipLeg {
             SipLeg::Inbound(call) => call.hold(hold),
         }
     }
+
+    fn transfer(&self, target: &str) {
+        match self {
+            SipLeg::Outbound(call) => call.transfer(target),
+            SipLeg::Inbound(call) => call.transfer(target),
+        }
+    }
+
+    fn notify_transfer(&self, status: u16, reason: &str, done: bool) {
+        match self {
+            SipLeg::Outbound(call) => call.notify_transfer(status, reason, done),
+            SipLeg::Inbound(call) => call.notify_transfer(status, reason, done),
+        }
+    }
 }
+
+/// After a transfer the old leg gets this long to be ended by the party
+/// that transferred us (RFC 5589: the transferor sends the BYE); then we do.
+const REPLACED_LEG_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Session {
     shared: Arc<Shared>,
@@ -92,6 +122,8 @@ struct Session {
     router: Router,
     calls: HashMap<CallId, CallEntry>,
     by_peer: HashMap<PeerId, CallId>,
+    /// SIP legs placed for transfers, by their event key.
+    transfer_keys: HashMap<u64, CallId>,
     legs: mpsc::UnboundedSender<(PeerId, LegEvent)>,
     sip_events: mpsc::UnboundedSender<(u64, SipEvent)>,
     outbox: Vec<ServerMessage>,
@@ -138,6 +170,7 @@ async fn serve(
         ringing: HashMap::new(),
         calls: HashMap::new(),
         by_peer: HashMap::new(),
+        transfer_keys: HashMap::new(),
         legs,
         sip_events,
         outbox: vec![hello],
@@ -191,7 +224,7 @@ async fn serve(
                 }
             },
             Some((peer, event)) = leg_events.recv() => s.on_leg(peer, event),
-            Some((key, event)) = sip_rx.recv() => s.on_sip(PeerId(key), event),
+            Some((key, event)) = sip_rx.recv() => s.on_sip(key, event),
             Some(message) = inbox_rx.recv() => s.on_inbox(message),
             _ = sleep_until(deadline) => s.on_timeout(Instant::now()),
             _ = phase.changed() => {}
@@ -268,6 +301,7 @@ impl Session {
                 }
             }
             ClientMessage::Dtmf { call, digits } => self.send_dtmf(call, digits),
+            ClientMessage::Transfer { call, to } => self.transfer(call, to),
             ClientMessage::Hold { call } => self.hold(call, true),
             ClientMessage::Resume { call } => self.hold(call, false),
             ClientMessage::Register {
@@ -345,6 +379,138 @@ impl Session {
         }
         info!(call = %id, hold, "hold requested");
         sip.hold(hold);
+    }
+
+    /// `transfer`: REFER the far end to `to` (routed like a `call`);
+    /// `transfer_progress` events follow.
+    fn transfer(&mut self, id: CallId, to: String) {
+        let Some(entry) = self.calls.get(&id) else {
+            return self.reject(unknown_call(id));
+        };
+        let Some(sip) = entry
+            .sip
+            .as_ref()
+            .filter(|_| entry.call.state() == CallState::Answered)
+        else {
+            return self.reject(ApiError::new(
+                ErrorCode::InvalidState,
+                Some(id),
+                "transfer needs an answered SIP call",
+            ));
+        };
+        let uri = match self.router.route(&to) {
+            Route::Sip { uri } => uri,
+            Route::NotAllowed => {
+                return self.reject(ApiError::new(
+                    ErrorCode::InvalidMessage,
+                    Some(id),
+                    "the transfer target is not allowed",
+                ))
+            }
+            _ => {
+                return self.reject(ApiError::new(
+                    ErrorCode::InvalidMessage,
+                    Some(id),
+                    "the transfer target is not a SIP destination",
+                ))
+            }
+        };
+        info!(call = %id, %uri, "transfer requested");
+        sip.transfer(&uri);
+    }
+
+    /// The far end REFERred us to `target`: call it on the same RTP port;
+    /// the old leg stays until the new one answers.
+    fn start_transfer_leg(&mut self, id: &CallId, target: String) {
+        let Some(entry) = self.calls.get_mut(id) else {
+            return;
+        };
+        let Some(old) = entry.sip.as_ref() else {
+            return;
+        };
+        if entry.transfer_leg.is_some() {
+            return old.notify_transfer(491, "Request Pending", true);
+        }
+        let uri = match self.router.route(&target) {
+            Route::Sip { uri } => uri,
+            _ => {
+                info!(call = %id, %target, "transfer target refused by the routing rules");
+                return old.notify_transfer(403, "Forbidden", true);
+            }
+        };
+        let key = self.shared.next_peer.fetch_add(1, Ordering::Relaxed);
+        let Some(sip) = place_sip_call(&self.shared, entry, key, uri.clone(), &self.sip_events)
+        else {
+            return old.notify_transfer(500, "Server Internal Error", true);
+        };
+        info!(call = %id, %uri, "transferred by the far end: calling the target");
+        entry.transfer_leg = Some(TransferLeg {
+            key,
+            sip,
+            target: uri,
+        });
+        self.transfer_keys.insert(key, id.clone());
+    }
+
+    /// Events of a transfer leg: progress goes to the old leg's NOTIFYs;
+    /// the answer swaps the legs.
+    fn on_transfer_leg(&mut self, id: CallId, event: SipEvent) {
+        let Some(entry) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let (Some(old), Some(leg)) = (entry.sip.as_ref(), entry.transfer_leg.as_ref()) else {
+            return;
+        };
+        match event {
+            SipEvent::Provisional { status, .. } => {
+                old.notify_transfer(status, reason_phrase(status), false)
+            }
+            SipEvent::Answered { sdp } => {
+                let (peer, key, target) = (entry.peer, leg.key, leg.target.clone());
+                if !self.connect_sip_media(peer, &id, &sdp, true, Flow::BOTH) {
+                    let Some(entry) = self.calls.get_mut(&id) else {
+                        return;
+                    };
+                    if let (Some(old), Some(leg)) = (&entry.sip, entry.transfer_leg.take()) {
+                        leg.sip.hangup();
+                        old.notify_transfer(488, "Not Acceptable Here", true);
+                    }
+                    return;
+                }
+                let Some(entry) = self.calls.get_mut(&id) else {
+                    return;
+                };
+                let Some(leg) = entry.transfer_leg.take() else {
+                    return;
+                };
+                let old = entry.sip.replace(SipLeg::Outbound(leg.sip));
+                entry.sip_key = key;
+                entry.hold = HoldState::default();
+                if let Some(old) = old {
+                    old.notify_transfer(200, "OK", true);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(REPLACED_LEG_GRACE).await;
+                        old.hangup();
+                    });
+                }
+                info!(call = %id, to = %target, "transfer complete: talking to the target");
+                self.outbox.push(ServerMessage::Transferred {
+                    call: id,
+                    to: target,
+                });
+            }
+            SipEvent::Failed { status, reason } => {
+                info!(call = %id, status, %reason, "transfer target did not answer");
+                old.notify_transfer(status, &reason, true);
+                entry.transfer_leg = None;
+            }
+            SipEvent::Ended => {
+                let key = leg.key;
+                entry.transfer_leg = None;
+                self.transfer_keys.remove(&key);
+            }
+            _ => {}
+        }
     }
 
     /// The far end's new SDP (its re-offer, or its answer to our hold or
@@ -593,6 +759,8 @@ impl Session {
                 sip_offer: ringing.sdp_offer.clone(),
                 shard: self.shared.pick_shard(),
                 hold: HoldState::default(),
+                sip_key: peer.0,
+                transfer_leg: None,
             },
         );
         self.by_peer.insert(peer, id.clone());
@@ -670,6 +838,8 @@ impl Session {
                 sip_offer: None,
                 shard: self.shared.pick_shard(),
                 hold: HoldState::default(),
+                sip_key: peer.0,
+                transfer_leg: None,
             },
         );
         self.by_peer.insert(peer, id.clone());
@@ -742,10 +912,28 @@ impl Session {
         self.feed(&id, core_event);
     }
 
-    fn on_sip(&mut self, peer: PeerId, event: SipEvent) {
-        let Some(id) = self.by_peer.get(&peer).cloned() else {
+    fn on_sip(&mut self, key: u64, event: SipEvent) {
+        let id = match self.by_peer.get(&PeerId(key)) {
+            Some(id) => id.clone(),
+            None => match self.transfer_keys.get(&key) {
+                Some(id) => id.clone(),
+                None => return,
+            },
+        };
+        let Some(entry) = self.calls.get(&id) else {
             return;
         };
+        let peer = entry.peer;
+        if entry.transfer_leg.as_ref().is_some_and(|t| t.key == key) {
+            return self.on_transfer_leg(id, event);
+        }
+        if entry.sip_key != key {
+            // A leg a transfer replaced: it ends on its own.
+            if matches!(event, SipEvent::Ended) {
+                self.transfer_keys.remove(&key);
+            }
+            return;
+        }
         let core_event = match event {
             SipEvent::Provisional { status, sdp } => {
                 let early_media = sdp
@@ -789,6 +977,19 @@ impl Session {
             event @ (SipEvent::RemoteOffer { .. }
             | SipEvent::OfferAccepted { .. }
             | SipEvent::OfferRefused { .. }) => return self.on_sip_renegotiated(peer, id, event),
+            SipEvent::TransferProgress { status, done } => {
+                self.outbox.push(ServerMessage::TransferProgress {
+                    call: id.clone(),
+                    status,
+                    done,
+                });
+                if !(done && (200..300).contains(&status)) {
+                    return;
+                }
+                info!(call = %id, "transfer complete");
+                Event::SipTransferred
+            }
+            SipEvent::Referred { target } => return self.start_transfer_leg(&id, target),
             SipEvent::Ended => return,
         };
         self.feed(&id, core_event);
@@ -898,7 +1099,7 @@ impl Session {
                     }
                 }
                 Action::PlaceSipCall { uri } => {
-                    entry.sip = place_sip_call(&self.shared, entry, uri, &self.sip_events)
+                    entry.sip = place_sip_call(&self.shared, entry, peer.0, uri, &self.sip_events)
                         .map(SipLeg::Outbound);
                     if entry.sip.is_none() {
                         // Cannot happen with a consistent config; fail the call visibly.
@@ -911,6 +1112,9 @@ impl Session {
                     if let Some(sip) = &entry.sip {
                         sip.hangup();
                     }
+                    if let Some(leg) = entry.transfer_leg.take() {
+                        leg.sip.hangup();
+                    }
                 }
                 Action::Notify(n) => self.outbox.push(to_message(id.clone(), n)),
                 Action::Finished(reason) => finished = Some(reason),
@@ -922,8 +1126,13 @@ impl Session {
         if let Some(reason) = finished {
             info!(call = %id, reason = reason.as_str(), "call ended");
             self.shared.metrics.call_ended(reason);
-            self.calls.remove(id);
+            if let Some(entry) = self.calls.remove(id) {
+                if let Some(leg) = entry.transfer_leg {
+                    leg.sip.hangup();
+                }
+            }
             self.by_peer.remove(&peer);
+            self.transfer_keys.retain(|_, call| call != id);
         }
     }
 }
@@ -934,6 +1143,7 @@ impl Session {
 fn place_sip_call(
     shared: &Shared,
     entry: &CallEntry,
+    key: u64,
     uri: String,
     events: &mpsc::UnboundedSender<(u64, SipEvent)>,
 ) -> Option<SipCall> {
@@ -948,7 +1158,7 @@ fn place_sip_call(
     );
     let call = sip.service.place_call(
         OutboundCall {
-            key: entry.peer.0,
+            key,
             trunk: sip.trunk.clone(),
             request_uri: uri,
             from_user: sip.from_user.clone(),
@@ -991,6 +1201,18 @@ fn remote_direction(direction: sip_sdp::Direction) -> RemoteDirection {
     RemoteDirection {
         sends: direction.sends(),
         receives: direction.receives(),
+    }
+}
+
+/// The usual reason phrase of a provisional status, for transfer NOTIFYs.
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
+        _ => "Progress",
     }
 }
 
