@@ -54,6 +54,9 @@ pub enum EndReason {
     Failed,
     /// An incoming call was answered by another session of the same user.
     AnsweredElsewhere,
+    /// The browser's socket was lost and not resumed within the grace
+    /// period (or too many messages piled up meanwhile); nothing is sent.
+    SessionExpired,
 }
 
 impl EndReason {
@@ -75,7 +78,13 @@ impl EndReason {
         EndReason::MaxDuration,
         EndReason::Failed,
         EndReason::AnsweredElsewhere,
+        EndReason::SessionExpired,
     ];
+
+    /// Reasons nobody is told about: the socket is gone.
+    pub fn is_silent(self) -> bool {
+        matches!(self, EndReason::SocketClosed | EndReason::SessionExpired)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -96,6 +105,7 @@ impl EndReason {
             EndReason::MaxDuration => "max_duration",
             EndReason::Failed => "failed",
             EndReason::AnsweredElsewhere => "answered_elsewhere",
+            EndReason::SessionExpired => "session_expired",
         }
     }
 }
