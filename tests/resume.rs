@@ -201,10 +201,8 @@ async fn an_unresumed_session_expires_and_the_pbx_gets_its_bye() {
         );
         dropped_at.elapsed()
     };
-    let (tones, expired_after) = tokio::join!(
-        client.send_pcmu_tone(TONE_HZ, 4.0, Duration::ZERO),
-        watch
-    );
+    let (tones, expired_after) =
+        tokio::join!(client.send_pcmu_tone(TONE_HZ, 4.0, Duration::ZERO), watch);
     println!("expired {expired_after:?} after the drop");
     assert!(
         expired_after >= GRACE,
@@ -346,7 +344,10 @@ async fn close_codes_decide_between_parking_and_ending() {
     assert_eq!(refused["code"], "unknown_session", "{refused}");
     let resumed = api.resume_session(&token).await;
     assert_eq!(resumed["type"], "session_resumed", "{resumed}");
-    assert_eq!(resumed["calls"], json!([{"call": "e1", "state": "answered"}]));
+    assert_eq!(
+        resumed["calls"],
+        json!([{"call": "e1", "state": "answered"}])
+    );
     let fresh = resumed["resume_token"].as_str().unwrap().to_string();
     // Resuming the session it already is: refused without spending the token.
     let own = api.resume_session(&fresh).await;

@@ -71,7 +71,9 @@ pub enum LegEvent {
     /// Digits could not be sent: not a bridged call, or the far end did not accept telephone-event.
     DtmfRefused,
     /// A new offer for the leg (an ICE restart) was accepted; this is the answer.
-    Renegotiated { answer: String },
+    Renegotiated {
+        answer: String,
+    },
     /// A new offer was refused; the leg carries on as before.
     RenegotiationFailed(SetupError),
 }

@@ -263,11 +263,7 @@ impl Endpoint {
     /// waits for the browser's checks on the new path; DTLS and SRTP go on).
     /// The audio m-line media flows on must still be in the offer. A
     /// refused offer leaves the peer as it was.
-    pub fn renegotiate(
-        &mut self,
-        id: PeerId,
-        offer_text: &str,
-    ) -> Result<String, SetupError> {
+    pub fn renegotiate(&mut self, id: PeerId, offer_text: &str) -> Result<String, SetupError> {
         let peer = self
             .peers
             .get_mut(&id)

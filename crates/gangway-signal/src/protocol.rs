@@ -106,10 +106,15 @@ pub enum ClientMessage {
     },
     /// Take over a session whose socket was lost, with its resume token
     /// (from `hello` or the last `session_resumed`).
-    ResumeSession { token: String },
+    ResumeSession {
+        token: String,
+    },
     /// A new offer for an established call's WebRTC leg (an ICE restart);
     /// answered with `answer`. The SIP leg is not involved.
-    Renegotiate { call: CallId, sdp: String },
+    Renegotiate {
+        call: CallId,
+        sdp: String,
+    },
 }
 
 const CLIENT_TYPES: &[&str] = &[

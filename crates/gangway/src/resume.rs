@@ -150,7 +150,9 @@ mod tests {
         let a = tokens.issue(1, tx.clone()).unwrap();
         let b = tokens.issue(2, tx).unwrap();
         assert_eq!(a.len(), 64);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, b);
     }
 
@@ -166,7 +168,10 @@ mod tests {
         assert_eq!(tokens.claim(&wrong, 2).err(), Some(Refused::Unknown));
         assert_eq!(tokens.claim(&token[..63], 2).err(), Some(Refused::Unknown));
         assert_eq!(tokens.claim("", 2).err(), Some(Refused::Unknown));
-        assert_eq!(tokens.claim("é".repeat(32).as_str(), 2).err(), Some(Refused::Unknown));
+        assert_eq!(
+            tokens.claim("é".repeat(32).as_str(), 2).err(),
+            Some(Refused::Unknown)
+        );
         assert_eq!(tokens.claim(&token, 1).err(), Some(Refused::Own));
         assert!(tokens.claim(&token, 2).is_ok(), "the real token works");
         assert_eq!(

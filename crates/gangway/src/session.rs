@@ -131,7 +131,7 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, peer_ip: IpAddr) {
 /// What woke the session loop up about its socket.
 enum Wake {
     Socket(Option<Result<Message, axum::Error>>),
-    Handover(WebSocket),
+    Handover(Box<WebSocket>),
     Other,
 }
 
@@ -235,7 +235,7 @@ async fn serve(socket: WebSocket, shared: Arc<Shared>, number: u64, id: String, 
         let parked_until = s.parked.as_ref().map(|p| p.until);
         let wake = tokio::select! {
             message = recv(&mut socket) => Wake::Socket(message),
-            Some(ws) = handover_rx.recv() => Wake::Handover(ws),
+            Some(ws) = handover_rx.recv() => Wake::Handover(Box::new(ws)),
             Some((peer, event)) = leg_events.recv() => {
                 s.on_leg(peer, event);
                 Wake::Other
@@ -261,7 +261,7 @@ async fn serve(socket: WebSocket, shared: Arc<Shared>, number: u64, id: String, 
         match wake {
             Wake::Other => {}
             Wake::Handover(ws) => {
-                if let Some(old) = socket.replace(ws) {
+                if let Some(old) = socket.replace(*ws) {
                     // The old connection is still open (half-open after a
                     // network change, say): the new one wins.
                     close_superseded(old).await;
@@ -464,10 +464,7 @@ impl Session {
         if let Some(old) = self.token.take() {
             self.shared.tokens.revoke(&old);
         }
-        self.token = self
-            .shared
-            .tokens
-            .issue(self.number, self.handover.clone());
+        self.token = self.shared.tokens.issue(self.number, self.handover.clone());
         let mut calls: Vec<ResumedCall> = self
             .calls
             .iter()
@@ -972,8 +969,10 @@ impl Session {
             }
             LegEvent::Renegotiated { answer } => {
                 info!(call = %id, "WebRTC leg renegotiated");
-                self.outbox
-                    .push(ServerMessage::Answer { call: id, sdp: answer });
+                self.outbox.push(ServerMessage::Answer {
+                    call: id,
+                    sdp: answer,
+                });
                 return;
             }
             LegEvent::RenegotiationFailed(e) => {
