@@ -375,6 +375,46 @@ async fn close_codes_decide_between_parking_and_ending() {
     gw.shutdown(Duration::ZERO).await;
 }
 
+/// A resume while the old socket still looks open at the gateway (a
+/// half-open connection after a network change): the new socket wins and
+/// the old one is closed with 4001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_takes_over_a_session_whose_old_socket_is_still_open() {
+    let gw = start_gateway_with(|_| {}).await;
+    let mut old = ApiClient::connect(&gw).await;
+    let token = old.resume_token().unwrap();
+    let (_client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    old.call("e1", "echo", &offer).await;
+    old.expect("answer").await;
+    old.expect("answered").await;
+
+    let mut new = ApiClient::connect(&gw).await;
+    let resumed = new.resume_session(&token).await;
+    assert_eq!(resumed["type"], "session_resumed", "{resumed}");
+    assert_eq!(resumed["session"], old.hello["session"]);
+    assert_eq!(
+        resumed["calls"],
+        json!([{"call": "e1", "state": "answered"}])
+    );
+    let end = old.try_recv(SIGNALING).await;
+    assert_eq!(
+        end,
+        Err(gangway_tests::api_client::Closed::Close(Some(4001.into()))),
+        "the superseded socket is closed"
+    );
+    assert_eq!(scrape_metric(&gw, PARKED).await, 0.0, "never parked");
+    assert_eq!(
+        wait_metric(&gw, "gangway_ws_connections_active", 1.0, SETTLE).await,
+        1.0
+    );
+    // The call is the new socket's now.
+    new.hangup("e1").await;
+    assert_eq!(new.expect("ended").await["reason"], "hangup");
+    new.close().await;
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
 /// `calls.resume_grace_secs = 0`: no token, and a lost socket ends its
 /// calls at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,9 +9,11 @@
 //! takes over the new socket.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 
 use axum::extract::ws::WebSocket;
+use gangway_signal::ServerMessage;
 use tokio::sync::mpsc;
 
 /// Random bytes in a token.
@@ -22,8 +24,16 @@ const TOKEN_HEX: usize = TOKEN_BYTES * 2;
 /// practically impossible, and a clash only makes `issue` draw again).
 const LOOKUP_HEX: usize = 16;
 
+/// A connection moving to the session whose token it presented.
+pub(crate) struct Moved {
+    pub(crate) socket: WebSocket,
+    /// Replies the connection owed its client before `resume_session`.
+    pub(crate) outbox: Vec<ServerMessage>,
+    pub(crate) peer_ip: IpAddr,
+}
+
 /// Where a claimed session expects its new socket.
-pub(crate) type Handover = mpsc::UnboundedSender<WebSocket>;
+pub(crate) type Handover = mpsc::UnboundedSender<Moved>;
 
 struct Entry {
     token: String,
@@ -139,7 +149,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn handover() -> (Handover, mpsc::UnboundedReceiver<WebSocket>) {
+    fn handover() -> (Handover, mpsc::UnboundedReceiver<Moved>) {
         mpsc::unbounded_channel()
     }
 

@@ -26,7 +26,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::DtmfMode;
 use crate::inbound::Ringing;
-use crate::resume::{Handover, Refused};
+use crate::resume::{Handover, Moved, Refused};
 use crate::users::Inbox;
 use crate::{auth, Phase, Shared, SIP_CODECS};
 
@@ -93,8 +93,8 @@ struct Session {
     token: Option<String>,
     /// Where a `resume_session` elsewhere hands this session a new socket.
     handover: Handover,
-    /// Set when this connection resumed another session: once the outbox
-    /// is flushed, the socket moves there and this session ends.
+    /// Set when this connection claimed another session's token: the
+    /// socket (and what it still owes its client) moves there at once.
     moving_to: Option<Handover>,
     /// The socket was lost and the calls wait for a resume.
     parked: Option<Parked>,
@@ -115,13 +115,34 @@ const PARKED_QUEUE_MAX: usize = 256;
 const CLOSE_RESUMED_ELSEWHERE: u16 = 4001;
 
 pub async fn run(socket: WebSocket, shared: Arc<Shared>, peer_ip: IpAddr) {
-    let (number, id) = shared.next_session_id();
     shared.metrics.ws_total.inc();
     shared.metrics.ws_active.inc();
+    serve_new(socket, shared, peer_ip, Vec::new()).await;
+}
+
+/// `serve_new` behind a concrete type, so that a session can start one
+/// (the recursion would otherwise keep the compiler from proving `Send`).
+fn serve_new_boxed(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    peer_ip: IpAddr,
+    preface: Vec<ServerMessage>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(serve_new(socket, shared, peer_ip, preface))
+}
+
+/// A new session on `socket`: `hello`, then `preface`, then requests.
+async fn serve_new(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    peer_ip: IpAddr,
+    preface: Vec<ServerMessage>,
+) {
+    let (number, id) = shared.next_session_id();
     let span = info_span!("session", session = %id);
     async {
         debug!("connected");
-        serve(socket, shared.clone(), number, id, peer_ip).await;
+        serve(socket, shared, number, id, peer_ip, preface).await;
         debug!("session over");
     }
     .instrument(span)
@@ -131,7 +152,7 @@ pub async fn run(socket: WebSocket, shared: Arc<Shared>, peer_ip: IpAddr) {
 /// What woke the session loop up about its socket.
 enum Wake {
     Socket(Option<Result<Message, axum::Error>>),
-    Handover(Box<WebSocket>),
+    Handover(Box<Moved>),
     Other,
 }
 
@@ -146,7 +167,14 @@ enum Gone {
     Closed,
 }
 
-async fn serve(socket: WebSocket, shared: Arc<Shared>, number: u64, id: String, peer_ip: IpAddr) {
+async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    number: u64,
+    id: String,
+    peer_ip: IpAddr,
+    preface: Vec<ServerMessage>,
+) {
     let (legs, mut leg_events) = mpsc::unbounded_channel();
     let (inbox, mut inbox_rx) = mpsc::unbounded_channel();
     let (sip_events, mut sip_rx) = mpsc::unbounded_channel();
@@ -178,7 +206,7 @@ async fn serve(socket: WebSocket, shared: Arc<Shared>, number: u64, id: String, 
         by_peer: HashMap::new(),
         legs,
         sip_events,
-        outbox: vec![hello],
+        outbox: std::iter::once(hello).chain(preface).collect(),
         token,
         handover,
         moving_to: None,
@@ -199,24 +227,6 @@ async fn serve(socket: WebSocket, shared: Arc<Shared>, number: u64, id: String, 
         } else if !s.queue_while_parked() {
             break;
         }
-        if let Some(target) = s.moving_to.take() {
-            if let Some(ws) = socket.take() {
-                match target.send(ws) {
-                    Ok(()) => {
-                        // The socket (and its place in ws_active) is the other session's now.
-                        debug!("connection handed to the resumed session");
-                        s.shared.metrics.ws_active.dec();
-                        break;
-                    }
-                    Err(mpsc::error::SendError(ws)) => {
-                        // It expired between the claim and now.
-                        socket = Some(ws);
-                        s.resume_refused();
-                        continue;
-                    }
-                }
-            }
-        }
         if *phase.borrow() == Phase::Terminating {
             s.end_all(EndReason::Shutdown);
             if let Some(mut ws) = socket.take() {
@@ -235,7 +245,7 @@ async fn serve(socket: WebSocket, shared: Arc<Shared>, number: u64, id: String, 
         let parked_until = s.parked.as_ref().map(|p| p.until);
         let wake = tokio::select! {
             message = recv(&mut socket) => Wake::Socket(message),
-            Some(ws) = handover_rx.recv() => Wake::Handover(Box::new(ws)),
+            Some(moved) = handover_rx.recv() => Wake::Handover(Box::new(moved)),
             Some((peer, event)) = leg_events.recv() => {
                 s.on_leg(peer, event);
                 Wake::Other
@@ -253,22 +263,36 @@ async fn serve(socket: WebSocket, shared: Arc<Shared>, number: u64, id: String, 
                 Wake::Other
             }
             _ = sleep_until(parked_until) => {
-                s.expire("no resume within the grace period");
-                break;
+                // A resume that claimed the token just now still wins.
+                s.revoke_token();
+                match handover_rx.try_recv() {
+                    Ok(moved) => Wake::Handover(Box::new(moved)),
+                    Err(_) => {
+                        s.expire("no resume within the grace period");
+                        break;
+                    }
+                }
             }
             _ = phase.changed() => Wake::Other,
         };
         match wake {
             Wake::Other => {}
-            Wake::Handover(ws) => {
-                if let Some(old) = socket.replace(*ws) {
+            Wake::Handover(moved) => {
+                let Moved {
+                    socket: ws,
+                    outbox,
+                    peer_ip,
+                } = *moved;
+                s.peer_ip = peer_ip;
+                if let Some(old) = socket.replace(ws) {
                     // The old connection is still open (half-open after a
-                    // network change, say): the new one wins.
-                    close_superseded(old).await;
+                    // network change, say): the new one wins. Closing a
+                    // dead connection must not hold the session up.
+                    tokio::spawn(close_superseded(old));
                 } else {
                     s.shared.metrics.ws_active.inc();
                 }
-                s.resumed();
+                s.resumed(outbox);
             }
             Wake::Socket(message) => {
                 let Some(ws) = socket.as_mut() else {
@@ -277,6 +301,29 @@ async fn serve(socket: WebSocket, shared: Arc<Shared>, number: u64, id: String, 
                 let gone = match message {
                     Some(Ok(Message::Text(text))) => {
                         s.on_text(text.as_str());
+                        if let Some(target) = s.moving_to.take() {
+                            // Claim and hand-over with no await between:
+                            // the other session either gets the socket or
+                            // is already gone (see the end of `serve`).
+                            let Some(ws) = socket.take() else { continue };
+                            let moved = Moved {
+                                socket: ws,
+                                outbox: std::mem::take(&mut s.outbox),
+                                peer_ip: s.peer_ip,
+                            };
+                            match target.send(moved) {
+                                Ok(()) => {
+                                    debug!("connection handed to the resumed session");
+                                    s.shared.metrics.ws_active.dec();
+                                    break;
+                                }
+                                Err(mpsc::error::SendError(moved)) => {
+                                    socket = Some(moved.socket);
+                                    s.outbox = moved.outbox;
+                                    s.resume_refused();
+                                }
+                            }
+                        }
                         continue;
                     }
                     Some(Ok(Message::Binary(_))) => {
@@ -334,11 +381,25 @@ async fn serve(socket: WebSocket, shared: Arc<Shared>, number: u64, id: String, 
     if s.parked.take().is_some() {
         s.shared.metrics.sessions_parked.dec();
     }
-    if let Some(token) = s.token.take() {
-        s.shared.tokens.revoke(&token);
-    }
+    s.revoke_token();
     if socket.is_some() {
         s.shared.metrics.ws_active.dec();
+    }
+    // A connection that claimed the token as this session ended: it is
+    // refused after all, and goes on as a new session.
+    handover_rx.close();
+    while let Ok(moved) = handover_rx.try_recv() {
+        s.shared.metrics.session_resume("refused");
+        s.shared.metrics.api_error(ErrorCode::UnknownSession);
+        let mut preface = moved.outbox;
+        preface.push(unknown_session().into_message());
+        s.shared.metrics.ws_active.inc();
+        tokio::spawn(serve_new_boxed(
+            moved.socket,
+            s.shared.clone(),
+            moved.peer_ip,
+            preface,
+        ));
     }
 }
 
@@ -450,9 +511,16 @@ impl Session {
         }
     }
 
-    /// A new socket took over this session: a new token, `session_resumed`
-    /// with where each call stands, then what was queued.
-    fn resumed(&mut self) {
+    fn revoke_token(&mut self) {
+        if let Some(token) = self.token.take() {
+            self.shared.tokens.revoke(&token);
+        }
+    }
+
+    /// A new socket took over this session: what that connection still
+    /// owed its client, a new token and `session_resumed` with where each
+    /// call stands, then what was queued.
+    fn resumed(&mut self, owed: Vec<ServerMessage>) {
         let queue = match self.parked.take() {
             Some(parked) => {
                 self.shared.metrics.sessions_parked.dec();
@@ -461,9 +529,7 @@ impl Session {
             None => Vec::new(),
         };
         self.shared.metrics.session_resume("resumed");
-        if let Some(old) = self.token.take() {
-            self.shared.tokens.revoke(&old);
-        }
+        self.revoke_token();
         self.token = self.shared.tokens.issue(self.number, self.handover.clone());
         let mut calls: Vec<ResumedCall> = self
             .calls
@@ -494,11 +560,12 @@ impl Session {
         }
         calls.sort_by(|a, b| a.call.as_str().cmp(b.call.as_str()));
         info!(calls = calls.len(), queued = queue.len(), "session resumed");
-        let mut outbox = vec![ServerMessage::SessionResumed {
+        let mut outbox = owed;
+        outbox.push(ServerMessage::SessionResumed {
             session: self.id.clone(),
             resume_token: self.token.clone(),
             calls,
-        }];
+        });
         outbox.extend(queue);
         outbox.append(&mut self.outbox);
         self.outbox = outbox;
@@ -530,11 +597,7 @@ impl Session {
 
     fn resume_refused(&mut self) {
         self.shared.metrics.session_resume("refused");
-        self.reject(ApiError::new(
-            ErrorCode::UnknownSession,
-            None,
-            "no session to resume with this token (unknown, already used, or expired); this connection is a new session",
-        ));
+        self.reject(unknown_session());
     }
 
     fn reject(&mut self, error: ApiError) {
@@ -1234,6 +1297,14 @@ fn not_ringing(call: CallId) -> ApiError {
         ErrorCode::UnknownCall,
         Some(call),
         "no incoming call with this id is ringing on this connection",
+    )
+}
+
+fn unknown_session() -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownSession,
+        None,
+        "no session to resume with this token (unknown, already used, or expired); this connection is a new session",
     )
 }
 
