@@ -63,6 +63,7 @@ const RENEGOTIATION_ERRORS = new Set(['invalid_sdp', 'invalid_state']);
 const INTERNAL = Symbol('gangway.internal');
 const RECEIVE = Symbol('gangway.receive');
 const HELD_AT_GATEWAY = Symbol('gangway.heldAtGateway');
+const KNOWN_TO_GATEWAY = Symbol('gangway.knownToGateway');
 const RESUMED = Symbol('gangway.resumed');
 
 export class GangwayClient extends EventTarget {
@@ -439,8 +440,9 @@ export class GangwayClient extends EventTarget {
     for (const call of [...this.#calls.values()]) {
       const state = listed.get(call.id);
       if (state === undefined) {
-        if (call[HELD_AT_GATEWAY] && !pending.has(call.id)) {
-          // The gateway never got it, or forgot it: it will not send `ended`.
+        if (call[KNOWN_TO_GATEWAY] && !pending.has(call.id)) {
+          // The gateway never got it, or no longer has it (its `ended` was
+          // lost with the old socket): no `ended` will come.
           call[RECEIVE]({ type: 'ended', reason: 'socket_closed', code: null });
         }
       } else {
@@ -523,8 +525,10 @@ export class Call extends EventTarget {
   get remoteStream() { return this.#remoteStream; }
   get endReason() { return this.#endReason; }
 
-  // Whether the gateway holds this call (so a resumed session must list it).
+  // Whether the gateway holds this call (it parks a session that has one).
   get [HELD_AT_GATEWAY]() { return this.#offerSent && this.#state !== 'ended'; }
+  // Whether a resumed session must list it: sent, or ringing here.
+  get [KNOWN_TO_GATEWAY]() { return this.#offerSent || this.#direction === 'incoming'; }
 
   /**
    * Answers a ringing incoming call: gets the microphone, makes the WebRTC
@@ -633,9 +637,9 @@ export class Call extends EventTarget {
       if (this.#link.autoRestartIce && (ice === 'disconnected' || ice === 'failed')) this.#autoRestart();
       return;
     }
-    // Messages the old socket lost in flight: catch up with the gateway.
+    // An `answered` the old socket lost in flight: catch up with the
+    // gateway (a queued one that follows is then ignored).
     if (state === 'answered' && this.#state !== 'answered') this[RECEIVE]({ type: 'answered' });
-    else if (state === 'ringing' && this.#state === 'connecting' && this.#direction === 'outgoing') this[RECEIVE]({ type: 'ringing' });
   }
 
   #autoRestart() {
