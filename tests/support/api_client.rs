@@ -125,4 +125,33 @@ impl ApiClient {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+
+    /// Closes with a close frame carrying `code` (1000 is a normal close).
+    pub async fn close_with(mut self, code: u16) {
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        };
+        let _ = self.ws.close(Some(frame)).await;
+        // Read until the gateway's reply closes the connection.
+        while let Ok(Some(_)) = tokio::time::timeout(RECV_TIMEOUT, self.ws.next()).await {}
+    }
+
+    /// Drops the connection the way a lost network does for the gateway:
+    /// the TCP connection ends without a WebSocket close frame.
+    pub fn drop_abruptly(self) {
+        drop(self.ws);
+    }
+
+    /// The resume token from `hello` (`None` when resumption is off).
+    pub fn resume_token(&self) -> Option<String> {
+        self.hello["resume_token"].as_str().map(str::to_owned)
+    }
+
+    /// Sends `resume_session` with `token` and returns the reply.
+    pub async fn resume_session(&mut self, token: &str) -> Value {
+        self.send(json!({"type": "resume_session", "token": token}))
+            .await;
+        self.recv().await
+    }
 }

@@ -10,4 +10,5 @@ pub mod impair;
 pub mod kamailio;
 pub mod rtc_client;
 pub mod sip_peers;
+pub mod tcp_proxy;
 pub mod webdriver;

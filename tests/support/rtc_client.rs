@@ -32,9 +32,16 @@ pub struct RtcClient {
     created: Instant,
     next_timeout: Instant,
     received: Vec<Vec<u8>>,
-    /// Where the next [`RtcClient::send_pcmu_tone`] continues the audio
-    /// timeline (8 kHz samples), so successive tones never step back in time.
+    /// When each entry of `received` arrived.
+    arrivals: Vec<Instant>,
+    /// ICE is connected (again, after a restart).
+    ice_connected: bool,
+    /// 8 kHz samples of tone sent so far, so that each `send_pcmu_tone`
+    /// continues the timeline (and the sine) where the last one stopped.
     tone_samples: u64,
+    /// After an ICE restart onto a new socket: its host candidate, added
+    /// once the answer is applied.
+    new_candidate: Option<Candidate>,
 }
 
 /// Result of an echo exchange.
@@ -90,7 +97,10 @@ impl RtcClient {
             created: Instant::now(),
             next_timeout: Instant::now(),
             received: Vec::new(),
+            arrivals: Vec::new(),
+            ice_connected: false,
             tone_samples: 0,
+            new_candidate: None,
         };
         (client, offer.to_sdp_string())
     }
@@ -102,7 +112,52 @@ impl RtcClient {
             .sdp_api()
             .accept_answer(pending, answer)
             .expect("answer accepted");
+        if let Some(candidate) = self.new_candidate.take() {
+            self.rtc.add_local_candidate(candidate);
+        }
         self.drain();
+    }
+
+    /// Makes an ICE-restart offer (new ICE credentials), as a browser's
+    /// `createOffer({iceRestart: true})` does. With `new_socket` the client
+    /// also moves to a fresh UDP socket (a network change): the old one is
+    /// closed and, once the answer is applied, only the new address has a
+    /// candidate. Apply the gateway's answer with `accept_answer`.
+    pub async fn ice_restart_offer(&mut self, new_socket: bool) -> String {
+        let mut change = self.rtc.sdp_api();
+        change.ice_restart(!new_socket);
+        let (offer, pending) = change.apply().expect("an ICE restart makes an offer");
+        self.pending = Some(pending);
+        if new_socket {
+            let socket = UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind the new client socket");
+            self.local = socket.local_addr().unwrap();
+            self.socket = socket;
+            self.new_candidate = Some(Candidate::host(self.local, "udp").unwrap());
+        }
+        self.ice_connected = false;
+        offer.to_sdp_string()
+    }
+
+    /// The client's current UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The `candidate:` line of the client's current host candidate, as a
+    /// browser trickles it.
+    pub fn host_candidate(&self) -> String {
+        Candidate::host(self.local, "udp").unwrap().to_sdp_string()
+    }
+
+    /// Drives the connection until ICE is connected (again). False on timeout.
+    pub async fn wait_ice_connected(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.ice_connected && !self.disconnected && Instant::now() < deadline {
+            self.step(deadline).await;
+        }
+        self.ice_connected
     }
 
     pub fn is_connected(&self) -> bool {
@@ -153,6 +208,7 @@ impl RtcClient {
         let echoed = self.received.iter().filter(|r| sent.contains(*r)).count();
         let foreign = self.received.len() - echoed;
         self.received.clear();
+        self.arrivals.clear();
         EchoReport {
             sent: frames,
             echoed,
@@ -214,7 +270,16 @@ impl RtcClient {
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         self.disconnected = true
                     }
-                    Event::MediaData(d) => self.received.push(d.data.to_vec()),
+                    Event::IceConnectionStateChange(state) => {
+                        self.ice_connected = matches!(
+                            state,
+                            IceConnectionState::Connected | IceConnectionState::Completed
+                        );
+                    }
+                    Event::MediaData(d) => {
+                        self.received.push(d.data.to_vec());
+                        self.arrivals.push(Instant::now());
+                    }
                     _ => {}
                 },
                 Err(_) => {
@@ -252,6 +317,18 @@ pub struct ToneExchange {
     /// The received payloads decoded as µ-law, in arrival order: 8 kHz
     /// samples in [-1, 1).
     pub received: Vec<f32>,
+    /// When each received frame arrived.
+    pub arrivals: Vec<Instant>,
+}
+
+impl ToneExchange {
+    /// Frames that arrived within `[from, to)`.
+    pub fn frames_between(&self, from: Instant, to: Instant) -> usize {
+        self.arrivals
+            .iter()
+            .filter(|t| (from..to).contains(*t))
+            .count()
+    }
 }
 
 impl RtcClient {
@@ -271,23 +348,23 @@ impl RtcClient {
         let pt = self.pt();
         let frames = (seconds * 50.0).round() as usize;
         self.received.clear();
+        self.arrivals.clear();
         let start = Instant::now();
         for i in 0..frames {
             let due = start + Duration::from_millis(20 * i as u64);
             while Instant::now() < due {
                 self.step(due).await;
             }
-            let payload: Vec<u8> = (0..SAMPLES)
+            let first = self.tone_samples;
+            let payload: Vec<u8> = (0..SAMPLES as u64)
                 .map(|j| {
-                    let t = (i * SAMPLES + j) as f64 / 8000.0;
+                    let t = (first + j) as f64 / 8000.0;
                     let v = 0.5 * (2.0 * std::f64::consts::PI * freq_hz * t).sin();
                     crate::sip_peers::linear_to_ulaw((v * f64::from(i16::MAX)).round() as i16)
                 })
                 .collect();
-            let time = MediaTime::new(
-                self.tone_samples + (i * SAMPLES) as u64,
-                str0m::media::Frequency::new(8_000).unwrap(),
-            );
+            self.tone_samples += SAMPLES as u64;
+            let time = MediaTime::new(first, str0m::media::Frequency::new(8_000).unwrap());
             if let Some(writer) = self.rtc.writer(self.mid) {
                 writer
                     .write(pt, Instant::now(), time, payload)
@@ -295,7 +372,6 @@ impl RtcClient {
             }
             self.drain();
         }
-        self.tone_samples += (frames * SAMPLES) as u64;
         let end = Instant::now() + linger;
         while Instant::now() < end {
             self.step(end).await;
@@ -311,6 +387,7 @@ impl RtcClient {
             sent_frames: frames,
             received_frames,
             received,
+            arrivals: std::mem::take(&mut self.arrivals),
         }
     }
 }
@@ -336,6 +413,7 @@ impl RtcClient {
         };
         let frequency = str0m::media::Frequency::new(clock).unwrap();
         self.received.clear();
+        self.arrivals.clear();
         let start = Instant::now();
         for i in 0..count {
             let due = start + Duration::from_millis(20 * i as u64);
@@ -354,6 +432,7 @@ impl RtcClient {
         }
         let received = self.received.len();
         self.received.clear();
+        self.arrivals.clear();
         (count, received)
     }
 }

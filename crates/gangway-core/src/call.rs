@@ -98,6 +98,8 @@ pub enum Event {
     /// The browser sent `hangup`.
     Hangup,
     SocketClosed,
+    /// The socket was lost and not resumed within the grace period.
+    SessionExpired,
     Shutdown,
 }
 
@@ -193,6 +195,15 @@ impl Call {
 
     pub fn state(&self) -> CallState {
         self.state
+    }
+
+    /// Whether the browser may renegotiate the WebRTC leg (an ICE restart):
+    /// once the leg has sent its answer and until the call ends.
+    pub fn can_renegotiate(&self) -> bool {
+        matches!(
+            self.state,
+            CallState::Dialing | CallState::Ringing | CallState::Answered
+        )
     }
 
     pub fn is_ended(&self) -> bool {
@@ -307,6 +318,7 @@ impl Call {
             (_, Event::Hangup) => self.end(EndReason::Hangup, None),
             (_, Event::Shutdown) => self.end(EndReason::Shutdown, None),
             (_, Event::SocketClosed) => self.end(EndReason::SocketClosed, None),
+            (_, Event::SessionExpired) => self.end(EndReason::SessionExpired, None),
             // Anything else is stale or out of order (e.g. a 180 after the 200): ignore it.
             _ => {}
         }
@@ -347,8 +359,8 @@ impl Call {
         if std::mem::take(&mut self.leg_exists) {
             self.actions.push_back(Action::ReleaseLeg);
         }
-        // A closed socket has no one to tell.
-        if reason != EndReason::SocketClosed {
+        // A closed (or never resumed) socket has no one to tell.
+        if !reason.is_silent() {
             self.notify(Notify::Ended { reason, code });
         }
         self.actions.push_back(Action::Finished(reason));

@@ -403,6 +403,17 @@ fn socket_close_releases_silently_and_shutdown_tells() {
         ]
     );
     let (mut c, t0) = answered();
+    c.handle(t0, Event::SessionExpired);
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            Action::HangupSip,
+            Action::ReleaseLeg,
+            Action::Finished(EndReason::SessionExpired)
+        ],
+        "a session never resumed hangs up the SIP leg, telling no one"
+    );
+    let (mut c, t0) = answered();
     c.handle(t0, Event::Shutdown);
     assert_eq!(
         drain(&mut c),
@@ -552,4 +563,18 @@ fn hangup_of_an_answered_incoming_call_ends_both_legs() {
             Action::Finished(EndReason::Hangup)
         ]
     );
+}
+
+#[test]
+fn renegotiation_needs_the_legs_answer_and_a_live_call() {
+    let (mut c, t0) = call();
+    assert!(!c.can_renegotiate(), "idle");
+    start(&mut c, t0, "1000");
+    assert!(!c.can_renegotiate(), "the leg has no answer yet");
+    let (c, _) = dialing();
+    assert!(c.can_renegotiate(), "dialing");
+    let (mut c, t0) = answered();
+    assert!(c.can_renegotiate(), "answered");
+    c.handle(t0, Event::Hangup);
+    assert!(!c.can_renegotiate(), "ended");
 }

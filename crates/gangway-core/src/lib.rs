@@ -59,6 +59,9 @@ pub enum EndReason {
     /// The browser's blind transfer succeeded: the far end now talks to the
     /// transfer target and this call is over.
     Transferred,
+    /// The browser's socket was lost and not resumed within the grace
+    /// period (or too many messages piled up meanwhile); nothing is sent.
+    SessionExpired,
 }
 
 impl EndReason {
@@ -81,7 +84,13 @@ impl EndReason {
         EndReason::Failed,
         EndReason::AnsweredElsewhere,
         EndReason::Transferred,
+        EndReason::SessionExpired,
     ];
+
+    /// Reasons nobody is told about: the socket is gone.
+    pub fn is_silent(self) -> bool {
+        matches!(self, EndReason::SocketClosed | EndReason::SessionExpired)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,6 +112,7 @@ impl EndReason {
             EndReason::Failed => "failed",
             EndReason::AnsweredElsewhere => "answered_elsewhere",
             EndReason::Transferred => "transferred",
+            EndReason::SessionExpired => "session_expired",
         }
     }
 }

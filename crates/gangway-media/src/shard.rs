@@ -92,6 +92,12 @@ pub enum LegEvent {
     Dtmf(char),
     /// Digits could not be sent: not a bridged call, or the far end did not accept telephone-event.
     DtmfRefused,
+    /// A new offer for the leg (an ICE restart) was accepted; this is the answer.
+    Renegotiated {
+        answer: String,
+    },
+    /// A new offer was refused; the leg carries on as before.
+    RenegotiationFailed(SetupError),
 }
 
 /// Counters a shard updates as it works. Cloning shares the underlying atomics.
@@ -178,6 +184,10 @@ enum Command {
     SendDtmf {
         id: PeerId,
         digits: String,
+    },
+    Renegotiate {
+        id: PeerId,
+        offer: String,
     },
     RemovePeer {
         id: PeerId,
@@ -331,6 +341,12 @@ impl ShardHandle {
         let _ = self.commands.send(Command::SendDtmf { id, digits });
     }
 
+    /// Applies a new browser offer to an existing peer (an ICE restart);
+    /// `Renegotiated` or `RenegotiationFailed` follows on its events.
+    pub fn renegotiate(&self, id: PeerId, offer: String) {
+        let _ = self.commands.send(Command::Renegotiate { id, offer });
+    }
+
     /// Calls this shard holds.
     pub fn load(&self) -> usize {
         self.load.load(Ordering::Relaxed)
@@ -471,6 +487,13 @@ impl Shard {
                             .send((id, LegEvent::CandidateRejected(e.to_string())));
                     }
                 }
+            }
+            Command::Renegotiate { id, offer } => {
+                let event = match self.endpoint.renegotiate(id, &offer) {
+                    Ok(answer) => LegEvent::Renegotiated { answer },
+                    Err(e) => LegEvent::RenegotiationFailed(e),
+                };
+                self.tell(id, event);
             }
             Command::SendDtmf { id, digits } => {
                 let sent = self

@@ -257,6 +257,39 @@ impl Endpoint {
         Ok(answer.to_sdp_string())
     }
 
+    /// Applies a new offer from the browser to an existing peer and returns
+    /// the answer: an ICE restart when its ICE credentials changed (str0m
+    /// then answers with new credentials of ours, keeps our candidate and
+    /// waits for the browser's checks on the new path; DTLS and SRTP go on).
+    /// The audio m-line media flows on must still be in the offer. A
+    /// refused offer leaves the peer as it was.
+    pub fn renegotiate(&mut self, id: PeerId, offer_text: &str) -> Result<String, SetupError> {
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .ok_or_else(|| SetupError::InvalidSdp("no such peer".into()))?;
+        let offer = str0m::change::SdpOffer::from_sdp_string(offer_text)
+            .map_err(|e| SetupError::InvalidSdp(e.to_string()))?;
+        if !audio_mids(offer_text).contains(&peer.audio_mid) {
+            return Err(SetupError::InvalidSdp(format!(
+                "the offer drops the audio m-line in use (mid {})",
+                peer.audio_mid
+            )));
+        }
+        let answer = peer
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SetupError::InvalidSdp(e.to_string()))?;
+        let events = &mut self.events;
+        drain(id, peer, &mut self.transmits, &mut |ev| {
+            events.extend(translate(id, ev))
+        });
+        report_if_dead(id, peer, events);
+        debug!(peer = id.0, "offer renegotiated");
+        Ok(answer.to_sdp_string())
+    }
+
     /// Adds a trickled browser candidate. ICE-lite does not need them (the
     /// browser's checks reveal its address), but a valid one helps str0m
     /// pair early; mDNS (`.local`) candidates cannot be resolved here and are skipped.
@@ -727,6 +760,69 @@ a=ssrc:1001 cname:abcdefgh\r\n";
             ep.add_remote_candidate(PeerId(1), "candidate:1 1 udp 1 127.0.0.1 9 typ host"),
             Err(CandidateError::UnknownPeer)
         );
+    }
+
+    fn ice_ufrag(sdp: &str) -> &str {
+        sdp.lines()
+            .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+            .expect("an ice-ufrag")
+    }
+
+    #[test]
+    fn a_new_offer_with_new_ice_credentials_restarts_ice() {
+        let mut ep = endpoint(all());
+        let first = ep
+            .add_peer(PeerId(1), CHROME_OFFER, &[], Instant::now())
+            .unwrap();
+        let restart = CHROME_OFFER
+            .replace("o=- 4611731400430051336 2", "o=- 4611731400430051336 3")
+            .replace("a=ice-ufrag:Hx8q", "a=ice-ufrag:Zq7w")
+            .replace(
+                "a=ice-pwd:3Yy0kq9ZqBkWJ7W2QOZz2T9A",
+                "a=ice-pwd:8Kk1pq0ZrCmXK8X3RPaA3U0B",
+            );
+        let second = ep.renegotiate(PeerId(1), &restart).unwrap();
+        assert_ne!(
+            ice_ufrag(&first),
+            ice_ufrag(&second),
+            "new local credentials answer an ICE restart:\n{second}"
+        );
+        assert!(second.contains("a=ice-lite"));
+        assert!(
+            second.contains("203.0.113.7 40000 typ host"),
+            "our candidate stays:\n{second}"
+        );
+        assert_eq!(
+            answered_codecs(&first),
+            answered_codecs(&second),
+            "same codecs as before"
+        );
+    }
+
+    #[test]
+    fn a_refused_renegotiation_leaves_the_peer_usable() {
+        let mut ep = endpoint(all());
+        ep.add_peer(PeerId(1), CHROME_OFFER, &[], Instant::now())
+            .unwrap();
+        assert!(matches!(
+            ep.renegotiate(PeerId(1), "hello"),
+            Err(SetupError::InvalidSdp(_))
+        ));
+        let other_mid = CHROME_OFFER
+            .replace("a=mid:0", "a=mid:1")
+            .replace("a=group:BUNDLE 0", "a=group:BUNDLE 1");
+        assert!(matches!(
+            ep.renegotiate(PeerId(1), &other_mid),
+            Err(SetupError::InvalidSdp(m)) if m.contains("mid")
+        ));
+        assert!(matches!(
+            ep.renegotiate(PeerId(2), CHROME_OFFER),
+            Err(SetupError::InvalidSdp(_))
+        ));
+        assert_eq!(ep.peer_count(), 1);
+        let restart = CHROME_OFFER.replace("a=ice-ufrag:Hx8q", "a=ice-ufrag:Zq7w");
+        ep.renegotiate(PeerId(1), &restart)
+            .expect("a good offer still works after bad ones");
     }
 
     #[test]

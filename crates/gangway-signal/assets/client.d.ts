@@ -7,6 +7,19 @@ export interface ConnectOptions {
   iceServers?: RTCIceServer[];
   /** Milliseconds between keepalive `ping` messages; `0` disables them. Default 30000. */
   pingInterval?: number;
+  /**
+   * When the socket is lost with calls up (no close frame, or a close code
+   * other than 1000/1001/1009/4001), reconnect and resume the session with
+   * its token while the gateway holds the calls (`hello.resume_grace_secs`):
+   * up to 6 attempts, backing off from 250 ms. Default `true`.
+   */
+  reconnect?: boolean;
+  /**
+   * Restart ICE by itself when a call's ICE connection fails (or stays
+   * `disconnected` for 2 s), and after a resume for calls whose path broke.
+   * Default `true`.
+   */
+  autoRestartIce?: boolean;
 }
 
 /** Options for {@link GangwayClient.call}. */
@@ -124,7 +137,11 @@ export interface ClientErrorDetail extends CallErrorDetail {
 }
 
 export interface CloseDetail {
-  /** WebSocket close code: 1000 after close(), 1001 gateway shutdown, 1009 frame too large, 1006 connection lost. */
+  /**
+   * WebSocket close code: 1000 after close(), 1001 gateway shutdown, 1009
+   * frame too large, 4001 the session was resumed on another socket, 1006
+   * connection lost (and, with calls up, not resumed).
+   */
   code: number;
   reason: string;
 }
@@ -132,6 +149,18 @@ export interface CloseDetail {
 export interface GangwayClientEventMap {
   /** A gateway error not tied to an active call. */
   error: CustomEvent<ClientErrorDetail>;
+  /**
+   * The socket was lost with calls up: the client is reconnecting to resume
+   * the session. Calls stay as they are (their media usually keeps flowing);
+   * messages sent meanwhile are held. `close` follows if it gives up.
+   */
+  reconnecting: CustomEvent<CloseDetail>;
+  /**
+   * The session was resumed on a new socket (`sessionId` is unchanged):
+   * calls the gateway no longer holds have ended with `socket_closed`,
+   * messages it queued meanwhile follow, held ones are sent.
+   */
+  resumed: CustomEvent<{ sessionId: string }>;
   /**
    * The socket closed; all calls have already ended with `socket_closed`,
    * the registration is gone (`user` is `null`) and a pending `register()`
@@ -170,9 +199,15 @@ export interface CallEventMap {
   held: CustomEvent<{ by: 'local' | 'remote' }>;
   /** That side's hold ended; audio flows again unless the other side still holds. */
   resumed: CustomEvent<{ by: 'local' | 'remote' }>;
+  /** An ICE restart's answer was applied (see {@link Call.restartIce}). */
+  renegotiated: CustomEvent<{ sdp: string }>;
   /** The call is over; fired exactly once, after the call left `client.calls`. */
   ended: CustomEvent<EndReason>;
-  /** The gateway rejected a request for this call, or a local WebRTC/microphone failure (`client_error`). */
+  /**
+   * The gateway rejected a request for this call, a local WebRTC/microphone
+   * failure (`client_error`), or an automatic ICE restart that failed
+   * (`ice_restart_failed`; the call goes on).
+   */
   error: CustomEvent<CallErrorDetail>;
   /** Remote audio is available; play `detail.stream` in an `<audio autoplay>`. */
   track: CustomEvent<{ stream: MediaStream }>;
@@ -197,6 +232,11 @@ export class GangwayClient extends EventTarget {
   readonly calls: ReadonlyMap<string, Call>;
   /** The SIP user registered on this socket, or `null`. */
   readonly user: string | null;
+  /** True while a lost socket is being replaced and the session resumed. */
+  readonly reconnecting: boolean;
+
+  /** `call.restartIce()` for a call (or call id) of this client; rejects for an unknown one. */
+  restartIce(call: Call | string): Promise<void>;
 
   /**
    * Starts a call and returns at once; progress is reported by the call's
@@ -223,7 +263,11 @@ export class GangwayClient extends EventTarget {
    */
   unregister(): Promise<{ user: string | null }>;
 
-  /** Closes the socket; every active call ends with reason `socket_closed`. */
+  /**
+   * Closes the socket with code 1000, so the gateway ends the calls at once
+   * (no resume); every active call ends with reason `socket_closed`. While
+   * reconnecting, gives up resuming.
+   */
   close(): void;
 
   addEventListener<K extends keyof GangwayClientEventMap>(
@@ -301,6 +345,15 @@ export class Call extends EventTarget {
   hold(): void;
   /** Takes the call off this client's hold; `resumed` follows. */
   resume(): void;
+  /**
+   * Restarts ICE on the WebRTC leg (after a network change): an offer with
+   * new ICE credentials goes out as `renegotiate` and the gateway's `answer`
+   * is applied; new candidates trickle as usual. The far end (PBX) is not
+   * involved. Resolves once the answer is applied; rejects (the call goes on
+   * as it was) if the gateway refuses the offer, or if the call ends or has
+   * no answer yet. Concurrent calls share one restart.
+   */
+  restartIce(): Promise<void>;
 
   addEventListener<K extends keyof CallEventMap>(
     type: K,

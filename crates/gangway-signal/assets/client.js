@@ -12,6 +12,10 @@
 //
 //   await client.register({ user: 'alice', password: 's3cret' });
 //   client.addEventListener('incoming', ({ detail: { call } }) => call.accept());
+//
+// A lost socket (network change, proxy timeout) is reconnected and the
+// session resumed with its token while the gateway holds the calls; ICE is
+// restarted on calls whose media path broke (call.restartIce() does it by hand).
 
 const PROTOCOL_VERSION = 1;
 
@@ -38,10 +42,29 @@ const UNREGISTER_ERRORS = new Set(['invalid_state', 'invalid_message']);
 // Proxies commonly drop WebSockets idle for 60 s; a ping keeps ours busy.
 const DEFAULT_PING_INTERVAL_MS = 30_000;
 
+// Resuming a session after a lost socket: attempts, first delay (doubling
+// up to the cap), and the longest wait for the gateway's reply per attempt.
+const RESUME_ATTEMPTS = 6;
+const RESUME_FIRST_DELAY_MS = 250;
+const RESUME_MAX_DELAY_MS = 4_000;
+const RESUME_REPLY_TIMEOUT_MS = 5_000;
+// Messages held while reconnecting (hangup, candidates, dtmf…), sent after the resume.
+const MAX_HELD_MESSAGES = 100;
+// Close codes after which there is no session to resume: normal closure,
+// gateway shutting down, frame too large, the session moved to another socket.
+const NO_RESUME_CODES = new Set([1000, 1001, 1009, 4001]);
+// An ICE path that stays `disconnected` this long is restarted.
+const ICE_DISCONNECTED_RESTART_MS = 2_000;
+// Errors for a call that answer its pending renegotiation (ICE restart).
+const RENEGOTIATION_ERRORS = new Set(['invalid_sdp', 'invalid_state']);
+
 // Module-private keys: lets GangwayClient and Call talk to each other without
 // exposing those hooks (or working constructors) to applications.
 const INTERNAL = Symbol('gangway.internal');
 const RECEIVE = Symbol('gangway.receive');
+const HELD_AT_GATEWAY = Symbol('gangway.heldAtGateway');
+const KNOWN_TO_GATEWAY = Symbol('gangway.knownToGateway');
+const RESUMED = Symbol('gangway.resumed');
 
 export class GangwayClient extends EventTarget {
   #ws;
@@ -54,6 +77,13 @@ export class GangwayClient extends EventTarget {
   #user = null;             // the registered SIP user
   #pendingRegister = null;  // {user, resolve, reject}: at most one at a time
   #pendingUnregisters = []; // [{resolve, reject}]
+  #url;
+  #resumeToken = null;      // from hello / session_resumed: proof of this session
+  #resumeGraceMs = 0;
+  #reconnect;               // options.reconnect
+  #reconnecting = false;
+  #held = [];               // messages sent while reconnecting
+  #closed = false;          // close() was called, or the client gave up
 
   /**
    * Opens the WebSocket and resolves once the gateway's `hello` arrived.
@@ -61,7 +91,8 @@ export class GangwayClient extends EventTarget {
    */
   static connect(url, options = {}) {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(resolveUrl(url));
+      const href = resolveUrl(url);
+      const ws = new WebSocket(href);
       ws.onmessage = (event) => {
         const msg = parse(event.data);
         if (msg?.type !== 'hello') return; // nothing else is meaningful before hello
@@ -73,7 +104,7 @@ export class GangwayClient extends EventTarget {
         }
         // The constructor installs its handlers synchronously, so no message
         // that follows hello can slip through between the two handlers.
-        resolve(new GangwayClient(INTERNAL, ws, msg, options));
+        resolve(new GangwayClient(INTERNAL, ws, msg, options, href));
       };
       // A failed connection fires `error` (no detail) and then `close`, which
       // has the code, so only `close` is handled.
@@ -83,24 +114,35 @@ export class GangwayClient extends EventTarget {
     });
   }
 
-  constructor(token, ws, hello, options) {
+  constructor(token, ws, hello, options, url) {
     if (token !== INTERNAL) throw new TypeError('use GangwayClient.connect()');
     super();
-    this.#ws = ws;
+    this.#url = url;
     this.#sessionId = String(hello.session ?? '');
     this.#maxMessageBytes = Number.isInteger(hello.max_message_bytes) ? hello.max_message_bytes : Infinity;
+    this.#resumeToken = typeof hello.resume_token === 'string' ? hello.resume_token : null;
+    this.#resumeGraceMs = Number.isFinite(hello.resume_grace_secs) ? hello.resume_grace_secs * 1000 : 0;
+    this.#reconnect = options.reconnect ?? true;
     this.#iceServers = options.iceServers ?? [];
     this.#link = {
       iceServers: this.#iceServers,
+      autoRestartIce: options.autoRestartIce ?? true,
       send: (msg) => this.#send(msg),
       isOpen: () => this.#isOpen(),
       forget: (call) => this.#calls.delete(call.id),
     };
-    ws.onmessage = (event) => this.#onMessage(event.data);
-    ws.onclose = (event) => this.#onClose(event);
+    this.#attach(ws);
 
     const interval = options.pingInterval ?? DEFAULT_PING_INTERVAL_MS;
-    if (interval > 0) this.#pingTimer = setInterval(() => this.#send({ type: 'ping' }), interval);
+    if (interval > 0) {
+      this.#pingTimer = setInterval(() => { if (this.#isOpen()) this.#send({ type: 'ping' }); }, interval);
+    }
+  }
+
+  #attach(ws) {
+    this.#ws = ws;
+    ws.onmessage = (event) => this.#onMessage(event.data);
+    ws.onclose = (event) => this.#onClose(event);
   }
 
   get sessionId() { return this.#sessionId; }
@@ -113,6 +155,16 @@ export class GangwayClient extends EventTarget {
 
   /** The SIP user registered on this socket, or null. */
   get user() { return this.#user; }
+
+  /** True while a lost socket is being replaced and the session resumed. */
+  get reconnecting() { return this.#reconnecting; }
+
+  /** Restarts ICE on a call of this client; see Call.restartIce(). */
+  restartIce(call) {
+    const target = typeof call === 'string' ? this.#calls.get(call) : call;
+    if (!target || this.#calls.get(target.id) !== target) return Promise.reject(new Error('no such active call'));
+    return target.restartIce();
+  }
 
   /** Starts a call. Returns at once; watch the call's events for progress. */
   call(to, options = {}) {
@@ -174,22 +226,42 @@ export class GangwayClient extends EventTarget {
     });
   }
 
-  /** Closes the socket; every call then ends with reason `socket_closed`. */
+  /**
+   * Closes the socket (code 1000: the gateway ends the calls at once, no
+   * resume); every call then ends with reason `socket_closed`.
+   */
   close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#reconnecting) {
+      // Give up resuming: the gateway ends the calls when its grace period
+      // runs out (or at once, if an attempt is just taking over: that socket
+      // is closed normally).
+      this.#reconnecting = false;
+      this.#held = [];
+      this.#teardown({ code: 1000, reason: '' });
+      return;
+    }
     this.#ws.close(1000);
   }
 
   #isOpen() {
-    return this.#ws.readyState === WebSocket.OPEN;
+    return !this.#reconnecting && this.#ws.readyState === WebSocket.OPEN;
   }
 
   // Returns 'sent', 'closed' or 'too_large'. Oversized frames are caught here
   // because the gateway's `message_too_large` error carries no call id, so a
-  // call whose offer was dropped that way would wait forever.
+  // call whose offer was dropped that way would wait forever. While the
+  // session is being resumed, messages are held and sent after the resume.
   #send(msg) {
-    if (!this.#isOpen()) return 'closed';
     const text = JSON.stringify(msg);
     if (new TextEncoder().encode(text).length > this.#maxMessageBytes) return 'too_large';
+    if (this.#reconnecting) {
+      if (this.#held.length >= MAX_HELD_MESSAGES) return 'closed';
+      this.#held.push(msg);
+      return 'sent';
+    }
+    if (!this.#isOpen()) return 'closed';
     this.#ws.send(text);
     return 'sent';
   }
@@ -305,6 +377,87 @@ export class GangwayClient extends EventTarget {
   }
 
   #onClose(event) {
+    if (this.#canResume(event.code)) {
+      this.#resume(event);
+      return;
+    }
+    this.#teardown(event);
+  }
+
+  // Whether the gateway is holding this session's calls for a resume: it
+  // does so for a socket lost with calls up, unless closed normally.
+  #canResume(code) {
+    if (this.#closed || !this.#reconnect || this.#resumeToken === null || this.#resumeGraceMs <= 0) return false;
+    if (NO_RESUME_CODES.has(code)) return false;
+    return [...this.#calls.values()].some((call) => call[HELD_AT_GATEWAY]);
+  }
+
+  // Opens new sockets (bounded attempts, backing off, within the gateway's
+  // grace period) and sends `resume_session` until one is taken over.
+  async #resume(closeEvent) {
+    this.#reconnecting = true;
+    this.dispatchEvent(new CustomEvent('reconnecting', { detail: { code: closeEvent.code, reason: closeEvent.reason } }));
+    const deadline = Date.now() + this.#resumeGraceMs;
+    let delay = RESUME_FIRST_DELAY_MS;
+    for (let attempt = 0; attempt < RESUME_ATTEMPTS; attempt++) {
+      await sleep(Math.min(delay, Math.max(0, deadline - Date.now())));
+      delay = Math.min(delay * 2, RESUME_MAX_DELAY_MS);
+      if (this.#closed) return; // close() has ended everything
+      if (Date.now() >= deadline) break;
+      const result = await openAndResume(this.#url, this.#resumeToken, Math.min(RESUME_REPLY_TIMEOUT_MS, deadline - Date.now()));
+      if (this.#closed) {
+        result.ws?.close(1000);
+        return;
+      }
+      if (result.resumed) {
+        this.#adopt(result.ws, result.reply, result.backlog);
+        return;
+      }
+      if (result.refused) {
+        // The gateway no longer has the session: nothing to retry.
+        result.ws.close(1000);
+        break;
+      }
+    }
+    this.#reconnecting = false;
+    this.#held = [];
+    this.#teardown(closeEvent);
+  }
+
+  // The new socket carries the session: reconcile the calls with the
+  // gateway's list, replay what it queued, send what we held.
+  #adopt(ws, reply, backlog) {
+    this.#reconnecting = false;
+    this.#attach(ws);
+    this.#sessionId = String(reply.session ?? this.#sessionId);
+    this.#resumeToken = typeof reply.resume_token === 'string' ? reply.resume_token : null;
+    const listed = new Map();
+    for (const c of Array.isArray(reply.calls) ? reply.calls : []) {
+      if (typeof c?.call === 'string') listed.set(c.call, String(c.state));
+    }
+    const held = this.#held;
+    this.#held = [];
+    // A `call`/`accept` still held reaches the gateway only now.
+    const pending = new Set(held.filter((m) => m.type === 'call' || m.type === 'accept').map((m) => m.call));
+    for (const call of [...this.#calls.values()]) {
+      const state = listed.get(call.id);
+      if (state === undefined) {
+        if (call[KNOWN_TO_GATEWAY] && !pending.has(call.id)) {
+          // The gateway never got it, or no longer has it (its `ended` was
+          // lost with the old socket): no `ended` will come.
+          call[RECEIVE]({ type: 'ended', reason: 'socket_closed', code: null });
+        }
+      } else {
+        call[RESUMED](state);
+      }
+    }
+    this.dispatchEvent(new CustomEvent('resumed', { detail: { sessionId: this.#sessionId } }));
+    for (const data of backlog) this.#onMessage(data);
+    for (const msg of held) this.#send(msg);
+    for (const call of this.#calls.values()) call[RESUMED]('check_ice');
+  }
+
+  #teardown(event) {
     clearInterval(this.#pingTimer);
     // The gateway frees every call of a closed socket, so mirror that locally.
     for (const call of [...this.#calls.values()]) call[RECEIVE]({ type: 'ended', reason: 'socket_closed', code: null });
@@ -338,6 +491,8 @@ export class Call extends EventTarget {
   #answered = false;   // `answer` received, i.e. the gateway surely holds the call
   #hangupSent = false;
   #pendingCandidates = [];
+  #renegotiation = null;  // {promise, resolve, reject, sent}: a pending ICE restart
+  #iceTimer = null;
 
   constructor(token, link, id, info, options = {}) {
     if (token !== INTERNAL) throw new TypeError('use GangwayClient.call()');
@@ -371,6 +526,11 @@ export class Call extends EventTarget {
   get peerConnection() { return this.#pc; }
   get remoteStream() { return this.#remoteStream; }
   get endReason() { return this.#endReason; }
+
+  // Whether the gateway holds this call (it parks a session that has one).
+  get [HELD_AT_GATEWAY]() { return this.#offerSent && this.#state !== 'ended'; }
+  // Whether a resumed session must list it: sent, or ringing here.
+  get [KNOWN_TO_GATEWAY]() { return this.#offerSent || this.#direction === 'incoming'; }
 
   /**
    * Answers a ringing incoming call: gets the microphone, makes the WebRTC
@@ -442,6 +602,85 @@ export class Call extends EventTarget {
     this.#link.send({ type: 'resume', call: this.#id });
   }
 
+  /**
+   * Restarts ICE on the call's WebRTC leg (after a network change): a new
+   * offer with new ICE credentials goes to the gateway as `renegotiate`, its
+   * `answer` is applied, and the new candidates trickle as usual. Only the
+   * browser leg changes; the far end notices nothing. Resolves once the
+   * answer is applied; rejects if the gateway refuses the offer (the call
+   * carries on with its current path) or the call ends first. A restart
+   * already under way is shared. Done automatically when ICE fails, unless
+   * `autoRestartIce` was turned off.
+   */
+  restartIce() {
+    if (this.#renegotiation) return this.#renegotiation.promise;
+    if (this.#state === 'ended') return Promise.reject(new Error(`call ${this.#id} has ended`));
+    if (!this.#pc || !this.#answered) return Promise.reject(new Error(`call ${this.#id} has no media session yet`));
+    let resolve;
+    let reject;
+    const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
+    const renegotiation = { promise, resolve, reject, sent: false };
+    this.#renegotiation = renegotiation;
+    const settle = () => { if (this.#renegotiation === renegotiation) this.#renegotiation = null; };
+    promise.then(settle, settle);
+    (async () => {
+      try {
+        await this.#pc.setLocalDescription(await this.#pc.createOffer({ iceRestart: true }));
+        if (this.#state === 'ended') throw new Error(`call ${this.#id} has ended`);
+        const result = this.#link.send({ type: 'renegotiate', call: this.#id, sdp: this.#pc.localDescription.sdp });
+        if (result !== 'sent') throw new Error(result === 'too_large' ? 'offer exceeds max_message_bytes' : 'not connected');
+        renegotiation.sent = true;
+      } catch (err) {
+        await this.#rollback();
+        reject(err instanceof Error ? err : new Error(String(err)));
+      }
+    })();
+    return promise;
+  }
+
+  async #rollback() {
+    if (this.#pc?.signalingState === 'have-local-offer') {
+      try { await this.#pc.setLocalDescription({ type: 'rollback' }); } catch { /* closed meanwhile */ }
+    }
+  }
+
+  // The session was resumed: `state` is the gateway's view of the call
+  // (`connecting`, `ringing`, `answered`, `ended`), or 'check_ice' once the
+  // queued messages are in, to restart ICE where the path broke meanwhile.
+  [RESUMED](state) {
+    if (this.#state === 'ended') return;
+    if (state === 'check_ice') {
+      const ice = this.#pc?.iceConnectionState;
+      if (this.#link.autoRestartIce && (ice === 'disconnected' || ice === 'failed')) this.#autoRestart();
+      return;
+    }
+    // An `answered` the old socket lost in flight: catch up with the
+    // gateway (a queued one that follows is then ignored).
+    if (state === 'answered' && this.#state !== 'answered') this[RECEIVE]({ type: 'answered' });
+  }
+
+  #autoRestart() {
+    this.restartIce().catch((err) => {
+      if (this.#state !== 'ended') this.#emit('error', { code: 'ice_restart_failed', message: errorMessage(err) });
+    });
+  }
+
+  #watchIce() {
+    this.#pc.addEventListener('iceconnectionstatechange', () => {
+      if (!this.#link.autoRestartIce || this.#state === 'ended' || !this.#answered) return;
+      const ice = this.#pc.iceConnectionState;
+      clearTimeout(this.#iceTimer);
+      // While the socket is being replaced, the resume checks ICE instead.
+      if (ice === 'failed') {
+        if (this.#link.isOpen()) this.#autoRestart();
+      } else if (ice === 'disconnected') {
+        this.#iceTimer = setTimeout(() => {
+          if (this.#pc?.iceConnectionState === 'disconnected' && this.#link.isOpen()) this.#autoRestart();
+        }, ICE_DISCONNECTED_RESTART_MS);
+      }
+    });
+  }
+
   // Creates the peer connection and starts the offer; `request` is the
   // `call` or `accept` message the SDP is added to.
   #connect(options, request) {
@@ -458,6 +697,8 @@ export class Call extends EventTarget {
       if (this.#offerSent) this.#link.send(msg);
       else this.#pendingCandidates.push(msg);
     };
+
+    this.#watchIce();
 
     this.#pc.ontrack = (event) => {
       // The answer normally carries an msid; the fallback covers one that does not.
@@ -512,6 +753,10 @@ export class Call extends EventTarget {
     if (this.#state === 'ended') return;
     switch (msg.type) {
       case 'answer':
+        if (this.#answered && this.#renegotiation?.sent && typeof msg.sdp === 'string') {
+          this.#applyRenegotiation(msg.sdp);
+          return;
+        }
         // An incoming call has no offer to apply an answer to before accept().
         if (this.#answered || !this.#pc || typeof msg.sdp !== 'string') return;
         this.#answered = true;
@@ -538,7 +783,9 @@ export class Call extends EventTarget {
         this.#emit('progress');
         break;
       case 'answered':
-        if (this.#state !== 'answered') this.#setState('answered');
+        // Once: a resumed session may report it twice (its list, then the queue).
+        if (this.#state === 'answered') return;
+        this.#setState('answered');
         this.#emit('answered');
         break;
       case 'ended':
@@ -546,6 +793,12 @@ export class Call extends EventTarget {
         break;
       case 'error': {
         const code = String(msg.code);
+        if (this.#renegotiation?.sent && RENEGOTIATION_ERRORS.has(code)) {
+          // The gateway refused the new offer; the call goes on as it was.
+          const { reject } = this.#renegotiation;
+          this.#rollback().then(() => reject(new Error(`${code}: ${String(msg.message ?? '')}`)));
+          return;
+        }
         this.#emit('error', { code, message: String(msg.message ?? '') });
         // A rejected `call` (or an `accept`/`reject` for a call that no
         // longer rings) gets no `ended`. `internal` before the answer almost
@@ -581,8 +834,21 @@ export class Call extends EventTarget {
     this.#end(reason, null);
   }
 
+  #applyRenegotiation(sdp) {
+    const { resolve, reject } = this.#renegotiation;
+    this.#pc.setRemoteDescription({ type: 'answer', sdp }).then(() => {
+      this.#emit('renegotiated', { sdp });
+      resolve();
+    }, async (err) => {
+      await this.#rollback();
+      reject(err);
+    });
+  }
+
   #end(reason, code) {
     if (this.#state === 'ended') return;
+    clearTimeout(this.#iceTimer);
+    this.#renegotiation?.reject(new Error(`call ended: ${reason}`));
     this.#endReason = { reason, code };
     this.#pc?.close();
     if (this.#ownStream) stopTracks(this.#ownStream);
@@ -654,6 +920,59 @@ function parse(data) {
   } catch {
     return null;
   }
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// One resume attempt: a new socket, `hello`, then `resume_session`. Resolves
+// (never rejects) with {resumed, ws, reply, backlog}: `backlog` holds the
+// messages that followed `session_resumed` before the caller took over.
+// {refused, ws}: the gateway does not know the token. Otherwise a failure
+// to retry (socket error, timeout).
+function openAndResume(url, token, timeoutMs) {
+  return new Promise((resolve) => {
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch {
+      resolve({});
+      return;
+    }
+    let done = false;
+    const finish = (result) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      resolve(result);
+    };
+    const timer = setTimeout(() => {
+      ws.onmessage = ws.onclose = null;
+      ws.close(1000);
+      finish({});
+    }, Math.max(0, timeoutMs));
+    let greeted = false;
+    ws.onclose = () => finish({});
+    ws.onmessage = (event) => {
+      const msg = parse(event.data);
+      if (!msg) return;
+      if (!greeted) {
+        if (msg.type !== 'hello' || msg.version !== PROTOCOL_VERSION) return;
+        greeted = true;
+        ws.send(JSON.stringify({ type: 'resume_session', token }));
+      } else if (msg.type === 'session_resumed') {
+        // Keep what follows until the client attaches its own handlers.
+        const backlog = [];
+        ws.onmessage = (e) => backlog.push(e.data);
+        ws.onclose = null;
+        finish({ resumed: true, ws, reply: msg, backlog });
+      } else if (msg.type === 'error' && msg.code === 'unknown_session') {
+        ws.onmessage = ws.onclose = null;
+        finish({ refused: true, ws });
+      }
+    };
+  });
 }
 
 function stopTracks(stream) {

@@ -9,7 +9,8 @@ mod protocol;
 
 pub use protocol::{
     decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, EndReason, ErrorCode, HoldParty,
-    IceCandidate, ServerMessage, MAX_DTMF_DIGITS, PROTOCOL_VERSION, REJECT_CODES,
+    IceCandidate, ResumedCall, ResumedCallState, ServerMessage, MAX_DTMF_DIGITS,
+    MAX_RESUME_TOKEN_LEN, PROTOCOL_VERSION, REJECT_CODES,
 };
 
 /// Browser assets served by the gateway.

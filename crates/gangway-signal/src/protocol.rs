@@ -118,6 +118,17 @@ pub enum ClientMessage {
         call: CallId,
         to: String,
     },
+    /// Take over a session whose socket was lost, with its resume token
+    /// (from `hello` or the last `session_resumed`).
+    ResumeSession {
+        token: String,
+    },
+    /// A new offer for an established call's WebRTC leg (an ICE restart);
+    /// answered with `answer`. The SIP leg is not involved.
+    Renegotiate {
+        call: CallId,
+        sdp: String,
+    },
 }
 
 const CLIENT_TYPES: &[&str] = &[
@@ -133,7 +144,12 @@ const CLIENT_TYPES: &[&str] = &[
     "hold",
     "resume",
     "transfer",
+    "resume_session",
+    "renegotiate",
 ];
+
+/// Longest `resume_session.token` looked at; real tokens are 64 characters.
+pub const MAX_RESUME_TOKEN_LEN: usize = 128;
 
 /// Status codes a browser may reject an incoming call with.
 pub const REJECT_CODES: [u16; 3] = [486, 480, 603];
@@ -181,6 +197,9 @@ pub enum ErrorCode {
     /// The PBX refused or did not answer our hold/resume re-INVITE; the
     /// call stays as it was.
     HoldFailed,
+    /// `resume_session` named no session that can be resumed (unknown,
+    /// already used, or its grace period is over).
+    UnknownSession,
     Internal,
 }
 
@@ -202,6 +221,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::HoldFailed => "hold_failed",
+            ErrorCode::UnknownSession => "unknown_session",
             ErrorCode::Internal => "internal",
         }
     }
@@ -223,6 +243,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::RateLimited,
         ErrorCode::HoldFailed,
+        ErrorCode::UnknownSession,
         ErrorCode::Internal,
     ];
 }
@@ -261,6 +282,21 @@ pub enum ServerMessage {
         version: u32,
         session: String,
         max_message_bytes: usize,
+        /// Secret for `resume_session` after a lost socket; `null` when the
+        /// operator disabled resumption.
+        resume_token: Option<String>,
+        /// How long a session with calls waits for `resume_session` after
+        /// its socket is lost (0: it does not).
+        resume_grace_secs: u64,
+    },
+    /// Reply to `resume_session`: this socket now carries that session.
+    /// Messages queued while it had no socket follow.
+    SessionResumed {
+        session: String,
+        /// The next resume token; the one just used is no longer valid.
+        /// `null` only if the gateway could not make one (OS RNG failure).
+        resume_token: Option<String>,
+        calls: Vec<ResumedCall>,
     },
     Answer {
         call: CallId,
@@ -342,6 +378,26 @@ pub enum ServerMessage {
         display: Option<String>,
         to: String,
     },
+}
+
+/// A call of a resumed session, as it stands when the session is resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResumedCall {
+    pub call: CallId,
+    pub state: ResumedCallState,
+}
+
+/// Where a call of a resumed session is. `ended`: its `ended` message is
+/// among the queued messages that follow `session_resumed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumedCallState {
+    /// Waiting for the WebRTC leg or the far end's first response.
+    Connecting,
+    /// The far end rings (or an incoming call rings here).
+    Ringing,
+    Answered,
+    Ended,
 }
 
 /// Decodes one text frame. Errors say exactly what is wrong and carry the
@@ -602,6 +658,60 @@ mod tests {
         assert_eq!(
             encode(&moved),
             r#"{"type":"transferred","call":"c1","to":"sip:carol@pbx"}"#
+        );
+    }
+
+    #[test]
+    fn resume_and_renegotiate_messages() {
+        assert_eq!(
+            decode(r#"{"type":"resume_session","token":"ab12"}"#).unwrap(),
+            ClientMessage::ResumeSession {
+                token: "ab12".into()
+            }
+        );
+        assert_eq!(
+            err(r#"{"type":"resume_session"}"#).code,
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            decode(r#"{"type":"renegotiate","call":"c1","sdp":"v=0"}"#).unwrap(),
+            ClientMessage::Renegotiate {
+                call: CallId::new("c1").unwrap(),
+                sdp: "v=0".into()
+            }
+        );
+        let e = err(r#"{"type":"renegotiate","call":"c1"}"#);
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert_eq!(e.call.unwrap().as_str(), "c1");
+
+        let hello = ServerMessage::Hello {
+            version: 1,
+            session: "s-1".into(),
+            max_message_bytes: 65536,
+            resume_token: Some("00ff".into()),
+            resume_grace_secs: 30,
+        };
+        assert_eq!(
+            encode(&hello),
+            r#"{"type":"hello","version":1,"session":"s-1","max_message_bytes":65536,"resume_token":"00ff","resume_grace_secs":30}"#
+        );
+        let resumed = ServerMessage::SessionResumed {
+            session: "s-1".into(),
+            resume_token: Some("11ee".into()),
+            calls: vec![
+                ResumedCall {
+                    call: CallId::new("c1").unwrap(),
+                    state: ResumedCallState::Answered,
+                },
+                ResumedCall {
+                    call: CallId::new("c2").unwrap(),
+                    state: ResumedCallState::Ended,
+                },
+            ],
+        };
+        assert_eq!(
+            encode(&resumed),
+            r#"{"type":"session_resumed","session":"s-1","resume_token":"11ee","calls":[{"call":"c1","state":"answered"},{"call":"c2","state":"ended"}]}"#
         );
     }
 

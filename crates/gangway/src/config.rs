@@ -273,6 +273,9 @@ pub struct CallsConfig {
     pub setup_timeout_secs: u64,
     /// Concurrent calls one WebSocket may hold.
     pub max_per_session: usize,
+    /// How long a session with calls waits for `resume_session` after its
+    /// socket is lost before the calls end; 0 disables resumption.
+    pub resume_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,6 +320,7 @@ impl Default for CallsConfig {
             echo_destination: "echo".into(),
             setup_timeout_secs: 30,
             max_per_session: 8,
+            resume_grace_secs: 30,
         }
     }
 }
@@ -436,6 +440,12 @@ impl Config {
             return Err(problem(
                 "calls.max_per_session",
                 "must be between 1 and 1000",
+            ));
+        }
+        if c.resume_grace_secs > 600 {
+            return Err(problem(
+                "calls.resume_grace_secs",
+                "must be between 0 and 600",
             ));
         }
         if c.echo_destination.trim() != c.echo_destination {
@@ -743,6 +753,17 @@ mod tests {
 
         let e = load_str("[calls]\nsetup_timeout_secs = 0\n").unwrap_err();
         assert_eq!(e.key, "calls.setup_timeout_secs");
+
+        let e = load_str("[calls]\nresume_grace_secs = 601\n").unwrap_err();
+        assert_eq!(e.key, "calls.resume_grace_secs");
+        assert_eq!(
+            load_str("[calls]\nresume_grace_secs = 0\n")
+                .unwrap()
+                .calls
+                .resume_grace_secs,
+            0,
+            "0 turns resumption off"
+        );
 
         let e = load_str("[webrtc]\nlisten = \"0.0.0.0:40000\"\n").unwrap_err();
         assert_eq!(e.key, "webrtc.public_ip");

@@ -7,6 +7,7 @@ pub mod config;
 mod http;
 mod inbound;
 mod metrics;
+mod resume;
 mod session;
 mod users;
 
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     users: Option<users::Users>,
     /// Failed sign-ins per source address.
     sign_in_failures: auth::FailureLimiter,
+    /// Resume tokens of live sessions.
+    tokens: resume::Tokens,
     phase: watch::Sender<Phase>,
     next_peer: AtomicU64,
     next_session: AtomicU64,
@@ -211,6 +214,7 @@ impl Gateway {
             sip,
             users,
             sign_in_failures,
+            tokens: resume::Tokens::default(),
             phase,
             next_peer: AtomicU64::new(1),
             next_session: AtomicU64::new(1),

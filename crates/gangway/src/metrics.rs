@@ -26,6 +26,9 @@ const INBOUND_OUTCOMES: [&str; 9] = [
     "shutting_down",
 ];
 
+/// `outcome` label values of `gangway_session_resumes_total`.
+pub const RESUME_OUTCOMES: [&str; 3] = ["resumed", "refused", "expired"];
+
 /// `code` label values of `gangway_registrations_failed_total`.
 const REGISTRATION_FAILURE_CODES: [&str; 8] =
     ["401", "403", "404", "407", "408", "503", "other", "none"];
@@ -52,6 +55,10 @@ pub struct Metrics {
     pub registrations_failed: Family<Labels, Counter>,
     /// Inbound INVITEs by outcome.
     pub inbound_calls: Family<Labels, Counter>,
+    /// Sessions whose socket was lost, holding their calls for a resume.
+    pub sessions_parked: Gauge,
+    /// `resume_session` outcomes, and parked sessions that expired.
+    pub session_resumes: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -75,6 +82,8 @@ impl Metrics {
             registrations_active: Gauge::default(),
             registrations_failed: Family::default(),
             inbound_calls: Family::default(),
+            sessions_parked: Gauge::default(),
+            session_resumes: Family::default(),
             registry: Registry::with_prefix("gangway"),
         };
         m.registry
@@ -103,6 +112,19 @@ impl Metrics {
             "api_errors",
             "API error messages sent, by code",
             m.api_errors.clone(),
+        );
+        m.registry.register(
+            "sessions_parked",
+            "Sessions whose socket was lost and whose calls wait for resume_session",
+            m.sessions_parked.clone(),
+        );
+        for outcome in RESUME_OUTCOMES {
+            let _ = m.session_resumes.get_or_create(&[("outcome", outcome)]);
+        }
+        m.registry.register(
+            "session_resumes",
+            "Session resumption by outcome (resumed; refused: unknown or used token; expired: grace period over)",
+            m.session_resumes.clone(),
         );
         m.registry.register(
             "webrtc_connect_seconds",
@@ -286,6 +308,13 @@ impl Metrics {
 
     pub fn inbound_call(&self, outcome: &'static str) {
         self.inbound_calls
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
+    /// Counts one `outcome` of `RESUME_OUTCOMES`.
+    pub fn session_resume(&self, outcome: &'static str) {
+        self.session_resumes
             .get_or_create(&[("outcome", outcome)])
             .inc();
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
@@ -16,8 +16,9 @@ use gangway_core::{
 use gangway_media::{Flow, Law, LegEvent, MediaRoute};
 use gangway_rtc::{PeerId, SetupError};
 use gangway_signal::{
-    decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, ErrorCode, ServerMessage,
-    MAX_DTMF_DIGITS, PROTOCOL_VERSION, REJECT_CODES,
+    decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, ErrorCode, ResumedCall,
+    ResumedCallState, ServerMessage, MAX_DTMF_DIGITS, MAX_RESUME_TOKEN_LEN, PROTOCOL_VERSION,
+    REJECT_CODES,
 };
 use gangway_sip::sdp::{self as sip_sdp, G711};
 use gangway_sip::{InboundSipCall, OutboundCall, SipCall, SipEvent};
@@ -26,6 +27,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::DtmfMode;
 use crate::inbound::Ringing;
+use crate::resume::{Handover, Moved, Refused};
 use crate::users::Inbox;
 use crate::{auth, Phase, Shared, SIP_CODECS};
 
@@ -113,6 +115,8 @@ struct Session {
     shared: Arc<Shared>,
     /// This session's number, for the user table and ringing decisions.
     number: u64,
+    /// The id sent in `hello` (and again in `session_resumed`).
+    id: String,
     peer_ip: IpAddr,
     inbox: mpsc::UnboundedSender<Inbox>,
     /// The SIP user this session signed in as (or is signing in as).
@@ -127,43 +131,115 @@ struct Session {
     legs: mpsc::UnboundedSender<(PeerId, LegEvent)>,
     sip_events: mpsc::UnboundedSender<(u64, SipEvent)>,
     outbox: Vec<ServerMessage>,
+    /// The current resume token (`None`: resumption is off).
+    token: Option<String>,
+    /// Where a `resume_session` elsewhere hands this session a new socket.
+    handover: Handover,
+    /// Set when this connection claimed another session's token: the
+    /// socket (and what it still owes its client) moves there at once.
+    moving_to: Option<Handover>,
+    /// The socket was lost and the calls wait for a resume.
+    parked: Option<Parked>,
 }
 
+/// A session without a socket.
+struct Parked {
+    /// The calls end unless a resume comes before this.
+    until: Instant,
+    /// Messages for the client, sent after `session_resumed`.
+    queue: Vec<ServerMessage>,
+}
+
+/// Most messages a parked session keeps for its client; one more ends its calls.
+const PARKED_QUEUE_MAX: usize = 256;
+
+/// Close code for a socket whose session was resumed on another connection.
+const CLOSE_RESUMED_ELSEWHERE: u16 = 4001;
+
 pub async fn run(socket: WebSocket, shared: Arc<Shared>, peer_ip: IpAddr) {
-    let (number, id) = shared.next_session_id();
     shared.metrics.ws_total.inc();
     shared.metrics.ws_active.inc();
+    serve_new(socket, shared, peer_ip, Vec::new()).await;
+}
+
+/// `serve_new` behind a concrete type, so that a session can start one
+/// (the recursion would otherwise keep the compiler from proving `Send`).
+fn serve_new_boxed(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    peer_ip: IpAddr,
+    preface: Vec<ServerMessage>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(serve_new(socket, shared, peer_ip, preface))
+}
+
+/// A new session on `socket`: `hello`, then `preface`, then requests.
+async fn serve_new(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    peer_ip: IpAddr,
+    preface: Vec<ServerMessage>,
+) {
+    let (number, id) = shared.next_session_id();
     let span = info_span!("session", session = %id);
     async {
         debug!("connected");
-        serve(socket, shared.clone(), number, id, peer_ip).await;
-        debug!("disconnected");
+        serve(socket, shared, number, id, peer_ip, preface).await;
+        debug!("session over");
     }
     .instrument(span)
     .await;
-    shared.metrics.ws_active.dec();
+}
+
+/// What woke the session loop up about its socket.
+enum Wake {
+    Socket(Option<Result<Message, axum::Error>>),
+    Handover(Box<Moved>),
+    Other,
+}
+
+/// How the socket went away.
+enum Gone {
+    /// The client closed it with 1000 (or no code): the session ends.
+    Normal,
+    /// Lost (no close frame, another close code, a failed send): a session
+    /// with calls waits for a resume.
+    Lost,
+    /// The gateway closed it (1001 at shutdown, 1009 on a bad frame).
+    Closed,
 }
 
 async fn serve(
-    mut socket: WebSocket,
+    socket: WebSocket,
     shared: Arc<Shared>,
     number: u64,
     id: String,
     peer_ip: IpAddr,
+    preface: Vec<ServerMessage>,
 ) {
     let (legs, mut leg_events) = mpsc::unbounded_channel();
     let (inbox, mut inbox_rx) = mpsc::unbounded_channel();
     let (sip_events, mut sip_rx) = mpsc::unbounded_channel();
+    let (handover, mut handover_rx) = mpsc::unbounded_channel();
     let mut phase = shared.phase.subscribe();
+    let grace = shared.config.calls.resume_grace_secs;
+    let token = if grace > 0 {
+        shared.tokens.issue(number, handover.clone())
+    } else {
+        None
+    };
     let hello = ServerMessage::Hello {
         version: PROTOCOL_VERSION,
-        session: id,
+        session: id.clone(),
         max_message_bytes: shared.config.http.max_message_bytes,
+        resume_token: token.clone(),
+        resume_grace_secs: if token.is_some() { grace } else { 0 },
     };
     let mut s = Session {
         router: shared.router.clone(),
         shared,
         number,
+        id,
         peer_ip,
         inbox,
         user: None,
@@ -173,78 +249,235 @@ async fn serve(
         transfer_keys: HashMap::new(),
         legs,
         sip_events,
-        outbox: vec![hello],
+        outbox: std::iter::once(hello).chain(preface).collect(),
+        token,
+        handover,
+        moving_to: None,
+        parked: None,
     };
 
-    let mut close: Option<CloseFrame> = None;
-    let mut peer_closed = false;
+    let mut socket = Some(socket);
     loop {
-        if !s.flush(&mut socket).await {
+        if let Some(ws) = socket.as_mut() {
+            if !s.flush(ws).await {
+                debug!("sending failed: the socket is lost");
+                socket = None;
+                s.shared.metrics.ws_active.dec();
+                if !s.park() {
+                    break;
+                }
+            }
+        } else if !s.queue_while_parked() {
             break;
         }
         if *phase.borrow() == Phase::Terminating {
             s.end_all(EndReason::Shutdown);
-            s.flush(&mut socket).await;
-            close = Some(CloseFrame {
-                code: CLOSE_GOING_AWAY,
-                reason: "gateway shutting down".into(),
-            });
+            if let Some(mut ws) = socket.take() {
+                s.flush(&mut ws).await;
+                let _ = ws
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CLOSE_GOING_AWAY,
+                        reason: "gateway shutting down".into(),
+                    })))
+                    .await;
+                s.shared.metrics.ws_active.dec();
+            }
             break;
         }
         let deadline = s.calls.values().filter_map(|c| c.call.poll_timeout()).min();
-        tokio::select! {
-            message = socket.recv() => match message {
-                Some(Ok(Message::Text(text))) => s.on_text(text.as_str()),
-                Some(Ok(Message::Binary(_))) => s.reject(ApiError::new(
-                    ErrorCode::BinaryNotSupported,
-                    None,
-                    "binary frames are not supported; send JSON text frames",
-                )),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(frame))) => {
-                    // Complete the closing handshake: echo the client's code
-                    // (RFC 6455 §5.5.1), else the browser sees 1006.
-                    close = Some(frame.unwrap_or(CloseFrame {
-                        code: CLOSE_NORMAL,
-                        reason: "".into(),
-                    }));
-                    peer_closed = true;
-                    break;
+        let parked_until = s.parked.as_ref().map(|p| p.until);
+        let wake = tokio::select! {
+            message = recv(&mut socket) => Wake::Socket(message),
+            Some(moved) = handover_rx.recv() => Wake::Handover(Box::new(moved)),
+            Some((peer, event)) = leg_events.recv() => {
+                s.on_leg(peer, event);
+                Wake::Other
+            }
+            Some((key, event)) = sip_rx.recv() => {
+                s.on_sip(key, event);
+                Wake::Other
+            }
+            Some(message) = inbox_rx.recv() => {
+                s.on_inbox(message);
+                Wake::Other
+            }
+            _ = sleep_until(deadline) => {
+                s.on_timeout(Instant::now());
+                Wake::Other
+            }
+            _ = sleep_until(parked_until) => {
+                // A resume that claimed the token just now still wins.
+                s.revoke_token();
+                match handover_rx.try_recv() {
+                    Ok(moved) => Wake::Handover(Box::new(moved)),
+                    Err(_) => {
+                        s.expire("no resume within the grace period");
+                        break;
+                    }
                 }
-                None => break,
-                Some(Err(e)) => {
-                    // The transport refused the frame (over the hard size limit, or broken framing).
-                    debug!("websocket error: {e}");
-                    s.shared.metrics.api_error(ErrorCode::MessageTooLarge);
-                    close = Some(CloseFrame {
-                        code: CLOSE_TOO_BIG,
-                        reason: "frame too large or malformed".into(),
-                    });
-                    break;
+            }
+            _ = phase.changed() => Wake::Other,
+        };
+        match wake {
+            Wake::Other => {}
+            Wake::Handover(moved) => {
+                let Moved {
+                    socket: ws,
+                    outbox,
+                    peer_ip,
+                } = *moved;
+                s.peer_ip = peer_ip;
+                if let Some(old) = socket.replace(ws) {
+                    // The old connection is still open (half-open after a
+                    // network change, say): the new one wins. Closing a
+                    // dead connection must not hold the session up.
+                    tokio::spawn(close_superseded(old));
+                } else {
+                    s.shared.metrics.ws_active.inc();
                 }
-            },
-            Some((peer, event)) = leg_events.recv() => s.on_leg(peer, event),
-            Some((key, event)) = sip_rx.recv() => s.on_sip(key, event),
-            Some(message) = inbox_rx.recv() => s.on_inbox(message),
-            _ = sleep_until(deadline) => s.on_timeout(Instant::now()),
-            _ = phase.changed() => {}
+                s.resumed(outbox);
+            }
+            Wake::Socket(message) => {
+                let Some(ws) = socket.as_mut() else {
+                    continue;
+                };
+                let gone = match message {
+                    Some(Ok(Message::Text(text))) => {
+                        s.on_text(text.as_str());
+                        if let Some(target) = s.moving_to.take() {
+                            // Claim and hand-over with no await between:
+                            // the other session either gets the socket or
+                            // is already gone (see the end of `serve`).
+                            let Some(ws) = socket.take() else { continue };
+                            let moved = Moved {
+                                socket: ws,
+                                outbox: std::mem::take(&mut s.outbox),
+                                peer_ip: s.peer_ip,
+                            };
+                            match target.send(moved) {
+                                Ok(()) => {
+                                    debug!("connection handed to the resumed session");
+                                    s.shared.metrics.ws_active.dec();
+                                    break;
+                                }
+                                Err(mpsc::error::SendError(moved)) => {
+                                    socket = Some(moved.socket);
+                                    s.outbox = moved.outbox;
+                                    s.resume_refused();
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        s.reject(ApiError::new(
+                            ErrorCode::BinaryNotSupported,
+                            None,
+                            "binary frames are not supported; send JSON text frames",
+                        ));
+                        continue;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(frame))) => {
+                        // Complete the closing handshake: tungstenite has queued
+                        // the echo of the client's code (RFC 6455 §5.5.1);
+                        // flushing it out completes it, else the browser sees 1006.
+                        let code = frame.as_ref().map(|f| f.code);
+                        debug!(?code, "client closed the socket");
+                        let _ = SinkExt::close(ws).await;
+                        match code {
+                            None | Some(CLOSE_NORMAL) => Gone::Normal,
+                            Some(_) => Gone::Lost,
+                        }
+                    }
+                    None => Gone::Lost,
+                    Some(Err(e)) if connection_lost(&e) => {
+                        debug!("connection lost: {e}");
+                        Gone::Lost
+                    }
+                    Some(Err(e)) => {
+                        debug!("websocket error: {e}");
+                        // The transport refused the frame (over the hard size
+                        // limit, or broken framing): a misbehaving client.
+                        s.shared.metrics.api_error(ErrorCode::MessageTooLarge);
+                        let _ = ws
+                            .send(Message::Close(Some(CloseFrame {
+                                code: CLOSE_TOO_BIG,
+                                reason: "frame too large or malformed".into(),
+                            })))
+                            .await;
+                        Gone::Closed
+                    }
+                };
+                socket = None;
+                s.shared.metrics.ws_active.dec();
+                if matches!(gone, Gone::Lost) && s.park() {
+                    continue;
+                }
+                break;
+            }
         }
     }
-    // Whatever the reason we left, the calls go with the socket.
+    // Whatever the reason we left, the calls go with the session.
     s.end_all(EndReason::SocketClosed);
     s.leave();
-    match close {
-        // The peer started the closing handshake: tungstenite has queued
-        // the reply already; flushing it out completes the handshake.
-        Some(frame) if peer_closed => {
-            debug!(code = frame.code, "client closed the socket");
-            let _ = SinkExt::close(&mut socket).await;
-        }
-        Some(frame) => {
-            let _ = socket.send(Message::Close(Some(frame))).await;
-        }
-        None => {}
+    if s.parked.take().is_some() {
+        s.shared.metrics.sessions_parked.dec();
     }
+    s.revoke_token();
+    if socket.is_some() {
+        s.shared.metrics.ws_active.dec();
+    }
+    // A connection that claimed the token as this session ended: it is
+    // refused after all, and goes on as a new session.
+    handover_rx.close();
+    while let Ok(moved) = handover_rx.try_recv() {
+        s.shared.metrics.session_resume("refused");
+        s.shared.metrics.api_error(ErrorCode::UnknownSession);
+        let mut preface = moved.outbox;
+        preface.push(unknown_session().into_message());
+        s.shared.metrics.ws_active.inc();
+        tokio::spawn(serve_new_boxed(
+            moved.socket,
+            s.shared.clone(),
+            moved.peer_ip,
+            preface,
+        ));
+    }
+}
+
+async fn recv(socket: &mut Option<WebSocket>) -> Option<Result<Message, axum::Error>> {
+    match socket {
+        Some(ws) => ws.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a transport error means the connection is gone (rather than
+/// that the client sent something unreadable).
+fn connection_lost(e: &axum::Error) -> bool {
+    use tungstenite::error::ProtocolError;
+    use tungstenite::Error as WsError;
+    let inner = std::error::Error::source(e).and_then(|s| s.downcast_ref::<WsError>());
+    matches!(
+        inner,
+        Some(
+            WsError::Io(_)
+                | WsError::ConnectionClosed
+                | WsError::AlreadyClosed
+                | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+        )
+    )
+}
+
+/// Closes a connection whose session moved to a newer one.
+async fn close_superseded(mut ws: WebSocket) {
+    let _ = ws
+        .send(Message::Close(Some(CloseFrame {
+            code: CLOSE_RESUMED_ELSEWHERE,
+            reason: "session resumed on another connection".into(),
+        })))
+        .await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -255,18 +488,159 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Session {
-    /// Sends queued messages. Returns false when the socket is gone.
+    /// Sends queued messages. Returns false when the socket is gone; the
+    /// unsent messages stay queued (for a resume).
     async fn flush(&mut self, socket: &mut WebSocket) -> bool {
-        for message in self.outbox.drain(..) {
+        let mut sent = 0;
+        let mut ok = true;
+        for message in &self.outbox {
             if socket
-                .send(Message::Text(encode(&message).into()))
+                .send(Message::Text(encode(message).into()))
                 .await
                 .is_err()
             {
-                return false;
+                ok = false;
+                break;
             }
+            sent += 1;
+        }
+        self.outbox.drain(..sent);
+        ok
+    }
+
+    /// The socket is lost: keeps the session (and its calls) waiting for a
+    /// resume if it has calls and resumption is on. False: it ends now.
+    fn park(&mut self) -> bool {
+        let grace = self.shared.config.calls.resume_grace_secs;
+        let terminating = *self.shared.phase.borrow() == Phase::Terminating;
+        if self.calls.is_empty() || self.token.is_none() || grace == 0 || terminating {
+            return false;
+        }
+        info!(
+            calls = self.calls.len(),
+            grace_secs = grace,
+            "socket lost: calls held for a resume"
+        );
+        self.shared.metrics.sessions_parked.inc();
+        self.parked = Some(Parked {
+            until: Instant::now() + Duration::from_secs(grace),
+            queue: Vec::new(),
+        });
+        true
+    }
+
+    /// Moves the outbox into a parked session's queue. False when the queue
+    /// overflowed and the session ended.
+    fn queue_while_parked(&mut self) -> bool {
+        let Some(parked) = self.parked.as_mut() else {
+            return true;
+        };
+        parked.queue.append(&mut self.outbox);
+        if parked.queue.len() > PARKED_QUEUE_MAX {
+            self.expire("too many messages waiting for a resume");
+            return false;
         }
         true
+    }
+
+    /// A parked session gives up: its calls end (BYE to the PBX).
+    fn expire(&mut self, why: &str) {
+        info!(calls = self.calls.len(), "session expired: {why}");
+        self.shared.metrics.session_resume("expired");
+        self.end_all(EndReason::SessionExpired);
+        self.outbox.clear();
+        if self.parked.take().is_some() {
+            self.shared.metrics.sessions_parked.dec();
+        }
+    }
+
+    fn revoke_token(&mut self) {
+        if let Some(token) = self.token.take() {
+            self.shared.tokens.revoke(&token);
+        }
+    }
+
+    /// A new socket took over this session: what that connection still
+    /// owed its client, a new token and `session_resumed` with where each
+    /// call stands, then what was queued.
+    fn resumed(&mut self, owed: Vec<ServerMessage>) {
+        let queue = match self.parked.take() {
+            Some(parked) => {
+                self.shared.metrics.sessions_parked.dec();
+                parked.queue
+            }
+            None => Vec::new(),
+        };
+        self.shared.metrics.session_resume("resumed");
+        self.revoke_token();
+        self.token = self.shared.tokens.issue(self.number, self.handover.clone());
+        let mut calls: Vec<ResumedCall> = self
+            .calls
+            .iter()
+            .map(|(id, entry)| ResumedCall {
+                call: id.clone(),
+                state: match entry.call.state() {
+                    CallState::Ringing => ResumedCallState::Ringing,
+                    CallState::Answered => ResumedCallState::Answered,
+                    CallState::Ended(_) => ResumedCallState::Ended,
+                    _ => ResumedCallState::Connecting,
+                },
+            })
+            .chain(self.ringing.keys().map(|id| ResumedCall {
+                call: id.clone(),
+                state: ResumedCallState::Ringing,
+            }))
+            .collect();
+        for message in &queue {
+            if let ServerMessage::Ended { call, .. } = message {
+                if !calls.iter().any(|c| c.call == *call) {
+                    calls.push(ResumedCall {
+                        call: call.clone(),
+                        state: ResumedCallState::Ended,
+                    });
+                }
+            }
+        }
+        calls.sort_by(|a, b| a.call.as_str().cmp(b.call.as_str()));
+        info!(calls = calls.len(), queued = queue.len(), "session resumed");
+        let mut outbox = owed;
+        outbox.push(ServerMessage::SessionResumed {
+            session: self.id.clone(),
+            resume_token: self.token.clone(),
+            calls,
+        });
+        outbox.extend(queue);
+        outbox.append(&mut self.outbox);
+        self.outbox = outbox;
+    }
+
+    /// `resume_session` on this connection: hand it to the session the
+    /// token belongs to.
+    fn resume_session(&mut self, token: &str) {
+        if !self.calls.is_empty() || !self.ringing.is_empty() || self.user.is_some() {
+            return self.reject(ApiError::new(
+                ErrorCode::InvalidState,
+                None,
+                "this connection already has calls or a sign-in; resume on a new connection",
+            ));
+        }
+        if token.len() > MAX_RESUME_TOKEN_LEN {
+            return self.resume_refused();
+        }
+        match self.shared.tokens.claim(token, self.number) {
+            Ok(target) => self.moving_to = Some(target),
+            Err(Refused::Own) => self.reject(ApiError::new(
+                ErrorCode::InvalidState,
+                None,
+                "this connection already is that session",
+            )),
+            Err(Refused::Unknown) => self.resume_refused(),
+        }
+    }
+
+    fn resume_refused(&mut self) {
+        self.shared.metrics.session_resume("refused");
+        self.reject(unknown_session());
     }
 
     fn reject(&mut self, error: ApiError) {
@@ -321,7 +695,26 @@ impl Session {
                 }
                 self.feed(&call, Event::Hangup);
             }
+            ClientMessage::ResumeSession { token } => self.resume_session(&token),
+            ClientMessage::Renegotiate { call, sdp } => self.renegotiate(call, sdp),
         }
+    }
+
+    /// `renegotiate`: a new offer for the WebRTC leg only (an ICE restart).
+    /// The answer comes back as `answer`; the SIP leg never hears of it.
+    fn renegotiate(&mut self, id: CallId, sdp: String) {
+        let Some(entry) = self.calls.get(&id) else {
+            return self.reject(unknown_call(id));
+        };
+        if !entry.call.can_renegotiate() {
+            return self.reject(ApiError::new(
+                ErrorCode::InvalidState,
+                Some(id),
+                "renegotiate needs a call whose answer has been sent",
+            ));
+        }
+        info!(call = %id, "WebRTC leg renegotiation requested");
+        self.shared.shards[entry.shard].renegotiate(entry.peer, sdp);
     }
 
     fn send_dtmf(&mut self, id: CallId, digits: String) {
@@ -908,6 +1301,21 @@ impl Session {
                 info!(call = %id, "no media from one leg: ending the call");
                 Event::MediaLost
             }
+            LegEvent::Renegotiated { answer } => {
+                info!(call = %id, "WebRTC leg renegotiated");
+                self.outbox.push(ServerMessage::Answer {
+                    call: id,
+                    sdp: answer,
+                });
+                return;
+            }
+            LegEvent::RenegotiationFailed(e) => {
+                return self.reject(ApiError::new(
+                    ErrorCode::InvalidSdp,
+                    Some(id),
+                    format!("{e}; the call carries on with its current session"),
+                ));
+            }
         };
         self.feed(&id, core_event);
     }
@@ -1048,6 +1456,7 @@ impl Session {
     fn end_all(&mut self, reason: EndReason) {
         let event = match reason {
             EndReason::Shutdown => Event::Shutdown,
+            EndReason::SessionExpired => Event::SessionExpired,
             _ => Event::SocketClosed,
         };
         let ids: Vec<CallId> = self.calls.keys().cloned().collect();
@@ -1229,6 +1638,14 @@ fn not_ringing(call: CallId) -> ApiError {
         ErrorCode::UnknownCall,
         Some(call),
         "no incoming call with this id is ringing on this connection",
+    )
+}
+
+fn unknown_session() -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownSession,
+        None,
+        "no session to resume with this token (unknown, already used, or expired); this connection is a new session",
     )
 }
 
