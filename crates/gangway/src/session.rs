@@ -62,6 +62,8 @@ struct CallEntry {
     sip_key: u64,
     /// The call the far end REFERred us to, until it answers or fails.
     transfer_leg: Option<TransferLeg>,
+    /// The far end accepted our REFER and has not reported its outcome.
+    transfer_accepted: bool,
 }
 
 /// A call placed for the far end's REFER, replacing the SIP leg once it answers.
@@ -1154,6 +1156,7 @@ impl Session {
                 hold: HoldState::default(),
                 sip_key: peer.0,
                 transfer_leg: None,
+                transfer_accepted: false,
             },
         );
         self.by_peer.insert(peer, id.clone());
@@ -1233,6 +1236,7 @@ impl Session {
                 hold: HoldState::default(),
                 sip_key: peer.0,
                 transfer_leg: None,
+                transfer_accepted: false,
             },
         );
         self.by_peer.insert(peer, id.clone());
@@ -1373,6 +1377,12 @@ impl Session {
                 info!(call = %id, status, %reason, "SIP leg failed");
                 Event::SipFailed { status }
             }
+            // A transferee that accepted our REFER often hangs up at once
+            // rather than reporting the outcome (RFC 5589 §6.1 allows it).
+            SipEvent::RemoteHangup if entry_transfer_accepted(&self.calls, &id) => {
+                info!(call = %id, "far end left after accepting our transfer");
+                Event::SipTransferred
+            }
             SipEvent::RemoteHangup => Event::SipRemoteHangup,
             SipEvent::Dtmf { digit } => {
                 info!(call = %id, %digit, "DTMF received (SIP INFO)");
@@ -1386,6 +1396,10 @@ impl Session {
             | SipEvent::OfferAccepted { .. }
             | SipEvent::OfferRefused { .. }) => return self.on_sip_renegotiated(peer, id, event),
             SipEvent::TransferProgress { status, done } => {
+                if let Some(entry) = self.calls.get_mut(&id) {
+                    entry.transfer_accepted =
+                        !done && (200..300).contains(&status) || entry.transfer_accepted && !done;
+                }
                 self.outbox.push(ServerMessage::TransferProgress {
                     call: id.clone(),
                     status,
@@ -1611,6 +1625,10 @@ fn remote_direction(direction: sip_sdp::Direction) -> RemoteDirection {
         sends: direction.sends(),
         receives: direction.receives(),
     }
+}
+
+fn entry_transfer_accepted(calls: &HashMap<CallId, CallEntry>, id: &CallId) -> bool {
+    calls.get(id).is_some_and(|e| e.transfer_accepted)
 }
 
 /// The usual reason phrase of a provisional status, for transfer NOTIFYs.

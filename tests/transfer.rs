@@ -1,0 +1,221 @@
+//! Transfers against real peers: kamailio as registrar and proxy, baresip
+//! phones bob (440 Hz) and carol (700 Hz) registered with it, and the str0m
+//! client over the JSON API (1000 Hz) calling bob through the gateway.
+//! - bob transfers the browser to carol (REFER to the gateway): the gateway
+//!   calls carol, swaps the SIP leg when she answers, and the browser, whose
+//!   WebRTC leg never changes, hears carol instead of bob;
+//! - the browser transfers bob to carol (API `transfer` → REFER to bob):
+//!   bob calls carol, the NOTIFYs come back as `transfer_progress`, and the
+//!   browser's call ends `transferred` while bob and carol talk.
+//!
+//! kamailio and baresip must be installed (`scripts/deps.sh test`); a
+//! missing one fails the test, it is never skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gangway_tests::api_client::ApiClient;
+use gangway_tests::audio::tone_coverage;
+use gangway_tests::gateway::{assert_no_leftovers, start_sip_gateway};
+use gangway_tests::kamailio::{start_kamailio, Kamailio};
+use gangway_tests::rtc_client::{ClientCodec, RtcClient};
+use gangway_tests::sip_peers::{registered_baresip, Baresip};
+use serde_json::{json, Value};
+
+const DOMAIN: &str = "pbx.test";
+const USERS: &[(&str, &str)] = &[("gangway", "gwpw"), ("bob", "bobpw"), ("carol", "carolpw")];
+const SIGNALING_TIMEOUT: Duration = Duration::from_secs(10);
+const CLIENT_TONE_HZ: f64 = 1000.0;
+const BOB_TONE_HZ: f64 = 440.0;
+const CAROL_TONE_HZ: f64 = 700.0;
+const LINGER: Duration = Duration::from_millis(300);
+
+async fn setup() -> (Kamailio, gangway::Gateway, Arc<Baresip>, Arc<Baresip>) {
+    let kam = start_kamailio(USERS, DOMAIN).await;
+    let gw = start_sip_gateway(kam.port(), DOMAIN, |c| {
+        c.sip.trunk.username = Some("gangway".into());
+        c.sip.trunk.password = Some("gwpw".into());
+        // Our domain, and kamailio by address (a transfer target bob can reach).
+        c.sip.trunk.allow = vec![
+            format!(r"^sip:[a-z0-9]+@{}$", DOMAIN.replace('.', r"\.")),
+            r"^sip:[a-z0-9]+@127\.0\.0\.1:[0-9]+$".into(),
+        ];
+    })
+    .await;
+    let bob = registered_baresip(
+        kam.registrar_uri(),
+        "bob",
+        "bobpw",
+        BOB_TONE_HZ,
+        SIGNALING_TIMEOUT,
+    )
+    .await;
+    let carol = registered_baresip(
+        kam.registrar_uri(),
+        "carol",
+        "carolpw",
+        CAROL_TONE_HZ,
+        SIGNALING_TIMEOUT,
+    )
+    .await;
+    (kam, gw, bob, carol)
+}
+
+async fn baresip_event(peer: &Arc<Baresip>, kind: &'static str) -> Value {
+    let peer = peer.clone();
+    tokio::task::spawn_blocking(move || peer.wait_for_event(kind, SIGNALING_TIMEOUT))
+        .await
+        .expect("baresip wait task")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn baresip_command(peer: &Arc<Baresip>, command: &'static str, params: String) {
+    let peer = peer.clone();
+    tokio::task::spawn_blocking(move || peer.command(command, &params))
+        .await
+        .expect("baresip command task")
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The str0m client calls bob and checks it hears him.
+async fn call_bob(gw: &gangway::Gateway, api: &mut ApiClient) -> RtcClient {
+    let (mut client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("t1", "bob", &offer).await;
+    let answer = api.expect("answer").await;
+    client.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(
+        client.connect(SIGNALING_TIMEOUT).await,
+        "WebRTC leg connects"
+    );
+    loop {
+        let m = api.recv().await;
+        if m["type"] == "answered" {
+            break;
+        }
+        assert_eq!(m["type"], "ringing", "{m}");
+    }
+    let talk = client.send_pcmu_tone(CLIENT_TONE_HZ, 2.0, LINGER).await;
+    let bob = tone_coverage(&talk.received, 8000, BOB_TONE_HZ);
+    println!("talking to bob: 440 Hz in {bob:.3} of frames");
+    assert!(bob >= 0.85, "the browser hears bob: {bob:.3}");
+    let _ = gw;
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bob_transfers_the_browser_to_carol() {
+    let (_kam, gw, bob, carol) = setup().await;
+    let mut api = ApiClient::connect(&gw).await;
+    let mut client = call_bob(&gw, &mut api).await;
+    baresip_event(&bob, "CALL_ESTABLISHED").await;
+
+    // bob REFERs the gateway to carol.
+    baresip_command(&bob, "transfer", format!("sip:carol@{DOMAIN}")).await;
+    let moved = api.expect("transferred").await;
+    assert_eq!(moved["call"], "t1", "{moved}");
+    assert_eq!(moved["to"], format!("sip:carol@{DOMAIN}"), "{moved}");
+    baresip_event(&carol, "CALL_ESTABLISHED").await;
+    // bob's part is over: he or the gateway ends his dialog.
+    baresip_event(&bob, "CALL_CLOSED").await;
+
+    // Same WebRTC leg, new far end: the browser now hears carol.
+    let talk = client.send_pcmu_tone(CLIENT_TONE_HZ, 3.0, LINGER).await;
+    let (heard_carol, heard_bob) = (
+        tone_coverage(&talk.received, 8000, CAROL_TONE_HZ),
+        tone_coverage(&talk.received, 8000, BOB_TONE_HZ),
+    );
+    println!("after the transfer: 700 Hz in {heard_carol:.3} of frames, 440 Hz {heard_bob:.3}");
+    if heard_carol < 0.85 {
+        println!("--- bob ---\n{}\n--- carol ---\n{}", bob.log(), carol.log());
+    }
+    assert!(
+        heard_carol >= 0.85,
+        "the browser hears carol: {heard_carol:.3}"
+    );
+    assert!(heard_bob < 0.1, "and no longer bob: {heard_bob:.3}");
+
+    api.hangup("t1").await;
+    assert_eq!(api.expect("ended").await["reason"], "hangup");
+    baresip_event(&carol, "CALL_CLOSED").await;
+    let (samples, rate) = carol.recorded_audio();
+    let (tone, control) = (
+        tone_coverage(&samples, rate, CLIENT_TONE_HZ),
+        tone_coverage(&samples, rate, CAROL_TONE_HZ),
+    );
+    println!("carol heard 1000 Hz in {tone:.3} of frames, 700 Hz {control:.3}");
+    assert!(tone >= 0.85, "carol hears the browser: {tone:.3}");
+    assert!(control < 0.1, "negative control: {control:.3}");
+    assert_no_leftovers(&gw).await;
+    api.close().await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_blind_transfers_bob_to_carol() {
+    let (kam, gw, bob, carol) = setup().await;
+    let mut api = ApiClient::connect(&gw).await;
+    let _client = call_bob(&gw, &mut api).await;
+    baresip_event(&bob, "CALL_ESTABLISHED").await;
+
+    // Refused before anything goes out: not a destination we route.
+    api.send(json!({"type": "transfer", "call": "t1", "to": "sip:carol@elsewhere.test"}))
+        .await;
+    assert_eq!(api.expect("error").await["code"], "invalid_message");
+
+    // bob has no outbound proxy: the target must name kamailio itself.
+    let target = format!("sip:carol@127.0.0.1:{}", kam.port());
+    api.send(json!({"type": "transfer", "call": "t1", "to": target}))
+        .await;
+    let mut statuses = Vec::new();
+    let ended = loop {
+        let m = match api.try_recv(Duration::from_secs(15)).await {
+            Ok(m) => m,
+            Err(e) => panic!(
+                "transfer stalled after {statuses:?}: {e:?}\n--- bob ---\n{}\n--- carol ---\n{}",
+                bob.log(),
+                carol.log()
+            ),
+        };
+        match m["type"].as_str() {
+            Some("transfer_progress") => {
+                statuses.push((m["status"].as_u64().unwrap(), m["done"] == true))
+            }
+            Some("ended") => break m,
+            _ => panic!("unexpected {m}"),
+        }
+    };
+    println!("transfer progress: {statuses:?}");
+    assert_eq!(
+        statuses.first(),
+        Some(&(202, false)),
+        "bob accepted the REFER"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|(s, done)| !done || (200..300).contains(s)),
+        "no failure reported: {statuses:?}"
+    );
+    // baresip hangs up on us once it accepted, without waiting for carol.
+    if ended["reason"] != "transferred" {
+        println!("--- bob ---\n{}\n--- carol ---\n{}", bob.log(), carol.log());
+    }
+    assert_eq!(ended["reason"], "transferred", "{ended}");
+
+    // bob and carol talk: carol hears bob.
+    baresip_event(&carol, "CALL_ESTABLISHED").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    baresip_command(&carol, "hangup", String::new()).await;
+    baresip_event(&carol, "CALL_CLOSED").await;
+    let (samples, rate) = carol.recorded_audio();
+    let (tone, control) = (
+        tone_coverage(&samples, rate, BOB_TONE_HZ),
+        tone_coverage(&samples, rate, CLIENT_TONE_HZ),
+    );
+    println!("carol heard 440 Hz in {tone:.3} of frames, 1000 Hz {control:.3}");
+    assert!(tone >= 0.85, "carol hears bob: {tone:.3}");
+    assert!(control < 0.1, "and not the browser: {control:.3}");
+    assert_no_leftovers(&gw).await;
+    api.close().await;
+    gw.shutdown(Duration::ZERO).await;
+}
