@@ -1398,7 +1398,7 @@ impl Session {
             SipEvent::TransferProgress { status, done } => {
                 if let Some(entry) = self.calls.get_mut(&id) {
                     entry.transfer_accepted =
-                        !done && (200..300).contains(&status) || entry.transfer_accepted && !done;
+                        !done && (entry.transfer_accepted || (200..300).contains(&status));
                 }
                 self.outbox.push(ServerMessage::TransferProgress {
                     call: id.clone(),
