@@ -199,6 +199,10 @@ export interface CallEventMap {
   held: CustomEvent<{ by: 'local' | 'remote' }>;
   /** That side's hold ended; audio flows again unless the other side still holds. */
   resumed: CustomEvent<{ by: 'local' | 'remote' }>;
+  /** Progress of this client's `transfer()`: 202 (accepted), then the far end's new call (100, 180, 200...). */
+  transferprogress: CustomEvent<{ status: number; done: boolean }>;
+  /** The far end transferred this call: the gateway reached `to`, whose audio now plays. */
+  transferred: CustomEvent<{ to: string }>;
   /** An ICE restart's answer was applied (see {@link Call.restartIce}). */
   renegotiated: CustomEvent<{ sdp: string }>;
   /** The call is over; fired exactly once, after the call left `client.calls`. */
@@ -345,6 +349,8 @@ export class Call extends EventTarget {
   hold(): void;
   /** Takes the call off this client's hold; `resumed` follows. */
   resume(): void;
+  /** Blind transfer (REFER) of the far end to `to`; `transferprogress` follows, and on success `ended` with `transferred`. */
+  transfer(to: string): void;
   /**
    * Restarts ICE on the WebRTC leg (after a network change): an offer with
    * new ICE credentials goes out as `renegotiate` and the gateway's `answer`

@@ -277,6 +277,8 @@ export class GangwayClient extends EventTarget {
       case 'answered':
       case 'held':
       case 'resumed':
+      case 'transfer_progress':
+      case 'transferred':
       case 'ended':
         // Messages for a call that already ended locally are stale; drop them.
         this.#calls.get(msg.call)?.[RECEIVE](msg);
@@ -603,6 +605,16 @@ export class Call extends EventTarget {
   }
 
   /**
+   * Blind transfer: asks the far end (SIP REFER) to call `to` instead.
+   * `transferprogress` events follow (202 accepted, then the far end's
+   * view of its new call); on success the call ends with `transferred`.
+   */
+  transfer(to) {
+    if (this.#state === 'ended') return;
+    this.#link.send({ type: 'transfer', call: this.#id, to: String(to) });
+  }
+
+  /**
    * Restarts ICE on the call's WebRTC leg (after a network change): a new
    * offer with new ICE credentials goes to the gateway as `renegotiate`, its
    * `answer` is applied, and the new candidates trickle as usual. Only the
@@ -776,6 +788,12 @@ export class Call extends EventTarget {
       case 'held':
       case 'resumed':
         this.#emit(msg.type, { by: msg.by === 'remote' ? 'remote' : 'local' });
+        break;
+      case 'transfer_progress':
+        this.#emit('transferprogress', { status: Number(msg.status), done: msg.done === true });
+        break;
+      case 'transferred':
+        this.#emit('transferred', { to: String(msg.to) });
         break;
       case 'progress':
         // Early media: the far end's audio is already on the remote stream.
