@@ -133,6 +133,14 @@ async fn pbx_holds_goes_inactive_resumes_and_switches_codec() {
         );
     }
     assert!(log.contains("pcma: m=audio"), "{log}");
+    for (event, n) in [
+        ("held_remote", 1.0),
+        ("resumed_remote", 1.0),
+        ("held_local", 0.0),
+    ] {
+        let series = format!("gangway_mid_call_events_total{{event=\"{event}\"}}");
+        assert_eq!(metric_or_zero(&gw, &series).await, n, "{series}");
+    }
     assert_no_leftovers(&gw).await;
     tab.close().await;
     gw.shutdown(Duration::ZERO).await;
@@ -336,6 +344,10 @@ async fn browser_holds_baresip_for_70_s_and_resumes_with_audio_both_ways() {
         "baresip hears the browser after the resume: {tone:.3}"
     );
     assert!(control < 0.1, "negative control: {control:.3}");
+    for event in ["held_local", "resumed_local"] {
+        let series = format!("gangway_mid_call_events_total{{event=\"{event}\"}}");
+        assert_eq!(metric_or_zero(&gw, &series).await, 1.0, "{series}");
+    }
     assert_eq!(
         metric_or_zero(&gw, "gangway_media_timeouts_total").await,
         0.0

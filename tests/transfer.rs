@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::audio::tone_coverage;
-use gangway_tests::gateway::{assert_no_leftovers, start_sip_gateway};
+use gangway_tests::gateway::{assert_no_leftovers, metric_or_zero, start_sip_gateway};
 use gangway_tests::kamailio::{start_kamailio, Kamailio};
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
 use gangway_tests::sip_peers::{registered_baresip, Baresip};
@@ -145,6 +145,8 @@ async fn bob_transfers_the_browser_to_carol() {
     println!("carol heard 1000 Hz in {tone:.3} of frames, 700 Hz {control:.3}");
     assert!(tone >= 0.85, "carol hears the browser: {tone:.3}");
     assert!(control < 0.1, "negative control: {control:.3}");
+    let series = "gangway_mid_call_events_total{event=\"transfer_in_completed\"}";
+    assert_eq!(metric_or_zero(&gw, series).await, 1.0, "{series}");
     assert_no_leftovers(&gw).await;
     api.close().await;
     gw.shutdown(Duration::ZERO).await;
@@ -215,6 +217,8 @@ async fn browser_blind_transfers_bob_to_carol() {
     println!("carol heard 440 Hz in {tone:.3} of frames, 1000 Hz {control:.3}");
     assert!(tone >= 0.85, "carol hears bob: {tone:.3}");
     assert!(control < 0.1, "and not the browser: {control:.3}");
+    let series = "gangway_mid_call_events_total{event=\"transfer_out_completed\"}";
+    assert_eq!(metric_or_zero(&gw, series).await, 1.0, "{series}");
     assert_no_leftovers(&gw).await;
     api.close().await;
     gw.shutdown(Duration::ZERO).await;

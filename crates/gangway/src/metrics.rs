@@ -13,6 +13,19 @@ use prometheus_client::registry::Registry;
 
 type Labels = [(&'static str, &'static str); 1];
 
+/// `event` label values of `gangway_mid_call_events_total`.
+pub const MID_CALL_EVENTS: [&str; 9] = [
+    "held_local",
+    "held_remote",
+    "resumed_local",
+    "resumed_remote",
+    "hold_refused",
+    "transfer_out_completed",
+    "transfer_out_failed",
+    "transfer_in_completed",
+    "transfer_in_failed",
+];
+
 /// `outcome` label values of `gangway_inbound_calls_total`.
 const INBOUND_OUTCOMES: [&str; 9] = [
     "answered",
@@ -59,6 +72,8 @@ pub struct Metrics {
     pub sessions_parked: Gauge,
     /// `resume_session` outcomes, and parked sessions that expired.
     pub session_resumes: Family<Labels, Counter>,
+    /// Holds, resumes and transfers, by `MID_CALL_EVENTS`.
+    pub mid_call: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -84,6 +99,7 @@ impl Metrics {
             inbound_calls: Family::default(),
             sessions_parked: Gauge::default(),
             session_resumes: Family::default(),
+            mid_call: Family::default(),
             registry: Registry::with_prefix("gangway"),
         };
         m.registry
@@ -162,6 +178,14 @@ impl Metrics {
             "inbound_calls",
             "Inbound calls by outcome (answered, rejected, cancelled, no_answer, not_found, unavailable, incompatible, failed, shutting_down)",
             m.inbound_calls.clone(),
+        );
+        for event in MID_CALL_EVENTS {
+            let _ = m.mid_call.get_or_create(&[("event", event)]);
+        }
+        m.registry.register(
+            "mid_call_events",
+            "Holds and resumes by side, refused holds, and transfers by direction (out: the browser's REFER; in: the PBX's) and outcome",
+            m.mid_call.clone(),
         );
         let s = &m.shard;
         m.registry.register(
@@ -304,6 +328,11 @@ impl Metrics {
         self.registrations_failed
             .get_or_create(&[("code", label)])
             .inc();
+    }
+
+    /// Counts one of `MID_CALL_EVENTS`.
+    pub fn mid_call(&self, event: &'static str) {
+        self.mid_call.get_or_create(&[("event", event)]).inc();
     }
 
     pub fn inbound_call(&self, outcome: &'static str) {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use gangway_core::{
-    Action, Call, CallState, EndReason, Event, HoldChange, HoldRefusal, HoldState, LegSetupError,
-    MediaPlan, Notify, RemoteDirection, Route, Router,
+    Action, Call, CallState, EndReason, Event, HoldChange, HoldParty, HoldRefusal, HoldState,
+    LegSetupError, MediaPlan, Notify, RemoteDirection, Route, Router,
 };
 use gangway_media::{Flow, Law, LegEvent, MediaRoute};
 use gangway_rtc::{PeerId, SetupError};
@@ -889,6 +889,7 @@ impl Session {
                     });
                 }
                 info!(call = %id, to = %target, "transfer complete: talking to the target");
+                self.shared.metrics.mid_call("transfer_in_completed");
                 self.outbox.push(ServerMessage::Transferred {
                     call: id,
                     to: target,
@@ -896,6 +897,7 @@ impl Session {
             }
             SipEvent::Failed { status, reason } => {
                 info!(call = %id, status, %reason, "transfer target did not answer");
+                self.shared.metrics.mid_call("transfer_in_failed");
                 old.notify_transfer(status, &reason, true);
                 entry.transfer_leg = None;
             }
@@ -932,6 +934,7 @@ impl Session {
             }
             SipEvent::OfferRefused { status, hold } => {
                 entry.hold.refused();
+                self.shared.metrics.mid_call("hold_refused");
                 let what = if hold { "hold" } else { "resume" };
                 info!(call = %id, status, what, "the far end refused");
                 return self.reject(ApiError::new(
@@ -956,10 +959,18 @@ impl Session {
         match change {
             Some(HoldChange::Held(by)) => {
                 info!(call = %id, ?by, "on hold");
+                self.shared.metrics.mid_call(match by {
+                    HoldParty::Local => "held_local",
+                    HoldParty::Remote => "held_remote",
+                });
                 self.outbox.push(ServerMessage::Held { call: id, by });
             }
             Some(HoldChange::Resumed(by)) => {
                 info!(call = %id, ?by, "off hold");
+                self.shared.metrics.mid_call(match by {
+                    HoldParty::Local => "resumed_local",
+                    HoldParty::Remote => "resumed_remote",
+                });
                 self.outbox.push(ServerMessage::Resumed { call: id, by });
             }
             None => {}
@@ -1381,6 +1392,7 @@ impl Session {
             // rather than reporting the outcome (RFC 5589 §6.1 allows it).
             SipEvent::RemoteHangup if entry_transfer_accepted(&self.calls, &id) => {
                 info!(call = %id, "far end left after accepting our transfer");
+                self.shared.metrics.mid_call("transfer_out_completed");
                 Event::SipTransferred
             }
             SipEvent::RemoteHangup => Event::SipRemoteHangup,
@@ -1405,10 +1417,14 @@ impl Session {
                     status,
                     done,
                 });
+                if done && !(200..300).contains(&status) {
+                    self.shared.metrics.mid_call("transfer_out_failed");
+                }
                 if !(done && (200..300).contains(&status)) {
                     return;
                 }
                 info!(call = %id, "transfer complete");
+                self.shared.metrics.mid_call("transfer_out_completed");
                 Event::SipTransferred
             }
             SipEvent::Referred { target } => return self.start_transfer_leg(&id, target),
