@@ -93,6 +93,11 @@ pub enum Event {
     },
     /// BYE from the far end.
     SipRemoteHangup,
+    /// The SIP leg's session timer expired (the far end did not refresh,
+    /// or refused our refresh with `status`); the SIP leg sent BYE itself.
+    SipSessionExpired {
+        status: Option<u16>,
+    },
     /// The browser sent `hangup`.
     Hangup,
     SocketClosed,
@@ -299,6 +304,11 @@ impl Call {
             (S::Answered, Event::SipRemoteHangup) => {
                 self.sip_exists = false;
                 self.end(EndReason::RemoteHangup, None);
+            }
+            (S::Dialing | S::Answered, Event::SipSessionExpired { status }) => {
+                // The SIP leg is ending itself with BYE.
+                self.sip_exists = false;
+                self.end(EndReason::SessionRefreshFailed, status);
             }
             (_, Event::Hangup) => self.end(EndReason::Hangup, None),
             (_, Event::Shutdown) => self.end(EndReason::Shutdown, None),

@@ -56,6 +56,9 @@ pub enum EndReason {
     Failed,
     /// An incoming call was answered by another session of the same user.
     AnsweredElsewhere,
+    /// The SIP session timer (RFC 4028) ended the call: the far end did not
+    /// refresh the session in time, or did not accept our refresh.
+    SessionRefreshFailed,
 }
 
 impl EndReason {
@@ -77,6 +80,7 @@ impl EndReason {
         EndReason::MaxDuration,
         EndReason::Failed,
         EndReason::AnsweredElsewhere,
+        EndReason::SessionRefreshFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +102,7 @@ impl EndReason {
             EndReason::MaxDuration => "max_duration",
             EndReason::Failed => "failed",
             EndReason::AnsweredElsewhere => "answered_elsewhere",
+            EndReason::SessionRefreshFailed => "session_refresh_failed",
         }
     }
 }

@@ -17,7 +17,10 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::dialog::{body_text, Events, LocalSdp, MidCall, MidCallCommand, ALLOW};
+use crate::dialog::{
+    body_text, timer_headers, Events, LocalSdp, MidCall, MidCallCommand, TimerConfig, ALLOW,
+};
+use crate::session_timer;
 use crate::service::{ActiveCall, Shared};
 use crate::{CallControl, OutboundCall, SipEvent, Transport, Trunk};
 
@@ -90,6 +93,10 @@ pub(crate) async fn run_call(
         events.clone(),
         LocalSdp::new(call.sdp_offer),
     );
+    mid.configure_session_timer(TimerConfig {
+        ours: shared.session_expires,
+        metrics: shared.metrics.clone(),
+    });
     let mut p = Progress::default();
 
     let forced = loop {
@@ -136,6 +143,11 @@ pub(crate) async fn run_call(
                 info!("service stopping, hanging up");
                 start_hangup(&dialog, &mut p);
             }
+            expired = mid.session_expired(), if p.answered && !p.local_hangup => {
+                info!(?expired, "session timer ended the call, sending BYE");
+                events.send(SipEvent::SessionExpired { status: expired.status() });
+                start_hangup(&dialog, &mut p);
+            }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
                 warn!("hangup did not complete in time, dropping the dialog");
                 break true;
@@ -143,6 +155,7 @@ pub(crate) async fn run_call(
         }
     };
 
+    mid.stop_session_timer();
     if !p.local_hangup && !dialog.state().is_terminated() {
         // Forced stop, or the INVITE failed locally while the far end may
         // still be ringing: still try to tell it.
@@ -233,6 +246,8 @@ async fn on_state(
             } else if let Some(sdp) = body_text(&resp.body) {
                 info!(status = resp.status_code.code(), "call answered");
                 mid.settle(&sdp);
+                let far_end = timer_headers(resp.headers.iter());
+                mid.start_session_timer(session_timer::on_response(&far_end), &far_end);
                 events.send(SipEvent::Answered { sdp });
             } else {
                 warn!("2xx without SDP answer, ending the call");
@@ -390,7 +405,15 @@ fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, S
         .filter(|c| c.is_ascii_graphic())
         .take(128)
         .collect();
-    let mut headers = vec![Header::Allow(ALLOW.into())];
+    let mut headers = vec![
+        Header::Allow(ALLOW.into()),
+        Header::Supported("timer".into()),
+    ];
+    let (session_expires, min_se) = session_timer::invite_headers(shared.session_expires);
+    if let (Some(se), Some(min_se)) = (session_expires, min_se) {
+        headers.push(Header::SessionExpires(se.value().into()));
+        headers.push(Header::MinSE(min_se.to_string().into()));
+    }
     if !correlation.is_empty() {
         headers.push(Header::Other("X-Gangway-Call-ID".to_string(), correlation));
     }

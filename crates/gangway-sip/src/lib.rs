@@ -27,6 +27,7 @@
 //! `Failed { status: 401 | 407 }`.
 
 pub mod sdp;
+pub mod session_timer;
 
 mod call;
 mod dialog;
@@ -65,6 +66,12 @@ pub struct SipConfig {
     /// carry `Supported: 100rel` and a provisional response with
     /// `Require: 100rel` is acknowledged with PRACK.
     pub prack: bool,
+    /// RFC 4028 session timers: the `Session-Expires` (seconds, at least
+    /// [`session_timer::MIN_SE`]) outbound INVITEs ask for, and the longest
+    /// interval we accept on inbound calls. 0: outbound INVITEs only say
+    /// `Supported: timer`; a far end that asks for a timer is still
+    /// honoured either way.
+    pub session_expires: u32,
 }
 
 /// SIP transport towards a trunk.
@@ -153,6 +160,11 @@ pub enum SipEvent {
     /// in progress, 408 when unanswered, 488 when the answer was unusable);
     /// the session stays as it was.
     OfferRefused { status: u16, hold: bool },
+    /// The session timer (RFC 4028) ended the call and we sent BYE: the far
+    /// end, as the refresher, did not refresh in time (`status` is `None`),
+    /// or our refresh failed (`status`: the far end's 408 or 481, or 408
+    /// when it never answered). `Ended` follows.
+    SessionExpired { status: Option<u16> },
     /// The dialog is gone. Always the last event for a call.
     Ended,
 }

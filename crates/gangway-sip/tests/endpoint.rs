@@ -22,6 +22,7 @@ async fn start(public_ip: Option<IpAddr>) -> SipService {
             public_ip,
             user_agent: "Gangway-test/0.1".into(),
             prack: true,
+            session_expires: 1800,
         },
         SipMetrics::default(),
     )
@@ -136,6 +137,13 @@ async fn invite_uses_public_ip_and_only_call_data() {
     );
     // `SipConfig::prack`: reliable provisionals are welcome.
     assert_eq!(header(&invite, "Supported"), Some("100rel"));
+    // RFC 4028 session timers: `SipConfig::session_expires` and our Min-SE.
+    assert!(
+        invite.contains("\r\nSupported: timer\r\n"),
+        "{invite}"
+    );
+    assert_eq!(header(&invite, "Session-Expires"), Some("1800"));
+    assert_eq!(header(&invite, "Min-SE"), Some("90"));
     // Nothing but the headers we expect.
     let names: Vec<String> = invite
         .split("\r\n\r\n")
@@ -160,6 +168,8 @@ async fn invite_uses_public_ip_and_only_call_data() {
                 "content-type",
                 "allow",
                 "supported",
+                "session-expires",
+                "min-se",
                 "x-gangway-call-id",
                 "content-length"
             ]
@@ -298,6 +308,7 @@ async fn config_errors() {
             public_ip: None,
             user_agent: "x".into(),
             prack: true,
+            session_expires: 1800,
         },
         SipMetrics::default(),
     )
@@ -314,6 +325,7 @@ async fn config_errors() {
             public_ip: None,
             user_agent: "x".into(),
             prack: true,
+            session_expires: 1800,
         },
         SipMetrics::default(),
     )

@@ -778,6 +778,10 @@ impl Session {
                 Event::SipFailed { status }
             }
             SipEvent::RemoteHangup => Event::SipRemoteHangup,
+            SipEvent::SessionExpired { status } => {
+                info!(call = %id, ?status, "SIP session timer expired");
+                Event::SipSessionExpired { status }
+            }
             SipEvent::Dtmf { digit } => {
                 info!(call = %id, %digit, "DTMF received (SIP INFO)");
                 self.outbox.push(ServerMessage::Dtmf {
