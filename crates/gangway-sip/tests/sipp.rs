@@ -442,8 +442,12 @@ async fn reinvite_hold_is_answered_recvonly() {
         SipEvent::Answered { .. } => {}
         other => panic!("expected Answered, got {other:?}"),
     }
-    // The re-INVITE is answered inside the crate (sipp checks a=recvonly);
-    // then the far end hangs up.
+    // The re-INVITE is answered inside the crate (sipp checks a=recvonly)
+    // and reported with its offer; then the far end hangs up.
+    match events.next().await {
+        SipEvent::RemoteOffer { sdp } => assert!(sdp.contains("a=sendonly"), "{sdp}"),
+        other => panic!("expected RemoteOffer, got {other:?}"),
+    }
     assert_eq!(events.next().await, SipEvent::RemoteHangup);
     assert_eq!(events.next().await, SipEvent::Ended);
     events.assert_no_more().await;
