@@ -57,14 +57,48 @@ pub(crate) async fn run_call(
     _active: ActiveCall,
 ) {
     let events = Events::to(call.key, events);
+    // RFC 4028 §7.4: a 422 names the far end's Min-SE; the INVITE is sent
+    // again once, asking for that interval.
+    let mut timer = (shared.session_expires, 0);
+    let mut may_retry = true;
+    while let Some(min_se) = attempt(
+        &shared,
+        &call,
+        &events,
+        &control,
+        &mut mid_commands,
+        timer,
+        may_retry,
+    )
+    .await
+    {
+        info!(min_se, "422 Session Interval Too Small: sending the INVITE again");
+        timer = (min_se, min_se);
+        may_retry = false;
+    }
+    info!("call ended");
+    events.send(SipEvent::Ended);
+}
 
-    let option = match invite_option(&shared, &call) {
+/// One INVITE and, if it is answered, the call. Returns the far end's
+/// `Min-SE` when a 422 asks for a longer session (and `may_retry`): the
+/// call is then to be tried again; otherwise everything but `Ended` has
+/// been reported.
+async fn attempt(
+    shared: &Arc<Shared>,
+    call: &OutboundCall,
+    events: &Events,
+    control: &CallControl,
+    mid_commands: &mut UnboundedReceiver<MidCallCommand>,
+    (session_expires, min_se): (u32, u32),
+    may_retry: bool,
+) -> Option<u32> {
+    let option = match invite_option(shared, call, session_expires, min_se) {
         Ok(option) => option,
         Err(reason) => {
             warn!(%reason, "cannot place call");
             events.fail(500, reason);
-            events.send(SipEvent::Ended);
-            return;
+            return None;
         }
     };
     info!(
@@ -81,8 +115,7 @@ pub(crate) async fn run_call(
             warn!(error = %e, "cannot send INVITE");
             let (status, reason) = error_status(&e);
             events.fail(status, reason);
-            events.send(SipEvent::Ended);
-            return;
+            return None;
         }
     };
     let early_id = dialog.id();
@@ -91,10 +124,11 @@ pub(crate) async fn run_call(
     let mid = MidCall::new(
         dialog.clone(),
         events.clone(),
-        LocalSdp::new(call.sdp_offer),
+        LocalSdp::new(call.sdp_offer.clone()),
     );
     mid.configure_session_timer(TimerConfig {
         ours: shared.session_expires,
+        min_se,
         metrics: shared.metrics.clone(),
     });
     let mut p = Progress::default();
@@ -111,7 +145,7 @@ pub(crate) async fn run_call(
             biased;
             _ = shared.kill.cancelled() => break true,
             Some(state) = state_rx.recv() => {
-                on_state(state, &dialog, &events, &mut p, &mid).await;
+                on_state(state, &dialog, events, &mut p, &mid).await;
             }
             result = &mut invite, if !p.invite_done => {
                 p.invite_done = true;
@@ -165,8 +199,24 @@ pub(crate) async fn run_call(
         });
     }
 
+    let retry = match &p.outcome {
+        Some(Outcome::Final(resp))
+            if may_retry
+                && !forced
+                && !p.local_hangup
+                && resp.status_code == StatusCode::SessionIntervalTooSmall =>
+        {
+            timer_headers(resp.headers.iter())
+                .min_se
+                .filter(|floor| *floor > session_expires)
+        }
+        _ => None,
+    };
+
     // Report how the call ended.
-    if p.answered && !p.failed_sent {
+    if retry.is_some() {
+        // Not ended: tried again.
+    } else if p.answered && !p.failed_sent {
         if matches!(p.terminated, Some(TerminatedReason::UasBye)) && !p.local_hangup {
             events.send(SipEvent::RemoteHangup);
         } else if !p.local_hangup {
@@ -186,8 +236,7 @@ pub(crate) async fn run_call(
     if let Some(id) = &p.confirmed_id {
         shared.dialog_layer.remove_dialog(id);
     }
-    info!("call ended");
-    events.send(SipEvent::Ended);
+    retry
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -329,7 +378,12 @@ fn error_status(e: &rsipstack::Error) -> (u16, String) {
 }
 
 /// Build the INVITE from the call: nothing but what the caller gave us.
-fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, String> {
+fn invite_option(
+    shared: &Shared,
+    call: &OutboundCall,
+    session_expires: u32,
+    min_se: u32,
+) -> Result<InviteOption, String> {
     let from_user = call.from_user.trim();
     if from_user.is_empty() || !from_user.chars().all(is_user_char) {
         return Err(format!("invalid From user {:?}", call.from_user));
@@ -409,7 +463,7 @@ fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, S
         Header::Allow(ALLOW.into()),
         Header::Supported("timer".into()),
     ];
-    let (session_expires, min_se) = session_timer::invite_headers(shared.session_expires);
+    let (session_expires, min_se) = session_timer::invite_headers(session_expires, min_se);
     if let (Some(se), Some(min_se)) = (session_expires, min_se) {
         headers.push(Header::SessionExpires(se.value().into()));
         headers.push(Header::MinSE(min_se.to_string().into()));

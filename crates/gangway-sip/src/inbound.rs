@@ -339,6 +339,7 @@ async fn run_inbound(
                             let call = MidCall::new(dialog.clone(), events.clone(), LocalSdp::new(sdp));
                             call.configure_session_timer(TimerConfig {
                                 ours: shared.session_expires,
+                                min_se: far_end.floor(),
                                 metrics: shared.metrics.clone(),
                             });
                             let session = match timer {

@@ -216,18 +216,19 @@ pub fn answer_request(request: &TimerHeaders, ours: u32) -> Answer {
     }
 }
 
-/// The headers of an initial INVITE: `Supported: timer` always, and with
-/// `ours > 0` a `Session-Expires` (the far end picks the refresher) and
-/// our `Min-SE`.
-pub fn invite_headers(ours: u32) -> (Option<SessionExpires>, Option<u32>) {
+/// The timer headers of an initial INVITE besides `Supported: timer`:
+/// with `ours > 0` a `Session-Expires` (the far end picks the refresher)
+/// and `Min-SE` (ours, or the larger one a 422 named).
+pub fn invite_headers(ours: u32, min_se: u32) -> (Option<SessionExpires>, Option<u32>) {
     if ours == 0 {
         return (None, None);
     }
+    let min_se = min_se.max(MIN_SE);
     let se = SessionExpires {
-        secs: ours.max(MIN_SE),
+        secs: ours.max(min_se),
         refresher: None,
     };
-    (Some(se), Some(MIN_SE))
+    (Some(se), Some(min_se))
 }
 
 /// Before the session expires, the side that does not refresh sends BYE
@@ -261,13 +262,14 @@ pub struct SessionTimer {
 }
 
 impl SessionTimer {
-    pub fn new(now: Instant, session: Session) -> SessionTimer {
+    /// `min_se`: the `Min-SE` our refreshes carry (at least [`MIN_SE`]).
+    pub fn new(now: Instant, session: Session, min_se: u32) -> SessionTimer {
         SessionTimer {
             session,
             last: now,
             in_flight: false,
             retry_at: None,
-            min_se: MIN_SE,
+            min_se: min_se.max(MIN_SE),
         }
     }
 
@@ -585,17 +587,16 @@ mod tests {
 
     #[test]
     fn initial_invite_headers() {
-        assert_eq!(
-            invite_headers(1800),
-            (
-                Some(SessionExpires {
-                    secs: 1800,
-                    refresher: None
-                }),
-                Some(90)
-            )
-        );
-        assert_eq!(invite_headers(0), (None, None));
+        let se = |secs| {
+            Some(SessionExpires {
+                secs,
+                refresher: None,
+            })
+        };
+        assert_eq!(invite_headers(1800, 0), (se(1800), Some(90)));
+        // After a 422 with Min-SE: 3600.
+        assert_eq!(invite_headers(3600, 3600), (se(3600), Some(3600)));
+        assert_eq!(invite_headers(0, 0), (None, None));
     }
 
     #[test]
@@ -608,6 +609,7 @@ mod tests {
                 interval: 90,
                 we_refresh: true,
             },
+            0,
         );
         assert_eq!(t.deadline(), Some(t0 + s(45)));
         assert_eq!(t.poll(t0 + s(44)), None);
@@ -644,6 +646,7 @@ mod tests {
                 interval: 90,
                 we_refresh: true,
             },
+            0,
         );
         t.sending();
         t.retry_after(t0 + s(45), s(3));
@@ -660,6 +663,7 @@ mod tests {
                 interval: 90,
                 we_refresh: true,
             },
+            0,
         );
         t.sending();
         t.raise(t0 + s(45), 300);
@@ -680,6 +684,7 @@ mod tests {
                 interval: 90,
                 we_refresh: false,
             },
+            0,
         );
         assert_eq!(t.deadline(), Some(t0 + Duration::from_secs(60)));
         assert_eq!(t.poll(t0 + Duration::from_secs(59)), None);

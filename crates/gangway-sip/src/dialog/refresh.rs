@@ -28,6 +28,8 @@ use crate::SipMetrics;
 pub(crate) struct TimerConfig {
     /// `SipConfig::session_expires` (0: we do not ask for timers).
     pub(crate) ours: u32,
+    /// The `Min-SE` of our requests (a 422 to the INVITE may have raised it).
+    pub(crate) min_se: u32,
     pub(crate) metrics: SipMetrics,
 }
 
@@ -145,7 +147,8 @@ impl MidCall {
             }
             state.started = true;
             state.use_update = far_end.allows_update == Some(true);
-            state.timer = session.map(|s| SessionTimer::new(Instant::now().into_std(), s));
+            let (now, min_se) = (Instant::now().into_std(), state.config.as_ref().map_or(0, |c| c.min_se));
+            state.timer = session.map(|s| SessionTimer::new(now, s, min_se));
             match session {
                 Some(s) => info!(
                     interval = s.interval,
@@ -349,7 +352,9 @@ impl MidCall {
         state.last_failure = None;
         match (session, state.timer.as_mut()) {
             (Some(session), Some(timer)) => timer.refreshed(now, session),
-            (Some(session), None) => state.timer = Some(SessionTimer::new(now, session)),
+            (Some(session), None) => {
+                state.timer = Some(SessionTimer::new(now, session, config.min_se))
+            }
             (None, _) => state.timer = None,
         }
         drop(state);
@@ -398,7 +403,9 @@ impl MidCall {
         let was_on = state.timer.is_some();
         match (session, state.timer.as_mut()) {
             (Some(session), Some(timer)) => timer.refreshed(now, session),
-            (Some(session), None) => state.timer = Some(SessionTimer::new(now, session)),
+            (Some(session), None) => {
+                state.timer = Some(SessionTimer::new(now, session, config.min_se))
+            }
             (None, _) => state.timer = None,
         }
         drop(state);
