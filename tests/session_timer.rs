@@ -37,7 +37,8 @@ const CHUNK_S: f64 = 1.0;
 
 const REFRESHES_SENT: &str = "gangway_sip_session_refreshes_total{direction=\"sent\"}";
 const REFRESHES_RECEIVED: &str = "gangway_sip_session_refreshes_total{direction=\"received\"}";
-const ENDED_REFRESH_FAILED: &str = "gangway_sip_session_timer_ended_total{cause=\"refresh_failed\"}";
+const ENDED_REFRESH_FAILED: &str =
+    "gangway_sip_session_timer_ended_total{cause=\"refresh_failed\"}";
 const ENDED_NOT_REFRESHED: &str = "gangway_sip_session_timer_ended_total{cause=\"not_refreshed\"}";
 const CALLS_ENDED_TIMER: &str = "gangway_calls_ended_total{reason=\"session_refresh_failed\"}";
 
@@ -110,8 +111,14 @@ async fn outbound_refresh_keeps_the_call_up(scenario: &str, method: &str) -> Str
     println!(
         "1000 Hz echoed in {tone_before:.3} of frames before the refresh, {tone_after:.3} after (440 Hz: {control_before:.3}, {control_after:.3})"
     );
-    assert!(tone_before >= 0.85, "audio before the refresh: {tone_before:.3}");
-    assert!(tone_after >= 0.85, "audio after the refresh: {tone_after:.3}");
+    assert!(
+        tone_before >= 0.85,
+        "audio before the refresh: {tone_before:.3}"
+    );
+    assert!(
+        tone_after >= 0.85,
+        "audio after the refresh: {tone_after:.3}"
+    );
     assert!(
         control_before < 0.1 && control_after < 0.1,
         "negative control"
@@ -165,7 +172,10 @@ async fn outbound_call_refreshes_with_reinvite_and_stays_up() {
     // same version (RFC 3264 §8), and still sendrecv.
     let line = |prefix: &str| {
         log.lines()
-            .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest.trim().to_string()))
+            .find_map(|l| {
+                l.split_once(prefix)
+                    .map(|(_, rest)| rest.trim().to_string())
+            })
             .unwrap_or_else(|| panic!("{prefix:?} in\n{log}"))
     };
     let (initial, refresh) = (line("invite sdp: "), line("refresh sdp: "));
@@ -290,7 +300,10 @@ async fn inbound_call_ends_when_the_caller_stops_refreshing() {
         since_refresh >= Duration::from_secs(58) && since_refresh <= Duration::from_secs(63),
         "BYE {since_refresh:?} after the refresh"
     );
-    assert!(after >= Duration::from_secs(68), "re-armed by the refresh: {after:?}");
+    assert!(
+        after >= Duration::from_secs(68),
+        "re-armed by the refresh: {after:?}"
+    );
     let (tone, _) = coverage(&heard);
     assert!(tone >= 0.85, "the call was up until then: {tone:.3}");
     sipp.wait(SIGNALING_TIMEOUT)

@@ -194,10 +194,7 @@ fn session_timer_expiry_ends_an_answered_call_and_releases_the_leg() {
             ],
             "{status:?}"
         );
-        assert_eq!(
-            c.state(),
-            CallState::Ended(EndReason::SessionRefreshFailed)
-        );
+        assert_eq!(c.state(), CallState::Ended(EndReason::SessionRefreshFailed));
         assert_eq!(c.poll_timeout(), None, "no timer left");
         c.handle(t0, Event::SipRemoteHangup);
         assert!(drain(&mut c).is_empty(), "nothing after the end");

@@ -20,8 +20,8 @@ use tracing::{debug, info, warn};
 use crate::dialog::{
     body_text, timer_headers, Events, LocalSdp, MidCall, MidCallCommand, TimerConfig, ALLOW,
 };
-use crate::session_timer;
 use crate::service::{ActiveCall, Shared};
+use crate::session_timer;
 use crate::{CallControl, OutboundCall, SipEvent, Transport, Trunk};
 
 /// After we hang up, give CANCEL/BYE this long (64*T1 plus slack) before
@@ -72,7 +72,10 @@ pub(crate) async fn run_call(
     )
     .await
     {
-        info!(min_se, "422 Session Interval Too Small: sending the INVITE again");
+        info!(
+            min_se,
+            "422 Session Interval Too Small: sending the INVITE again"
+        );
         timer = (min_se, min_se);
         may_retry = false;
     }

@@ -21,6 +21,14 @@
 //! | 500 | the call could not be built (bad request URI, From user, domain or host) or the stack failed |
 //! | 503 | a send on an established TCP connection failed, the service is stopping/stopped, or the call's trunk is down by the OPTIONS keepalive ([`SipService::start_keepalive`]; no INVITE is sent) |
 //!
+//! # Session timers
+//!
+//! Every dialog runs RFC 4028 session timers ([`session_timer`] has the
+//! rules; [`SipConfig::session_expires`] the interval we ask for): as the
+//! refresher we send UPDATE (or a re-INVITE with our SDP unchanged) at half
+//! the interval; a failed refresh, or none from the far end in time, ends
+//! the call with BYE and [`SipEvent::SessionExpired`].
+//!
 //! A 401/407 challenge is answered once with the trunk's credentials (more
 //! only when the server marks the nonce stale); the next challenge, or any
 //! challenge when the trunk has no credentials, is reported as

@@ -392,13 +392,12 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_session_expires("600;refresher=proxy").unwrap().refresher,
+            parse_session_expires("600;refresher=proxy")
+                .unwrap()
+                .refresher,
             None
         );
-        assert_eq!(
-            parse_session_expires("99999999999").unwrap().secs,
-            u32::MAX
-        );
+        assert_eq!(parse_session_expires("99999999999").unwrap().secs, u32::MAX);
         for bad in ["", "abc", "-5", "0", "1.5;refresher=uac", ";refresher=uac"] {
             assert_eq!(parse_session_expires(bad), None, "{bad:?}");
         }
@@ -688,9 +687,6 @@ mod tests {
         );
         assert_eq!(t.deadline(), Some(t0 + Duration::from_secs(60)));
         assert_eq!(t.poll(t0 + Duration::from_secs(59)), None);
-        assert_eq!(
-            t.poll(t0 + Duration::from_secs(60)),
-            Some(Due::Expired)
-        );
+        assert_eq!(t.poll(t0 + Duration::from_secs(60)), Some(Due::Expired));
     }
 }

@@ -138,10 +138,7 @@ async fn invite_uses_public_ip_and_only_call_data() {
     // `SipConfig::prack`: reliable provisionals are welcome.
     assert_eq!(header(&invite, "Supported"), Some("100rel"));
     // RFC 4028 session timers: `SipConfig::session_expires` and our Min-SE.
-    assert!(
-        invite.contains("\r\nSupported: timer\r\n"),
-        "{invite}"
-    );
+    assert!(invite.contains("\r\nSupported: timer\r\n"), "{invite}");
     assert_eq!(header(&invite, "Session-Expires"), Some("1800"));
     assert_eq!(header(&invite, "Min-SE"), Some("90"));
     // Nothing but the headers we expect.
@@ -532,7 +529,10 @@ async fn session_interval_too_small_is_retried_once_with_its_min_se() {
     assert_eq!(header(&invite, "Min-SE"), Some("90"));
     let too_small = response_to(&invite, "422 Session Interval Too Small", "t1")
         .replace("Content-Length: 0", "Min-SE: 3600\r\nContent-Length: 0");
-    trunk_sock.send_to(too_small.as_bytes(), from).await.unwrap();
+    trunk_sock
+        .send_to(too_small.as_bytes(), from)
+        .await
+        .unwrap();
 
     // The 422 is ACKed, then a second INVITE (a new call) asks for 3600 s.
     let mut second = None;

@@ -18,9 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::MidCall;
-use crate::session_timer::{
-    self, parse_min_se, Answer, Due, Session, SessionTimer, TimerHeaders,
-};
+use crate::session_timer::{self, parse_min_se, Answer, Due, Session, SessionTimer, TimerHeaders};
 use crate::SipMetrics;
 
 /// What a call's session timer works with.
@@ -147,13 +145,20 @@ impl MidCall {
             }
             state.started = true;
             state.use_update = far_end.allows_update == Some(true);
-            let (now, min_se) = (Instant::now().into_std(), state.config.as_ref().map_or(0, |c| c.min_se));
+            let (now, min_se) = (
+                Instant::now().into_std(),
+                state.config.as_ref().map_or(0, |c| c.min_se),
+            );
             state.timer = session.map(|s| SessionTimer::new(now, s, min_se));
             match session {
                 Some(s) => info!(
                     interval = s.interval,
                     we_refresh = s.we_refresh,
-                    refresh_with = if state.use_update { "UPDATE" } else { "re-INVITE" },
+                    refresh_with = if state.use_update {
+                        "UPDATE"
+                    } else {
+                        "re-INVITE"
+                    },
                     "session timer on"
                 ),
                 None => debug!("no session timer"),
@@ -183,7 +188,11 @@ impl MidCall {
     }
 
     fn expire(&self, expired: Expired) {
-        let metrics = self.timer_state().config.as_ref().map(|c| c.metrics.clone());
+        let metrics = self
+            .timer_state()
+            .config
+            .as_ref()
+            .map(|c| c.metrics.clone());
         let cause = match expired {
             Expired::NotRefreshed => "not_refreshed",
             Expired::RefreshFailed(_) => "refresh_failed",
@@ -239,7 +248,10 @@ impl MidCall {
             let use_update = state.use_update;
             let now = Instant::now().into_std();
             // A hold re-INVITE may have refreshed the session meanwhile.
-            let Some(timer) = state.timer.as_mut().filter(|t| t.poll(now) == Some(Due::Refresh))
+            let Some(timer) = state
+                .timer
+                .as_mut()
+                .filter(|t| t.poll(now) == Some(Due::Refresh))
             else {
                 return;
             };
@@ -259,7 +271,10 @@ impl MidCall {
             headers.push(Header::ContentType("application/sdp".into()));
             let body = self.local().body.clone();
             self.timer.refreshing.store(true, Ordering::SeqCst);
-            let result = self.dialog.reinvite(Some(headers), Some(body.into_bytes())).await;
+            let result = self
+                .dialog
+                .reinvite(Some(headers), Some(body.into_bytes()))
+                .await;
             self.timer.refreshing.store(false, Ordering::SeqCst);
             result
         };
@@ -292,14 +307,21 @@ impl MidCall {
                     .iter()
                     .find(|h| matches!(h, Header::MinSE(_)))
                     .and_then(|h| parse_min_se(h.value()));
-                info!(status, ?min_se, "session refresh: interval too small, retrying");
+                info!(
+                    status,
+                    ?min_se,
+                    "session refresh: interval too small, retrying"
+                );
                 match min_se {
                     Some(min_se) => timer.raise(now, min_se),
                     None => timer.retry_after(now, RETRY_DELAY),
                 }
             }
             491 => {
-                info!(status, "session refresh crossed a request of the far end, retrying");
+                info!(
+                    status,
+                    "session refresh crossed a request of the far end, retrying"
+                );
                 timer.retry_after(now, glare_delay());
             }
             405 | 501 if use_update => {
@@ -308,7 +330,10 @@ impl MidCall {
                 state.use_update = false;
             }
             _ => {
-                info!(status, "session refresh refused, retrying until the session expires");
+                info!(
+                    status,
+                    "session refresh refused, retrying until the session expires"
+                );
                 timer.retry_after(now, RETRY_DELAY);
                 state.last_failure = Some(status);
             }
@@ -382,8 +407,7 @@ impl MidCall {
         let Some(config) = state.config.as_ref() else {
             return Ok(None);
         };
-        match session_timer::answer_request(&timer_headers(request.headers.iter()), config.ours)
-        {
+        match session_timer::answer_request(&timer_headers(request.headers.iter()), config.ours) {
             Answer::TooSmall { min_se } => Err(min_se),
             answer => Ok(Some(answer)),
         }
