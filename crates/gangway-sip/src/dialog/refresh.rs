@@ -109,8 +109,9 @@ pub(crate) fn answer_headers(answer: &Answer) -> Vec<Header> {
     headers
 }
 
-/// Back-off after a 491 (RFC 3261 §14.1: 2.1 to 4 s when we own the
-/// Call-ID... close enough either way).
+/// Back-off after a 491: 2.1 to 4 s, RFC 3261 §14.1's range for the
+/// Call-ID's owner (the other side's range is 0 to 2 s; waiting the longer
+/// one either way only delays a refresh that has half an interval to go).
 fn glare_delay() -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
