@@ -99,6 +99,21 @@ impl ApiClient {
         }
     }
 
+    /// Next JSON message if one arrives within `d`, else `None`; panics if
+    /// the socket closes.
+    pub async fn recv_within(&mut self, d: Duration) -> Option<Value> {
+        loop {
+            let next = tokio::time::timeout(d, self.ws.next()).await.ok()?;
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
     /// Next message, which must have this `type`.
     pub async fn expect(&mut self, kind: &str) -> Value {
         let m = self.recv().await;

@@ -95,6 +95,11 @@ pub enum Event {
     SipRemoteHangup,
     /// The far end reported our transfer (REFER) succeeded.
     SipTransferred,
+    /// The SIP leg's session timer expired (the far end did not refresh,
+    /// or refused our refresh with `status`); the SIP leg sent BYE itself.
+    SipSessionExpired {
+        status: Option<u16>,
+    },
     /// The browser sent `hangup`.
     Hangup,
     SocketClosed,
@@ -315,6 +320,11 @@ impl Call {
             }
             // The transferee reached the target: our part is done (BYE).
             (S::Answered, Event::SipTransferred) => self.end(EndReason::Transferred, None),
+            (S::Dialing | S::Answered, Event::SipSessionExpired { status }) => {
+                // The SIP leg is ending itself with BYE.
+                self.sip_exists = false;
+                self.end(EndReason::SessionRefreshFailed, status);
+            }
             (_, Event::Hangup) => self.end(EndReason::Hangup, None),
             (_, Event::Shutdown) => self.end(EndReason::Shutdown, None),
             (_, Event::SocketClosed) => self.end(EndReason::SocketClosed, None),

@@ -191,6 +191,37 @@ fn a_completed_transfer_ends_the_call_with_bye() {
 }
 
 #[test]
+fn session_timer_expiry_ends_an_answered_call_and_releases_the_leg() {
+    // The far end never refreshed: no code. The SIP leg sent its own BYE,
+    // so there is nothing to hang up there.
+    for status in [None, Some(408), Some(481)] {
+        let (mut c, t0) = answered();
+        c.handle(
+            t0 + Duration::from_secs(60),
+            Event::SipSessionExpired { status },
+        );
+        assert_eq!(
+            drain(&mut c),
+            vec![
+                Action::ReleaseLeg,
+                ended(EndReason::SessionRefreshFailed, status),
+                Action::Finished(EndReason::SessionRefreshFailed)
+            ],
+            "{status:?}"
+        );
+        assert_eq!(c.state(), CallState::Ended(EndReason::SessionRefreshFailed));
+        assert_eq!(c.poll_timeout(), None, "no timer left");
+        c.handle(t0, Event::SipRemoteHangup);
+        assert!(drain(&mut c).is_empty(), "nothing after the end");
+    }
+    assert_eq!(
+        EndReason::SessionRefreshFailed.as_str(),
+        "session_refresh_failed"
+    );
+    assert!(EndReason::ALL.contains(&EndReason::SessionRefreshFailed));
+}
+
+#[test]
 fn busy_and_other_failures_carry_the_sip_status() {
     for (status, reason) in [
         (486, EndReason::Busy),

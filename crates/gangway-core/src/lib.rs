@@ -62,6 +62,9 @@ pub enum EndReason {
     /// The browser's socket was lost and not resumed within the grace
     /// period (or too many messages piled up meanwhile); nothing is sent.
     SessionExpired,
+    /// The SIP session timer (RFC 4028) ended the call: the far end did not
+    /// refresh the session in time, or did not accept our refresh.
+    SessionRefreshFailed,
 }
 
 impl EndReason {
@@ -85,6 +88,7 @@ impl EndReason {
         EndReason::AnsweredElsewhere,
         EndReason::Transferred,
         EndReason::SessionExpired,
+        EndReason::SessionRefreshFailed,
     ];
 
     /// Reasons nobody is told about: the socket is gone.
@@ -113,6 +117,7 @@ impl EndReason {
             EndReason::AnsweredElsewhere => "answered_elsewhere",
             EndReason::Transferred => "transferred",
             EndReason::SessionExpired => "session_expired",
+            EndReason::SessionRefreshFailed => "session_refresh_failed",
         }
     }
 }

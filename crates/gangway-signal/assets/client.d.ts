@@ -101,7 +101,10 @@ export interface RegistrationError extends Error {
  * Why a call ended. Reasons from the gateway: `hangup`, `invalid_sdp`,
  * `incompatible_codecs`, `not_found`, `media_timeout`, `shutdown`, and more
  * in later versions (`busy`, `rejected`, `no_answer`, `remote_hangup`,
- * `cancelled`, …); treat unknown ones as a generic end. Incoming calls can
+ * `cancelled`, `session_refresh_failed` (the SIP session timer ended the
+ * call: the PBX side stopped answering), `transferred` (this client's
+ * `transfer()` succeeded), …); treat unknown ones as a generic
+ * end. Incoming calls can
  * also end with `answered_elsewhere` (another socket of the same user
  * answered), `cancelled` (the caller gave up), `rejected` and `no_answer`
  * (ring timeout). Reasons the client produces locally: `socket_closed`,

@@ -17,8 +17,11 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::dialog::{body_text, Events, LocalSdp, MidCall, MidCallCommand, ALLOW};
+use crate::dialog::{
+    body_text, timer_headers, Events, LocalSdp, MidCall, MidCallCommand, TimerConfig, ALLOW,
+};
 use crate::service::{ActiveCall, Shared};
+use crate::session_timer;
 use crate::{CallControl, OutboundCall, SipEvent, Transport, Trunk};
 
 /// After we hang up, give CANCEL/BYE this long (64*T1 plus slack) before
@@ -54,14 +57,51 @@ pub(crate) async fn run_call(
     _active: ActiveCall,
 ) {
     let events = Events::to(call.key, events);
+    // RFC 4028 §7.4: a 422 names the far end's Min-SE; the INVITE is sent
+    // again once, asking for that interval.
+    let mut timer = (shared.session_expires, 0);
+    let mut may_retry = true;
+    while let Some(min_se) = attempt(
+        &shared,
+        &call,
+        &events,
+        &control,
+        &mut mid_commands,
+        timer,
+        may_retry,
+    )
+    .await
+    {
+        info!(
+            min_se,
+            "422 Session Interval Too Small: sending the INVITE again"
+        );
+        timer = (min_se, min_se);
+        may_retry = false;
+    }
+    info!("call ended");
+    events.send(SipEvent::Ended);
+}
 
-    let option = match invite_option(&shared, &call) {
+/// One INVITE and, if it is answered, the call. Returns the far end's
+/// `Min-SE` when a 422 asks for a longer session (and `may_retry`): the
+/// call is then to be tried again; otherwise everything but `Ended` has
+/// been reported.
+async fn attempt(
+    shared: &Arc<Shared>,
+    call: &OutboundCall,
+    events: &Events,
+    control: &CallControl,
+    mid_commands: &mut UnboundedReceiver<MidCallCommand>,
+    (session_expires, min_se): (u32, u32),
+    may_retry: bool,
+) -> Option<u32> {
+    let option = match invite_option(shared, call, session_expires, min_se) {
         Ok(option) => option,
         Err(reason) => {
             warn!(%reason, "cannot place call");
             events.fail(500, reason);
-            events.send(SipEvent::Ended);
-            return;
+            return None;
         }
     };
     info!(
@@ -78,8 +118,7 @@ pub(crate) async fn run_call(
             warn!(error = %e, "cannot send INVITE");
             let (status, reason) = error_status(&e);
             events.fail(status, reason);
-            events.send(SipEvent::Ended);
-            return;
+            return None;
         }
     };
     let early_id = dialog.id();
@@ -88,8 +127,13 @@ pub(crate) async fn run_call(
     let mid = MidCall::new(
         dialog.clone(),
         events.clone(),
-        LocalSdp::new(call.sdp_offer),
+        LocalSdp::new(call.sdp_offer.clone()),
     );
+    mid.configure_session_timer(TimerConfig {
+        ours: shared.session_expires,
+        min_se,
+        metrics: shared.metrics.clone(),
+    });
     let mut p = Progress::default();
 
     let forced = loop {
@@ -104,7 +148,7 @@ pub(crate) async fn run_call(
             biased;
             _ = shared.kill.cancelled() => break true,
             Some(state) = state_rx.recv() => {
-                on_state(state, &dialog, &events, &mut p, &mid).await;
+                on_state(state, &dialog, events, &mut p, &mid).await;
             }
             result = &mut invite, if !p.invite_done => {
                 p.invite_done = true;
@@ -136,6 +180,11 @@ pub(crate) async fn run_call(
                 info!("service stopping, hanging up");
                 start_hangup(&dialog, &mut p);
             }
+            expired = mid.session_expired(), if p.answered && !p.local_hangup => {
+                info!(?expired, "session timer ended the call, sending BYE");
+                events.send(SipEvent::SessionExpired { status: expired.status() });
+                start_hangup(&dialog, &mut p);
+            }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
                 warn!("hangup did not complete in time, dropping the dialog");
                 break true;
@@ -143,6 +192,7 @@ pub(crate) async fn run_call(
         }
     };
 
+    mid.stop_session_timer();
     if !p.local_hangup && !dialog.state().is_terminated() {
         // Forced stop, or the INVITE failed locally while the far end may
         // still be ringing: still try to tell it.
@@ -152,8 +202,24 @@ pub(crate) async fn run_call(
         });
     }
 
+    let retry = match &p.outcome {
+        Some(Outcome::Final(resp))
+            if may_retry
+                && !forced
+                && !p.local_hangup
+                && resp.status_code == StatusCode::SessionIntervalTooSmall =>
+        {
+            timer_headers(resp.headers.iter())
+                .min_se
+                .filter(|floor| *floor > session_expires)
+        }
+        _ => None,
+    };
+
     // Report how the call ended.
-    if p.answered && !p.failed_sent {
+    if retry.is_some() {
+        // Not ended: tried again.
+    } else if p.answered && !p.failed_sent {
         if matches!(p.terminated, Some(TerminatedReason::UasBye)) && !p.local_hangup {
             events.send(SipEvent::RemoteHangup);
         } else if !p.local_hangup {
@@ -173,8 +239,7 @@ pub(crate) async fn run_call(
     if let Some(id) = &p.confirmed_id {
         shared.dialog_layer.remove_dialog(id);
     }
-    info!("call ended");
-    events.send(SipEvent::Ended);
+    retry
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -233,6 +298,8 @@ async fn on_state(
             } else if let Some(sdp) = body_text(&resp.body) {
                 info!(status = resp.status_code.code(), "call answered");
                 mid.settle(&sdp);
+                let far_end = timer_headers(resp.headers.iter());
+                mid.start_session_timer(session_timer::on_response(&far_end), &far_end);
                 events.send(SipEvent::Answered { sdp });
             } else {
                 warn!("2xx without SDP answer, ending the call");
@@ -314,7 +381,12 @@ fn error_status(e: &rsipstack::Error) -> (u16, String) {
 }
 
 /// Build the INVITE from the call: nothing but what the caller gave us.
-fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, String> {
+fn invite_option(
+    shared: &Shared,
+    call: &OutboundCall,
+    session_expires: u32,
+    min_se: u32,
+) -> Result<InviteOption, String> {
     let from_user = call.from_user.trim();
     if from_user.is_empty() || !from_user.chars().all(is_user_char) {
         return Err(format!("invalid From user {:?}", call.from_user));
@@ -390,7 +462,15 @@ fn invite_option(shared: &Shared, call: &OutboundCall) -> Result<InviteOption, S
         .filter(|c| c.is_ascii_graphic())
         .take(128)
         .collect();
-    let mut headers = vec![Header::Allow(ALLOW.into())];
+    let mut headers = vec![
+        Header::Allow(ALLOW.into()),
+        Header::Supported("timer".into()),
+    ];
+    let (session_expires, min_se) = session_timer::invite_headers(session_expires, min_se);
+    if let (Some(se), Some(min_se)) = (session_expires, min_se) {
+        headers.push(Header::SessionExpires(se.value().into()));
+        headers.push(Header::MinSE(min_se.to_string().into()));
+    }
     if !correlation.is_empty() {
         headers.push(Header::Other("X-Gangway-Call-ID".to_string(), correlation));
     }

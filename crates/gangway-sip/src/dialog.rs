@@ -15,6 +15,10 @@ use tracing::{debug, info, warn};
 use crate::sdp::{self, Direction, OwnSdp, G711};
 use crate::SipEvent;
 
+mod refresh;
+
+pub(crate) use refresh::{answer_headers, timer_headers, Expired, TimerConfig};
+
 /// Methods we answer (for `Allow`). PRACK: the stack answers the far end's
 /// PRACKs within a dialog, and sends ours for reliable provisionals.
 pub(crate) const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK";
@@ -202,6 +206,8 @@ pub(crate) struct MidCall {
     queue: Arc<tokio::sync::Mutex<()>>,
     /// An offer of ours is out (RFC 3261 §14.2: a re-offer meanwhile gets 491).
     offering: Arc<AtomicBool>,
+    /// The RFC 4028 session timer (see `dialog/refresh.rs`).
+    timer: Arc<refresh::TimerCell>,
 }
 
 impl MidCall {
@@ -212,6 +218,7 @@ impl MidCall {
             local: Arc::new(Mutex::new(local)),
             queue: Arc::new(tokio::sync::Mutex::new(())),
             offering: Arc::new(AtomicBool::new(false)),
+            timer: Arc::default(),
         }
     }
 
@@ -344,7 +351,8 @@ impl MidCall {
             (body, version, codecs, dtmf_pt)
         };
         info!(hold, "sending re-INVITE");
-        let headers = vec![Header::ContentType("application/sdp".into())];
+        let mut headers = vec![Header::ContentType("application/sdp".into())];
+        headers.extend(self.refresh_request_headers());
         let resp = match self
             .dialog
             .reinvite(Some(headers), Some(body.clone().into_bytes()))
@@ -362,6 +370,7 @@ impl MidCall {
             info!(status, "re-INVITE refused");
             return Err(status);
         }
+        self.refreshed_by_response(&resp);
         let Some(answer) = body_text(&resp.body) else {
             warn!("2xx to our re-INVITE without SDP");
             return Err(488);
@@ -463,19 +472,38 @@ impl MidCall {
     /// follows a new address, codec or direction. Without one: a session
     /// refresh (UPDATE), or an offerless re-INVITE that gets our SDP.
     async fn answer_reoffer(&self, req: &Request, handle: TransactionHandle) {
-        let sdp_headers = || Some(vec![Header::ContentType("application/sdp".into())]);
+        // Each of them refreshes the session timer when answered 2xx.
+        let refresh = match self.refresh_answer(req) {
+            Ok(refresh) => refresh,
+            Err(min_se) => {
+                info!(method = %req.method, "session interval too small: 422");
+                let headers = vec![Header::MinSE(min_se.to_string().into())];
+                let _ = handle
+                    .respond(StatusCode::SessionIntervalTooSmall, Some(headers), None)
+                    .await;
+                return;
+            }
+        };
+        let timer_headers = refresh.as_ref().map(answer_headers).unwrap_or_default();
+        let sdp_headers = || {
+            let mut headers = vec![Header::ContentType("application/sdp".into())];
+            headers.extend(timer_headers.iter().cloned());
+            Some(headers)
+        };
         let Some(offer) = body_text(&req.body) else {
             if req.method == Method::Update {
-                let _ = handle.reply(StatusCode::OK).await;
+                let headers = Some(timer_headers.clone());
+                let _ = handle.respond(StatusCode::OK, headers, None).await;
             } else {
                 let body = self.local().body.clone();
                 let _ = handle
                     .respond(StatusCode::OK, sdp_headers(), Some(body.into_bytes()))
                     .await;
             }
+            self.refreshed_by_request(refresh);
             return;
         };
-        if self.offering.load(Ordering::SeqCst) {
+        if self.offering.load(Ordering::SeqCst) || self.timer.refreshing.load(Ordering::SeqCst) {
             info!(method = %req.method, "re-offer while ours is pending: 491");
             let _ = handle.reply(StatusCode::RequestPending).await;
             return;
@@ -519,6 +547,7 @@ impl MidCall {
         let _ = handle
             .respond(StatusCode::OK, sdp_headers(), Some(body.into_bytes()))
             .await;
+        self.refreshed_by_request(refresh);
         self.events.send(SipEvent::RemoteOffer { sdp: offer });
     }
 }

@@ -15,8 +15,12 @@ use rsipstack::transaction::Transaction;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::dialog::{body_text, Events, LocalSdp, MidCall, MidCallCommand, ALLOW};
+use crate::dialog::{
+    answer_headers, body_text, timer_headers, Events, LocalSdp, MidCall, MidCallCommand,
+    TimerConfig, ALLOW,
+};
 use crate::service::{ActiveCall, Shared};
+use crate::session_timer::{self, Answer};
 use crate::SipEvent;
 
 /// An INVITE for one of our users, waiting for its owner's decision.
@@ -334,14 +338,33 @@ async fn run_inbound(
                     }
                 }
                 Command::Answer(sdp) if mid.is_none() && !ended_locally => {
-                    let headers = vec![
+                    let mut headers = vec![
                         Header::ContentType("application/sdp".into()),
                         Header::Allow(ALLOW.into()),
                     ];
+                    // RFC 4028: the caller's Session-Expires (checked when
+                    // the INVITE came in), or ours when it supports timers.
+                    let far_end = timer_headers(dialog.initial_request().headers.iter());
+                    let timer = match session_timer::answer_request(&far_end, shared.session_expires) {
+                        Answer::TooSmall { .. } => None,
+                        answer => Some(answer),
+                    };
+                    headers.extend(timer.as_ref().map(answer_headers).unwrap_or_default());
                     match dialog.accept(Some(headers), Some(sdp.clone().into_bytes())) {
                         Ok(()) => {
                             info!("answering inbound call (200 OK)");
-                            mid = Some(MidCall::new(dialog.clone(), events.clone(), LocalSdp::new(sdp)));
+                            let call = MidCall::new(dialog.clone(), events.clone(), LocalSdp::new(sdp));
+                            call.configure_session_timer(TimerConfig {
+                                ours: shared.session_expires,
+                                min_se: far_end.floor(),
+                                metrics: shared.metrics.clone(),
+                            });
+                            let session = match timer {
+                                Some(Answer::Accept { session, .. }) => session,
+                                _ => None,
+                            };
+                            call.start_session_timer(session, &far_end);
+                            mid = Some(call);
                             deadline = Some(tokio::time::Instant::now() + ACK_AND_BYE_DEADLINE);
                         }
                         Err(e) => {
@@ -376,6 +399,13 @@ async fn run_inbound(
                 }
                 _ => debug!("command ignored in this state"),
             },
+            expired = session_expired(&mid), if answered && !ended_locally => {
+                info!(?expired, "session timer ended the call, sending BYE");
+                events.send(SipEvent::SessionExpired { status: expired.status() });
+                hang_up(&dialog, true);
+                ended_locally = true;
+                deadline = Some(tokio::time::Instant::now() + ACK_AND_BYE_DEADLINE);
+            }
             _ = shared.hangup_all.cancelled(), if !ended_locally => {
                 ended_locally = true;
                 deadline = Some(tokio::time::Instant::now() + ACK_AND_BYE_DEADLINE);
@@ -397,6 +427,9 @@ async fn run_inbound(
             }
         }
     }
+    if let Some(mid) = &mid {
+        mid.stop_session_timer();
+    }
     if !transaction_done {
         // Let the transaction finish its retransmissions on its own.
         tokio::spawn(async move {
@@ -406,6 +439,14 @@ async fn run_inbound(
     shared.dialog_layer.remove_dialog(&dialog.id());
     info!("inbound call ended");
     events.send(SipEvent::Ended);
+}
+
+/// The session timer's end, once there is a dialog to time.
+async fn session_expired(mid: &Option<MidCall>) -> crate::dialog::Expired {
+    match mid {
+        Some(mid) => mid.session_expired().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// BYE (also valid while waiting for the ACK), in the background.

@@ -21,12 +21,21 @@
 //! | 500 | the call could not be built (bad request URI, From user, domain or host) or the stack failed |
 //! | 503 | a send on an established TCP connection failed, the service is stopping/stopped, or the call's trunk is down by the OPTIONS keepalive ([`SipService::start_keepalive`]; no INVITE is sent) |
 //!
+//! # Session timers
+//!
+//! Every dialog runs RFC 4028 session timers ([`session_timer`] has the
+//! rules; [`SipConfig::session_expires`] the interval we ask for): as the
+//! refresher we send UPDATE (or a re-INVITE with our SDP unchanged) at half
+//! the interval; a failed refresh, or none from the far end in time, ends
+//! the call with BYE and [`SipEvent::SessionExpired`].
+//!
 //! A 401/407 challenge is answered once with the trunk's credentials (more
 //! only when the server marks the nonce stale); the next challenge, or any
 //! challenge when the trunk has no credentials, is reported as
 //! `Failed { status: 401 | 407 }`.
 
 pub mod sdp;
+pub mod session_timer;
 
 mod call;
 mod dialog;
@@ -65,6 +74,12 @@ pub struct SipConfig {
     /// carry `Supported: 100rel` and a provisional response with
     /// `Require: 100rel` is acknowledged with PRACK.
     pub prack: bool,
+    /// RFC 4028 session timers: the `Session-Expires` (seconds, at least
+    /// [`session_timer::MIN_SE`]) outbound INVITEs ask for, and the longest
+    /// interval we accept on inbound calls. 0: outbound INVITEs only say
+    /// `Supported: timer`; a far end that asks for a timer is still
+    /// honoured either way.
+    pub session_expires: u32,
 }
 
 /// SIP transport towards a trunk.
@@ -161,6 +176,11 @@ pub enum SipEvent {
     /// (202, NOTIFY 100). Place that call and report its progress with
     /// `notify_transfer`.
     Referred { target: String },
+    /// The session timer (RFC 4028) ended the call and we sent BYE: the far
+    /// end, as the refresher, did not refresh in time (`status` is `None`),
+    /// or our refresh failed (`status`: the far end's 408 or 481, or 408
+    /// when it never answered). `Ended` follows.
+    SessionExpired { status: Option<u16> },
     /// The dialog is gone. Always the last event for a call.
     Ended,
 }

@@ -34,6 +34,15 @@ pub struct SipMetrics {
     /// response from the trunk; `failed`: no response in time, or a
     /// transport error).
     pub trunk_probes: Family<[(&'static str, &'static str); 1], Counter>,
+    /// RFC 4028 session refreshes that succeeded, by `direction`: `sent`
+    /// (our UPDATE or re-INVITE, answered 2xx) and `received` (the far
+    /// end's, which we answered 2xx).
+    pub session_refreshes: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Calls the session timer ended with BYE, by `cause`:
+    /// `refresh_failed` (our refresh got 408/481, no response, or kept
+    /// failing until the session expired) and `not_refreshed` (the far end
+    /// did not refresh in time).
+    pub session_timer_ended: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl SipMetrics {
@@ -73,6 +82,36 @@ impl SipMetrics {
             "OPTIONS keepalive probes to the trunk, by result (answered, failed)",
             self.trunk_probes.clone(),
         );
+        for direction in ["sent", "received"] {
+            let _ = self
+                .session_refreshes
+                .get_or_create(&[("direction", direction)]);
+        }
+        registry.register(
+            "sip_session_refreshes",
+            "Successful RFC 4028 session refreshes, by direction (sent, received)",
+            self.session_refreshes.clone(),
+        );
+        for cause in ["refresh_failed", "not_refreshed"] {
+            let _ = self.session_timer_ended.get_or_create(&[("cause", cause)]);
+        }
+        registry.register(
+            "sip_session_timer_ended",
+            "Calls ended by the SIP session timer, by cause (refresh_failed, not_refreshed)",
+            self.session_timer_ended.clone(),
+        );
+    }
+
+    pub(crate) fn session_refreshed(&self, direction: &'static str) {
+        self.session_refreshes
+            .get_or_create(&[("direction", direction)])
+            .inc();
+    }
+
+    pub(crate) fn session_timer_ended(&self, cause: &'static str) {
+        self.session_timer_ended
+            .get_or_create(&[("cause", cause)])
+            .inc();
     }
 
     pub(crate) fn trunk_probe(&self, result: &'static str) {

@@ -21,10 +21,11 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::call::run_call;
-use crate::dialog::ALLOW;
+use crate::dialog::{timer_headers, ALLOW};
 use crate::inbound::{request_source, source_allowed, start_inbound};
 use crate::keepalive::TrunkHealth;
 use crate::metrics::MetricsInspector;
+use crate::session_timer::{self, Answer};
 use crate::{
     CallControl, IncomingCall, OutboundCall, SipCall, SipConfig, SipError, SipEvent, SipMetrics,
 };
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) trunk_health: OnceLock<Arc<TrunkHealth>>,
     /// `SipConfig::prack`.
     pub(crate) prack: bool,
+    /// `SipConfig::session_expires` (0, or at least 90).
+    pub(crate) session_expires: u32,
     pub(crate) metrics: SipMetrics,
 }
 
@@ -167,6 +170,10 @@ impl SipService {
             inbound: OnceLock::new(),
             trunk_health: OnceLock::new(),
             prack: config.prack,
+            session_expires: match config.session_expires {
+                0 => 0,
+                secs => secs.max(crate::session_timer::MIN_SE),
+            },
             metrics,
         });
 
@@ -496,6 +503,13 @@ async fn new_invite(shared: &Arc<Shared>, tx: Transaction) {
         shared.metrics.inbound_rejected("no_user");
         return refuse_invite(tx, StatusCode::NotFound).await;
     };
+    // RFC 4028 §9: a session interval below our minimum gets 422.
+    let timer = timer_headers(tx.original.headers.iter());
+    if let Answer::TooSmall { min_se } = session_timer::answer_request(&timer, 0) {
+        info!(src = %source, "INVITE's Session-Expires below our Min-SE, refused (422)");
+        let headers = vec![Header::MinSE(min_se.to_string().into())];
+        return refuse_invite_with(tx, StatusCode::SessionIntervalTooSmall, headers).await;
+    }
     match start_inbound(shared, tx, user, source) {
         Ok(call) => {
             if let Err(refused) = inbound.handler.send(call) {
@@ -511,9 +525,13 @@ async fn new_invite(shared: &Arc<Shared>, tx: Transaction) {
 
 /// Answers an INVITE we will not take, and keeps its server transaction
 /// until the ACK (or Timer H): it retransmits the response over UDP.
-async fn refuse_invite(mut tx: Transaction, status: StatusCode) {
+async fn refuse_invite(tx: Transaction, status: StatusCode) {
+    refuse_invite_with(tx, status, Vec::new()).await
+}
+
+async fn refuse_invite_with(mut tx: Transaction, status: StatusCode, headers: Vec<Header>) {
     debug!(status = status.code(), src = ?request_source(&tx), "INVITE refused");
-    if let Err(e) = tx.reply(status).await {
+    if let Err(e) = tx.reply_with(status, headers, None).await {
         debug!(error = %e, "failed to answer INVITE");
         return;
     }

@@ -22,6 +22,7 @@ async fn start(public_ip: Option<IpAddr>) -> SipService {
             public_ip,
             user_agent: "Gangway-test/0.1".into(),
             prack: true,
+            session_expires: 1800,
         },
         SipMetrics::default(),
     )
@@ -136,6 +137,10 @@ async fn invite_uses_public_ip_and_only_call_data() {
     );
     // `SipConfig::prack`: reliable provisionals are welcome.
     assert_eq!(header(&invite, "Supported"), Some("100rel"));
+    // RFC 4028 session timers: `SipConfig::session_expires` and our Min-SE.
+    assert!(invite.contains("\r\nSupported: timer\r\n"), "{invite}");
+    assert_eq!(header(&invite, "Session-Expires"), Some("1800"));
+    assert_eq!(header(&invite, "Min-SE"), Some("90"));
     // Nothing but the headers we expect.
     let names: Vec<String> = invite
         .split("\r\n\r\n")
@@ -160,6 +165,8 @@ async fn invite_uses_public_ip_and_only_call_data() {
                 "content-type",
                 "allow",
                 "supported",
+                "session-expires",
+                "min-se",
                 "x-gangway-call-id",
                 "content-length"
             ]
@@ -298,6 +305,7 @@ async fn config_errors() {
             public_ip: None,
             user_agent: "x".into(),
             prack: true,
+            session_expires: 1800,
         },
         SipMetrics::default(),
     )
@@ -314,6 +322,7 @@ async fn config_errors() {
             public_ip: None,
             user_agent: "x".into(),
             prack: true,
+            session_expires: 1800,
         },
         SipMetrics::default(),
     )
@@ -486,4 +495,105 @@ fn handles_are_send_and_sync() {
     check::<SipService>();
     check::<gangway_sip::SipCall>();
     check::<SipEvent>();
+}
+
+/// RFC 4028 §7.4: a 422 with `Min-SE` is answered once with a new INVITE
+/// asking for that interval; the caller only sees how that one ends.
+#[tokio::test]
+async fn session_interval_too_small_is_retried_once_with_its_min_se() {
+    let service = start(None).await;
+    let trunk_sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    let trunk_port = trunk_sock.local_addr().unwrap().port();
+    let (tx, mut rx) = unbounded_channel();
+    let _call = service.place_call(
+        OutboundCall {
+            key: 6,
+            trunk: Trunk {
+                host: "127.0.0.1".into(),
+                port: trunk_port,
+                transport: Transport::Udp,
+                domain: "pbx.test".into(),
+                username: None,
+                password: None,
+            },
+            request_uri: format!("sip:422@127.0.0.1:{trunk_port}"),
+            from_user: "gw".into(),
+            from_display: None,
+            sdp_offer: sdp::offer(LOCALHOST, 4000, &[G711::Pcmu], 101, 1),
+            correlation_id: "min-se".into(),
+        },
+        tx,
+    );
+    let (invite, from) = recv_text(&trunk_sock).await;
+    assert_eq!(header(&invite, "Session-Expires"), Some("1800"));
+    assert_eq!(header(&invite, "Min-SE"), Some("90"));
+    let too_small = response_to(&invite, "422 Session Interval Too Small", "t1")
+        .replace("Content-Length: 0", "Min-SE: 3600\r\nContent-Length: 0");
+    trunk_sock
+        .send_to(too_small.as_bytes(), from)
+        .await
+        .unwrap();
+
+    // The 422 is ACKed, then a second INVITE (a new call) asks for 3600 s.
+    let mut second = None;
+    for _ in 0..4 {
+        let (msg, from) = recv_text(&trunk_sock).await;
+        if msg.starts_with("INVITE ") {
+            second = Some((msg, from));
+            break;
+        }
+        assert!(msg.starts_with("ACK "), "{msg}");
+    }
+    let (retry, from) = second.expect("the INVITE is sent again");
+    assert_eq!(header(&retry, "Session-Expires"), Some("3600"), "{retry}");
+    assert_eq!(header(&retry, "Min-SE"), Some("3600"), "{retry}");
+    assert_ne!(header(&retry, "Call-ID"), header(&invite, "Call-ID"));
+
+    // A second 422 is not retried: it ends the call.
+    let again = response_to(&retry, "422 Session Interval Too Small", "t2")
+        .replace("Content-Length: 0", "Min-SE: 7200\r\nContent-Length: 0");
+    trunk_sock.send_to(again.as_bytes(), from).await.unwrap();
+    assert_eq!(
+        next(&mut rx).await,
+        (
+            6,
+            SipEvent::Failed {
+                status: 422,
+                reason: "Session Interval Too Small".into()
+            }
+        )
+    );
+    assert_eq!(next(&mut rx).await, (6, SipEvent::Ended));
+    assert_eq!(service.open_dialogs(), 0);
+    service.stop().await;
+}
+
+/// RFC 4028 §9: an inbound INVITE asking for less than our 90 s minimum
+/// gets 422 with `Min-SE: 90`, before anyone is asked to take the call.
+#[tokio::test]
+async fn inbound_session_interval_below_90_s_gets_422() {
+    let service = start(None).await;
+    let (calls, mut incoming) = unbounded_channel();
+    service.accept_inbound(vec!["127.0.0.1/32".parse().unwrap()], calls);
+    let target = service.local_addr();
+    let sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let invite = request("INVITE", port, None, 1).replace(
+        "Content-Length: 0",
+        "Supported: timer\r\nSession-Expires: 60;refresher=uac\r\nContent-Length: 0",
+    );
+    sock.send_to(invite.as_bytes(), target).await.unwrap();
+    let mut answer = None;
+    for _ in 0..3 {
+        let (resp, _) = recv_text(&sock).await;
+        if !resp.starts_with("SIP/2.0 100") {
+            answer = Some(resp);
+            break;
+        }
+    }
+    let answer = answer.expect("a final response");
+    assert!(answer.starts_with("SIP/2.0 422"), "{answer}");
+    assert_eq!(header(&answer, "Min-SE"), Some("90"), "{answer}");
+    assert!(incoming.try_recv().is_err(), "no call was offered");
+    service.stop().await;
 }

@@ -121,6 +121,7 @@ async fn start_service_with_metrics(metrics: SipMetrics) -> SipService {
             public_ip: None,
             user_agent: "Gangway-test/0.1".into(),
             prack: true,
+            session_expires: 1800,
         },
         metrics,
     )

@@ -163,6 +163,11 @@ pub struct SipSection {
     /// 100rel/PRACK (RFC 3262) on outbound calls: `Supported: 100rel` in the
     /// INVITE and PRACK for reliable provisional responses.
     pub prack: bool,
+    /// RFC 4028 session timers on the SIP leg: the `Session-Expires`
+    /// outbound INVITEs ask for, and the longest interval accepted from
+    /// callers (at least 90). 0: do not ask for timers, but still honour
+    /// the far end's.
+    pub session_expires_secs: u32,
     pub trunk: TrunkSection,
     pub registrar: RegistrarSection,
 }
@@ -204,6 +209,7 @@ impl Default for SipSection {
             keepalive_interval_secs: 30,
             keepalive_failures: 2,
             prack: true,
+            session_expires_secs: 1800,
             trunk: TrunkSection::default(),
             registrar: RegistrarSection::default(),
         }
@@ -555,6 +561,12 @@ impl Config {
                 "must be between 1 and 100",
             ));
         }
+        if s.session_expires_secs != 0 && !(90..=86_400).contains(&s.session_expires_secs) {
+            return Err(problem(
+                "sip.session_expires_secs",
+                "must be between 90 and 86400 (0 does not ask for session timers)",
+            ));
+        }
         let r = &s.registrar;
         if !(r.transport.is_empty()
             || matches!(r.transport.to_ascii_lowercase().as_str(), "udp" | "tcp"))
@@ -791,6 +803,21 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "sip.keepalive_interval_secs", "{e}");
+
+        for bad in [1, 89, 86_401] {
+            let e = load_str(&format!(
+                "[sip]\nenabled = true\nsession_expires_secs = {bad}\n[sip.trunk]\nhost = \"pbx\"\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.key, "sip.session_expires_secs", "{e}");
+        }
+        for good in [0, 90, 1800] {
+            let c = load_str(&format!(
+                "[sip]\nenabled = true\nsession_expires_secs = {good}\n[sip.trunk]\nhost = \"pbx\"\n"
+            ))
+            .unwrap();
+            assert_eq!(c.sip.session_expires_secs, good);
+        }
 
         let e = load_str("[media]\ncodec_policy = \"always\"\n").unwrap_err();
         assert_eq!(e.key, "media.codec_policy", "{e}");

@@ -348,6 +348,7 @@ async fn start_sip(config: &Config, metrics: &Metrics) -> Result<SipLeg, StartEr
             public_ip: s.public_ip,
             user_agent: s.user_agent.clone(),
             prack: s.prack,
+            session_expires: s.session_expires_secs,
         },
         metrics.sip.clone(),
     )

@@ -1396,6 +1396,10 @@ impl Session {
                 Event::SipTransferred
             }
             SipEvent::RemoteHangup => Event::SipRemoteHangup,
+            SipEvent::SessionExpired { status } => {
+                info!(call = %id, ?status, "SIP session timer expired");
+                Event::SipSessionExpired { status }
+            }
             SipEvent::Dtmf { digit } => {
                 info!(call = %id, %digit, "DTMF received (SIP INFO)");
                 self.outbox.push(ServerMessage::Dtmf {
