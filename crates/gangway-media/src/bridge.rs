@@ -118,6 +118,10 @@ pub(crate) enum Discard {
     OtherPayload,
 }
 
+/// After the far end's media address changes, how long its old source may
+/// not be latched onto (unless the new SDP names it exactly).
+const PREVIOUS_SOURCE_QUARANTINE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A bridged call's SIP-side media state.
 pub(crate) struct Bridge {
     pub socket: Arc<UdpSocket>,
@@ -128,6 +132,10 @@ pub(crate) struct Bridge {
     remote: Option<SocketAddr>,
     /// Symmetric RTP: the source the far end actually sends from, once seen.
     latched: Option<SocketAddr>,
+    /// The far end we sent to before the SDP moved us (a transfer, a new
+    /// media address) and until when it may not be latched onto again: it
+    /// may go on sending for a moment, from the same host as the new one.
+    previous: Option<(SocketAddr, Instant)>,
     law: Law,
     to_sip: OutStream,
     from_sip: InTimeline,
@@ -265,6 +273,7 @@ impl Bridge {
             receivers,
             remote: None,
             latched: None,
+            previous: None,
             law: Law::Pcmu,
             to_sip: OutStream::new(random_u32(), random_u32() as u16, random_u32()),
             from_sip: InTimeline::default(),
@@ -367,6 +376,10 @@ impl Bridge {
         }
         if self.remote != Some(remote) {
             // A new media address (e.g. the 200's after the 183's): latch anew.
+            self.previous = self
+                .latched
+                .or(self.remote)
+                .map(|old| (old, Instant::now() + PREVIOUS_SOURCE_QUARANTINE));
             self.latched = None;
         }
         self.remote = Some(remote);
@@ -566,6 +579,11 @@ impl Bridge {
         self.transcoder.as_mut()
     }
 
+    fn is_previous(&self, source: SocketAddr) -> bool {
+        self.previous
+            .is_some_and(|(old, until)| old == source && Instant::now() < until)
+    }
+
     /// Checks one datagram from the SIP leg and says what it carried.
     pub(crate) fn accept_from_sip<'a>(
         &mut self,
@@ -585,7 +603,10 @@ impl Bridge {
             // Symmetric RTP (RFC 4961): the far end may send from another port
             // than it announced (NAT); follow the first source, on the announced
             // host only, so strangers cannot take over the stream.
-            None if source.ip() == remote.ip() => self.latched = Some(source),
+            None if source == remote => self.latched = Some(source),
+            None if source.ip() == remote.ip() && !self.is_previous(source) => {
+                self.latched = Some(source)
+            }
             None => return Err(Discard::WrongSource),
         }
         let packet = rtp::parse(data).ok_or(Discard::NotRtp)?;
@@ -702,9 +723,15 @@ mod tests {
             b.accept_from_sip(pbx, &data).unwrap_err(),
             Discard::WrongSource
         );
-        // A new SDP address (the 200 after the 183) latches anew.
+        // A new SDP address (the 200 after the 183, a transfer) latches
+        // anew; the old source, still sending for a moment from the same
+        // host, is not taken for the new far end.
         let answer: SocketAddr = "10.0.0.5:6000".parse().unwrap();
         b.connect(answer, Law::Pcmu, None);
+        assert_eq!(
+            b.accept_from_sip(natted, &data).unwrap_err(),
+            Discard::WrongSource
+        );
         assert!(b.accept_from_sip(answer, &data).is_ok());
     }
 
