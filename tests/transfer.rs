@@ -19,7 +19,7 @@ use gangway_tests::audio::tone_coverage;
 use gangway_tests::gateway::{assert_no_leftovers, metric_or_zero, start_sip_gateway};
 use gangway_tests::kamailio::{start_kamailio, Kamailio};
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
-use gangway_tests::sip_peers::{registered_baresip, Baresip};
+use gangway_tests::sip_peers::{registered_baresip, Baresip, Sipp};
 use serde_json::{json, Value};
 
 const DOMAIN: &str = "pbx.test";
@@ -219,6 +219,121 @@ async fn browser_blind_transfers_bob_to_carol() {
     assert!(control < 0.1, "and not the browser: {control:.3}");
     let series = "gangway_mid_call_events_total{event=\"transfer_out_completed\"}";
     assert_eq!(metric_or_zero(&gw, series).await, 1.0, "{series}");
+    assert_no_leftovers(&gw).await;
+    api.close().await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+/// An INVITE with Replaces (RFC 3891) naming the browser's call to sipp A
+/// takes it over: sipp B's INVITE is answered at once (no ringing), A gets
+/// BYE, the browser gets `transferred` and its same WebRTC leg now talks
+/// to B (B's RTP echo returns its tone). Replaces for a dialog we do not
+/// have gets 481.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_with_replaces_takes_over_the_call() {
+    let mut a = Sipp::uas(
+        "uas_answer_log_dialog.xml",
+        0,
+        &["-rtp_echo", "-trace_logs"],
+    );
+    let gw = start_sip_gateway(a.port(), "127.0.0.1", |c| {
+        c.sip.inbound_allow = vec!["127.0.0.1/32".into()];
+    })
+    .await;
+    let sip = gw.sip_addr().unwrap();
+    let mut api = ApiClient::connect(&gw).await;
+    let (mut client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("r1", "1000", &offer).await;
+    let answer = api.expect("answer").await;
+    client.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(
+        client.connect(SIGNALING_TIMEOUT).await,
+        "WebRTC leg connects"
+    );
+    api.expect("answered").await;
+    let talk = client.send_pcmu_tone(CLIENT_TONE_HZ, 1.5, LINGER).await;
+    let echoed = tone_coverage(&talk.received, 8000, CLIENT_TONE_HZ);
+    println!("A echoes the browser's tone in {echoed:.3} of frames");
+    assert!(echoed >= 0.85, "talking to A first: {echoed:.3}");
+
+    // A's view of the dialog: call-id, our tag, its tag.
+    let log = a.action_log();
+    let line = log
+        .lines()
+        .find_map(|l| l.split("DIALOG ").nth(1))
+        .unwrap_or_else(|| panic!("sipp A logged no dialog id:\n{log}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (call_id, ours, theirs) = (fields[0], fields[1], fields[2]);
+
+    // Naming a dialog we do not have: 481, nothing changes.
+    let bogus = format!("{call_id};to-tag=not-ours;from-tag={theirs}");
+    let mut stray = Sipp::uac(
+        "uac_replaces.xml",
+        sip,
+        &["-s", "gangway", "-set", "replaces", &bogus],
+    );
+    assert!(
+        stray.wait(SIGNALING_TIMEOUT).is_err(),
+        "sipp's INVITE was refused"
+    );
+    assert!(
+        stray.messages().contains("SIP/2.0 481"),
+        "{}\n{}",
+        stray.messages(),
+        stray.errors()
+    );
+
+    let replaces = format!("{call_id};to-tag={ours};from-tag={theirs}");
+    let mut b = Sipp::uac(
+        "uac_replaces.xml",
+        sip,
+        &[
+            "-s",
+            "gangway",
+            "-set",
+            "replaces",
+            &replaces,
+            "-rtp_echo",
+            "-d",
+            "4000",
+        ],
+    );
+    let moved = match api.try_recv(SIGNALING_TIMEOUT).await {
+        Ok(m) if m["type"] == "transferred" => m,
+        other => panic!(
+            "expected `transferred`, got {other:?}\n{}\n{}",
+            b.messages(),
+            b.errors()
+        ),
+    };
+    assert!(
+        moved["to"].as_str().unwrap().starts_with("sip:sipp@"),
+        "{moved}"
+    );
+    a.wait(SIGNALING_TIMEOUT)
+        .unwrap_or_else(|e| panic!("A gets its BYE: {e}"));
+
+    // Only B is left to echo the tone.
+    let talk = client.send_pcmu_tone(CLIENT_TONE_HZ, 2.0, LINGER).await;
+    let echoed = tone_coverage(&talk.received, 8000, CLIENT_TONE_HZ);
+    println!("B echoes the browser's tone in {echoed:.3} of frames");
+    assert!(echoed >= 0.85, "the browser talks to B: {echoed:.3}");
+    let ended = api.expect("ended").await;
+    assert_eq!(ended["reason"], "remote_hangup", "{ended}");
+    b.wait(SIGNALING_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", b.messages()));
+    for (series, n) in [
+        (
+            "gangway_mid_call_events_total{event=\"transfer_in_completed\"}",
+            1.0,
+        ),
+        (
+            "gangway_sip_inbound_rejected_total{reason=\"replaces_no_dialog\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(metric_or_zero(&gw, series).await, n, "{series}");
+    }
     assert_no_leftovers(&gw).await;
     api.close().await;
     gw.shutdown(Duration::ZERO).await;

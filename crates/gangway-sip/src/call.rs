@@ -148,7 +148,11 @@ async fn attempt(
             biased;
             _ = shared.kill.cancelled() => break true,
             Some(state) = state_rx.recv() => {
+                let was_answered = p.answered;
                 on_state(state, &dialog, events, &mut p, &mid).await;
+                if p.answered && !was_answered && !p.local_hangup && !p.failed_sent {
+                    shared.register_replaceable(dialog.id(), events.clone());
+                }
             }
             result = &mut invite, if !p.invite_done => {
                 p.invite_done = true;
@@ -233,6 +237,7 @@ async fn attempt(
         events.fail(status, reason);
     }
 
+    shared.unregister_replaceable(&dialog.id());
     // rsipstack leaves confirmed dialogs registered until told otherwise.
     shared.dialog_layer.remove_dialog(&early_id);
     shared.dialog_layer.remove_dialog(&dialog.id());

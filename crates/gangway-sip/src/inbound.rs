@@ -33,7 +33,7 @@ use crate::SipEvent;
 ///   far end's SDP (its offer, or for an offerless INVITE the answer in the
 ///   ACK); no ACK within 32 s is `Failed { status: 408 }`;
 /// - a BYE after that is `RemoteHangup`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct IncomingCall {
     /// User part of the Request-URI: the Contact we registered for them.
     pub user: String,
@@ -291,6 +291,7 @@ async fn run_inbound(
                             if let Some(mid) = &mid {
                                 mid.settle(&sdp);
                             }
+                            shared.register_replaceable(dialog.id(), events.clone());
                             events.send(SipEvent::Answered { sdp });
                         }
                         Some(_) => {}
@@ -436,6 +437,7 @@ async fn run_inbound(
             let _ = tokio::time::timeout(ACK_AND_BYE_DEADLINE, transaction).await;
         });
     }
+    shared.unregister_replaceable(&dialog.id());
     shared.dialog_layer.remove_dialog(&dialog.id());
     info!("inbound call ended");
     events.send(SipEvent::Ended);

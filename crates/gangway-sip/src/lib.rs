@@ -181,9 +181,26 @@ pub enum SipEvent {
     /// or our refresh failed (`status`: the far end's 408 or 481, or 408
     /// when it never answered). `Ended` follows.
     SessionExpired { status: Option<u16> },
+    /// An INVITE with Replaces (RFC 3891) names this call's dialog: answer
+    /// the new call (it has not been answered) and end this one, which it
+    /// replaces. Nothing was sent for it yet.
+    ReplacedBy(Replacement),
     /// The dialog is gone. Always the last event for a call.
     Ended,
 }
+
+/// The call that replaces another (see [`SipEvent::ReplacedBy`]). Compared by
+/// its SIP Call-ID.
+#[derive(Debug, Clone)]
+pub struct Replacement(pub Box<IncomingCall>);
+
+impl PartialEq for Replacement {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.sip_call_id == other.0.sip_call_id
+    }
+}
+
+impl Eq for Replacement {}
 
 /// Errors starting the SIP service.
 #[derive(Debug, thiserror::Error)]

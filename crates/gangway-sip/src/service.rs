@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::call::run_call;
-use crate::dialog::{timer_headers, ALLOW};
+use crate::dialog::{timer_headers, Events, ALLOW};
 use crate::inbound::{request_source, source_allowed, start_inbound};
 use crate::keepalive::TrunkHealth;
 use crate::metrics::MetricsInspector;
@@ -62,12 +62,33 @@ pub(crate) struct Shared {
     /// `SipConfig::session_expires` (0, or at least 90).
     pub(crate) session_expires: u32,
     pub(crate) metrics: SipMetrics,
+    /// Established dialogs by id, for an INVITE with Replaces (RFC 3891):
+    /// the events of the call it would replace.
+    replaceable: std::sync::Mutex<std::collections::HashMap<rsipstack::dialog::DialogId, Events>>,
 }
 
 /// Who may call in, and who gets the calls.
 struct Inbound {
     allowed_sources: Vec<ipnet::IpNet>,
     handler: UnboundedSender<IncomingCall>,
+}
+
+impl Shared {
+    /// An established dialog an INVITE with Replaces may take over.
+    pub(crate) fn register_replaceable(&self, id: rsipstack::dialog::DialogId, events: Events) {
+        let mut map = self.replaceable.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(id, events);
+    }
+
+    pub(crate) fn unregister_replaceable(&self, id: &rsipstack::dialog::DialogId) {
+        let mut map = self.replaceable.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(id);
+    }
+
+    fn replaceable(&self, id: &rsipstack::dialog::DialogId) -> Option<Events> {
+        let map = self.replaceable.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id).cloned()
+    }
 }
 
 /// Decrements the active call count when a call task ends.
@@ -175,6 +196,7 @@ impl SipService {
                 secs => secs.max(crate::session_timer::MIN_SE),
             },
             metrics,
+            replaceable: Default::default(),
         });
 
         let endpoint_inner = shared.endpoint.inner.clone();
@@ -499,6 +521,9 @@ async fn new_invite(shared: &Arc<Shared>, tx: Transaction) {
         .as_ref()
         .map(|a| a.user.clone())
         .filter(|u| !u.is_empty());
+    if let Some(replaces) = tx.original.header_value("Replaces") {
+        return replacing_invite(shared, tx, user.unwrap_or_default(), source, &replaces).await;
+    }
     let Some(user) = user else {
         shared.metrics.inbound_rejected("no_user");
         return refuse_invite(tx, StatusCode::NotFound).await;
@@ -523,6 +548,57 @@ async fn new_invite(shared: &Arc<Shared>, tx: Transaction) {
     }
 }
 
+/// An INVITE with Replaces (RFC 3891): it takes over one of our established
+/// dialogs, whose owner gets it as [`SipEvent::ReplacedBy`] instead of a
+/// ringing call. No such dialog: 481.
+async fn replacing_invite(
+    shared: &Arc<Shared>,
+    tx: Transaction,
+    user: String,
+    source: SocketAddr,
+    replaces: &str,
+) {
+    let Some(target) = parse_replaces(replaces) else {
+        info!(%replaces, "unreadable Replaces header (400)");
+        return refuse_invite(tx, StatusCode::BadRequest).await;
+    };
+    let Some(events) = shared.replaceable(&target) else {
+        info!(call_id = %target.call_id, "INVITE with Replaces for no dialog of ours (481)");
+        shared.metrics.inbound_rejected("replaces_no_dialog");
+        return refuse_invite(tx, StatusCode::CallTransactionDoesNotExist).await;
+    };
+    match start_inbound(shared, tx, user, source) {
+        Ok(call) => {
+            info!(call_id = %target.call_id, "INVITE with Replaces: handing it to the call it replaces");
+            events.send(SipEvent::ReplacedBy(crate::Replacement(Box::new(call))));
+        }
+        Err(refused) => {
+            let (tx, status) = *refused;
+            refuse_invite(tx, status).await
+        }
+    }
+}
+
+/// `call-id;to-tag=…;from-tag=…` as the dialog id on our side: the to-tag
+/// is our tag, the from-tag the far end's.
+fn parse_replaces(value: &str) -> Option<rsipstack::dialog::DialogId> {
+    let mut parts = value.split(';').map(str::trim);
+    let call_id = parts.next().filter(|c| !c.is_empty())?.to_string();
+    let (mut to_tag, mut from_tag) = (None, None);
+    for part in parts {
+        match part.split_once('=') {
+            Some((k, v)) if k.trim().eq_ignore_ascii_case("to-tag") => to_tag = Some(v.trim()),
+            Some((k, v)) if k.trim().eq_ignore_ascii_case("from-tag") => from_tag = Some(v.trim()),
+            _ => {}
+        }
+    }
+    Some(rsipstack::dialog::DialogId {
+        call_id,
+        local_tag: to_tag.filter(|t| !t.is_empty())?.to_string(),
+        remote_tag: from_tag.filter(|t| !t.is_empty())?.to_string(),
+    })
+}
+
 /// Answers an INVITE we will not take, and keeps its server transaction
 /// until the ACK (or Timer H): it retransmits the response over UDP.
 async fn refuse_invite(tx: Transaction, status: StatusCode) {
@@ -537,4 +613,22 @@ async fn refuse_invite_with(mut tx: Transaction, status: StatusCode, headers: Ve
     }
     let drain = async { while tx.receive().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(40), drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_names_our_tag_as_the_to_tag() {
+        let id = parse_replaces("abc@10.0.0.1;to-tag=ours;from-tag=theirs;early-only").unwrap();
+        assert_eq!(id.call_id, "abc@10.0.0.1");
+        assert_eq!(id.local_tag, "ours");
+        assert_eq!(id.remote_tag, "theirs");
+        let id = parse_replaces(" x ; From-Tag=b ; TO-TAG=a").unwrap();
+        assert_eq!((id.local_tag.as_str(), id.remote_tag.as_str()), ("a", "b"));
+        assert!(parse_replaces("abc;to-tag=a").is_none(), "both tags needed");
+        assert!(parse_replaces(";to-tag=a;from-tag=b").is_none());
+        assert!(parse_replaces("abc;to-tag=;from-tag=b").is_none());
+    }
 }

@@ -21,7 +21,7 @@ use gangway_signal::{
     REJECT_CODES,
 };
 use gangway_sip::sdp::{self as sip_sdp, G711};
-use gangway_sip::{InboundSipCall, OutboundCall, SipCall, SipEvent};
+use gangway_sip::{InboundSipCall, IncomingCall, OutboundCall, SipCall, SipEvent};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -66,11 +66,21 @@ struct CallEntry {
     transfer_accepted: bool,
 }
 
-/// A call placed for the far end's REFER, replacing the SIP leg once it answers.
+/// A SIP leg that replaces the current one once it is answered.
 struct TransferLeg {
     key: u64,
-    sip: SipCall,
+    sip: SipLeg,
+    /// Who the browser will be talking to.
     target: String,
+    kind: TransferKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransferKind {
+    /// We called the target of the far end's REFER.
+    Refer,
+    /// An INVITE with Replaces took over the call.
+    Replaces,
 }
 
 /// The SIP side of a call, whichever side placed it.
@@ -841,14 +851,47 @@ impl Session {
         info!(call = %id, %uri, "transferred by the far end: calling the target");
         entry.transfer_leg = Some(TransferLeg {
             key,
-            sip,
+            sip: SipLeg::Outbound(sip),
             target: uri,
+            kind: TransferKind::Refer,
         });
         self.transfer_keys.insert(key, id.clone());
     }
 
-    /// Events of a transfer leg: progress goes to the old leg's NOTIFYs;
-    /// the answer swaps the legs.
+    /// An INVITE with Replaces named this call's dialog: answer it on the
+    /// same RTP port; it becomes the SIP leg once its ACK arrives, and the
+    /// old dialog gets BYE (RFC 3891).
+    fn start_replacing_leg(&mut self, id: &CallId, incoming: IncomingCall) {
+        let Some(entry) = self.calls.get_mut(id) else {
+            return incoming.handle.reject(481);
+        };
+        let answered = entry.call.state() == CallState::Answered;
+        let sdp = answered
+            .then(|| answer_sdp_for(&self.shared, entry, incoming.sdp_offer.as_deref()))
+            .flatten();
+        let Some(sdp) = sdp.filter(|_| entry.transfer_leg.is_none()) else {
+            info!(call = %id, "INVITE with Replaces for a call that cannot take it (486)");
+            return incoming.handle.reject(486);
+        };
+        let key = self.shared.next_peer.fetch_add(1, Ordering::Relaxed);
+        incoming.handle.route_events(key, self.sip_events.clone());
+        incoming.handle.answer(sdp);
+        info!(call = %id, from = %incoming.from_uri, "replacing the SIP leg (INVITE with Replaces)");
+        entry.transfer_leg = Some(TransferLeg {
+            key,
+            sip: SipLeg::Inbound(incoming.handle),
+            target: incoming.from_uri,
+            kind: TransferKind::Replaces,
+        });
+        self.transfer_keys.insert(key, id.clone());
+        if let Some(offer) = incoming.sdp_offer {
+            let peer = entry.peer;
+            self.connect_sip_media(peer, id, &offer, true, Flow::BOTH);
+        }
+    }
+
+    /// Events of a transfer leg: progress goes to the old leg's NOTIFYs
+    /// (REFER); the answer swaps the legs.
     fn on_transfer_leg(&mut self, id: CallId, event: SipEvent) {
         let Some(entry) = self.calls.get_mut(&id) else {
             return;
@@ -856,8 +899,9 @@ impl Session {
         let (Some(old), Some(leg)) = (entry.sip.as_ref(), entry.transfer_leg.as_ref()) else {
             return;
         };
+        let referred = leg.kind == TransferKind::Refer;
         match event {
-            SipEvent::Provisional { status, .. } => {
+            SipEvent::Provisional { status, .. } if referred => {
                 old.notify_transfer(status, reason_phrase(status), false)
             }
             SipEvent::Answered { sdp } => {
@@ -868,7 +912,9 @@ impl Session {
                     };
                     if let (Some(old), Some(leg)) = (&entry.sip, entry.transfer_leg.take()) {
                         leg.sip.hangup();
-                        old.notify_transfer(488, "Not Acceptable Here", true);
+                        if referred {
+                            old.notify_transfer(488, "Not Acceptable Here", true);
+                        }
                     }
                     return;
                 }
@@ -878,17 +924,22 @@ impl Session {
                 let Some(leg) = entry.transfer_leg.take() else {
                     return;
                 };
-                let old = entry.sip.replace(SipLeg::Outbound(leg.sip));
+                let old = entry.sip.replace(leg.sip);
                 entry.sip_key = key;
                 entry.hold = HoldState::default();
-                if let Some(old) = old {
-                    old.notify_transfer(200, "OK", true);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(REPLACED_LEG_GRACE).await;
-                        old.hangup();
-                    });
+                match old {
+                    Some(old) if referred => {
+                        old.notify_transfer(200, "OK", true);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(REPLACED_LEG_GRACE).await;
+                            old.hangup();
+                        });
+                    }
+                    // RFC 3891: the replaced dialog ends at once.
+                    Some(old) => old.hangup(),
+                    None => {}
                 }
-                info!(call = %id, to = %target, "transfer complete: talking to the target");
+                info!(call = %id, to = %target, "transfer complete: talking to the new far end");
                 self.shared.metrics.mid_call("transfer_in_completed");
                 self.outbox.push(ServerMessage::Transferred {
                     call: id,
@@ -896,9 +947,11 @@ impl Session {
                 });
             }
             SipEvent::Failed { status, reason } => {
-                info!(call = %id, status, %reason, "transfer target did not answer");
+                info!(call = %id, status, %reason, "the new far end did not answer");
                 self.shared.metrics.mid_call("transfer_in_failed");
-                old.notify_transfer(status, &reason, true);
+                if referred {
+                    old.notify_transfer(status, &reason, true);
+                }
                 entry.transfer_leg = None;
             }
             SipEvent::Ended => {
@@ -1352,8 +1405,12 @@ impl Session {
         }
         if entry.sip_key != key {
             // A leg a transfer replaced: it ends on its own.
-            if matches!(event, SipEvent::Ended) {
-                self.transfer_keys.remove(&key);
+            match event {
+                SipEvent::Ended => {
+                    self.transfer_keys.remove(&key);
+                }
+                SipEvent::ReplacedBy(late) => late.0.handle.reject(481),
+                _ => {}
             }
             return;
         }
@@ -1432,6 +1489,9 @@ impl Session {
                 Event::SipTransferred
             }
             SipEvent::Referred { target } => return self.start_transfer_leg(&id, target),
+            SipEvent::ReplacedBy(replacement) => {
+                return self.start_replacing_leg(&id, *replacement.0)
+            }
             SipEvent::Ended => return,
         };
         self.feed(&id, core_event);
@@ -1622,10 +1682,15 @@ fn place_sip_call(
 /// offer, or our offer when the INVITE had none. `None` if the leg has no
 /// RTP port or the offer is unusable (checked before ringing, so not expected).
 fn answer_sdp(shared: &Shared, entry: &CallEntry) -> Option<String> {
+    answer_sdp_for(shared, entry, entry.sip_offer.as_deref())
+}
+
+/// Our SDP answering `offer` (or our offer, without one) on the call's RTP port.
+fn answer_sdp_for(shared: &Shared, entry: &CallEntry, offer: Option<&str>) -> Option<String> {
     let sip = shared.sip.as_ref()?;
     let rtp_port = entry.rtp_port?;
     let ip = sip.service.advertised_ip();
-    match &entry.sip_offer {
+    match offer {
         Some(offer) => {
             let media = sip_sdp::parse_answer(offer, &SIP_CODECS).ok()?;
             Some(sip_sdp::answer(ip, rtp_port, &media, entry.peer.0))
