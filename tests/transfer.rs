@@ -338,3 +338,108 @@ async fn invite_with_replaces_takes_over_the_call() {
     api.close().await;
     gw.shutdown(Duration::ZERO).await;
 }
+
+/// Attended transfer between two of the browser's calls: alice (signed in
+/// through kamailio) talks to sipp A (her outbound call) and takes a call
+/// from sipp B; `transfer {call: A, replaces: B}` REFERs A to B's Contact
+/// with a Replaces naming B's dialog from B's side. A's NOTIFY 200 ends A
+/// as `transferred`; B's BYE (its dialog replaced) ends B the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attended_transfer_refers_one_call_to_the_other() {
+    let kam = start_kamailio(&[("alice", "alicepw")], DOMAIN).await;
+    let mut a = Sipp::uas("uas_attended_transfer.xml", 0, &["-trace_logs"]);
+    let gw = start_sip_gateway(a.port(), "127.0.0.1", |c| {
+        c.sip.inbound_allow = vec!["127.0.0.1/32".into()];
+        c.sip.registrar.host = "127.0.0.1".into();
+        c.sip.registrar.port = kam.port();
+        c.sip.registrar.domain = DOMAIN.into();
+    })
+    .await;
+    let sip = gw.sip_addr().unwrap();
+    let mut api = ApiClient::connect(&gw).await;
+    api.send(json!({"type": "register", "user": "alice", "password": "alicepw"}))
+        .await;
+    assert_eq!(api.expect("registered").await["user"], "alice");
+
+    let (mut to_a, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("a", "1000", &offer).await;
+    let answer = api.expect("answer").await;
+    to_a.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(to_a.connect(SIGNALING_TIMEOUT).await, "WebRTC leg to A");
+    api.expect("answered").await;
+
+    let mut b = Sipp::uac("uac_simple.xml", sip, &["-s", "alice", "-d", "3000"]);
+    let ring = api.expect("incoming").await;
+    let (mut from_b, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.send(json!({"type": "accept", "call": ring["call"], "sdp": offer}))
+        .await;
+    let answer = api.expect("answer").await;
+    from_b.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(from_b.connect(SIGNALING_TIMEOUT).await, "WebRTC leg from B");
+    api.expect("answered").await;
+
+    // Not a call of this socket: refused, nothing sent.
+    api.send(json!({"type": "transfer", "call": "a", "replaces": "nope"}))
+        .await;
+    assert_eq!(api.expect("error").await["code"], "invalid_state");
+
+    api.send(json!({"type": "transfer", "call": "a", "replaces": ring["call"]}))
+        .await;
+    let mut statuses = Vec::new();
+    let mut ended = Vec::new();
+    while ended.len() < 2 {
+        let m = api.recv().await;
+        match m["type"].as_str() {
+            Some("transfer_progress") => {
+                assert_eq!(m["call"], "a", "{m}");
+                statuses.push((m["status"].as_u64().unwrap(), m["done"] == true));
+            }
+            Some("ended") => ended.push((m["call"].clone(), m["reason"].clone())),
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    println!("transfer progress {statuses:?}, ended {ended:?}");
+    assert_eq!(statuses, vec![(202, false), (200, true)]);
+    assert!(
+        ended.contains(&(json!("a"), json!("transferred"))),
+        "{ended:?}"
+    );
+    assert!(
+        ended.contains(&(ring["call"].clone(), json!("transferred"))),
+        "{ended:?}"
+    );
+    a.wait(SIGNALING_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", a.messages()));
+    b.wait(SIGNALING_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", b.messages()));
+
+    // The Refer-To named B's dialog as B sees it: B's Call-ID, B's tag as
+    // the to-tag.
+    let refer_to = a.action_log();
+    let b_messages = b.messages();
+    let b_call_id = b_messages
+        .lines()
+        .find_map(|l| l.strip_prefix("Call-ID: "))
+        .expect("B's Call-ID")
+        .trim()
+        .replace('@', "%40");
+    let b_tag = b_messages
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("From: sipp <")
+                .and_then(|f| f.split(";tag=").nth(1))
+        })
+        .expect("B's tag")
+        .trim()
+        .to_string();
+    println!("A's Refer-To: {refer_to}");
+    assert!(
+        refer_to.contains(&format!(
+            "Replaces={b_call_id}%3Bto-tag%3D{b_tag}%3Bfrom-tag%3D"
+        )),
+        "B's dialog {b_call_id} / {b_tag}"
+    );
+    assert_no_leftovers(&gw).await;
+    api.close().await;
+    gw.shutdown(Duration::ZERO).await;
+}

@@ -112,11 +112,15 @@ pub enum ClientMessage {
     Resume {
         call: CallId,
     },
-    /// Blind transfer: ask the far end (REFER) to call `to` instead; `to`
-    /// is routed like a `call` destination.
+    /// Transfer the far end: blind, to `to` (routed like a `call`
+    /// destination), or attended, to the far end of this socket's call
+    /// `replaces` (REFER with Replaces). Exactly one of the two.
     Transfer {
         call: CallId,
-        to: String,
+        #[serde(default)]
+        to: Option<String>,
+        #[serde(default)]
+        replaces: Option<CallId>,
     },
     /// Take over a session whose socket was lost, with its resume token
     /// (from `hello` or the last `session_resumed`).
@@ -635,11 +639,21 @@ mod tests {
             m,
             ClientMessage::Transfer {
                 call: CallId::new("c1").unwrap(),
-                to: "1002".into()
+                to: Some("1002".into()),
+                replaces: None,
+            }
+        );
+        let m = decode(r#"{"type":"transfer","call":"c1","replaces":"c2"}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Transfer {
+                call: CallId::new("c1").unwrap(),
+                to: None,
+                replaces: Some(CallId::new("c2").unwrap()),
             }
         );
         assert_eq!(
-            err(r#"{"type":"transfer","call":"c1"}"#).code,
+            err(r#"{"type":"transfer","call":"c1","replaces":7}"#).code,
             ErrorCode::InvalidMessage
         );
         let progress = ServerMessage::TransferProgress {

@@ -152,6 +152,7 @@ async fn attempt(
                 on_state(state, &dialog, events, &mut p, &mid).await;
                 if p.answered && !was_answered && !p.local_hangup && !p.failed_sent {
                     shared.register_replaceable(dialog.id(), events.clone());
+                    let _ = control.dialog.set(crate::DialogRef::of(&dialog));
                 }
             }
             result = &mut invite, if !p.invite_done => {

@@ -58,6 +58,8 @@ pub struct IncomingCall {
 pub struct InboundSipCall {
     commands: UnboundedSender<Command>,
     events: Events,
+    /// The established dialog, once answered.
+    dialog: Arc<std::sync::OnceLock<crate::DialogRef>>,
 }
 
 impl std::fmt::Debug for InboundSipCall {
@@ -114,6 +116,11 @@ impl InboundSipCall {
         let _ = self
             .commands
             .send(Command::MidCall(MidCallCommand::Hold(hold)));
+    }
+
+    /// The established dialog (see [`crate::SipCall::dialog`]).
+    pub fn dialog(&self) -> Option<crate::DialogRef> {
+        self.dialog.get().cloned()
     }
 
     /// Blind transfer (see [`crate::SipCall::transfer`]).
@@ -199,9 +206,11 @@ pub(crate) fn start_inbound(
 
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let events = Events::unrouted();
+    let dialog_ref = Arc::new(std::sync::OnceLock::new());
     let handle = InboundSipCall {
         commands,
         events: events.clone(),
+        dialog: dialog_ref.clone(),
     };
     shared.call_started();
     let active = ActiveCall(shared.clone());
@@ -215,6 +224,7 @@ pub(crate) fn start_inbound(
             commands_rx,
             events,
             sdp_offer.is_some(),
+            dialog_ref,
             active,
         )
         .instrument(span),
@@ -245,6 +255,7 @@ async fn run_inbound(
     mut commands: UnboundedReceiver<Command>,
     events: Events,
     has_offer: bool,
+    dialog_ref: Arc<std::sync::OnceLock<crate::DialogRef>>,
     _active: ActiveCall,
 ) {
     let mut server = dialog.clone();
@@ -292,6 +303,7 @@ async fn run_inbound(
                                 mid.settle(&sdp);
                             }
                             shared.register_replaceable(dialog.id(), events.clone());
+                            let _ = dialog_ref.set(crate::DialogRef::of(&dialog));
                             events.send(SipEvent::Answered { sdp });
                         }
                         Some(_) => {}

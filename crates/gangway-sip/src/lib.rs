@@ -231,6 +231,59 @@ pub(crate) struct CallControl {
     hangup: Notify,
     /// Mid-call requests (DTMF INFO, hold), carried out once answered.
     mid: tokio::sync::mpsc::UnboundedSender<dialog::MidCallCommand>,
+    /// The established dialog, once answered.
+    dialog: std::sync::OnceLock<DialogRef>,
+}
+
+/// An established dialog as another UA must name it: to send it an INVITE
+/// with Replaces (RFC 3891), e.g. in the `Refer-To` of an attended transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DialogRef {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: String,
+    /// The far end's remote target (its Contact URI).
+    pub remote_target: String,
+}
+
+impl DialogRef {
+    pub(crate) fn of(dialog: &rsipstack::dialog::invite_dialog::InviteDialog) -> DialogRef {
+        let snapshot = dialog.snapshot();
+        DialogRef {
+            call_id: snapshot.id.call_id.clone(),
+            local_tag: snapshot.id.local_tag.clone(),
+            remote_tag: snapshot.id.remote_tag.clone(),
+            remote_target: snapshot.remote_uri.to_string(),
+        }
+    }
+
+    /// A `Refer-To` URI that makes its recipient replace this dialog: the
+    /// far end's target with `?Replaces=` naming the dialog from the far
+    /// end's side (its tag is the to-tag).
+    pub fn replacing_target(&self) -> String {
+        let replaces = format!(
+            "{};to-tag={};from-tag={}",
+            self.call_id, self.remote_tag, self.local_tag
+        );
+        let target = self
+            .remote_target
+            .split_once('?')
+            .map_or(self.remote_target.as_str(), |(uri, _)| uri);
+        format!("{target}?Replaces={}", uri_escape(&replaces))
+    }
+}
+
+/// Percent-encodes what may not stand in a URI header value (RFC 3261 `hvalue`).
+fn uri_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 2);
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()[]/:+$".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl SipCall {
@@ -274,6 +327,12 @@ impl SipCall {
         let _ = self.control.mid.send(command);
     }
 
+    /// The established dialog (after the answer), to be named in an
+    /// attended transfer.
+    pub fn dialog(&self) -> Option<DialogRef> {
+        self.control.dialog.get().cloned()
+    }
+
     /// After [`SipEvent::Referred`]: how the call to the target is going
     /// (NOTIFY with `SIP/2.0 <status> <reason>`); `done` ends it.
     pub fn notify_transfer(&self, status: u16, reason: &str, done: bool) {
@@ -283,5 +342,24 @@ impl SipCall {
             done,
         };
         let _ = self.control.mid.send(command);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attended_transfer_target_names_the_dialog_from_the_far_side() {
+        let dialog = DialogRef {
+            call_id: "a1b2@10.0.0.9".into(),
+            local_tag: "ours".into(),
+            remote_tag: "theirs".into(),
+            remote_target: "sip:carol@10.0.0.7:5060;transport=udp".into(),
+        };
+        assert_eq!(
+            dialog.replacing_target(),
+            "sip:carol@10.0.0.7:5060;transport=udp?Replaces=a1b2%4010.0.0.9%3Bto-tag%3Dtheirs%3Bfrom-tag%3Dours"
+        );
     }
 }

@@ -244,6 +244,7 @@ impl SipService {
             hangup_requested: Default::default(),
             hangup: Notify::new(),
             mid,
+            dialog: Default::default(),
         });
         let handle = SipCall {
             key: call.key,

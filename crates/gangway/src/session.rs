@@ -62,8 +62,11 @@ struct CallEntry {
     sip_key: u64,
     /// The call the far end REFERred us to, until it answers or fails.
     transfer_leg: Option<TransferLeg>,
-    /// The far end accepted our REFER and has not reported its outcome.
+    /// The far end accepted our REFER and has not reported its outcome (for
+    /// the other call of an attended transfer: its far end is to replace us).
     transfer_accepted: bool,
+    /// Our attended transfer's other call, until the outcome is known.
+    attended_with: Option<CallId>,
 }
 
 /// A SIP leg that replaces the current one once it is answered.
@@ -108,6 +111,13 @@ impl SipLeg {
         match self {
             SipLeg::Outbound(call) => call.transfer(target),
             SipLeg::Inbound(call) => call.transfer(target),
+        }
+    }
+
+    fn dialog(&self) -> Option<gangway_sip::DialogRef> {
+        match self {
+            SipLeg::Outbound(call) => call.dialog(),
+            SipLeg::Inbound(call) => call.dialog(),
         }
     }
 
@@ -687,7 +697,7 @@ impl Session {
                 }
             }
             ClientMessage::Dtmf { call, digits } => self.send_dtmf(call, digits),
-            ClientMessage::Transfer { call, to } => self.transfer(call, to),
+            ClientMessage::Transfer { call, to, replaces } => self.transfer(call, to, replaces),
             ClientMessage::Hold { call } => self.hold(call, true),
             ClientMessage::Resume { call } => self.hold(call, false),
             ClientMessage::Register {
@@ -788,7 +798,7 @@ impl Session {
 
     /// `transfer`: REFER the far end to `to` (routed like a `call`);
     /// `transfer_progress` events follow.
-    fn transfer(&mut self, id: CallId, to: String) {
+    fn transfer(&mut self, id: CallId, to: Option<String>, replaces: Option<CallId>) {
         let Some(entry) = self.calls.get(&id) else {
             return self.reject(unknown_call(id));
         };
@@ -803,25 +813,49 @@ impl Session {
                 "transfer needs an answered SIP call",
             ));
         };
-        let uri = match self.router.route(&to) {
-            Route::Sip { uri } => uri,
-            Route::NotAllowed => {
-                return self.reject(ApiError::new(
-                    ErrorCode::InvalidMessage,
-                    Some(id),
-                    "the transfer target is not allowed",
-                ))
+        let invalid =
+            |message: &str| ApiError::new(ErrorCode::InvalidMessage, Some(id.clone()), message);
+        let mut replaced = None;
+        let target = match (to, replaces) {
+            (Some(to), None) => match self.router.route(&to) {
+                Route::Sip { uri } => uri,
+                Route::NotAllowed => {
+                    return self.reject(invalid("the transfer target is not allowed"))
+                }
+                _ => return self.reject(invalid("the transfer target is not a SIP destination")),
+            },
+            (None, Some(other)) => {
+                // Attended: the far end of our other call, told to replace
+                // our dialog with it (it then hangs up on us there).
+                let dialog = self
+                    .calls
+                    .get(&other)
+                    .filter(|o| other != id && o.call.state() == CallState::Answered)
+                    .and_then(|o| o.sip.as_ref())
+                    .and_then(SipLeg::dialog);
+                let Some(dialog) = dialog else {
+                    return self.reject(ApiError::new(
+                        ErrorCode::InvalidState,
+                        Some(id),
+                        "`replaces` must name another answered SIP call on this connection",
+                    ));
+                };
+                replaced = Some(other);
+                dialog.replacing_target()
             }
-            _ => {
-                return self.reject(ApiError::new(
-                    ErrorCode::InvalidMessage,
-                    Some(id),
-                    "the transfer target is not a SIP destination",
-                ))
-            }
+            _ => return self.reject(invalid("transfer needs `to` or `replaces` (one of them)")),
         };
-        info!(call = %id, %uri, "transfer requested");
-        sip.transfer(&uri);
+        info!(call = %id, %target, "transfer requested");
+        sip.transfer(&target);
+        if let Some(other) = replaced {
+            if let Some(o) = self.calls.get_mut(&other) {
+                // Its far end leaving now is the transfer completing.
+                o.transfer_accepted = true;
+            }
+            if let Some(entry) = self.calls.get_mut(&id) {
+                entry.attended_with = Some(other);
+            }
+        }
     }
 
     /// The far end REFERred us to `target`: call it on the same RTP port;
@@ -1221,6 +1255,7 @@ impl Session {
                 sip_key: peer.0,
                 transfer_leg: None,
                 transfer_accepted: false,
+                attended_with: None,
             },
         );
         self.by_peer.insert(peer, id.clone());
@@ -1301,6 +1336,7 @@ impl Session {
                 sip_key: peer.0,
                 transfer_leg: None,
                 transfer_accepted: false,
+                attended_with: None,
             },
         );
         self.by_peer.insert(peer, id.clone());
@@ -1480,6 +1516,10 @@ impl Session {
                 });
                 if done && !(200..300).contains(&status) {
                     self.shared.metrics.mid_call("transfer_out_failed");
+                    let other = self.calls.get_mut(&id).and_then(|e| e.attended_with.take());
+                    if let Some(o) = other.and_then(|other| self.calls.get_mut(&other)) {
+                        o.transfer_accepted = false;
+                    }
                 }
                 if !(done && (200..300).contains(&status)) {
                     return;
