@@ -354,6 +354,8 @@ export class Call extends EventTarget {
   resume(): void;
   /** Blind transfer (REFER) of the far end to `to`; `transferprogress` follows, and on success `ended` with `transferred`. */
   transfer(to: string): void;
+  /** Attended transfer: this call's far end takes over `other` (a Call of this client, or its id) in our place; both calls end `transferred`. */
+  transferTo(other: Call | string): void;
   /**
    * Restarts ICE on the WebRTC leg (after a network change): an offer with
    * new ICE credentials goes out as `renegotiate` and the gateway's `answer`

@@ -615,6 +615,17 @@ export class Call extends EventTarget {
   }
 
   /**
+   * Attended transfer: asks this call's far end to take over `other` (an
+   * answered call of the same client) in our place, with a REFER whose
+   * target replaces `other`'s dialog. Both calls end with `transferred`
+   * when it succeeds.
+   */
+  transferTo(other) {
+    if (this.#state === 'ended') return;
+    this.#link.send({ type: 'transfer', call: this.#id, replaces: String(other?.id ?? other) });
+  }
+
+  /**
    * Restarts ICE on the call's WebRTC leg (after a network change): a new
    * offer with new ICE credentials goes to the gateway as `renegotiate`, its
    * `answer` is applied, and the new candidates trickle as usual. Only the
