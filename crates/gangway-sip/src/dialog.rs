@@ -435,6 +435,10 @@ impl MidCall {
                         .header_value("Subscription-State")
                         .is_some_and(|s| s.to_ascii_lowercase().starts_with("terminated"));
                     info!(status, terminated, "transfer progress");
+                    // A NOTIFY can overtake the response to our REFER; the
+                    // REFER holds the request queue until it has reported
+                    // that response, so the owner sees 202 first.
+                    let _turn = self.queue.lock().await;
                     self.events.send(SipEvent::TransferProgress {
                         status,
                         done: terminated || status >= 200,
