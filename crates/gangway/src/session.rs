@@ -69,6 +69,15 @@ struct CallEntry {
     attended_with: Option<CallId>,
 }
 
+impl CallEntry {
+    /// The SIP leg of an answered call: what mid-call requests act on.
+    fn answered_sip(&self) -> Option<&SipLeg> {
+        self.sip
+            .as_ref()
+            .filter(|_| self.call.state() == CallState::Answered)
+    }
+}
+
 /// A SIP leg that replaces the current one once it is answered.
 struct TransferLeg {
     key: u64,
@@ -773,17 +782,13 @@ impl Session {
         let Some(entry) = self.calls.get_mut(&id) else {
             return self.reject(unknown_call(id));
         };
-        let Some(sip) = entry
-            .sip
-            .as_ref()
-            .filter(|_| entry.call.state() == CallState::Answered)
-        else {
+        if entry.answered_sip().is_none() {
             return self.reject(ApiError::new(
                 ErrorCode::InvalidState,
                 Some(id),
                 "hold and resume need an answered SIP call",
             ));
-        };
+        }
         if let Err(refusal) = entry.hold.request(hold) {
             let message = match refusal {
                 HoldRefusal::AlreadyHeld => "the call is already on hold",
@@ -793,7 +798,9 @@ impl Session {
             return self.reject(ApiError::new(ErrorCode::InvalidState, Some(id), message));
         }
         info!(call = %id, hold, "hold requested");
-        sip.hold(hold);
+        if let Some(sip) = entry.answered_sip() {
+            sip.hold(hold);
+        }
     }
 
     /// `transfer`: REFER the far end to `to` (routed like a `call`);
@@ -802,11 +809,7 @@ impl Session {
         let Some(entry) = self.calls.get(&id) else {
             return self.reject(unknown_call(id));
         };
-        let Some(sip) = entry
-            .sip
-            .as_ref()
-            .filter(|_| entry.call.state() == CallState::Answered)
-        else {
+        let Some(sip) = entry.answered_sip() else {
             return self.reject(ApiError::new(
                 ErrorCode::InvalidState,
                 Some(id),
@@ -830,8 +833,8 @@ impl Session {
                 let dialog = self
                     .calls
                     .get(&other)
-                    .filter(|o| other != id && o.call.state() == CallState::Answered)
-                    .and_then(|o| o.sip.as_ref())
+                    .filter(|_| other != id)
+                    .and_then(CallEntry::answered_sip)
                     .and_then(SipLeg::dialog);
                 let Some(dialog) = dialog else {
                     return self.reject(ApiError::new(
@@ -899,10 +902,9 @@ impl Session {
         let Some(entry) = self.calls.get_mut(id) else {
             return incoming.handle.reject(481);
         };
-        let answered = entry.call.state() == CallState::Answered;
-        let sdp = answered
-            .then(|| answer_sdp_for(&self.shared, entry, incoming.sdp_offer.as_deref()))
-            .flatten();
+        let sdp = entry
+            .answered_sip()
+            .and_then(|_| answer_sdp_for(&self.shared, entry, incoming.sdp_offer.as_deref()));
         let Some(sdp) = sdp.filter(|_| entry.transfer_leg.is_none()) else {
             info!(call = %id, "INVITE with Replaces for a call that cannot take it (486)");
             return incoming.handle.reject(486);
@@ -1483,7 +1485,7 @@ impl Session {
             }
             // A transferee that accepted our REFER often hangs up at once
             // rather than reporting the outcome (RFC 5589 §6.1 allows it).
-            SipEvent::RemoteHangup if entry_transfer_accepted(&self.calls, &id) => {
+            SipEvent::RemoteHangup if self.calls.get(&id).is_some_and(|e| e.transfer_accepted) => {
                 info!(call = %id, "far end left after accepting our transfer");
                 self.shared.metrics.mid_call("transfer_out_completed");
                 Event::SipTransferred
@@ -1514,14 +1516,15 @@ impl Session {
                     status,
                     done,
                 });
-                if done && !(200..300).contains(&status) {
+                if !done {
+                    return;
+                }
+                if !(200..300).contains(&status) {
                     self.shared.metrics.mid_call("transfer_out_failed");
                     let other = self.calls.get_mut(&id).and_then(|e| e.attended_with.take());
                     if let Some(o) = other.and_then(|other| self.calls.get_mut(&other)) {
                         o.transfer_accepted = false;
                     }
-                }
-                if !(done && (200..300).contains(&status)) {
                     return;
                 }
                 info!(call = %id, "transfer complete");
@@ -1750,10 +1753,6 @@ fn remote_direction(direction: sip_sdp::Direction) -> RemoteDirection {
         sends: direction.sends(),
         receives: direction.receives(),
     }
-}
-
-fn entry_transfer_accepted(calls: &HashMap<CallId, CallEntry>, id: &CallId) -> bool {
-    calls.get(id).is_some_and(|e| e.transfer_accepted)
 }
 
 /// The usual reason phrase of a provisional status, for transfer NOTIFYs.

@@ -75,6 +75,20 @@ struct TimerState {
     started: bool,
 }
 
+impl TimerState {
+    /// A refresh (ours or the far end's) set the session's new terms;
+    /// `None` turns the timer off. Returns whether a timer was running.
+    fn rearm(&mut self, now: std::time::Instant, session: Option<Session>, min_se: u32) -> bool {
+        let was_on = self.timer.is_some();
+        match (session, self.timer.as_mut()) {
+            (Some(session), Some(timer)) => timer.refreshed(now, session),
+            (Some(session), None) => self.timer = Some(SessionTimer::new(now, session, min_se)),
+            (None, _) => self.timer = None,
+        }
+        was_on
+    }
+}
+
 impl Default for TimerCell {
     fn default() -> Self {
         TimerCell {
@@ -374,15 +388,8 @@ impl MidCall {
         let Some(config) = state.config.clone() else {
             return;
         };
-        let was_on = state.timer.is_some();
         state.last_failure = None;
-        match (session, state.timer.as_mut()) {
-            (Some(session), Some(timer)) => timer.refreshed(now, session),
-            (Some(session), None) => {
-                state.timer = Some(SessionTimer::new(now, session, config.min_se))
-            }
-            (None, _) => state.timer = None,
-        }
+        let was_on = state.rearm(now, session, config.min_se);
         drop(state);
         match session {
             Some(s) => {
@@ -425,14 +432,7 @@ impl MidCall {
         let Some(config) = state.config.clone() else {
             return;
         };
-        let was_on = state.timer.is_some();
-        match (session, state.timer.as_mut()) {
-            (Some(session), Some(timer)) => timer.refreshed(now, session),
-            (Some(session), None) => {
-                state.timer = Some(SessionTimer::new(now, session, config.min_se))
-            }
-            (None, _) => state.timer = None,
-        }
+        let was_on = state.rearm(now, session, config.min_se);
         drop(state);
         match session {
             Some(s) => {
