@@ -3,12 +3,10 @@
 //! different laws), each direction's stream rewritten to stay continuous.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use gangway_rtc::{AudioCodec, PeerId};
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use gangway_rtc::AudioCodec;
+use mio::net::UdpSocket;
 use tracing::debug;
 
 use crate::dtmf::{DtmfReceiver, DtmfSender};
@@ -95,15 +93,6 @@ fn even(p: u16) -> u16 {
     p.saturating_add(p % 2)
 }
 
-/// A datagram received on a bridge's RTP socket.
-pub(crate) struct RtpIn {
-    pub peer: PeerId,
-    pub source: SocketAddr,
-    pub data: Vec<u8>,
-    /// From the RTCP port rather than the RTP port.
-    pub rtcp: bool,
-}
-
 /// Why an RTP datagram from the SIP leg was not passed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Discard {
@@ -124,10 +113,10 @@ const PREVIOUS_SOURCE_QUARANTINE: std::time::Duration = std::time::Duration::fro
 
 /// A bridged call's SIP-side media state.
 pub(crate) struct Bridge {
-    pub socket: Arc<UdpSocket>,
-    pub rtcp_socket: Arc<UdpSocket>,
+    /// Non-blocking; the shard's poll loop reads them (no task per socket).
+    pub socket: UdpSocket,
+    pub rtcp_socket: UdpSocket,
     pub port: u16,
-    receivers: [tokio::task::JoinHandle<()>; 2],
     /// From the SIP SDP; `None` until the far end has sent one.
     remote: Option<SocketAddr>,
     /// Symmetric RTP: the source the far end actually sends from, once seen.
@@ -237,40 +226,19 @@ impl Packets {
 /// At most 100 ms of 20 ms packets are held waiting for the far end's SDP.
 const MAX_HELD: usize = 5;
 
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        for r in &self.receivers {
-            r.abort();
-        }
-    }
-}
-
 impl Bridge {
-    /// Wraps a bound socket and starts its receiver on the current
-    /// (the shard's single-threaded) runtime.
     /// Transcodes this call's media: the browser leg negotiated Opus.
     pub(crate) fn set_transcoder(&mut self, transcoder: Transcoder) {
         self.transcoder = Some(transcoder);
     }
 
-    pub(crate) fn start(
-        peer: PeerId,
-        port: u16,
-        socket: StdUdpSocket,
-        rtcp_socket: StdUdpSocket,
-        to_shard: mpsc::UnboundedSender<RtpIn>,
-    ) -> std::io::Result<Bridge> {
-        let socket = Arc::new(UdpSocket::from_std(socket)?);
-        let rtcp_socket = Arc::new(UdpSocket::from_std(rtcp_socket)?);
-        let receivers = [
-            tokio::spawn(receive(peer, socket.clone(), to_shard.clone(), false)),
-            tokio::spawn(receive(peer, rtcp_socket.clone(), to_shard, true)),
-        ];
-        Ok(Bridge {
-            socket,
-            rtcp_socket,
+    /// Wraps a bound pair of non-blocking sockets (RTP, RTCP); the shard
+    /// registers them with its poll loop.
+    pub(crate) fn new(port: u16, socket: StdUdpSocket, rtcp_socket: StdUdpSocket) -> Bridge {
+        Bridge {
+            socket: UdpSocket::from_std(socket),
+            rtcp_socket: UdpSocket::from_std(rtcp_socket),
             port,
-            receivers,
             remote: None,
             latched: None,
             previous: None,
@@ -299,7 +267,7 @@ impl Bridge {
             browser_dtmf: DtmfReceiver::default(),
             to_browser_next: None,
             concealed_from_sip: 0,
-        })
+        }
     }
 
     /// The far end's media address and law, from its latest SDP.
@@ -638,33 +606,6 @@ impl Bridge {
     }
 }
 
-/// Reads one bridge's RTP socket and hands datagrams to the shard loop.
-async fn receive(
-    peer: PeerId,
-    socket: Arc<UdpSocket>,
-    to_shard: mpsc::UnboundedSender<RtpIn>,
-    rtcp: bool,
-) {
-    let mut buf = vec![0u8; 2048];
-    loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((n, source)) => {
-                let datagram = RtpIn {
-                    peer,
-                    source,
-                    data: buf[..n].to_vec(),
-                    rtcp,
-                };
-                if to_shard.send(datagram).is_err() {
-                    return;
-                }
-            }
-            // ICMP errors from a peer that went away surface here; keep reading.
-            Err(e) => debug!(peer = peer.0, "rtp recv error: {e}"),
-        }
-    }
-}
-
 /// Unpredictable values for SSRCs, initial sequence numbers and timestamps
 /// (RFC 3550 §5.1 wants them random). Not for cryptography.
 pub(crate) fn random_u32() -> u32 {
@@ -693,19 +634,18 @@ mod tests {
         p
     }
 
-    async fn bridge() -> Bridge {
-        let (tx, _rx) = mpsc::unbounded_channel();
+    fn bridge() -> Bridge {
         let open = || {
             let socket = StdUdpSocket::bind("127.0.0.1:0").unwrap();
             socket.set_nonblocking(true).unwrap();
             socket
         };
-        Bridge::start(PeerId(1), 0, open(), open(), tx).unwrap()
+        Bridge::new(0, open(), open())
     }
 
-    #[tokio::test]
-    async fn latches_on_the_announced_host_only() {
-        let mut b = bridge().await;
+    #[test]
+    fn latches_on_the_announced_host_only() {
+        let mut b = bridge();
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         let data = rtp(0, 1, 160, 7, &[0xff; 160]);
         assert_eq!(b.accept_from_sip(pbx, &data).unwrap_err(), Discard::Held);
@@ -735,10 +675,10 @@ mod tests {
         assert!(b.accept_from_sip(answer, &data).is_ok());
     }
 
-    #[tokio::test]
-    async fn a_lost_browser_packet_leaves_no_hole_in_the_sip_stream() {
+    #[test]
+    fn a_lost_browser_packet_leaves_no_hole_in_the_sip_stream() {
         use crate::transcode::{OpusSettings, Transcoder};
-        let mut b = bridge().await;
+        let mut b = bridge();
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         b.connect(pbx, Law::Pcmu, None);
         b.set_transcoder(Transcoder::new(OpusSettings::default()).unwrap());
@@ -771,10 +711,10 @@ mod tests {
         assert_eq!(b.summary().concealed_frames, 1);
     }
 
-    #[tokio::test]
-    async fn sip_gaps_are_counted_once_and_late_packets_are_no_gap() {
+    #[test]
+    fn sip_gaps_are_counted_once_and_late_packets_are_no_gap() {
         use crate::transcode::{OpusSettings, Transcoder};
-        let mut b = bridge().await;
+        let mut b = bridge();
         assert_eq!(
             b.sip_gap_before(0, 160),
             (0, 0),
@@ -796,10 +736,10 @@ mod tests {
         assert_eq!(b.summary().concealed_from_sip, 2);
     }
 
-    #[tokio::test]
-    async fn silence_counts_only_after_the_answer_and_fires_once() {
+    #[test]
+    fn silence_counts_only_after_the_answer_and_fires_once() {
         use std::time::Duration;
-        let mut b = bridge().await;
+        let mut b = bridge();
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         b.connect(pbx, Law::Pcmu, None);
         let t0 = Instant::now();
@@ -817,9 +757,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn dtmf_goes_out_with_the_audio_and_comes_in_as_digits() {
-        let mut b = bridge().await;
+    #[test]
+    fn dtmf_goes_out_with_the_audio_and_comes_in_as_digits() {
+        let mut b = bridge();
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         assert!(
             !b.send_dtmf("1"),
@@ -867,9 +807,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn holds_only_a_little_before_the_sdp() {
-        let mut b = bridge().await;
+    #[test]
+    fn holds_only_a_little_before_the_sdp() {
+        let mut b = bridge();
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         let data = rtp(0, 1, 160, 7, &[0xff; 160]);
         for _ in 0..MAX_HELD {
@@ -880,7 +820,7 @@ mod tests {
             Discard::NoRemote
         );
         // Replayed after the SDP, a held packet from the announced host plays.
-        let mut replayed = bridge().await;
+        let mut replayed = bridge();
         assert_eq!(
             replayed.accept_from_sip(pbx, &data).unwrap_err(),
             Discard::Held
@@ -900,9 +840,9 @@ mod tests {
         assert!(b.take_held().is_empty());
     }
 
-    #[tokio::test]
-    async fn filters_payloads_and_converts_laws_towards_sip() {
-        let mut b = bridge().await;
+    #[test]
+    fn filters_payloads_and_converts_laws_towards_sip() {
+        let mut b = bridge();
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         b.connect(pbx, Law::Pcma, None);
         assert_eq!(
@@ -954,10 +894,10 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn hold_stops_sending_pauses_the_timeout_and_resumes_the_same_stream() {
+    #[test]
+    fn hold_stops_sending_pauses_the_timeout_and_resumes_the_same_stream() {
         use std::time::Duration;
-        let mut b = bridge().await;
+        let mut b = bridge();
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         b.connect(pbx, Law::Pcmu, None);
         let (laws, mut scratch, mut out) = (LawTables::new(), Vec::new(), Packets::default());
@@ -1012,10 +952,10 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn opus_from_the_browser_goes_out_as_20_ms_g711_packets() {
+    #[test]
+    fn opus_from_the_browser_goes_out_as_20_ms_g711_packets() {
         use crate::transcode::{OpusSettings, Transcoder};
-        let mut b = bridge().await;
+        let mut b = bridge();
         let pbx: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         b.connect(pbx, Law::Pcmu, None);
         b.set_transcoder(Transcoder::new(OpusSettings::default()).unwrap());

@@ -2,20 +2,21 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use gangway_rtc::{AudioCodec, Endpoint, EndpointConfig, LegStats, PeerEvent, PeerId, SetupError};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use str0m::media::{Frequency, MediaTime};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::bridge::{Bridge, Discard, Inbound, Law, Packets, PortAllocator, RtpIn, RtpPorts};
+use crate::bridge::{Bridge, Discard, Inbound, Law, Packets, PortAllocator, RtpPorts};
 use crate::g711::LawTables;
 use crate::quality::{estimated_mos, Impairments};
 use crate::transcode::{OpusSettings, Transcoder, FRAME_SAMPLES};
@@ -202,6 +203,7 @@ pub enum ShardStartError {
     Bind(SocketAddr, io::Error),
     Endpoint(String),
     Thread(io::Error),
+    Poll(io::Error),
 }
 
 impl std::fmt::Display for ShardStartError {
@@ -210,6 +212,7 @@ impl std::fmt::Display for ShardStartError {
             ShardStartError::Bind(a, e) => write!(f, "cannot bind WebRTC UDP port {a}: {e}"),
             ShardStartError::Endpoint(e) => write!(f, "cannot set up WebRTC endpoint: {e}"),
             ShardStartError::Thread(e) => write!(f, "cannot start media thread: {e}"),
+            ShardStartError::Poll(e) => write!(f, "cannot set up the media poll loop: {e}"),
         }
     }
 }
@@ -219,7 +222,9 @@ impl std::error::Error for ShardStartError {}
 /// The gateway's way into one shard. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ShardHandle {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: std_mpsc::Sender<Command>,
+    /// Interrupts the shard's poll so it reads `commands`.
+    waker: Arc<Waker>,
     local_addr: SocketAddr,
     /// Calls the shard holds, as it last published.
     load: Arc<AtomicUsize>,
@@ -250,40 +255,41 @@ impl ShardHandle {
             ..config
         })
         .map_err(ShardStartError::Endpoint)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let poll = Poll::new().map_err(ShardStartError::Poll)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ShardStartError::Poll)?);
+        let mut socket = UdpSocket::from_std(socket);
+        poll.registry()
+            .register(&mut socket, WEBRTC, Interest::READABLE)
+            .map_err(ShardStartError::Poll)?;
+        let (tx, rx) = std_mpsc::channel();
         let load = Arc::new(AtomicUsize::new(0));
-        let shard_load = load.clone();
+        let shard = Shard::new(
+            poll,
+            socket,
+            endpoint,
+            rtp_ports,
+            policy,
+            metrics,
+            load.clone(),
+        );
         thread::Builder::new()
             .name("gangway-media".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        warn!("media shard runtime failed to start: {e}");
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    match UdpSocket::from_std(socket) {
-                        Ok(socket) => {
-                            Shard::new(socket, endpoint, rtp_ports, policy, metrics, shard_load)
-                                .run(rx)
-                                .await
-                        }
-                        Err(e) => warn!("media shard socket unusable: {e}"),
-                    }
-                });
-            })
+            .spawn(move || shard.run(rx))
             .map_err(ShardStartError::Thread)?;
         info!(%local_addr, %candidate_addr, "WebRTC media shard listening");
         Ok(ShardHandle {
             commands: tx,
+            waker,
             local_addr,
             load,
         })
+    }
+
+    fn send(&self, command: Command) {
+        if self.commands.send(command).is_ok() {
+            // Only fails if the shard has stopped, when nothing is left to wake.
+            let _ = self.waker.wake();
+        }
     }
 
     /// The address the shard's UDP socket is bound to.
@@ -300,7 +306,7 @@ impl ShardHandle {
         route: MediaRoute,
         events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
     ) {
-        let _ = self.commands.send(Command::AddPeer {
+        self.send(Command::AddPeer {
             id,
             offer,
             route,
@@ -309,7 +315,7 @@ impl ShardHandle {
     }
 
     pub fn add_candidate(&self, id: PeerId, candidate: String) {
-        let _ = self.commands.send(Command::AddCandidate { id, candidate });
+        self.send(Command::AddCandidate { id, candidate });
     }
 
     /// Points a bridged call's RTP at the SIP leg's media (from a 183 or 200
@@ -326,7 +332,7 @@ impl ShardHandle {
         answered: bool,
         flow: Flow,
     ) {
-        let _ = self.commands.send(Command::ConnectRemote {
+        self.send(Command::ConnectRemote {
             id,
             remote,
             law,
@@ -338,13 +344,13 @@ impl ShardHandle {
 
     /// Sends DTMF digits to the SIP leg as RFC 4733 events.
     pub fn send_dtmf(&self, id: PeerId, digits: String) {
-        let _ = self.commands.send(Command::SendDtmf { id, digits });
+        self.send(Command::SendDtmf { id, digits });
     }
 
     /// Applies a new browser offer to an existing peer (an ICE restart);
     /// `Renegotiated` or `RenegotiationFailed` follows on its events.
     pub fn renegotiate(&self, id: PeerId, offer: String) {
-        let _ = self.commands.send(Command::Renegotiate { id, offer });
+        self.send(Command::Renegotiate { id, offer });
     }
 
     /// Calls this shard holds.
@@ -353,13 +359,14 @@ impl ShardHandle {
     }
 
     pub fn remove_peer(&self, id: PeerId) {
-        let _ = self.commands.send(Command::RemovePeer { id });
+        self.send(Command::RemovePeer { id });
     }
 
     /// Stops the shard and waits until its thread has released the socket.
     pub async fn stop(&self) {
         let (done, wait) = oneshot::channel();
         if self.commands.send(Command::Stop { done }).is_ok() {
+            let _ = self.waker.wake();
             let _ = wait.await;
         }
     }
@@ -369,16 +376,67 @@ struct PeerEntry {
     events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
     /// `None` for the echo line.
     bridge: Option<Bridge>,
+    /// The poll slot of the bridge's sockets (see [`SocketSlots`]).
+    slot: Option<usize>,
+}
+
+/// Poll tokens of the shard's own sources; bridges' sockets come after.
+const WEBRTC: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_SLOT_TOKEN: usize = 2;
+
+/// Maps poll tokens to the bridged call whose RTP (even token) or RTCP
+/// (odd token) socket became readable. Slots are reused, so the table
+/// stays as large as the most calls the shard ever held at once.
+#[derive(Default)]
+struct SocketSlots {
+    peers: Vec<Option<PeerId>>,
+    free: Vec<usize>,
+}
+
+impl SocketSlots {
+    fn take(&mut self, id: PeerId) -> usize {
+        match self.free.pop() {
+            Some(slot) => {
+                self.peers[slot] = Some(id);
+                slot
+            }
+            None => {
+                self.peers.push(Some(id));
+                self.peers.len() - 1
+            }
+        }
+    }
+
+    fn release(&mut self, slot: usize) {
+        if let Some(entry) = self.peers.get_mut(slot) {
+            if entry.take().is_some() {
+                self.free.push(slot);
+            }
+        }
+    }
+
+    fn tokens(slot: usize) -> (Token, Token) {
+        let rtp = FIRST_SLOT_TOKEN + 2 * slot;
+        (Token(rtp), Token(rtp + 1))
+    }
+
+    /// The call a token belongs to, and whether it is its RTCP socket.
+    fn lookup(&self, token: Token) -> Option<(PeerId, bool)> {
+        let index = token.0.checked_sub(FIRST_SLOT_TOKEN)?;
+        let peer = (*self.peers.get(index / 2)?)?;
+        Some((peer, index % 2 == 1))
+    }
 }
 
 struct Shard {
+    poll: Poll,
     socket: UdpSocket,
     endpoint: Endpoint,
     peers: HashMap<PeerId, PeerEntry>,
+    slots: SocketSlots,
     metrics: ShardMetrics,
     ports: Option<PortAllocator>,
-    rtp_in_tx: mpsc::UnboundedSender<RtpIn>,
-    rtp_in: mpsc::UnboundedReceiver<RtpIn>,
     laws: LawTables,
     policy: MediaPolicy,
     load: Arc<AtomicUsize>,
@@ -400,6 +458,7 @@ const RECV_BUFFER: usize = 2048;
 
 impl Shard {
     fn new(
+        poll: Poll,
         socket: UdpSocket,
         endpoint: Endpoint,
         rtp_ports: Option<RtpPorts>,
@@ -407,15 +466,14 @@ impl Shard {
         metrics: ShardMetrics,
         load: Arc<AtomicUsize>,
     ) -> Self {
-        let (rtp_in_tx, rtp_in) = mpsc::unbounded_channel();
         Shard {
+            poll,
             socket,
             endpoint,
             peers: HashMap::new(),
+            slots: SocketSlots::default(),
             metrics,
             ports: rtp_ports.map(PortAllocator::new),
-            rtp_in_tx,
-            rtp_in,
             laws: LawTables::new(),
             policy,
             load,
@@ -425,44 +483,123 @@ impl Shard {
         }
     }
 
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    /// The shard's loop: one epoll over the WebRTC socket, every bridged
+    /// call's RTP and RTCP sockets and the command waker. Datagrams are read
+    /// into one reused buffer and handled where they arrive: no task, channel
+    /// or allocation per packet.
+    fn run(mut self, commands: std_mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; RECV_BUFFER];
-        let mut rtcp_tick = tokio::time::interval(RTCP_TICK);
-        rtcp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events = Events::with_capacity(256);
+        let mut next_rtcp = Instant::now() + RTCP_TICK;
         loop {
             self.flush();
+            let now = Instant::now();
             let deadline = self
                 .endpoint
                 .poll_timeout()
-                .unwrap_or_else(|| Instant::now() + IDLE_WAKEUP);
-            tokio::select! {
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((n, source)) => {
-                        self.metrics.packets_in.inc();
-                        self.metrics.bytes_in.inc_by(n as u64);
-                        if self.endpoint.handle_receive(Instant::now(), source, &buf[..n]).is_none() {
-                            self.metrics.unmatched.inc();
+                .unwrap_or(now + IDLE_WAKEUP)
+                .min(next_rtcp);
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(deadline.saturating_duration_since(now)))
+            {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!("media shard poll failed: {e}");
+                    self.remove_all();
+                    return;
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WEBRTC => self.read_webrtc(&mut buf),
+                    WAKER => {
+                        if let Some(stopped) = self.read_commands(&commands) {
+                            self.remove_all();
+                            if let Some(done) = stopped {
+                                let _ = done.send(());
+                            }
+                            return;
                         }
                     }
-                    // ICMP port-unreachable from a browser that went away surfaces here; not fatal.
-                    Err(e) => debug!("recv error: {e}"),
-                },
-                command = commands.recv() => {
-                    let Some(command) = command else {
-                        self.remove_all();
-                        return;
-                    };
+                    token => self.read_sip(token, &mut buf),
+                }
+            }
+            let now = Instant::now();
+            if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                self.endpoint.handle_timeout(now);
+            }
+            if now >= next_rtcp {
+                self.send_due_rtcp();
+                next_rtcp = now + RTCP_TICK;
+            }
+        }
+    }
+
+    /// Drains the WebRTC socket (the poll is edge-triggered).
+    fn read_webrtc(&mut self, buf: &mut [u8]) {
+        loop {
+            match self.socket.recv_from(buf) {
+                Ok((n, source)) => {
+                    self.metrics.packets_in.inc();
+                    self.metrics.bytes_in.inc_by(n as u64);
+                    if self
+                        .endpoint
+                        .handle_receive(Instant::now(), source, &buf[..n])
+                        .is_none()
+                    {
+                        self.metrics.unmatched.inc();
+                    }
+                    // Route what this datagram produced before the next one.
+                    self.flush();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP port-unreachable from a browser that went away surfaces here; not fatal.
+                Err(e) => debug!("recv error: {e}"),
+            }
+        }
+    }
+
+    /// Drains one bridged call's RTP or RTCP socket.
+    fn read_sip(&mut self, token: Token, buf: &mut [u8]) {
+        let Some((id, rtcp)) = self.slots.lookup(token) else {
+            return;
+        };
+        loop {
+            let Some(bridge) = self.peers.get(&id).and_then(|p| p.bridge.as_ref()) else {
+                return;
+            };
+            let socket = if rtcp {
+                &bridge.rtcp_socket
+            } else {
+                &bridge.socket
+            };
+            match socket.recv_from(buf) {
+                Ok((n, source)) => {
+                    self.on_sip_datagram(id, source, &buf[..n], rtcp);
+                    self.flush();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP errors from a far end that went away surface here; keep reading.
+                Err(e) => debug!(peer = id.0, "rtp recv error: {e}"),
+            }
+        }
+    }
+
+    /// Handles every queued command. `Some` when the shard must stop: with
+    /// the acknowledgement to send, or `None` when the gateway is gone.
+    fn read_commands(
+        &mut self,
+        commands: &std_mpsc::Receiver<Command>,
+    ) -> Option<Option<oneshot::Sender<()>>> {
+        loop {
+            match commands.try_recv() {
+                Ok(command) => {
                     if let Some(done) = self.handle_command(command) {
-                        self.remove_all();
-                        let _ = done.send(());
-                        return;
+                        return Some(Some(done));
                     }
                 }
-                Some(datagram) = self.rtp_in.recv() => self.on_sip_rtp(datagram),
-                _ = rtcp_tick.tick() => self.send_due_rtcp(),
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    self.endpoint.handle_timeout(Instant::now());
-                }
+                Err(std_mpsc::TryRecvError::Empty) => return None,
+                Err(std_mpsc::TryRecvError::Disconnected) => return Some(None),
             }
         }
     }
@@ -531,10 +668,13 @@ impl Shard {
             Command::RemovePeer { id } => {
                 let webrtc = self.endpoint.stats(id).unwrap_or_default();
                 self.endpoint.remove_peer(id);
-                if let Some(peer) = self.peers.remove(&id) {
-                    if let Some(bridge) = &peer.bridge {
+                if let Some(mut peer) = self.peers.remove(&id) {
+                    if let Some(bridge) = peer.bridge.as_mut() {
                         self.metrics.rtp_ports.dec();
                         self.report(id, bridge, &webrtc);
+                        if let Some(slot) = peer.slot {
+                            self.unwatch(slot, bridge);
+                        }
                     }
                     self.metrics.peers.dec();
                 }
@@ -557,7 +697,7 @@ impl Shard {
         let (mut bridge, attempts): (_, &[&[AudioCodec]]) = match route {
             MediaRoute::Echo => (None, &[&[]]),
             MediaRoute::Bridge => {
-                let Some(b) = self.open_bridge(id) else {
+                let Some(b) = self.open_bridge() else {
                     self.metrics.rtp_port_exhausted.inc();
                     warn!(peer = id.0, "no free RTP port in the configured range");
                     return LegEvent::Failed(SetupError::InvalidSdp(
@@ -596,6 +736,19 @@ impl Shard {
                     }
                 }
             }
+        }
+        let mut slot = None;
+        if let Some(b) = bridge.as_mut() {
+            match self.watch(id, b) {
+                Ok(s) => slot = Some(s),
+                Err(e) => {
+                    self.endpoint.remove_peer(id);
+                    warn!(peer = id.0, "cannot poll the call's RTP sockets: {e}");
+                    return LegEvent::Failed(SetupError::InvalidSdp(
+                        "the gateway cannot receive RTP for this call".into(),
+                    ));
+                }
+            }
             self.metrics.rtp_ports.inc();
         }
         let rtp_port = bridge.as_ref().map(|b| b.port);
@@ -604,6 +757,7 @@ impl Shard {
             PeerEntry {
                 events: events.clone(),
                 bridge,
+                slot,
             },
         );
         self.metrics.peers.inc();
@@ -611,15 +765,33 @@ impl Shard {
         LegEvent::Ready { answer, rtp_port }
     }
 
-    fn open_bridge(&mut self, id: PeerId) -> Option<Bridge> {
+    fn open_bridge(&mut self) -> Option<Bridge> {
         let (port, socket, rtcp) = self.ports.as_mut()?.bind()?;
-        match Bridge::start(id, port, socket, rtcp, self.rtp_in_tx.clone()) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                warn!(peer = id.0, port, "RTP socket unusable: {e}");
-                None
-            }
+        Some(Bridge::new(port, socket, rtcp))
+    }
+
+    /// Puts a bridge's sockets in the poll; datagrams already queued are
+    /// reported at once.
+    fn watch(&mut self, id: PeerId, bridge: &mut Bridge) -> io::Result<usize> {
+        let slot = self.slots.take(id);
+        let (rtp, rtcp) = SocketSlots::tokens(slot);
+        let registry = self.poll.registry();
+        let registered = registry
+            .register(&mut bridge.socket, rtp, Interest::READABLE)
+            .and_then(|()| registry.register(&mut bridge.rtcp_socket, rtcp, Interest::READABLE));
+        if let Err(e) = registered {
+            self.unwatch(slot, bridge);
+            return Err(e);
         }
+        Ok(slot)
+    }
+
+    fn unwatch(&mut self, slot: usize, bridge: &mut Bridge) {
+        // Closing the sockets would drop them from the epoll too; this keeps
+        // the slot table and the kernel in step even if a socket outlives us.
+        let _ = self.poll.registry().deregister(&mut bridge.socket);
+        let _ = self.poll.registry().deregister(&mut bridge.rtcp_socket);
+        self.slots.release(slot);
     }
 
     /// Sends what the endpoint queued and routes its events, until both are
@@ -629,7 +801,7 @@ impl Shard {
             let mut progressed = false;
             while let Some(t) = self.endpoint.poll_transmit() {
                 progressed = true;
-                match self.socket.try_send_to(&t.contents, t.destination) {
+                match self.socket.send_to(&t.contents, t.destination) {
                     Ok(n) => {
                         self.metrics.packets_out.inc();
                         self.metrics.bytes_out.inc_by(n as u64);
@@ -690,7 +862,7 @@ impl Shard {
                     return;
                 };
                 for packet in self.packets.iter() {
-                    match bridge.socket.try_send_to(packet, dest) {
+                    match bridge.socket.send_to(packet, dest) {
                         Ok(n) => {
                             self.metrics.rtp_packets_out.inc();
                             self.metrics.rtp_bytes_out.inc_by(n as u64);
@@ -705,22 +877,18 @@ impl Shard {
         }
     }
 
-    /// RTP from the SIP leg, on its way to the browser.
-    fn on_sip_rtp(&mut self, datagram: RtpIn) {
-        if datagram.rtcp {
+    /// RTP or RTCP from the SIP leg; RTP goes on to the browser.
+    fn on_sip_datagram(&mut self, id: PeerId, source: SocketAddr, data: &[u8], rtcp: bool) {
+        if rtcp {
             self.metrics.rtcp_packets_in.inc();
-            if let Some(bridge) = self
-                .peers
-                .get_mut(&datagram.peer)
-                .and_then(|p| p.bridge.as_mut())
-            {
-                bridge.on_rtcp(&datagram.data, Instant::now());
+            if let Some(bridge) = self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) {
+                bridge.on_rtcp(data, Instant::now());
             }
             return;
         }
         self.metrics.rtp_packets_in.inc();
-        self.metrics.rtp_bytes_in.inc_by(datagram.data.len() as u64);
-        self.pass_to_browser(datagram.peer, datagram.source, &datagram.data);
+        self.metrics.rtp_bytes_in.inc_by(data.len() as u64);
+        self.pass_to_browser(id, source, data);
     }
 
     fn pass_to_browser(&mut self, id: PeerId, source: SocketAddr, data: &[u8]) {
@@ -843,7 +1011,7 @@ impl Shard {
             let Some(dest) = bridge.rtcp_due(now, RTCP_CNAME, &mut self.packet) else {
                 continue;
             };
-            match bridge.rtcp_socket.try_send_to(&self.packet, dest) {
+            match bridge.rtcp_socket.send_to(&self.packet, dest) {
                 Ok(_) => {
                     self.metrics.rtcp_packets_out.inc();
                 }
