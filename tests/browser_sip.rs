@@ -166,6 +166,18 @@ async fn opus_browser_to_baresip_through_5_percent_loss() {
         (3.0..4.25).contains(&mos),
         "estimated MOS {mos} under ~4 % loss"
     );
+    // The PBX's lost packets were filled in before the Opus encoder, and
+    // the WebRTC leg's own quality was measured too.
+    let concealed = scrape_metric(&gw, "gangway_concealed_frames_total{leg=\"sip\"}").await;
+    println!("SIP-leg frames concealed: {concealed}");
+    assert!(concealed >= 5.0, "concealed {concealed} of ~15 lost frames");
+    let rtt_calls = scrape_metric(&gw, "gangway_webrtc_leg_rtt_seconds_count").await;
+    let rtt = scrape_metric(&gw, "gangway_webrtc_leg_rtt_seconds_sum").await;
+    println!("WebRTC-leg RTT: {:.2} ms", rtt * 1000.0);
+    assert!(
+        rtt_calls == 1.0 && rtt < 0.05,
+        "browser RTT measured ({rtt} s)"
+    );
     gw.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use gangway_rtc::{AudioCodec, Endpoint, EndpointConfig, LegStats, PeerEvent, PeerId, SetupError};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use str0m::media::{Frequency, MediaTime};
@@ -131,8 +133,31 @@ pub struct ShardMetrics {
     pub sip_leg_loss_ratio: Histogram,
     /// Per bridged call, at its end: interarrival jitter from the SIP leg.
     pub sip_leg_jitter_seconds: Histogram,
+    /// Per bridged call, at its end: WebRTC-leg loss, one observation per
+    /// direction that RTCP reported.
+    pub webrtc_leg_loss_ratio: Family<DirectionLabel, Histogram>,
+    pub webrtc_leg_jitter_seconds: Histogram,
+    pub webrtc_leg_rtt_seconds: Histogram,
+    /// Frames the transcoder filled in, by the leg that lost them.
+    pub concealed_frames: Family<LegLabel, Counter>,
     /// Per bridged call, at its end: estimated MOS (E-model) over both legs.
     pub call_mos: Histogram,
+}
+
+/// Which way media went on the WebRTC leg.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: &'static str,
+}
+
+/// Which leg of a call.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LegLabel {
+    pub leg: &'static str,
+}
+
+fn loss_histogram() -> Histogram {
+    Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2])
 }
 
 impl Default for ShardMetrics {
@@ -155,7 +180,11 @@ impl Default for ShardMetrics {
             rtcp_packets_in: Counter::default(),
             rtcp_packets_out: Counter::default(),
             media_timeouts: Counter::default(),
-            sip_leg_loss_ratio: Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]),
+            sip_leg_loss_ratio: loss_histogram(),
+            webrtc_leg_loss_ratio: Family::new_with_constructor(loss_histogram),
+            webrtc_leg_jitter_seconds: Histogram::new([0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16]),
+            webrtc_leg_rtt_seconds: Histogram::new([0.001, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8]),
+            concealed_frames: Family::default(),
             sip_leg_jitter_seconds: Histogram::new([0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16]),
             call_mos: Histogram::new([1.0, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]),
         }
@@ -965,6 +994,35 @@ impl Shard {
             rtt_ms: webrtc.rtt_ms.unwrap_or(0.0),
             jitter_ms: s.jitter_ms.max(webrtc.jitter_ms.unwrap_or(0.0)),
         });
+        let m = &self.metrics;
+        if webrtc.packets_received > 0 {
+            for (direction, loss) in [
+                ("from_browser", webrtc.loss_from_browser),
+                ("to_browser", webrtc.loss_to_browser),
+            ] {
+                if let Some(loss) = loss {
+                    m.webrtc_leg_loss_ratio
+                        .get_or_create(&DirectionLabel { direction })
+                        .observe(f64::from(loss));
+                }
+            }
+            if let Some(jitter) = webrtc.jitter_ms {
+                m.webrtc_leg_jitter_seconds.observe(jitter / 1000.0);
+            }
+            if let Some(rtt) = webrtc.rtt_ms {
+                m.webrtc_leg_rtt_seconds.observe(rtt / 1000.0);
+            }
+        }
+        for (leg, frames) in [
+            ("webrtc", s.concealed_frames),
+            ("sip", s.concealed_from_sip),
+        ] {
+            if frames > 0 {
+                m.concealed_frames
+                    .get_or_create(&LegLabel { leg })
+                    .inc_by(frames);
+            }
+        }
         if s.packets_received > 0 {
             self.metrics.sip_leg_loss_ratio.observe(s.loss_ratio);
             self.metrics

@@ -264,6 +264,26 @@ impl Metrics {
             s.sip_leg_jitter_seconds.clone(),
         );
         m.registry.register(
+            "webrtc_leg_loss_ratio",
+            "Per SIP call at its end: share of packets lost on the WebRTC leg (from RTCP), by direction",
+            s.webrtc_leg_loss_ratio.clone(),
+        );
+        m.registry.register(
+            "webrtc_leg_jitter_seconds",
+            "Per SIP call at its end: interarrival jitter of the browser's RTP",
+            s.webrtc_leg_jitter_seconds.clone(),
+        );
+        m.registry.register(
+            "webrtc_leg_rtt_seconds",
+            "Per SIP call at its end: round-trip time to the browser (RTCP)",
+            s.webrtc_leg_rtt_seconds.clone(),
+        );
+        m.registry.register(
+            "concealed_frames",
+            "20 ms frames lost and filled in by the transcoder (FEC, PLC or fading repeat), by the leg that lost them",
+            s.concealed_frames.clone(),
+        );
+        m.registry.register(
             "call_mos",
             "Per SIP call at its end: estimated MOS (E-model) over both legs' loss, delay and jitter",
             s.call_mos.clone(),
