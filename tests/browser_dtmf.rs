@@ -7,9 +7,10 @@
 //! each digit's pair of frequencies (770 + 1336 Hz for 5, 852 + 1477 Hz for
 //! 9) after that digit was sent, and not before it, not the other digit's
 //! pair, not the pair of a digit never sent (1), and baresip's 440 Hz must
-//! come back once the digits are over.
+//! come back once the digits are over. A digit a PBX (sipp) sends in SIP
+//! INFO is synthesized as an event on the browser's stream and heard too.
 //!
-//! Needs Debian's `chromium`, `chromium-driver` and `baresip`; without them
+//! Needs Debian's `chromium`, `chromium-driver`, `baresip` and `sip-tester`; without them
 //! the tests fail (they never skip). They run one at a time.
 
 use std::time::{Duration, Instant};
@@ -207,4 +208,78 @@ async fn phone_digits_sound_in_the_browser(codec: &'static str) {
     gw.shutdown(Duration::from_secs(1)).await;
     drop(bob);
     println!("[{t}] done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// A PBX (sipp, PCMA only, playing 600 Hz) sends the digit 5 in a SIP INFO
+/// 2.5 s after the answer: the gateway synthesizes it as a 160 ms RFC 4733
+/// event on the Opus browser's stream, which Chromium plays as the tone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sip_info_digit_sounds_in_the_browser() {
+    const T: &str = "SIP INFO DTMF -> opus browser";
+    const PBX_TONE_HZ: f64 = gangway_tests::sip_peers::PCMA_TONE_HZ;
+    let _serial = serial().await;
+    let sipp = tokio::task::spawn_blocking(|| {
+        gangway_tests::sip_peers::Sipp::uas("uas_answer_play_info_dtmf.xml", 0, &[])
+    })
+    .await
+    .unwrap();
+    let gw = start_sip_gateway(sipp.port(), "pbx.test", |_| {}).await;
+    let page = format!("http://{}/", gw.http_addr());
+    let outcome = tokio::task::spawn_blocking(move || {
+        let (browser, _wav) = launch_browser(&page)?;
+        run_script(
+            &browser,
+            CALL_SCRIPT,
+            json!({ "to": "1000", "codec": "opus", "holdMs": 4_500, "hangup": true }),
+        )
+    })
+    .await
+    .expect("browser task panicked");
+    let mut sipp = sipp;
+    let rec = match outcome {
+        Ok(v) => Recording::parse(v),
+        Err(e) => {
+            let _ = sipp.wait(Duration::ZERO);
+            panic!(
+                "[{T}] browser side failed: {e}\n--- sipp errors ---\n{}",
+                sipp.errors()
+            )
+        }
+    };
+    sipp.wait(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("[{T}] sipp sent its INFO and got our BYE: {e}"));
+    println!("[{T}] browser events: {}", rec.events());
+    let answered = rec.mark("answered");
+    let all = rec.window(answered, rec.mark("stop"));
+    println!(
+        "[{T}] 20 ms frames from answered (INFO sent 2.5 s after the ACK):\n{}",
+        timeline(&rec, all, &['5', '9', '1'])
+    );
+    // The INFO leaves sipp 2.5 s after the ACK: nothing before 2 s.
+    let before = rec.window(answered + rec.ms(500), answered + rec.ms(2_000));
+    let after = rec.window(answered + rec.ms(2_000), rec.mark("stop"));
+    let figures = [
+        ("before: 5", hits(&rec, before, '5')),
+        ("after: 5", hits(&rec, after, '5')),
+        ("after: 9", hits(&rec, after, '9')),
+        ("anywhere: 1", hits(&rec, all, '1')),
+    ];
+    let tone_before = tone_coverage(before, rec.rate, PBX_TONE_HZ);
+    println!(
+        "[{T}] frames with the pair: {figures:?}; {PBX_TONE_HZ} Hz before in {tone_before:.3}"
+    );
+    assert!(
+        tone_before >= 0.8,
+        "[{T}] the browser did not hear the PBX's tone"
+    );
+    assert_eq!(figures[0].1, 0, "[{T}] no digit before the INFO");
+    assert!(
+        figures[1].1 >= MIN_DIGIT_FRAMES,
+        "[{T}] the browser played 5 in {} frames; stats {}",
+        figures[1].1,
+        pretty(&rec.result["stats"])
+    );
+    assert_eq!(figures[2].1 + figures[3].1, 0, "[{T}] only the digit sent");
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::from_secs(1)).await;
 }
