@@ -149,6 +149,76 @@ pub fn tone_coverage(samples: &[f32], sample_rate: u32, target_hz: f64) -> f64 {
     hits as f64 / frames as f64
 }
 
+/// The DTMF keypad's row and column frequencies (ITU-T Q.23).
+const DTMF_ROWS_HZ: [f64; 4] = [697.0, 770.0, 852.0, 941.0];
+const DTMF_COLS_HZ: [f64; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
+
+/// The (row, column) frequencies of a DTMF key.
+pub fn dtmf_pair(digit: char) -> Option<(f64, f64)> {
+    let (r, c) = match digit {
+        '1' => (0, 0),
+        '2' => (0, 1),
+        '3' => (0, 2),
+        'A' => (0, 3),
+        '4' => (1, 0),
+        '5' => (1, 1),
+        '6' => (1, 2),
+        'B' => (1, 3),
+        '7' => (2, 0),
+        '8' => (2, 1),
+        '9' => (2, 2),
+        'C' => (2, 3),
+        '*' => (3, 0),
+        '0' => (3, 1),
+        '#' => (3, 2),
+        'D' => (3, 3),
+        _ => return None,
+    };
+    Some((DTMF_ROWS_HZ[r], DTMF_COLS_HZ[c]))
+}
+
+/// Per 20 ms frame of `samples`: whether the DTMF pair of `digit` sounds
+/// in it. Both of its tones must beat the other rows (for the row tone) or
+/// columns (for the column tone), and the probe tones outside the keypad
+/// (300, 440, 2000, 2600, 3200 Hz), by 10 dB each, in a frame that is not
+/// silence; a Hann window keeps leakage out. Another digit, a single tone
+/// or speech-like noise does not count.
+pub fn dtmf_frames(samples: &[f32], sample_rate: u32, digit: char) -> Vec<bool> {
+    let Some((row, col)) = dtmf_pair(digit) else {
+        return Vec::new();
+    };
+    let frame_len = (sample_rate * FRAME_MS / 1000) as usize;
+    if frame_len == 0 {
+        return Vec::new();
+    }
+    let outside = [300.0, 440.0, 2000.0, 2600.0, 3200.0];
+    let window: Vec<f32> = (0..frame_len)
+        .map(|i| (0.5 - 0.5 * (2.0 * PI * i as f64 / frame_len as f64).cos()) as f32)
+        .collect();
+    let mut windowed = vec![0f32; frame_len];
+    samples
+        .chunks_exact(frame_len)
+        .map(|frame| {
+            if rms(frame) < SILENCE_RMS {
+                return false;
+            }
+            for ((w, &x), &h) in windowed.iter_mut().zip(frame).zip(&window) {
+                *w = x * h;
+            }
+            let power = |hz: f64| goertzel_power(&windowed, sample_rate, hz);
+            let (p_row, p_col) = (power(row), power(col));
+            let beats = |target: f64, same_group: &[f64; 4], own: f64| {
+                same_group
+                    .iter()
+                    .filter(|&&f| f != own)
+                    .chain(&outside)
+                    .all(|&hz| target > DOMINANCE_FACTOR * power(hz))
+            };
+            beats(p_row, &DTMF_ROWS_HZ, row) && beats(p_col, &DTMF_COLS_HZ, col)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +319,27 @@ mod tests {
             .collect();
         assert!(tone_coverage(&s, 8000, 1000.0) >= 0.95);
         assert!(tone_coverage(&s, 8000, 440.0) <= 0.01);
+    }
+
+    #[test]
+    fn dtmf_pairs_are_told_apart() {
+        let pair = |digit: char| {
+            let (r, c) = dtmf_pair(digit).unwrap();
+            let (a, b) = (tone(r, 0.2, 0.25), tone(c, 0.2, 0.25));
+            a.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<f32>>()
+        };
+        let five = pair('5');
+        let hits = |s: &[f32], d| dtmf_frames(s, SR, d).iter().filter(|h| **h).count();
+        assert_eq!(hits(&five, '5'), 10, "every frame of a 200 ms '5'");
+        for other in ['1', '2', '4', '6', '8', '9', '0'] {
+            assert_eq!(hits(&five, other), 0, "'5' is not '{other}'");
+        }
+        assert_eq!(hits(&pair('9'), '9'), 10);
+        assert_eq!(hits(&tone(770.0, 0.2, 0.5), '5'), 0, "one tone of the pair");
+        assert_eq!(hits(&tone(440.0, 0.2, 0.5), '5'), 0);
+        assert_eq!(hits(&noise(0.2, 0.5, 3), '5'), 0);
+        assert_eq!(hits(&vec![0.0; 9600], '5'), 0);
+        assert!(dtmf_frames(&five, SR, 'x').is_empty());
     }
 
     #[test]

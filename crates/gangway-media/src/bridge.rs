@@ -10,6 +10,7 @@ use mio::net::UdpSocket;
 use tracing::debug;
 
 use crate::dtmf::{DtmfReceiver, DtmfSender};
+use crate::dtmf_relay::{BrowserEvent, DtmfRelay};
 use crate::g711::LawTables;
 use crate::rtcp::{self, ReceiveStats, SenderInfo};
 use crate::rtp::{self, InTimeline, OutStream};
@@ -154,6 +155,8 @@ pub(crate) struct Bridge {
     dtmf_pt: Option<u8>,
     dtmf_out: DtmfSender,
     dtmf_in: DtmfReceiver,
+    /// The far end's digits (RFC 4733 and SIP INFO) as events towards the browser.
+    dtmf_to_browser: DtmfRelay,
     /// Where the next frame towards the browser should start (8 kHz), to spot SIP-leg losses.
     to_browser_next: Option<u64>,
     /// SIP-leg frames lost and filled in towards the browser.
@@ -192,8 +195,9 @@ pub(crate) enum Inbound<'a> {
         time: u64,
         payload: &'a [u8],
     },
-    /// A DTMF digit the far end started sending (RFC 4733).
-    Digit(char),
+    /// A telephone-event packet (RFC 4733): the digit when it starts one.
+    /// What goes to the browser is queued in [`Bridge::dtmf_to_browser`].
+    Event(Option<char>),
 }
 
 /// RTP packets built for one browser frame, in one reused buffer.
@@ -230,6 +234,7 @@ impl Bridge {
     /// Transcodes this call's media: the browser leg negotiated Opus.
     pub(crate) fn set_transcoder(&mut self, transcoder: Transcoder) {
         self.transcoder = Some(transcoder);
+        self.dtmf_to_browser.set_opus(true);
     }
 
     /// Wraps a bound pair of non-blocking sockets (RTP, RTCP); the shard
@@ -262,6 +267,7 @@ impl Bridge {
             dtmf_pt: None,
             dtmf_out: DtmfSender::default(),
             dtmf_in: DtmfReceiver::default(),
+            dtmf_to_browser: DtmfRelay::default(),
             opus_next: None,
             concealed_frames: 0,
             browser_dtmf: DtmfReceiver::default(),
@@ -542,6 +548,24 @@ impl Bridge {
         (gap, start)
     }
 
+    /// Telephone-event packets to write to the browser, in order.
+    pub(crate) fn dtmf_to_browser(&mut self) -> Option<BrowserEvent> {
+        self.dtmf_to_browser.pop()
+    }
+
+    /// An audio frame from the SIP leg at `time` (8 kHz): true when an
+    /// event towards the browser covers it, so it must not be sent (the
+    /// browser would play the audio instead of the event).
+    pub(crate) fn sip_audio_under_event(&mut self, time: u64, samples: u64) -> bool {
+        self.dtmf_to_browser.on_sip_audio(time, samples as u32)
+    }
+
+    /// A digit the far end sent in SIP INFO, to play to the browser as an
+    /// RFC 4733 event on the next audio frames.
+    pub(crate) fn play_dtmf_to_browser(&mut self, digit: char) -> bool {
+        self.dtmf_to_browser.queue_digit(digit)
+    }
+
     /// The Opus transcoder, when the browser leg speaks Opus.
     pub(crate) fn transcoder(&mut self) -> Option<&mut Transcoder> {
         self.transcoder.as_mut()
@@ -580,13 +604,19 @@ impl Bridge {
         let packet = rtp::parse(data).ok_or(Discard::NotRtp)?;
         if Some(packet.pt) == self.dtmf_pt {
             self.last_from_sip = Some(Instant::now());
-            return match self
+            let digit = self
                 .dtmf_in
-                .on_packet(packet.ssrc, packet.ts, packet.payload)
-            {
-                Some(d) => Ok(Inbound::Digit(d)),
-                None => Err(Discard::OtherPayload),
-            };
+                .on_packet(packet.ssrc, packet.ts, packet.payload);
+            // Where the event starts on the browser stream: by its timestamp
+            // among the audio, or (another SSRC) where the next audio goes.
+            let start = self
+                .from_sip
+                .place(packet.ssrc, packet.ts)
+                .or(self.to_browser_next)
+                .unwrap_or(0);
+            self.dtmf_to_browser
+                .on_sip_event(packet.ssrc, packet.ts, start, packet.payload);
+            return Ok(Inbound::Event(digit));
         }
         if packet.pt != self.law.payload_type() {
             return Err(Discard::OtherPayload);
@@ -799,12 +829,16 @@ mod tests {
         };
         assert_eq!(
             b.accept_from_sip(pbx, &ev(800)).unwrap(),
-            Inbound::Digit('5')
+            Inbound::Event(Some('5'))
         );
         assert_eq!(
-            b.accept_from_sip(pbx, &ev(800)).unwrap_err(),
-            Discard::OtherPayload
+            b.accept_from_sip(pbx, &ev(800)).unwrap(),
+            Inbound::Event(None)
         );
+        // Towards the (G.711) browser: one marked start, the repeat not passed on.
+        let start = b.dtmf_to_browser().expect("an event for the browser");
+        assert!(start.marker && start.clock_hz == 8000 && start.payload[0] == 5);
+        assert!(b.dtmf_to_browser().is_none());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub use shard::{
 };
 pub use transcode::OpusSettings;
 pub mod dtmf;
+pub mod dtmf_relay;
 pub mod g711;
 pub mod quality;
 pub mod rtcp;

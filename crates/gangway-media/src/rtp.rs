@@ -145,6 +145,24 @@ pub struct InTimeline {
 }
 
 impl InTimeline {
+    /// Where a timestamp of the current source falls on the output
+    /// timeline, without moving it (a telephone event's start, which lies
+    /// between audio packets); `None` for another source or a far jump.
+    pub fn place(&self, ssrc: u32, ts: u32) -> Option<u64> {
+        if self.ssrc != Some(ssrc) {
+            return None;
+        }
+        let diff = ts.wrapping_sub(self.last_in) as i32;
+        if u64::from(diff.unsigned_abs()) > MAX_GAP {
+            return None;
+        }
+        if diff >= 0 {
+            Some(self.out + diff as u64)
+        } else {
+            self.out.checked_sub(u64::from(diff.unsigned_abs()))
+        }
+    }
+
     /// Returns the output time for a packet. `samples` is how far a new
     /// source starts after the last packet of the old one.
     pub fn map(&mut self, ssrc: u32, ts: u32, samples: u32) -> u64 {
@@ -264,6 +282,12 @@ mod tests {
         // Early media ends, the answer's stream starts with a new SSRC and clock.
         assert_eq!(t.map(2, 90, 160), 640);
         assert_eq!(t.map(2, 250, 160), 800);
+        assert_eq!(t.place(2, 250), Some(800), "placing does not move it");
+        assert_eq!(t.place(2, 90), Some(640));
+        assert_eq!(t.place(2, 410), Some(960), "ahead of the audio");
+        assert_eq!(t.place(3, 250), None, "another source");
+        assert_eq!(t.place(2, 250 + 200_000), None, "a far jump");
+        assert_eq!(t.map(2, 410, 160), 960);
         // Timestamp wrap-around within one source.
         let mut w = InTimeline::default();
         assert_eq!(w.map(3, u32::MAX - 79, 160), 0);

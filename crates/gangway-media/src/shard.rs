@@ -215,6 +215,10 @@ enum Command {
         id: PeerId,
         digits: String,
     },
+    PlayDtmf {
+        id: PeerId,
+        digit: char,
+    },
     Renegotiate {
         id: PeerId,
         offer: String,
@@ -374,6 +378,12 @@ impl ShardHandle {
     /// Sends DTMF digits to the SIP leg as RFC 4733 events.
     pub fn send_dtmf(&self, id: PeerId, digits: String) {
         self.send(Command::SendDtmf { id, digits });
+    }
+
+    /// Plays a digit the far end sent in SIP INFO to the browser, as an
+    /// RFC 4733 event on its stream (queued behind any still playing).
+    pub fn play_dtmf(&self, id: PeerId, digit: char) {
+        let _ = self.commands.send(Command::PlayDtmf { id, digit });
     }
 
     /// Applies a new browser offer to an existing peer (an ICE restart);
@@ -671,6 +681,11 @@ impl Shard {
                     self.tell(id, LegEvent::DtmfRefused);
                 }
             }
+            Command::PlayDtmf { id, digit } => {
+                if let Some(b) = self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) {
+                    b.play_dtmf_to_browser(digit);
+                }
+            }
             Command::ConnectRemote {
                 id,
                 remote,
@@ -926,8 +941,11 @@ impl Shard {
         };
         let (law, time, payload) = match bridge.accept_from_sip(source, data) {
             Ok(Inbound::Audio { law, time, payload }) => (law, time, payload),
-            Ok(Inbound::Digit(d)) => {
-                self.tell(id, LegEvent::Dtmf(d));
+            Ok(Inbound::Event(digit)) => {
+                if let Some(d) = digit {
+                    self.tell(id, LegEvent::Dtmf(d));
+                }
+                self.dtmf_to_browser(id);
                 return;
             }
             Err(Discard::Held) => return,
@@ -939,6 +957,16 @@ impl Shard {
         };
         let now = Instant::now();
         let (lost, gap_start) = bridge.sip_gap_before(time, payload.len() as u64);
+        let under_event = bridge.sip_audio_under_event(time, payload.len() as u64);
+        // End repeats and synthesized digits ride on the SIP leg's frames.
+        self.dtmf_to_browser(id);
+        if under_event {
+            // The browser plays the digit instead (see dtmf_relay).
+            return;
+        }
+        let Some(bridge) = self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) else {
+            return;
+        };
         if let Some(transcoder) = bridge.transcoder() {
             for nth in 0..lost {
                 if let Ok(opus) = transcoder.conceal_sip_loss(nth) {
@@ -980,6 +1008,31 @@ impl Shard {
         };
         self.endpoint
             .write_audio(id, other, time, now, &self.scratch);
+    }
+
+    /// Writes the telephone events the bridge has for the browser.
+    fn dtmf_to_browser(&mut self, id: PeerId) {
+        let now = Instant::now();
+        while let Some(event) = self
+            .peers
+            .get_mut(&id)
+            .and_then(|p| p.bridge.as_mut())
+            .and_then(|b| b.dtmf_to_browser())
+        {
+            // The wallclock of the event's start, which its timestamp names.
+            let lasted = Duration::from_micros(u64::from(event.elapsed_8k) * 125);
+            let start = now.checked_sub(lasted).unwrap_or(now);
+            if !self.endpoint.write_telephone_event(
+                id,
+                event.clock_hz,
+                event.time,
+                event.marker,
+                start,
+                &event.payload,
+            ) {
+                debug!(peer = id.0, "telephone-event not written to the browser");
+            }
+        }
     }
 
     /// Logs a bridged call's media quality when it ends and feeds the histograms.

@@ -460,6 +460,63 @@ impl Endpoint {
         pt.map(|pt| (mid, pt))
     }
 
+    /// Sends one RFC 4733 telephone-event packet as it is: `payload` (one
+    /// report), the RTP timestamp `time` on the `clock_hz` clock (the
+    /// event's start, on the same timeline as the audio written with that
+    /// clock) and the marker bit. str0m's own `Writer::telephone_event`
+    /// wants the whole event's duration up front, which a relayed event
+    /// does not have; a plain write on the negotiated telephone-event
+    /// payload type passes each report through unchanged, on the audio's
+    /// SSRC and sequence numbers. False when the peer is not connected or
+    /// did not negotiate telephone-event at that clock.
+    pub fn write_telephone_event(
+        &mut self,
+        id: PeerId,
+        clock_hz: u32,
+        time: u64,
+        marker: bool,
+        wallclock: Instant,
+        payload: &[u8],
+    ) -> bool {
+        let clock = match clock_hz {
+            48_000 => Frequency::FORTY_EIGHT_KHZ,
+            8_000 => Frequency::EIGHT_KHZ,
+            _ => return false,
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return false;
+        };
+        if !peer.connected {
+            return false;
+        }
+        let mid = peer.audio_mid;
+        let Some(writer) = peer.rtc.writer(mid) else {
+            return false;
+        };
+        let Some(pt) = writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Tele && p.spec().clock_rate == clock)
+            .map(|p| p.pt())
+        else {
+            return false;
+        };
+        let written = writer.start_of_talkspurt(marker).write(
+            pt,
+            wallclock,
+            MediaTime::new(time, clock),
+            payload,
+        );
+        if let Err(e) = written {
+            warn!(peer = id.0, "telephone-event write failed: {e}");
+            return false;
+        }
+        let events = &mut self.events;
+        drain(id, peer, &mut self.transmits, &mut |ev| {
+            events.extend(translate(id, ev))
+        });
+        true
+    }
+
     /// Sends one audio frame in `codec` on the peer's audio media.
     pub fn write_audio(
         &mut self,

@@ -1497,6 +1497,10 @@ impl Session {
             }
             SipEvent::Dtmf { digit } => {
                 info!(call = %id, %digit, "DTMF received (SIP INFO)");
+                // The browser hears it too, as RFC 4733 on its stream.
+                if let Some(entry) = self.calls.get(&id) {
+                    self.shared.shards[entry.shard].play_dtmf(peer, digit);
+                }
                 self.outbox.push(ServerMessage::Dtmf {
                     call: id,
                     digit: digit.to_string(),
