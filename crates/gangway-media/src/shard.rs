@@ -383,7 +383,7 @@ impl ShardHandle {
     /// Plays a digit the far end sent in SIP INFO to the browser, as an
     /// RFC 4733 event on its stream (queued behind any still playing).
     pub fn play_dtmf(&self, id: PeerId, digit: char) {
-        let _ = self.commands.send(Command::PlayDtmf { id, digit });
+        self.send(Command::PlayDtmf { id, digit });
     }
 
     /// Applies a new browser offer to an existing peer (an ICE restart);
