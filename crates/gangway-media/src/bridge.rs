@@ -12,10 +12,10 @@ use tracing::debug;
 use crate::dtmf::{DtmfReceiver, DtmfSender};
 use crate::dtmf_relay::{BrowserEvent, DtmfRelay};
 use crate::g711::LawTables;
-use crate::rtcp::{self, ReceiveStats, SenderInfo};
+use crate::rtcp::{self, FarEndReports, ReceiveStats, SenderInfo};
 use crate::rtp::{self, InTimeline, OutStream};
 use crate::shard::Flow;
-use crate::transcode::{Transcoder, FRAME_SAMPLES};
+use crate::transcode::{OpusBandwidthCount, Transcoder, FRAME_SAMPLES};
 
 /// The G.711 law of the SIP leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +167,11 @@ pub(crate) struct Bridge {
     opus_next: Option<u64>,
     /// Browser frames filled in by FEC or concealment.
     concealed_frames: u64,
+    /// The browser's Opus packets by audio bandwidth (TOC byte): did it honour
+    /// our request for narrowband?
+    opus_bandwidth: OpusBandwidthCount,
+    /// The far end's RTCP reports about our stream: RTT and its loss.
+    far_end: FarEndReports,
 }
 
 /// Media quality of a bridged call's SIP leg.
@@ -184,6 +189,15 @@ pub struct LegSummary {
     pub concealed_frames: u64,
     /// SIP-leg frames lost and filled in (fading repeat) before encoding to Opus.
     pub concealed_from_sip: u64,
+    /// The browser's Opus packets coded narrowband (4 kHz audio) and wider.
+    pub browser_opus_narrowband: u64,
+    pub browser_opus_wider: u64,
+    /// Round-trip time to the far end from its RTCP reports (RFC 3550
+    /// §6.4.1), smoothed; `None` until a report about our stream came back.
+    pub rtt_ms: Option<f64>,
+    /// The far end's view of our stream, from its latest report block.
+    pub far_end_fraction_lost: Option<f64>,
+    pub far_end_cumulative_lost: Option<i32>,
 }
 
 /// What a datagram from the SIP leg carried.
@@ -273,6 +287,8 @@ impl Bridge {
             browser_dtmf: DtmfReceiver::default(),
             to_browser_next: None,
             concealed_from_sip: 0,
+            opus_bandwidth: OpusBandwidthCount::default(),
+            far_end: FarEndReports::default(),
         }
     }
 
@@ -415,18 +431,28 @@ impl Bridge {
             transcoded: self.transcoder.is_some(),
             concealed_frames: self.concealed_frames,
             concealed_from_sip: self.concealed_from_sip,
+            browser_opus_narrowband: self.opus_bandwidth.narrowband,
+            browser_opus_wider: self.opus_bandwidth.wider,
+            rtt_ms: self.far_end.rtt_ms(),
+            far_end_fraction_lost: self.far_end.fraction_lost(),
+            far_end_cumulative_lost: self.far_end.cumulative_lost(),
         }
     }
 
-    /// RTCP from the far end: its sender report feeds our LSR/DLSR.
+    /// RTCP from the far end: its sender report feeds our LSR/DLSR, its
+    /// report block about our stream the RTT and the far end's loss.
     pub(crate) fn on_rtcp(&mut self, data: &[u8], now: Instant) -> bool {
-        match rtcp::parse_sender_report(data) {
-            Some((_, secs, frac)) => {
-                self.stats.on_sender_report(secs, frac, now);
-                true
-            }
-            None => false,
+        let Some(seen) = rtcp::parse_reports(data, self.to_sip.ssrc()) else {
+            return false;
+        };
+        if let Some((_, secs, frac)) = seen.sender {
+            self.stats.on_sender_report(secs, frac, now);
         }
+        if let Some(block) = seen.about_us {
+            self.far_end
+                .on_block(&block, rtcp::ntp_middle(SystemTime::now()));
+        }
+        true
     }
 
     /// Turns one browser frame into RTP packets for the SIP leg (more than
@@ -470,6 +496,7 @@ impl Bridge {
                 scratch
             }
             (AudioCodec::Opus, law) => {
+                self.opus_bandwidth.count(payload);
                 // A gap in the browser's timeline is lost packets (str0m
                 // delivers audio in order): conceal it before this packet.
                 let lost = match self.opus_next {
@@ -671,6 +698,37 @@ mod tests {
             socket
         };
         Bridge::new(0, open(), open())
+    }
+
+    /// An RR from the far end with one block about `ssrc`.
+    fn receiver_report(ssrc: u32, lost: u8, lsr: u32, dlsr: u32) -> Vec<u8> {
+        let mut p = vec![0x81, 201, 0, 7, 0, 0, 0, 9];
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[lost, 0, 0, 2]);
+        for w in [1000u32, 8, lsr, dlsr] {
+            p.extend_from_slice(&w.to_be_bytes());
+        }
+        p
+    }
+
+    #[test]
+    fn the_far_ends_report_about_our_stream_gives_the_rtt_and_its_loss() {
+        let mut b = bridge();
+        assert_eq!(b.summary().rtt_ms, None);
+        let ms = |n: u32| n * 65536 / 1000;
+        // Our SR left 30 ms ago (LSR) and the far end held it 10 ms (DLSR): 20 ms.
+        let lsr = rtcp::ntp_middle(SystemTime::now()).wrapping_sub(ms(30));
+        let stranger = receiver_report(b.to_sip.ssrc() ^ 1, 0, lsr, ms(10));
+        assert!(b.on_rtcp(&stranger, Instant::now()));
+        assert_eq!(b.summary().rtt_ms, None, "a block about another stream");
+        let ours = receiver_report(b.to_sip.ssrc(), 128, lsr, ms(10));
+        assert!(b.on_rtcp(&ours, Instant::now()));
+        let s = b.summary();
+        let rtt = s.rtt_ms.expect("an RTT");
+        assert!((19.0..25.0).contains(&rtt), "{rtt} ms");
+        assert_eq!(s.far_end_fraction_lost, Some(0.5));
+        assert_eq!(s.far_end_cumulative_lost, Some(2));
+        assert!(!b.on_rtcp(&[0x12, 0x34], Instant::now()), "not RTCP");
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use gangway_rtc::{AudioCodec, Endpoint, EndpointConfig, LegStats, PeerEvent, PeerId, SetupError};
+use gangway_rtc::{
+    AnswerOptions, AudioCodec, Endpoint, EndpointConfig, LegStats, PeerEvent, PeerId, SetupError,
+};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -142,6 +144,10 @@ pub struct ShardMetrics {
     pub concealed_frames: Family<LegLabel, Counter>,
     /// Per bridged call, at its end: estimated MOS (E-model) over both legs.
     pub call_mos: Histogram,
+    /// Per bridged call, at its end: round-trip time to the SIP far end (its RTCP), when measured.
+    pub sip_leg_rtt_seconds: Histogram,
+    /// Transcoded calls' browser Opus packets by coded bandwidth (`bandwidth` = narrow | wide).
+    pub browser_opus_packets: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 /// Which way media went on the WebRTC leg.
@@ -187,6 +193,10 @@ impl Default for ShardMetrics {
             concealed_frames: Family::default(),
             sip_leg_jitter_seconds: Histogram::new([0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16]),
             call_mos: Histogram::new([1.0, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]),
+            sip_leg_rtt_seconds: Histogram::new([
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8,
+            ]),
+            browser_opus_packets: Family::default(),
         }
     }
 }
@@ -757,9 +767,15 @@ impl Shard {
                 (Some(b), attempts)
             }
         };
+        // A bridged call's other leg is 8 kHz: ask for narrowband Opus (the echo line keeps fullband).
+        let options = AnswerOptions {
+            narrowband_opus: route == MediaRoute::Bridge,
+        };
         let mut result = Err(SetupError::IncompatibleCodecs);
         for allowed in attempts {
-            result = self.endpoint.add_peer(id, offer, allowed, Instant::now());
+            result = self
+                .endpoint
+                .add_peer_with(id, offer, allowed, options, Instant::now());
             if !matches!(result, Err(SetupError::IncompatibleCodecs)) {
                 break;
             }
@@ -1044,7 +1060,8 @@ impl Shard {
                 .loss_ratio
                 .max(f64::from(webrtc.loss_from_browser.unwrap_or(0.0)))
                 .max(f64::from(webrtc.loss_to_browser.unwrap_or(0.0))),
-            rtt_ms: webrtc.rtt_ms.unwrap_or(0.0),
+            // End to end: browser ↔ gateway plus gateway ↔ far end.
+            rtt_ms: webrtc.rtt_ms.unwrap_or(0.0) + s.rtt_ms.unwrap_or(0.0),
             jitter_ms: s.jitter_ms.max(webrtc.jitter_ms.unwrap_or(0.0)),
         });
         let m = &self.metrics;
@@ -1083,6 +1100,20 @@ impl Shard {
                 .observe(s.jitter_ms / 1000.0);
             self.metrics.call_mos.observe(mos);
         }
+        if let Some(rtt) = s.rtt_ms {
+            self.metrics.sip_leg_rtt_seconds.observe(rtt / 1000.0);
+        }
+        for (bandwidth, n) in [
+            ("narrow", s.browser_opus_narrowband),
+            ("wide", s.browser_opus_wider),
+        ] {
+            if n > 0 {
+                self.metrics
+                    .browser_opus_packets
+                    .get_or_create(&[("bandwidth", bandwidth)])
+                    .inc_by(n);
+            }
+        }
         info!(
             peer = id.0,
             sip_packets_received = s.packets_received,
@@ -1090,8 +1121,13 @@ impl Shard {
             sip_loss_percent = format!("{:.2}", s.loss_ratio * 100.0),
             sip_jitter_ms = format!("{:.1}", s.jitter_ms),
             sip_packets_sent = s.packets_sent,
+            sip_rtt_ms = s.rtt_ms.map(|r| format!("{r:.1}")),
+            sip_far_end_loss_percent = s.far_end_fraction_lost.map(|l| format!("{:.2}", l * 100.0)),
+            sip_far_end_packets_lost = s.far_end_cumulative_lost,
             transcoded = s.transcoded,
             browser_frames_concealed = s.concealed_frames,
+            browser_opus_narrowband = s.browser_opus_narrowband,
+            browser_opus_wider = s.browser_opus_wider,
             sip_frames_concealed = s.concealed_from_sip,
             webrtc_packets_received = webrtc.packets_received,
             webrtc_packets_sent = webrtc.packets_sent,

@@ -17,6 +17,26 @@ const MAX_CONCEALED: usize = 5;
 /// Larger than any Opus packet the encoder makes at our bitrates.
 const MAX_OPUS_PACKET: usize = 400;
 
+/// Counts Opus packets by the audio bandwidth their TOC byte announces
+/// (RFC 6716 §3.1): configurations 0–3 (SILK) and 16–19 (CELT) are
+/// narrowband; everything else codes audio above 4 kHz, which the 8 kHz
+/// SIP leg throws away.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OpusBandwidthCount {
+    pub narrowband: u64,
+    pub wider: u64,
+}
+
+impl OpusBandwidthCount {
+    pub fn count(&mut self, packet: &[u8]) {
+        match packet.first().map(|toc| toc >> 3) {
+            Some(0..=3 | 16..=19) => self.narrowband += 1,
+            Some(_) => self.wider += 1,
+            None => {}
+        }
+    }
+}
+
 /// Encoder settings for the Opus sent to browsers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpusSettings {
@@ -285,5 +305,37 @@ mod tests {
         // Odd-sized G.711 is padded to 20 ms.
         assert!(t.g711_to_opus(&[0xff; 80], Law::Pcmu).is_ok());
         assert!(t.g711_to_opus(&[0xff; 400], Law::Pcmu).is_ok());
+    }
+
+    #[test]
+    fn opus_bandwidth_is_read_from_the_toc_byte() {
+        let mut c = OpusBandwidthCount::default();
+        // SILK NB 20 ms (config 1), CELT NB 20 ms (19), hybrid FB (15),
+        // SILK WB (9), CELT FB (31); an empty packet counts as neither.
+        for config in [1u8, 19, 15, 9, 31] {
+            c.count(&[config << 3 | 0b001, 0xaa]);
+        }
+        c.count(&[]);
+        assert_eq!((c.narrowband, c.wider), (2, 3));
+        // What libopus makes when told to stay narrowband.
+        let mut enc = Encoder::new(48_000, Channels::Mono, Application::Voip).unwrap();
+        enc.set_max_bandwidth(opus::Bandwidth::Narrowband).unwrap();
+        let tone: Vec<i16> = (0..960)
+            .map(|i| {
+                ((i as f64 * 2.0 * std::f64::consts::PI * 1000.0 / 48_000.0).sin() * 8000.0) as i16
+            })
+            .collect();
+        let mut c = OpusBandwidthCount::default();
+        for _ in 0..10 {
+            c.count(&enc.encode_vec(&tone, 400).unwrap());
+        }
+        assert_eq!((c.narrowband, c.wider), (10, 0));
+        let mut enc = Encoder::new(48_000, Channels::Mono, Application::Voip).unwrap();
+        enc.set_bitrate(Bitrate::Bits(64_000)).unwrap();
+        let mut c = OpusBandwidthCount::default();
+        for _ in 0..10 {
+            c.count(&enc.encode_vec(&tone, 400).unwrap());
+        }
+        assert!(c.wider >= 9, "fullband by default: {c:?}");
     }
 }

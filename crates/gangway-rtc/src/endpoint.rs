@@ -11,6 +11,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, warn};
 
+use crate::narrowband::narrowband_opus;
+
 /// Audio codecs the WebRTC leg can negotiate. Telephone-event is always offered alongside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AudioCodec {
@@ -41,6 +43,14 @@ pub struct EndpointConfig {
     pub candidate_addr: SocketAddr,
     /// Audio codecs accepted from offers, in order of preference.
     pub codecs: Vec<AudioCodec>,
+}
+
+/// How one peer's answers are shaped beyond the codec choice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnswerOptions {
+    /// Ask for narrowband Opus (`maxplaybackrate=8000;sprop-maxcapturerate=8000`
+    /// on the Opus fmtp line, RFC 7587): for calls whose other leg is 8 kHz.
+    pub narrowband_opus: bool,
 }
 
 /// Why an offer was refused.
@@ -107,6 +117,8 @@ pub struct LegStats {
 
 struct Peer {
     rtc: Rtc,
+    /// Applied to this peer's answers, renegotiations included.
+    options: AnswerOptions,
     stats: LegStats,
     /// Clock of the browser's audio, to turn jitter into time.
     clock_hz: u32,
@@ -206,6 +218,19 @@ impl Endpoint {
         allowed: &[AudioCodec],
         now: Instant,
     ) -> Result<String, SetupError> {
+        self.add_peer_with(id, offer_text, allowed, AnswerOptions::default(), now)
+    }
+
+    /// [`add_peer`](Self::add_peer), with `options` applied to this answer
+    /// and to those of later renegotiations.
+    pub fn add_peer_with(
+        &mut self,
+        id: PeerId,
+        offer_text: &str,
+        allowed: &[AudioCodec],
+        options: AnswerOptions,
+        now: Instant,
+    ) -> Result<String, SetupError> {
         if self.peers.contains_key(&id) {
             return Err(SetupError::DuplicatePeer(id));
         }
@@ -225,6 +250,7 @@ impl Endpoint {
 
         let mut peer = Peer {
             rtc,
+            options,
             stats: LegStats::default(),
             clock_hz: 48_000,
             audio_mid: Mid::new(),
@@ -254,7 +280,7 @@ impl Endpoint {
         };
         peer.audio_mid = mid;
         self.peers.insert(id, peer);
-        Ok(answer.to_sdp_string())
+        Ok(shape(answer.to_sdp_string(), options))
     }
 
     /// Applies a new offer from the browser to an existing peer and returns
@@ -287,7 +313,7 @@ impl Endpoint {
         });
         report_if_dead(id, peer, events);
         debug!(peer = id.0, "offer renegotiated");
-        Ok(answer.to_sdp_string())
+        Ok(shape(answer.to_sdp_string(), peer.options))
     }
 
     /// Adds a trickled browser candidate. ICE-lite does not need them (the
@@ -530,6 +556,15 @@ impl Endpoint {
             Some((mid, pt)) => self.write_media(id, mid, pt, time, wallclock, data.into()),
             None => false,
         }
+    }
+}
+
+/// Applies a peer's [`AnswerOptions`] to an answer str0m wrote.
+fn shape(answer: String, options: AnswerOptions) -> String {
+    if options.narrowband_opus {
+        narrowband_opus(&answer)
+    } else {
+        answer
     }
 }
 
@@ -880,6 +915,62 @@ a=ssrc:1001 cname:abcdefgh\r\n";
         let restart = CHROME_OFFER.replace("a=ice-ufrag:Hx8q", "a=ice-ufrag:Zq7w");
         ep.renegotiate(PeerId(1), &restart)
             .expect("a good offer still works after bad ones");
+    }
+
+    fn opus_fmtp(sdp: &str) -> Vec<&str> {
+        let pt = sdp
+            .lines()
+            .find_map(|l| l.strip_suffix(" opus/48000/2")?.strip_prefix("a=rtpmap:"))
+            .expect("an Opus rtpmap");
+        let prefix = format!("a=fmtp:{pt} ");
+        sdp.lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn narrowband_opus_is_asked_for_only_when_wanted_and_kept_on_renegotiation() {
+        let mut ep = endpoint(all());
+        let now = Instant::now();
+        let narrow = AnswerOptions {
+            narrowband_opus: true,
+        };
+        let fullband = ep.add_peer(PeerId(1), CHROME_OFFER, &[], now).unwrap();
+        assert!(
+            !fullband.contains("maxplaybackrate"),
+            "the echo line keeps fullband:\n{fullband}"
+        );
+        let answer = ep
+            .add_peer_with(PeerId(2), CHROME_OFFER, &[AudioCodec::Opus], narrow, now)
+            .unwrap();
+        let params = opus_fmtp(&answer);
+        assert_eq!(params.len(), 1, "one fmtp line:\n{answer}");
+        let params: Vec<&str> = params[0].split(';').collect();
+        for want in [
+            "maxplaybackrate=8000",
+            "sprop-maxcapturerate=8000",
+            "useinbandfec=1",
+        ] {
+            assert_eq!(
+                params.iter().filter(|p| **p == want).count(),
+                1,
+                "{want} once in {params:?}"
+            );
+        }
+        assert!(answer.ends_with("\r\n") && !answer.replace("\r\n", "").contains('\n'));
+        str0m::change::SdpAnswer::from_sdp_string(&answer).expect("still valid SDP");
+        let restart = CHROME_OFFER.replace("a=ice-ufrag:Hx8q", "a=ice-ufrag:Zq7w");
+        let again = ep.renegotiate(PeerId(2), &restart).unwrap();
+        assert_eq!(
+            opus_fmtp(&again),
+            opus_fmtp(&answer),
+            "renegotiation keeps it"
+        );
+        // A G.711 answer has nothing to narrow.
+        let g711 = ep
+            .add_peer_with(PeerId(3), CHROME_OFFER, &[AudioCodec::Pcmu], narrow, now)
+            .unwrap();
+        assert!(!g711.contains("maxplaybackrate") && !g711.contains("opus"));
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! by str0m's own `accepts` check (STUN username) for a new source.
 
 mod endpoint;
+mod narrowband;
 
 pub use endpoint::{
-    AudioCodec, CandidateError, Endpoint, EndpointConfig, LegStats, MediaFrame, PeerEvent, PeerId,
-    SetupError, Transmit,
+    AnswerOptions, AudioCodec, CandidateError, Endpoint, EndpointConfig, LegStats, MediaFrame,
+    PeerEvent, PeerId, SetupError, Transmit,
 };

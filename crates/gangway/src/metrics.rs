@@ -284,6 +284,16 @@ impl Metrics {
             s.concealed_frames.clone(),
         );
         m.registry.register(
+            "sip_leg_rtt_seconds",
+            "Per SIP call at its end: round-trip time to the far end from its RTCP reports (RFC 3550), when measured",
+            s.sip_leg_rtt_seconds.clone(),
+        );
+        m.registry.register(
+            "browser_opus_packets",
+            "Opus packets from browsers on transcoded calls, by coded audio bandwidth (narrow: 4 kHz, as asked for; wide: anything more)",
+            s.browser_opus_packets.clone(),
+        );
+        m.registry.register(
             "call_mos",
             "Per SIP call at its end: estimated MOS (E-model) over both legs' loss, delay and jitter",
             s.call_mos.clone(),
