@@ -238,6 +238,38 @@ async fn opus_browser_to_baresip_through_5_percent_loss() {
     gw.shutdown(Duration::from_secs(1)).await;
 }
 
+/// The transcoded call with one in ten of baresip's RTP packets arriving
+/// 60 ms late, after three later ones: the gateway's reorder buffer gives up
+/// on the first one or two (its depth starts at 20 ms), measures how late
+/// they came, waits longer from then on, and puts the rest back in order
+/// before the Opus encoder instead of concealing them. A fixed 20 ms buffer
+/// conceals every one (checked by pinning the depth).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_browser_to_baresip_with_reordered_packets() {
+    let _serial = serial().await;
+    let bob = tokio::task::spawn_blocking(start_bob).await.unwrap();
+    let proxy = LossyProxy::start_reordering(bob.sip_addr(), 0.0, 0.10, 3, 0x0dd).await;
+    let gw = gateway_to(proxy.sip_port(), "127.0.0.1").await;
+    call_bob_and_check_tones("opus browser<-reordered-baresip", &gw, bob, "opus", 0.95, 0).await;
+    let reordered = proxy.reordered.load(Ordering::Relaxed);
+    let text = scrape(&gw).await;
+    // Absent when nothing was concealed.
+    let concealed =
+        metric_value(&text, "gangway_concealed_frames_total{leg=\"sip\"}").unwrap_or(0.0);
+    let lost = metric_value(&text, "gangway_sip_leg_loss_ratio_sum").expect("one call measured");
+    println!(
+        "proxy held back {reordered} packets towards the gateway by 3 packets; gateway concealed {concealed} frames, measured loss {:.2} %",
+        lost * 100.0
+    );
+    assert!(reordered >= 20, "the proxy reordered the media path");
+    assert!(
+        concealed <= 3.0,
+        "{concealed} frames concealed for {reordered} late packets: the depth did not adapt"
+    );
+    assert!(lost < 0.01, "reordering is not loss: {lost}");
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
 /// The same call through kamailio as registrar and proxy: bob registers with
 /// digest auth, kamailio challenges the gateway's INVITE with 407, and the
 /// call reaches bob at his registered contact.

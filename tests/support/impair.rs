@@ -17,6 +17,8 @@ pub struct LossyProxy {
     /// RTP packets forwarded and dropped, both directions together.
     pub forwarded: Arc<AtomicU64>,
     pub dropped: Arc<AtomicU64>,
+    /// RTP packets towards the gateway sent after the one behind them.
+    pub reordered: Arc<AtomicU64>,
 }
 
 impl Drop for LossyProxy {
@@ -43,6 +45,19 @@ impl Lcg {
 impl LossyProxy {
     /// Proxies SIP to `far_end` and drops `loss` (0–1) of the RTP each way.
     pub async fn start(far_end: SocketAddr, loss: f64, seed: u64) -> LossyProxy {
+        Self::start_reordering(far_end, loss, 0.0, 0, seed).await
+    }
+
+    /// Like [`LossyProxy::start`], and also holds back `reorder` (0–1) of
+    /// the far end's RTP packets on the way to the gateway until `late_by`
+    /// packets after them have gone (each arrives that many packet times late).
+    pub async fn start_reordering(
+        far_end: SocketAddr,
+        loss: f64,
+        reorder: f64,
+        late_by: usize,
+        seed: u64,
+    ) -> LossyProxy {
         let sip = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let rtp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let sip_port = sip.local_addr().unwrap().port();
@@ -54,6 +69,7 @@ impl LossyProxy {
         )));
         let forwarded = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
+        let reordered = Arc::new(AtomicU64::new(0));
 
         let ends = rtp_ends.clone();
         let sip_task = tokio::spawn(async move {
@@ -85,10 +101,12 @@ impl LossyProxy {
             }
         });
 
-        let (f, d) = (forwarded.clone(), dropped.clone());
+        let (f, d, r) = (forwarded.clone(), dropped.clone(), reordered.clone());
         let rtp_task = tokio::spawn(async move {
             let mut rng = Lcg(seed);
             let mut buf = vec![0u8; 2048];
+            // A packet towards the gateway waiting to go out after the next one.
+            let mut held: Option<(Vec<u8>, SocketAddr, usize)> = None;
             while let Ok((n, source)) = rtp.recv_from(&mut buf).await {
                 let (gateway, far) = *rtp_ends.lock().unwrap();
                 let dest = if Some(source) == gateway {
@@ -101,9 +119,24 @@ impl LossyProxy {
                 let Some(dest) = dest else { continue };
                 if rng.unit() < loss {
                     d.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    f.fetch_add(1, Ordering::Relaxed);
-                    let _ = rtp.send_to(&buf[..n], dest).await;
+                    continue;
+                }
+                f.fetch_add(1, Ordering::Relaxed);
+                let towards_gateway = Some(dest) == gateway;
+                if towards_gateway && held.is_none() && rng.unit() < reorder {
+                    r.fetch_add(1, Ordering::Relaxed);
+                    held = Some((buf[..n].to_vec(), dest, late_by));
+                    continue;
+                }
+                let _ = rtp.send_to(&buf[..n], dest).await;
+                if towards_gateway {
+                    if let Some((late, to, after)) = held.take() {
+                        if after <= 1 {
+                            let _ = rtp.send_to(&late, to).await;
+                        } else {
+                            held = Some((late, to, after - 1));
+                        }
+                    }
                 }
             }
         });
@@ -113,6 +146,7 @@ impl LossyProxy {
             tasks: vec![sip_task, rtp_task],
             forwarded,
             dropped,
+            reordered,
         }
     }
 

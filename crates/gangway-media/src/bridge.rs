@@ -12,6 +12,7 @@ use tracing::debug;
 use crate::dtmf::{DtmfReceiver, DtmfSender};
 use crate::dtmf_relay::{BrowserEvent, DtmfRelay};
 use crate::g711::LawTables;
+use crate::jitter::{JitterBuffer, Out};
 use crate::rtcp::{self, FarEndReports, ReceiveStats, SenderInfo};
 use crate::rtp::{self, InTimeline, OutStream};
 use crate::shard::Flow;
@@ -157,10 +158,13 @@ pub(crate) struct Bridge {
     dtmf_in: DtmfReceiver,
     /// The far end's digits (RFC 4733 and SIP INFO) as events towards the browser.
     dtmf_to_browser: DtmfRelay,
-    /// Where the next frame towards the browser should start (8 kHz), to spot SIP-leg losses.
+    /// Where the SIP leg's audio towards the browser has reached (8 kHz):
+    /// an event on another SSRC starts there.
     to_browser_next: Option<u64>,
-    /// SIP-leg frames lost and filled in towards the browser.
-    concealed_from_sip: u64,
+    /// Transcoded calls: the SIP leg's audio, reordered before the Opus encoder.
+    jitter: JitterBuffer,
+    /// The jitter buffer deadline the shard has been asked to wake for.
+    pub(crate) jitter_wake: Option<Instant>,
     /// The browser's own RFC 4733 events (RTCDTMFSender), one digit per event.
     browser_dtmf: DtmfReceiver,
     /// Where the next browser Opus frame should start (8 kHz), to spot losses.
@@ -189,6 +193,10 @@ pub struct LegSummary {
     pub concealed_frames: u64,
     /// SIP-leg frames lost and filled in (fading repeat) before encoding to Opus.
     pub concealed_from_sip: u64,
+    /// The reorder buffer on transcoded calls: packets that came after their
+    /// time was given up, and how long it waited for a hole at the end.
+    pub sip_late_packets: u64,
+    pub jitter_buffer_ms: u64,
     /// The browser's Opus packets coded narrowband (4 kHz audio) and wider.
     pub browser_opus_narrowband: u64,
     pub browser_opus_wider: u64,
@@ -207,6 +215,8 @@ pub(crate) enum Inbound<'a> {
     Audio {
         law: Law,
         time: u64,
+        /// Starts a talkspurt: a gap before it is silence, not loss.
+        marker: bool,
         payload: &'a [u8],
     },
     /// A telephone-event packet (RFC 4733): the digit when it starts one.
@@ -286,7 +296,8 @@ impl Bridge {
             concealed_frames: 0,
             browser_dtmf: DtmfReceiver::default(),
             to_browser_next: None,
-            concealed_from_sip: 0,
+            jitter: JitterBuffer::default(),
+            jitter_wake: None,
             opus_bandwidth: OpusBandwidthCount::default(),
             far_end: FarEndReports::default(),
         }
@@ -430,7 +441,9 @@ impl Bridge {
             packets_sent: self.sent_packets,
             transcoded: self.transcoder.is_some(),
             concealed_frames: self.concealed_frames,
-            concealed_from_sip: self.concealed_from_sip,
+            concealed_from_sip: self.jitter.stats().concealed,
+            sip_late_packets: self.jitter.stats().late,
+            jitter_buffer_ms: self.jitter.depth().as_millis() as u64,
             browser_opus_narrowband: self.opus_bandwidth.narrowband,
             browser_opus_wider: self.opus_bandwidth.wider,
             rtt_ms: self.far_end.rtt_ms(),
@@ -557,22 +570,54 @@ impl Bridge {
         Some(dest)
     }
 
-    /// For a transcoded call: how many 20 ms frames the SIP leg lost right
-    /// before a packet that starts at `time` (8 kHz), at most 100 ms' worth,
-    /// and where the gap starts. Passthrough calls leave this to the browser.
-    pub(crate) fn sip_gap_before(&mut self, time: u64, samples: u64) -> (usize, u64) {
-        let gap = match self.to_browser_next {
-            Some(next) if time > next && self.transcoder.is_some() => {
-                (((time - next) / FRAME_SAMPLES as u64) as usize).min(5)
+    /// A transcoded call's audio from the SIP leg goes through the reorder
+    /// buffer; [`Bridge::next_opus_for_browser`] takes it out.
+    pub(crate) fn buffer_for_browser(
+        &mut self,
+        time: u64,
+        payload: &[u8],
+        marker: bool,
+        now: Instant,
+    ) {
+        self.jitter.push(time, payload, marker, now);
+    }
+
+    /// When the reorder buffer next has something due without a new packet.
+    pub(crate) fn jitter_deadline(&self) -> Option<Instant> {
+        self.jitter.next_deadline()
+    }
+
+    /// For a transcoded call: the next 20 ms for the browser, in order, with
+    /// its 8 kHz time: a frame from the SIP leg encoded to Opus, or a lost
+    /// one concealed (the last frame repeated, fading). Frames a DTMF event
+    /// towards the browser covers are left out: the browser plays the event.
+    pub(crate) fn next_opus_for_browser(
+        &mut self,
+        now: Instant,
+    ) -> Option<(u64, Result<&[u8], opus::Error>)> {
+        self.transcoder.as_ref()?;
+        loop {
+            let out = self.jitter.poll(now)?;
+            match out {
+                Out::Frame { time, payload } => {
+                    if self
+                        .dtmf_to_browser
+                        .on_sip_audio(time, payload.len() as u32)
+                    {
+                        continue;
+                    }
+                    let transcoder = self.transcoder.as_mut()?;
+                    return Some((time, transcoder.g711_to_opus(payload, self.law)));
+                }
+                Out::Lost { time, samples, nth } => {
+                    if self.dtmf_to_browser.on_sip_audio(time, samples as u32) {
+                        continue;
+                    }
+                    let transcoder = self.transcoder.as_mut()?;
+                    return Some((time, transcoder.conceal_sip_loss(nth)));
+                }
             }
-            _ => 0,
-        };
-        let start = time.saturating_sub(gap as u64 * FRAME_SAMPLES as u64);
-        // A late packet must not pull the expectation back (and fake a gap).
-        let end = time + samples;
-        self.to_browser_next = Some(self.to_browser_next.map_or(end, |n| n.max(end)));
-        self.concealed_from_sip += gap as u64;
-        (gap, start)
+        }
     }
 
     /// Telephone-event packets to write to the browser, in order.
@@ -655,9 +700,13 @@ impl Bridge {
         let time = self
             .from_sip
             .map(packet.ssrc, packet.ts, packet.payload.len() as u32);
+        // A late packet must not pull this back.
+        let end = time + packet.payload.len() as u64;
+        self.to_browser_next = Some(self.to_browser_next.map_or(end, |n| n.max(end)));
         Ok(Inbound::Audio {
             law: self.law,
             time,
+            marker: packet.marker,
             payload: packet.payload,
         })
     }
@@ -800,28 +849,32 @@ mod tests {
     }
 
     #[test]
-    fn sip_gaps_are_counted_once_and_late_packets_are_no_gap() {
+    fn transcoded_sip_audio_is_reordered_and_its_losses_concealed() {
         use crate::transcode::{OpusSettings, Transcoder};
         let mut b = bridge();
-        assert_eq!(
-            b.sip_gap_before(0, 160),
-            (0, 0),
-            "passthrough: the browser conceals"
-        );
         b.set_transcoder(Transcoder::new(OpusSettings::default()).unwrap());
-        assert_eq!(b.sip_gap_before(160, 160), (0, 160));
-        assert_eq!(b.sip_gap_before(640, 160), (2, 320), "320 and 480 lost");
-        assert_eq!(
-            b.sip_gap_before(480, 160),
-            (0, 480),
-            "a late packet is no gap"
-        );
-        assert_eq!(
-            b.sip_gap_before(800, 160),
-            (0, 800),
-            "and does not fake one"
-        );
-        assert_eq!(b.summary().concealed_from_sip, 2);
+        let now = Instant::now();
+        let times = |b: &mut Bridge, at: Instant| {
+            let mut out = Vec::new();
+            while let Some((time, opus)) = b.next_opus_for_browser(at) {
+                assert!(!opus.unwrap().is_empty());
+                out.push(time);
+            }
+            out
+        };
+        b.buffer_for_browser(0, &[0xff; 160], true, now);
+        assert_eq!(times(&mut b, now), [0]);
+        // 320 before 160: held, then both in order.
+        b.buffer_for_browser(320, &[0xff; 160], false, now);
+        assert_eq!(times(&mut b, now), [] as [u64; 0]);
+        assert!(b.jitter_deadline().is_some());
+        b.buffer_for_browser(160, &[0xff; 160], false, now);
+        assert_eq!(times(&mut b, now), [160, 320]);
+        // 480 never comes: concealed once the deadline passes.
+        b.buffer_for_browser(640, &[0xff; 160], false, now);
+        let deadline = b.jitter_deadline().expect("a hole to wait for");
+        assert_eq!(times(&mut b, deadline), [480, 640]);
+        assert_eq!(b.summary().concealed_from_sip, 1);
     }
 
     #[test]

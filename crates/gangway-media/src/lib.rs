@@ -6,8 +6,8 @@
 //! events come back on the channel each call supplies. Packets never leave
 //! the shard's thread.
 //!
-//! Today a call's media has one route, [`MediaRoute::Echo`]; the SIP bridge
-//! and transcoding routes plug in here.
+//! A call's media goes back to the browser ([`MediaRoute::Echo`]) or to its
+//! SIP leg ([`MediaRoute::Bridge`]), passed through or transcoded.
 
 mod bridge;
 mod shard;
@@ -21,6 +21,7 @@ pub use transcode::OpusSettings;
 pub mod dtmf;
 pub mod dtmf_relay;
 pub mod g711;
+pub mod jitter;
 pub mod quality;
 pub mod rtcp;
 pub mod rtp;

@@ -1,4 +1,5 @@
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::bridge::{Bridge, Discard, Inbound, Law, Packets, PortAllocator, RtpPorts};
 use crate::g711::LawTables;
 use crate::quality::{estimated_mos, Impairments};
-use crate::transcode::{OpusSettings, Transcoder, FRAME_SAMPLES};
+use crate::transcode::{OpusSettings, Transcoder};
 
 /// Where a call's browser media goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -484,6 +485,9 @@ struct Shard {
     endpoint: Endpoint,
     peers: HashMap<PeerId, PeerEntry>,
     slots: SocketSlots,
+    /// When transcoded calls' reorder buffers want a look (earliest first);
+    /// entries a buffer no longer wants are skipped.
+    jitter_wakes: BinaryHeap<Reverse<(Instant, PeerId)>>,
     metrics: ShardMetrics,
     ports: Option<PortAllocator>,
     laws: LawTables,
@@ -521,6 +525,7 @@ impl Shard {
             endpoint,
             peers: HashMap::new(),
             slots: SocketSlots::default(),
+            jitter_wakes: BinaryHeap::with_capacity(64),
             metrics,
             ports: rtp_ports.map(PortAllocator::new),
             laws: LawTables::new(),
@@ -543,11 +548,14 @@ impl Shard {
         loop {
             self.flush();
             let now = Instant::now();
-            let deadline = self
+            let mut deadline = self
                 .endpoint
                 .poll_timeout()
                 .unwrap_or(now + IDLE_WAKEUP)
                 .min(next_rtcp);
+            if let Some(Reverse((at, _))) = self.jitter_wakes.peek() {
+                deadline = deadline.min(*at);
+            }
             if let Err(e) = self
                 .poll
                 .poll(&mut events, Some(deadline.saturating_duration_since(now)))
@@ -577,6 +585,7 @@ impl Shard {
             if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 self.endpoint.handle_timeout(now);
             }
+            self.wake_jitter_buffers(now);
             if now >= next_rtcp {
                 self.send_due_rtcp();
                 next_rtcp = now + RTCP_TICK;
@@ -955,8 +964,13 @@ impl Shard {
         let Some(bridge) = self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) else {
             return;
         };
-        let (law, time, payload) = match bridge.accept_from_sip(source, data) {
-            Ok(Inbound::Audio { law, time, payload }) => (law, time, payload),
+        let (law, time, marker, payload) = match bridge.accept_from_sip(source, data) {
+            Ok(Inbound::Audio {
+                law,
+                time,
+                marker,
+                payload,
+            }) => (law, time, marker, payload),
             Ok(Inbound::Event(digit)) => {
                 if let Some(d) = digit {
                     self.tell(id, LegEvent::Dtmf(d));
@@ -972,35 +986,16 @@ impl Shard {
             }
         };
         let now = Instant::now();
-        let (lost, gap_start) = bridge.sip_gap_before(time, payload.len() as u64);
+        if bridge.transcoder().is_some() {
+            bridge.buffer_for_browser(time, payload, marker, now);
+            self.opus_to_browser(id, now);
+            return;
+        }
         let under_event = bridge.sip_audio_under_event(time, payload.len() as u64);
         // End repeats and synthesized digits ride on the SIP leg's frames.
         self.dtmf_to_browser(id);
         if under_event {
             // The browser plays the digit instead (see dtmf_relay).
-            return;
-        }
-        let Some(bridge) = self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) else {
-            return;
-        };
-        if let Some(transcoder) = bridge.transcoder() {
-            for nth in 0..lost {
-                if let Ok(opus) = transcoder.conceal_sip_loss(nth) {
-                    let at = gap_start + (nth * FRAME_SAMPLES) as u64;
-                    let at = MediaTime::new(at * 6, Frequency::FORTY_EIGHT_KHZ);
-                    self.endpoint
-                        .write_audio(id, AudioCodec::Opus, at, now, opus);
-                }
-            }
-            match transcoder.g711_to_opus(payload, law) {
-                Ok(opus) => {
-                    // Opus runs on a 48 kHz RTP clock.
-                    let time = MediaTime::new(time * 6, Frequency::FORTY_EIGHT_KHZ);
-                    self.endpoint
-                        .write_audio(id, AudioCodec::Opus, time, now, opus);
-                }
-                Err(e) => debug!(peer = id.0, "Opus encoding failed: {e}"),
-            }
             return;
         }
         let time = MediaTime::new(time, Frequency::EIGHT_KHZ);
@@ -1024,6 +1019,53 @@ impl Shard {
         };
         self.endpoint
             .write_audio(id, other, time, now, &self.scratch);
+    }
+
+    /// A transcoded call: encodes and writes what its reorder buffer has due,
+    /// then asks to be woken at its next deadline.
+    fn opus_to_browser(&mut self, id: PeerId, now: Instant) {
+        let Some(bridge) = self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) else {
+            return;
+        };
+        while let Some((time, opus)) = bridge.next_opus_for_browser(now) {
+            match opus {
+                Ok(opus) => {
+                    // Opus runs on a 48 kHz RTP clock.
+                    let time = MediaTime::new(time * 6, Frequency::FORTY_EIGHT_KHZ);
+                    self.endpoint
+                        .write_audio(id, AudioCodec::Opus, time, now, opus);
+                }
+                Err(e) => debug!(peer = id.0, "Opus encoding failed: {e}"),
+            }
+        }
+        let deadline = bridge.jitter_deadline();
+        if deadline.is_some() && deadline != bridge.jitter_wake {
+            bridge.jitter_wake = deadline;
+            if let Some(at) = deadline {
+                self.jitter_wakes.push(Reverse((at, id)));
+            }
+        }
+        // End repeats and synthesized digits ride on the SIP leg's frames.
+        self.dtmf_to_browser(id);
+    }
+
+    /// Releases what reorder buffers have due at `now`.
+    fn wake_jitter_buffers(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.jitter_wakes.peek().copied() {
+            if at > now {
+                return;
+            }
+            self.jitter_wakes.pop();
+            let Some(bridge) = self.peers.get_mut(&id).and_then(|p| p.bridge.as_mut()) else {
+                continue;
+            };
+            // A stale entry: the buffer moved on and asked for another time.
+            if bridge.jitter_wake != Some(at) {
+                continue;
+            }
+            bridge.jitter_wake = None;
+            self.opus_to_browser(id, now);
+        }
     }
 
     /// Writes the telephone events the bridge has for the browser.
@@ -1129,6 +1171,8 @@ impl Shard {
             browser_opus_narrowband = s.browser_opus_narrowband,
             browser_opus_wider = s.browser_opus_wider,
             sip_frames_concealed = s.concealed_from_sip,
+            sip_late_packets = s.sip_late_packets,
+            jitter_buffer_ms = s.jitter_buffer_ms,
             webrtc_packets_received = webrtc.packets_received,
             webrtc_packets_sent = webrtc.packets_sent,
             webrtc_loss_from_browser = webrtc
