@@ -2,12 +2,17 @@
 //! bare libopus at the same settings (8 kHz mono, VoIP, complexity 5,
 //! 24 kbit/s, in-band FEC): what the path adds on top of the codec.
 //!
+//! The SIP -> browser path is also measured through the reorder buffer.
+//!
 //! cargo bench -p gangway-benches --bench transcode
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use std::time::{Duration, Instant};
+
 use gangway_media::g711;
+use gangway_media::jitter::{JitterBuffer, Out};
 use gangway_media::transcode::{OpusSettings, Transcoder};
 use gangway_media::Law;
 use opus::{Application, Bitrate, Channels, Decoder, Encoder};
@@ -62,6 +67,38 @@ fn benches(c: &mut Criterion) {
             )
         })
     });
+    // The same through the reorder buffer (push, then pull what is due),
+    // in order and with every 20th packet swapped with the next.
+    for (name, swap_every) in [
+        ("path: reorder buffer + PCMU -> Opus", usize::MAX),
+        ("path: reorder buffer (5 % swapped) + PCMU -> Opus", 20),
+    ] {
+        let mut t = Transcoder::new(OpusSettings::default()).unwrap();
+        let mut jb = JitterBuffer::default();
+        let start = Instant::now();
+        let mut n = 0u64;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                // Packet n, or n+1 and n swapped.
+                let seq = match n as usize % swap_every {
+                    x if x == swap_every - 2 => n + 1,
+                    x if x == swap_every - 1 => n - 1,
+                    _ => n,
+                };
+                let now = start + Duration::from_millis(20 * n);
+                let payload = &ulaw[seq as usize % ulaw.len()];
+                jb.push(seq * FRAME as u64, black_box(payload), false, now);
+                let mut bytes = 0;
+                while let Some(out) = jb.poll(now) {
+                    if let Out::Frame { payload, .. } = out {
+                        bytes += t.g711_to_opus(payload, Law::Pcmu).unwrap().len();
+                    }
+                }
+                n += 1;
+                black_box(bytes)
+            })
+        });
+    }
     let mut e = bare_encoder();
     let mut out = vec![0u8; 400];
     let mut j = 0;
