@@ -118,6 +118,8 @@ async fn main() {
         phase.generator_cpu,
         phase.busy_rss_kib,
     );
+    // Where packets went, by the gateway's own count (before the calls end).
+    let counters = gateway_counters(http);
     let failed = results.iter().filter(|r| !r.0).count();
     let sent: usize = results.iter().map(|r| r.1).sum();
     let received: usize = results.iter().map(|r| r.2).sum();
@@ -132,6 +134,7 @@ async fn main() {
         all_connected.as_secs_f64()
     );
     println!("media phase               {secs:.1} s");
+    println!("gateway counters:\n{counters}");
     println!(
         "frames sent / returned    {sent} / {received} (round-trip loss {:.3} %)",
         100.0 * (sent.saturating_sub(received)) as f64 / sent.max(1) as f64
@@ -149,4 +152,29 @@ async fn main() {
         "gateway RSS idle / busy   {idle_rss:.0} KiB / {busy_rss:.0} KiB ({:.1} KiB per call)",
         (busy_rss - idle_rss) / n
     );
+}
+
+/// The gateway's packet counters, to tell where loss happened.
+fn gateway_counters(http: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(http) else {
+        return "metrics unavailable".into();
+    };
+    let _ = conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: gangway\r\n\r\n");
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| {
+            [
+                "gangway_webrtc_packets_",
+                "gangway_webrtc_send_drops",
+                "gangway_webrtc_unmatched",
+                "gangway_rtp_packets_",
+                "gangway_rtp_dropped",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -272,6 +272,10 @@ pub struct ShardHandle {
     local_addr: SocketAddr,
     /// Calls the shard holds, as it last published.
     load: Arc<AtomicUsize>,
+    /// Calls sent to the shard that it has not taken up yet. Counted here,
+    /// not by the shard: a busy shard publishes late, and must not look
+    /// emptier than it is while a burst of calls is placed.
+    queued: Arc<AtomicUsize>,
 }
 
 impl ShardHandle {
@@ -307,6 +311,7 @@ impl ShardHandle {
             .map_err(ShardStartError::Poll)?;
         let (tx, rx) = std_mpsc::channel();
         let load = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
         let shard = Shard::new(
             poll,
             socket,
@@ -315,6 +320,7 @@ impl ShardHandle {
             policy,
             metrics,
             load.clone(),
+            queued.clone(),
         );
         thread::Builder::new()
             .name("gangway-media".into())
@@ -326,6 +332,7 @@ impl ShardHandle {
             waker,
             local_addr,
             load,
+            queued,
         })
     }
 
@@ -350,6 +357,7 @@ impl ShardHandle {
         route: MediaRoute,
         events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
     ) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
         self.send(Command::AddPeer {
             id,
             offer,
@@ -403,9 +411,9 @@ impl ShardHandle {
         self.send(Command::Renegotiate { id, offer });
     }
 
-    /// Calls this shard holds.
+    /// Calls this shard holds or has queued.
     pub fn load(&self) -> usize {
-        self.load.load(Ordering::Relaxed)
+        self.load.load(Ordering::Relaxed) + self.queued.load(Ordering::Relaxed)
     }
 
     pub fn remove_peer(&self, id: PeerId) {
@@ -493,6 +501,7 @@ struct Shard {
     laws: LawTables,
     policy: MediaPolicy,
     load: Arc<AtomicUsize>,
+    queued: Arc<AtomicUsize>,
     /// Reused buffers: law conversion, outgoing RTP and RTCP packets.
     scratch: Vec<u8>,
     packets: Packets,
@@ -518,6 +527,7 @@ impl Shard {
         policy: MediaPolicy,
         metrics: ShardMetrics,
         load: Arc<AtomicUsize>,
+        queued: Arc<AtomicUsize>,
     ) -> Self {
         Shard {
             poll,
@@ -531,6 +541,7 @@ impl Shard {
             laws: LawTables::new(),
             policy,
             load,
+            queued,
             scratch: Vec::with_capacity(RECV_BUFFER),
             packets: Packets::default(),
             packet: Vec::with_capacity(RECV_BUFFER),
@@ -672,6 +683,7 @@ impl Shard {
                 events,
             } => {
                 let event = self.add_peer(id, &offer, route, &events);
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 let _ = events.send((id, event));
             }
             Command::AddCandidate { id, candidate } => {
