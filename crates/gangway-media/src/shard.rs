@@ -270,12 +270,18 @@ pub struct ShardHandle {
     /// Interrupts the shard's poll so it reads `commands`.
     waker: Arc<Waker>,
     local_addr: SocketAddr,
+    load: Arc<Load>,
+}
+
+/// How busy a shard is, for placing new calls.
+#[derive(Debug, Default)]
+struct Load {
     /// Calls the shard holds, as it last published.
-    load: Arc<AtomicUsize>,
-    /// Calls sent to the shard that it has not taken up yet. Counted here,
-    /// not by the shard: a busy shard publishes late, and must not look
+    held: AtomicUsize,
+    /// Calls sent to the shard that it has not taken up yet. Counted by the
+    /// handle, not the shard: a busy shard publishes late, and must not look
     /// emptier than it is while a burst of calls is placed.
-    queued: Arc<AtomicUsize>,
+    queued: AtomicUsize,
 }
 
 impl ShardHandle {
@@ -310,8 +316,7 @@ impl ShardHandle {
             .register(&mut socket, WEBRTC, Interest::READABLE)
             .map_err(ShardStartError::Poll)?;
         let (tx, rx) = std_mpsc::channel();
-        let load = Arc::new(AtomicUsize::new(0));
-        let queued = Arc::new(AtomicUsize::new(0));
+        let load = Arc::new(Load::default());
         let shard = Shard::new(
             poll,
             socket,
@@ -320,7 +325,6 @@ impl ShardHandle {
             policy,
             metrics,
             load.clone(),
-            queued.clone(),
         );
         thread::Builder::new()
             .name("gangway-media".into())
@@ -332,7 +336,6 @@ impl ShardHandle {
             waker,
             local_addr,
             load,
-            queued,
         })
     }
 
@@ -357,7 +360,7 @@ impl ShardHandle {
         route: MediaRoute,
         events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
     ) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.load.queued.fetch_add(1, Ordering::Relaxed);
         self.send(Command::AddPeer {
             id,
             offer,
@@ -413,7 +416,7 @@ impl ShardHandle {
 
     /// Calls this shard holds or has queued.
     pub fn load(&self) -> usize {
-        self.load.load(Ordering::Relaxed) + self.queued.load(Ordering::Relaxed)
+        self.load.held.load(Ordering::Relaxed) + self.load.queued.load(Ordering::Relaxed)
     }
 
     pub fn remove_peer(&self, id: PeerId) {
@@ -500,8 +503,7 @@ struct Shard {
     ports: Option<PortAllocator>,
     laws: LawTables,
     policy: MediaPolicy,
-    load: Arc<AtomicUsize>,
-    queued: Arc<AtomicUsize>,
+    load: Arc<Load>,
     /// Reused buffers: law conversion, outgoing RTP and RTCP packets.
     scratch: Vec<u8>,
     packets: Packets,
@@ -526,8 +528,7 @@ impl Shard {
         rtp_ports: Option<RtpPorts>,
         policy: MediaPolicy,
         metrics: ShardMetrics,
-        load: Arc<AtomicUsize>,
-        queued: Arc<AtomicUsize>,
+        load: Arc<Load>,
     ) -> Self {
         Shard {
             poll,
@@ -541,7 +542,6 @@ impl Shard {
             laws: LawTables::new(),
             policy,
             load,
-            queued,
             scratch: Vec::with_capacity(RECV_BUFFER),
             packets: Packets::default(),
             packet: Vec::with_capacity(RECV_BUFFER),
@@ -683,7 +683,7 @@ impl Shard {
                 events,
             } => {
                 let event = self.add_peer(id, &offer, route, &events);
-                self.queued.fetch_sub(1, Ordering::Relaxed);
+                self.load.queued.fetch_sub(1, Ordering::Relaxed);
                 let _ = events.send((id, event));
             }
             Command::AddCandidate { id, candidate } => {
@@ -1247,6 +1247,6 @@ impl Shard {
 
     /// Lets the gateway place new calls on the least loaded shard.
     fn publish_load(&self) {
-        self.load.store(self.peers.len(), Ordering::Relaxed);
+        self.load.held.store(self.peers.len(), Ordering::Relaxed);
     }
 }
