@@ -673,9 +673,24 @@ async fn early_media_then_answer_tones() {
 /// must hear the tone, and PCMA must flow to sipp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opus_browser_hears_a_pcma_only_pbx() {
-    const T: &str = "opus browser <-> PCMA sipp";
+    opus_browser_hears_pcma("opus browser <-> PCMA sipp", "uas_answer_play_pcma.xml").await;
+}
+
+/// The same with the PBX sending 30 ms packets: the gateway gathers them
+/// into 20 ms Opus frames (one and a half per packet), so the tone plays
+/// without holes or overlaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_browser_hears_a_pcma_pbx_sending_30_ms_packets() {
+    opus_browser_hears_pcma(
+        "opus browser <-> PCMA sipp, 30 ms",
+        "uas_answer_play_pcma_30ms.xml",
+    )
+    .await;
+}
+
+async fn opus_browser_hears_pcma(t: &'static str, scenario: &'static str) {
     let _serial = serial().await;
-    let sipp = tokio::task::spawn_blocking(|| Sipp::uas("uas_answer_play_pcma.xml", 0, &[]))
+    let sipp = tokio::task::spawn_blocking(move || Sipp::uas(scenario, 0, &[]))
         .await
         .unwrap();
     let gw = gateway_to(sipp.port(), "pbx.test").await;
@@ -696,7 +711,7 @@ async fn opus_browser_hears_a_pcma_only_pbx() {
         Err(e) => {
             let _ = sipp.wait(Duration::ZERO);
             panic!(
-                "[{T}] browser side failed: {e}\n--- sipp errors ---\n{}",
+                "[{t}] browser side failed: {e}\n--- sipp errors ---\n{}",
                 sipp.errors()
             )
         }
@@ -706,7 +721,7 @@ async fn opus_browser_hears_a_pcma_only_pbx() {
     let tone = tone_coverage(heard, rec.rate, PCMA_TONE_HZ);
     let control = tone_coverage(heard, rec.rate, BROWSER_TONE_HZ);
     println!(
-        "[{T}] browser heard {PCMA_TONE_HZ} Hz in {tone:.3} of frames over {:.2} s, \
+        "[{t}] browser heard {PCMA_TONE_HZ} Hz in {tone:.3} of frames over {:.2} s, \
          {BROWSER_TONE_HZ} Hz (control) in {control:.3}; codec {}",
         rec.seconds(heard.len()),
         rec.result["codec"]
@@ -715,29 +730,29 @@ async fn opus_browser_hears_a_pcma_only_pbx() {
         rec.result["codec"]
             .as_str()
             .is_some_and(|c| c.eq_ignore_ascii_case("audio/opus")),
-        "[{T}] the browser leg is Opus: {}",
+        "[{t}] the browser leg is Opus: {}",
         rec.result["codec"]
     );
     assert!(
         tone >= 0.90,
-        "[{T}] PCMA tone in only {:.1}% of frames",
+        "[{t}] PCMA tone in only {:.1}% of frames",
         tone * 100.0
     );
     assert!(
         control < 0.10,
-        "[{T}] negative control {:.1}%",
+        "[{t}] negative control {:.1}%",
         control * 100.0
     );
     // The browser's audio went out to sipp as PCMA.
     let sent = scrape_metric(&gw, "gangway_rtp_packets_sent_total").await;
-    assert!(sent >= 100.0, "[{T}] RTP packets sent to sipp: {sent}");
+    assert!(sent >= 100.0, "[{t}] RTP packets sent to sipp: {sent}");
     let sipp = tokio::task::spawn_blocking(move || {
         let r = sipp.wait(SIGNALING_TIMEOUT);
         (sipp, r)
     })
     .await
     .unwrap();
-    sipp.1.unwrap_or_else(|e| panic!("[{T}] sipp: {e}"));
+    sipp.1.unwrap_or_else(|e| panic!("[{t}] sipp: {e}"));
     assert!(
         sipp.0.messages().contains("PCMU/8000") && !sipp.0.messages().contains("opus"),
         "the SIP leg never offers Opus"

@@ -85,6 +85,8 @@ pub const PCMA_TONE_HZ: f64 = 600.0;
 pub const PCMA_TONE_SECONDS: f64 = 10.0;
 /// File name of that pcap (PT 8) in sipp's working directory.
 pub const PCMA_TONE_PCAP: &str = "pcma_tone.pcap";
+/// The same tone in 30 ms packets, for `tests/sipp/uas_answer_play_pcma_30ms.xml`.
+pub const PCMA_TONE_30MS_PCAP: &str = "pcma_tone_30ms.pcap";
 /// The SSRC of the [`ANSWER_MEDIA_PCAP`] stream.
 const ANSWER_MEDIA_SSRC: u32 = 0x4741_4e32; // "GAN2"
 
@@ -988,6 +990,12 @@ impl Sipp {
             PCMA_TONE_SECONDS,
         )
         .map_err(|e| format!("cannot write {PCMA_TONE_PCAP}: {e}"))?;
+        write_pcma_tone_pcap_30ms(
+            dir.path().join(PCMA_TONE_30MS_PCAP),
+            PCMA_TONE_HZ,
+            PCMA_TONE_SECONDS,
+        )
+        .map_err(|e| format!("cannot write {PCMA_TONE_30MS_PCAP}: {e}"))?;
         let port = if port == 0 { free_udp_port() } else { port };
         let media_port = free_udp_range(SIPP_MEDIA_PORTS);
         let control_port = free_udp_port();
@@ -1273,7 +1281,7 @@ pub fn write_pcmu_tone_pcap_with_ssrc(
     seconds: f64,
     ssrc: u32,
 ) -> std::io::Result<()> {
-    write_g711_tone_pcap(path, freq_hz, seconds, ssrc, false)
+    write_g711_tone_pcap(path, freq_hz, seconds, ssrc, false, 160)
 }
 
 /// A pcap of RTP PCMA (PT 8) packets carrying a tone, like
@@ -1283,7 +1291,16 @@ pub fn write_pcma_tone_pcap(
     freq_hz: f64,
     seconds: f64,
 ) -> std::io::Result<()> {
-    write_g711_tone_pcap(path, freq_hz, seconds, 0x4741_4e41, true) // "GANA"
+    write_g711_tone_pcap(path, freq_hz, seconds, 0x4741_4e41, true, 160) // "GANA"
+}
+
+/// [`write_pcma_tone_pcap`] in 30 ms packets (240 samples), as some PBXs send.
+pub fn write_pcma_tone_pcap_30ms(
+    path: impl AsRef<Path>,
+    freq_hz: f64,
+    seconds: f64,
+) -> std::io::Result<()> {
+    write_g711_tone_pcap(path, freq_hz, seconds, 0x4741_4e33, true, 240)
 }
 
 fn write_g711_tone_pcap(
@@ -1292,15 +1309,15 @@ fn write_g711_tone_pcap(
     seconds: f64,
     ssrc: u32,
     alaw: bool,
+    samples: usize,
 ) -> std::io::Result<()> {
     let (pt, encode): (u8, fn(i16) -> u8) = if alaw {
         (8, gangway_media::g711::linear_to_alaw)
     } else {
         (0, linear_to_ulaw)
     };
-    const SAMPLES: usize = 160;
-    let packets = (seconds * 50.0).round() as usize;
-    let mut out = Vec::with_capacity(24 + packets * (16 + 42 + 12 + SAMPLES));
+    let packets = (seconds * 8000.0 / samples as f64).round() as usize;
+    let mut out = Vec::with_capacity(24 + packets * (16 + 42 + 12 + samples));
     // Global header: magic, v2.4, GMT offset, accuracy, snaplen, LINKTYPE_ETHERNET.
     out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     out.extend_from_slice(&2u16.to_le_bytes());
@@ -1310,14 +1327,14 @@ fn write_g711_tone_pcap(
     out.extend_from_slice(&65535u32.to_le_bytes());
     out.extend_from_slice(&1u32.to_le_bytes());
     for n in 0..packets {
-        let mut rtp = Vec::with_capacity(12 + SAMPLES);
+        let mut rtp = Vec::with_capacity(12 + samples);
         rtp.push(0x80); // V=2
         rtp.push(if n == 0 { 0x80 | pt } else { pt }); // marker on the first
         rtp.extend_from_slice(&(n as u16).to_be_bytes());
-        rtp.extend_from_slice(&((n * SAMPLES) as u32).to_be_bytes());
+        rtp.extend_from_slice(&((n * samples) as u32).to_be_bytes());
         rtp.extend_from_slice(&ssrc.to_be_bytes());
-        for i in 0..SAMPLES {
-            let t = (n * SAMPLES + i) as f64 / 8000.0;
+        for i in 0..samples {
+            let t = (n * samples + i) as f64 / 8000.0;
             let v = 0.5 * (2.0 * std::f64::consts::PI * freq_hz * t).sin();
             rtp.push(encode((v * f64::from(i16::MAX)).round() as i16));
         }
@@ -1346,8 +1363,8 @@ fn write_g711_tone_pcap(
         frame.extend_from_slice(&(udp_len as u16).to_be_bytes());
         frame.extend_from_slice(&0u16.to_be_bytes()); // no checksum
         frame.extend_from_slice(&rtp);
-        // Record header: timestamp (20 ms apart), captured and original length.
-        let us = n as u64 * 20_000;
+        // Record header: timestamp (one packet time apart), captured and original length.
+        let us = (n * samples) as u64 * 125;
         out.extend_from_slice(&((us / 1_000_000) as u32).to_le_bytes());
         out.extend_from_slice(&((us % 1_000_000) as u32).to_le_bytes());
         out.extend_from_slice(&(frame.len() as u32).to_le_bytes());

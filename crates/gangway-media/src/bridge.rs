@@ -16,7 +16,7 @@ use crate::jitter::{JitterBuffer, Out};
 use crate::rtcp::{self, FarEndReports, ReceiveStats, SenderInfo};
 use crate::rtp::{self, InTimeline, OutStream};
 use crate::shard::Flow;
-use crate::transcode::{OpusBandwidthCount, Transcoder, FRAME_SAMPLES};
+use crate::transcode::{OpusBandwidthCount, SipAudio, Transcoder, FRAME_SAMPLES};
 
 /// The G.711 law of the SIP leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -587,35 +587,45 @@ impl Bridge {
         self.jitter.next_deadline()
     }
 
-    /// For a transcoded call: the next 20 ms for the browser, in order, with
-    /// its 8 kHz time: a frame from the SIP leg encoded to Opus, or a lost
-    /// one concealed (the last frame repeated, fading). Frames a DTMF event
-    /// towards the browser covers are left out: the browser plays the event.
+    /// For a transcoded call: the next 20 ms Opus frame for the browser, in
+    /// order, with its 8 kHz time, gathered from what the reorder buffer
+    /// releases (received G.711 of any packet time, or lost samples concealed
+    /// by the last frame repeated, fading). Audio a DTMF event towards the
+    /// browser covers is left out: the browser plays the event.
     pub(crate) fn next_opus_for_browser(
         &mut self,
         now: Instant,
     ) -> Option<(u64, Result<&[u8], opus::Error>)> {
-        self.transcoder.as_ref()?;
         loop {
-            let out = self.jitter.poll(now)?;
-            match out {
+            // What the last call left (more than 20 ms gathered) goes first.
+            if self.transcoder.as_ref()?.frame_ready() {
+                return Some(self.transcoder.as_mut()?.encode_for_browser());
+            }
+            let full = match self.jitter.poll(now)? {
                 Out::Frame { time, payload } => {
-                    if self
+                    let under_event = self
                         .dtmf_to_browser
-                        .on_sip_audio(time, payload.len() as u32)
-                    {
-                        continue;
-                    }
-                    let transcoder = self.transcoder.as_mut()?;
-                    return Some((time, transcoder.g711_to_opus(payload, self.law)));
+                        .on_sip_audio(time, payload.len() as u32);
+                    !under_event
+                        && self
+                            .transcoder
+                            .as_mut()?
+                            .push_for_browser(time, SipAudio::G711(payload, self.law))
                 }
                 Out::Lost { time, samples, nth } => {
-                    if self.dtmf_to_browser.on_sip_audio(time, samples as u32) {
-                        continue;
-                    }
-                    let transcoder = self.transcoder.as_mut()?;
-                    return Some((time, transcoder.conceal_sip_loss(nth)));
+                    let under_event = self.dtmf_to_browser.on_sip_audio(time, samples as u32);
+                    !under_event
+                        && self.transcoder.as_mut()?.push_for_browser(
+                            time,
+                            SipAudio::Lost {
+                                samples: samples as usize,
+                                nth,
+                            },
+                        )
                 }
+            };
+            if full {
+                return Some(self.transcoder.as_mut()?.encode_for_browser());
             }
         }
     }

@@ -64,6 +64,21 @@ pub struct Transcoder {
     g711: Vec<u8>,
     /// The last 20 ms decoded from the SIP leg, repeated (fading) to conceal its losses.
     last_from_sip: Vec<i16>,
+    /// Towards the browser: SIP audio gathered into 20 ms Opus frames (a PBX
+    /// may send 10 or 30 ms packets), and the 8 kHz time of its first sample.
+    frame: Vec<i16>,
+    frame_start: u64,
+    /// Whether the gathered frame holds received audio (not only concealment).
+    frame_is_received: bool,
+}
+
+/// Audio from the SIP leg on its way to the browser, in time order.
+#[derive(Debug, Clone, Copy)]
+pub enum SipAudio<'a> {
+    /// G.711 as received (any length up to 20 ms).
+    G711(&'a [u8], Law),
+    /// `samples` that never came; `nth` counts consecutive losses from 0.
+    Lost { samples: usize, nth: usize },
 }
 
 impl Transcoder {
@@ -83,6 +98,10 @@ impl Transcoder {
             opus: vec![0; MAX_OPUS_PACKET],
             g711: Vec::with_capacity(MAX_DECODED),
             last_from_sip: vec![0; FRAME_SAMPLES],
+            // Up to a frame waiting plus one more packet's 20 ms.
+            frame: Vec::with_capacity(2 * FRAME_SAMPLES),
+            frame_start: 0,
+            frame_is_received: false,
         })
     }
 
@@ -149,18 +168,60 @@ impl Transcoder {
 }
 
 impl Transcoder {
-    /// Conceals the `nth` (0-based) consecutive lost 20 ms frame from the SIP
-    /// leg: the last frame repeated at half the level each time, so a short
-    /// gap sounds continuous and a long one fades to silence rather than buzz.
-    pub fn conceal_sip_loss(&mut self, nth: usize) -> Result<&[u8], opus::Error> {
-        let shift = (nth + 1).min(15) as u32;
-        for (dst, &s) in self.pcm.iter_mut().zip(&self.last_from_sip) {
-            *dst = s >> shift;
+    /// Adds SIP audio starting at `time` (8 kHz) to the 20 ms frame being
+    /// gathered for the browser; true when a frame is full and
+    /// [`Transcoder::encode_for_browser`] should take it. A jump in time (a
+    /// gap skipped as silence, frames left out for DTMF) drops the partial
+    /// frame rather than close it up.
+    pub fn push_for_browser(&mut self, time: u64, audio: SipAudio<'_>) -> bool {
+        if self.frame.is_empty() || time != self.frame_start + self.frame.len() as u64 {
+            self.frame.clear();
+            self.frame_start = time;
+            self.frame_is_received = false;
         }
-        let len = self
-            .encoder
-            .encode(&self.pcm[..FRAME_SAMPLES], &mut self.opus)?;
-        Ok(&self.opus[..len])
+        // The reorder buffer hands out at most 20 ms at a time and the
+        // caller takes each full frame, so this never cuts anything off.
+        let room = 2 * FRAME_SAMPLES - self.frame.len();
+        match audio {
+            SipAudio::G711(payload, law) => {
+                let decode = match law {
+                    Law::Pcmu => g711::ulaw_to_linear,
+                    Law::Pcma => g711::alaw_to_linear,
+                };
+                let n = payload.len().min(room);
+                self.frame.extend(payload[..n].iter().map(|&b| decode(b)));
+                self.frame_is_received = true;
+            }
+            SipAudio::Lost { samples, nth } => {
+                // The last received audio again, at half the level each time.
+                let shift = (nth + 1).min(15) as u32;
+                let n = samples.min(room).min(FRAME_SAMPLES);
+                self.frame
+                    .extend(self.last_from_sip[..n].iter().map(|&s| s >> shift));
+            }
+        }
+        self.frame_ready()
+    }
+
+    /// A full 20 ms frame waits for [`Transcoder::encode_for_browser`].
+    pub fn frame_ready(&self) -> bool {
+        self.frame.len() >= FRAME_SAMPLES
+    }
+
+    /// Encodes the full 20 ms frame [`Transcoder::push_for_browser`]
+    /// gathered: its 8 kHz start time and the Opus packet. What came beyond
+    /// 20 ms starts the next frame.
+    pub fn encode_for_browser(&mut self) -> (u64, Result<&[u8], opus::Error>) {
+        let time = self.frame_start;
+        let n = self.frame.len().min(FRAME_SAMPLES);
+        if self.frame_is_received && n == FRAME_SAMPLES {
+            self.last_from_sip.copy_from_slice(&self.frame[..n]);
+        }
+        let encoded = self.encoder.encode(&self.frame[..n], &mut self.opus);
+        self.frame.drain(..n);
+        self.frame_start += n as u64;
+        let opus = encoded.map(|len| &self.opus[..len]);
+        (time, opus)
     }
 }
 
@@ -281,10 +342,20 @@ mod tests {
                 .collect();
             last = level(gw.g711_to_opus(&ulaw, Law::Pcmu).unwrap());
         }
+        // The last frame went through `g711_to_opus`; gather the losses
+        // after it the way the shard does.
+        let mut at = 20 * FRAME_SAMPLES as u64;
         let concealed: Vec<f64> = (0..4)
             .map(|nth| {
-                let opus = gw.conceal_sip_loss(nth).unwrap().to_vec();
-                level(&opus)
+                let lost = SipAudio::Lost {
+                    samples: FRAME_SAMPLES,
+                    nth,
+                };
+                assert!(gw.push_for_browser(at, lost), "a whole frame");
+                let (time, opus) = gw.encode_for_browser();
+                assert_eq!(time, at);
+                at += FRAME_SAMPLES as u64;
+                level(&opus.unwrap().to_vec())
             })
             .collect();
         assert!(
@@ -295,6 +366,43 @@ mod tests {
             concealed.windows(2).all(|w| w[1] < w[0]),
             "and it fades: {concealed:?}"
         );
+    }
+
+    #[test]
+    fn ten_and_thirty_ms_packets_are_gathered_into_20_ms_frames() {
+        for ptime in [80usize, 240] {
+            let mut gw = Transcoder::new(OpusSettings::default()).unwrap();
+            let mut browser = Decoder::new(8000, Channels::Mono).unwrap();
+            let mut times = Vec::new();
+            let mut heard = Vec::new();
+            let mut pcm = vec![0i16; MAX_DECODED];
+            for p in 0..60 {
+                let start = p * ptime;
+                let g: Vec<u8> = tone(1000.0, ptime, start)
+                    .iter()
+                    .map(|&s| g711::linear_to_alaw(s))
+                    .collect();
+                gw.push_for_browser(start as u64, SipAudio::G711(&g, Law::Pcma));
+                while gw.frame_ready() {
+                    let (time, opus) = gw.encode_for_browser();
+                    times.push(time);
+                    let n = browser.decode(opus.unwrap(), &mut pcm, false).unwrap();
+                    assert_eq!(n, FRAME_SAMPLES);
+                    heard.extend_from_slice(&pcm[..n]);
+                }
+            }
+            let expected: Vec<u64> = (0..times.len() as u64).map(|f| f * 160).collect();
+            assert_eq!(times, expected, "{ptime}: one 20 ms frame after another");
+            assert_eq!(times.len(), 60 * ptime / FRAME_SAMPLES);
+            let settled = &heard[5 * FRAME_SAMPLES..];
+            assert!(share(settled, 1000.0) > 0.8, "{ptime}: the tone, unbroken");
+        }
+        // A jump in time drops the partial frame instead of closing it up.
+        let mut gw = Transcoder::new(OpusSettings::default()).unwrap();
+        assert!(!gw.push_for_browser(0, SipAudio::G711(&[0xd5; 80], Law::Pcma)));
+        assert!(!gw.push_for_browser(8000, SipAudio::G711(&[0xd5; 80], Law::Pcma)));
+        assert!(gw.push_for_browser(8080, SipAudio::G711(&[0xd5; 80], Law::Pcma)));
+        assert_eq!(gw.encode_for_browser().0, 8000);
     }
 
     #[test]
