@@ -355,7 +355,7 @@ mod tests {
                 let (time, opus) = gw.encode_for_browser();
                 assert_eq!(time, at);
                 at += FRAME_SAMPLES as u64;
-                level(&opus.unwrap().to_vec())
+                level(opus.unwrap())
             })
             .collect();
         assert!(
