@@ -57,6 +57,10 @@ pub struct OutStream {
 
 /// Largest jump in source time (8 kHz units) treated as a gap rather than a restart.
 const MAX_GAP: u64 = 8000 * 10;
+/// Largest step back (8 kHz units, 1 s) taken for a late packet; further
+/// back, the source restarted its clock on the same SSRC, and treating its
+/// packets as late would drop them until the clock caught up.
+const MAX_LATE: u64 = 8000;
 
 impl OutStream {
     pub fn new(ssrc: u32, initial_seq: u16, initial_ts: u32) -> Self {
@@ -179,7 +183,7 @@ impl InTimeline {
             self.out += diff as u64;
             self.last_in = ts;
             self.out
-        } else if diff < 0 && u64::from(diff.unsigned_abs()) <= MAX_GAP {
+        } else if diff < 0 && u64::from(diff.unsigned_abs()) <= MAX_LATE {
             // A late packet: place it in the past without moving the timeline.
             self.out.saturating_sub(u64::from(diff.unsigned_abs()))
         } else {
@@ -288,6 +292,9 @@ mod tests {
         assert_eq!(t.place(3, 250), None, "another source");
         assert_eq!(t.place(2, 250 + 200_000), None, "a far jump");
         assert_eq!(t.map(2, 410, 160), 960);
+        // The same SSRC's clock stepping back 5 s is a restart, not 5 s late.
+        assert_eq!(t.map(2, 570u32.wrapping_sub(40_000), 160), 1120);
+        assert_eq!(t.map(2, 730u32.wrapping_sub(40_000), 160), 1280);
         // Timestamp wrap-around within one source.
         let mut w = InTimeline::default();
         assert_eq!(w.map(3, u32::MAX - 79, 160), 0);
