@@ -16,7 +16,9 @@
 use std::time::{Duration, Instant};
 
 use gangway_tests::audio::{dtmf_frames, tone_coverage};
-use gangway_tests::browser_call::{launch_browser, pretty, run_script, Recording, CALL_SCRIPT};
+use gangway_tests::browser_call::{
+    launch_browser, pretty, recording_or_panic, run_script, serial, Recording, CALL_SCRIPT,
+};
 use gangway_tests::gateway::{assert_no_leftovers, start_sip_gateway};
 use gangway_tests::sip_peers::{Baresip, BaresipOptions};
 use serde_json::json;
@@ -51,11 +53,6 @@ const done = arguments[arguments.length - 1];
   return await S.finish();
 })().then(done, (e) => S.fail(e).then(done));
 "#;
-
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baresip_digits_sound_in_an_opus_browser() {
@@ -129,14 +126,7 @@ async fn phone_digits_sound_in_the_browser(codec: &'static str) {
     })
     .await
     .expect("browser task panicked");
-    let rec = match outcome {
-        Ok(v) => Recording::parse(v),
-        Err(e) => panic!(
-            "[{t}] browser side failed: {e}\n--- baresip events ---\n{:?}\n--- baresip log ---\n{}",
-            bob.events(),
-            bob.log()
-        ),
-    };
+    let rec = recording_or_panic(&t, outcome, &bob);
     println!("[{t}] browser events: {}", rec.events());
     println!("[{t}] marks: {:?}", rec.marks);
     let negotiated = rec.result["codec"].as_str().unwrap_or("");

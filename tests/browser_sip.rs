@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use gangway_tests::audio::tone_coverage;
 use gangway_tests::browser_call::{
-    launch_browser, level_dbfs, pretty, run_script, Recording, BROWSER_TONE_HZ, CALL_SCRIPT,
-    WAIT_END_SCRIPT,
+    launch_browser, level_dbfs, pretty, recording_or_panic, run_script, serial, Recording,
+    BROWSER_TONE_HZ, CALL_SCRIPT, WAIT_END_SCRIPT,
 };
 use gangway_tests::gateway::{
     assert_no_leftovers, metric_value, scrape, scrape_metric, start_sip_gateway,
@@ -81,12 +81,6 @@ async fn media_counters(gw: &gangway::Gateway) -> String {
     })
     .collect::<Vec<_>>()
     .join(", ")
-}
-
-/// Runs the tests one at a time (see the module docs).
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
 }
 
 fn start_bob() -> Baresip {
@@ -344,14 +338,7 @@ async fn call_bob_and_check_tones(
     })
     .await
     .expect("browser task panicked");
-    let rec = match outcome {
-        Ok(v) => Recording::parse(v),
-        Err(e) => panic!(
-            "[{t}] browser side failed: {e}\n--- baresip events ---\n{:?}\n--- baresip log ---\n{}",
-            bob.events(),
-            bob.log()
-        ),
-    };
+    let rec = recording_or_panic(t, outcome, &bob);
     println!("[{t}] browser events: {}", rec.events());
     println!("[{t}] marks: {:?}", rec.marks);
 

@@ -10,6 +10,7 @@ use base64::Engine;
 use serde_json::Value;
 
 use crate::audio::{i16le_to_f32, rms, tone_coverage, write_tone_wav};
+use crate::sip_peers::Baresip;
 use crate::webdriver::{Browser, BrowserOptions, TempDir};
 
 /// The browser's fake microphone.
@@ -235,6 +236,26 @@ pub fn launch_browser(page: &str) -> Result<(Browser, TempDir), String> {
         .set_script_timeout(SCRIPT_TIMEOUT)
         .map_err(|e| format!("setting the script timeout: {e}"))?;
     Ok((browser, dir))
+}
+
+/// Runs the tests of one test binary one at a time: they share Chromium,
+/// baresip and the machine's two cores.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// The browser's recording, or a panic naming test `t` with baresip's
+/// events and log, which usually say why the call went wrong.
+pub fn recording_or_panic(t: &str, outcome: Result<Value, String>, bob: &Baresip) -> Recording {
+    match outcome {
+        Ok(v) => Recording::parse(v),
+        Err(e) => panic!(
+            "[{t}] browser side failed: {e}\n--- baresip events ---\n{:?}\n--- baresip log ---\n{}",
+            bob.events(),
+            bob.log()
+        ),
+    }
 }
 
 /// Runs one of the page scripts (prefixed with [`PAGE_LIB`]); an in-page

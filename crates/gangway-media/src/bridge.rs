@@ -601,29 +601,23 @@ impl Bridge {
             if self.transcoder.as_ref()?.frame_ready() {
                 return Some(self.transcoder.as_mut()?.encode_for_browser());
             }
-            let full = match self.jitter.poll(now)? {
-                Out::Frame { time, payload } => {
-                    let under_event = self
-                        .dtmf_to_browser
-                        .on_sip_audio(time, payload.len() as u32);
-                    !under_event
-                        && self
-                            .transcoder
-                            .as_mut()?
-                            .push_for_browser(time, SipAudio::G711(payload, self.law))
-                }
-                Out::Lost { time, samples, nth } => {
-                    let under_event = self.dtmf_to_browser.on_sip_audio(time, samples as u32);
-                    !under_event
-                        && self.transcoder.as_mut()?.push_for_browser(
-                            time,
-                            SipAudio::Lost {
-                                samples: samples as usize,
-                                nth,
-                            },
-                        )
-                }
+            let (time, audio) = match self.jitter.poll(now)? {
+                Out::Frame { time, payload } => (time, SipAudio::G711(payload, self.law)),
+                Out::Lost { time, samples, nth } => (
+                    time,
+                    SipAudio::Lost {
+                        samples: samples as usize,
+                        nth,
+                    },
+                ),
             };
+            if self
+                .dtmf_to_browser
+                .on_sip_audio(time, audio.samples() as u32)
+            {
+                continue;
+            }
+            let full = self.transcoder.as_mut()?.push_for_browser(time, audio);
             if full {
                 return Some(self.transcoder.as_mut()?.encode_for_browser());
             }

@@ -2,6 +2,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread;
@@ -581,9 +582,9 @@ impl Shard {
                 match event.token() {
                     WEBRTC => self.read_webrtc(&mut buf),
                     WAKER => {
-                        if let Some(stopped) = self.read_commands(&commands) {
+                        if let ControlFlow::Break(ack) = self.read_commands(&commands) {
                             self.remove_all();
-                            if let Some(done) = stopped {
+                            if let Some(done) = ack {
                                 let _ = done.send(());
                             }
                             return;
@@ -654,21 +655,21 @@ impl Shard {
         }
     }
 
-    /// Handles every queued command. `Some` when the shard must stop: with
-    /// the acknowledgement to send, or `None` when the gateway is gone.
+    /// Handles every queued command. `Break` when the shard must stop, with
+    /// the acknowledgement to send (none when the gateway is gone).
     fn read_commands(
         &mut self,
         commands: &std_mpsc::Receiver<Command>,
-    ) -> Option<Option<oneshot::Sender<()>>> {
+    ) -> ControlFlow<Option<oneshot::Sender<()>>> {
         loop {
             match commands.try_recv() {
                 Ok(command) => {
                     if let Some(done) = self.handle_command(command) {
-                        return Some(Some(done));
+                        return ControlFlow::Break(Some(done));
                     }
                 }
-                Err(std_mpsc::TryRecvError::Empty) => return None,
-                Err(std_mpsc::TryRecvError::Disconnected) => return Some(None),
+                Err(std_mpsc::TryRecvError::Empty) => return ControlFlow::Continue(()),
+                Err(std_mpsc::TryRecvError::Disconnected) => return ControlFlow::Break(None),
             }
         }
     }
@@ -1050,10 +1051,9 @@ impl Shard {
                 Err(e) => debug!(peer = id.0, "Opus encoding failed: {e}"),
             }
         }
-        let deadline = bridge.jitter_deadline();
-        if deadline.is_some() && deadline != bridge.jitter_wake {
-            bridge.jitter_wake = deadline;
-            if let Some(at) = deadline {
+        if let Some(at) = bridge.jitter_deadline() {
+            if bridge.jitter_wake != Some(at) {
+                bridge.jitter_wake = Some(at);
                 self.jitter_wakes.push(Reverse((at, id)));
             }
         }

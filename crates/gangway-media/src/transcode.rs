@@ -81,6 +81,16 @@ pub enum SipAudio<'a> {
     Lost { samples: usize, nth: usize },
 }
 
+impl SipAudio<'_> {
+    /// How many 8 kHz samples it covers.
+    pub fn samples(&self) -> usize {
+        match self {
+            SipAudio::G711(payload, _) => payload.len(),
+            SipAudio::Lost { samples, .. } => *samples,
+        }
+    }
+}
+
 impl Transcoder {
     pub fn new(settings: OpusSettings) -> Result<Self, opus::Error> {
         let decoder = Decoder::new(8000, Channels::Mono)?;
@@ -145,25 +155,15 @@ impl Transcoder {
     }
 
     /// Encodes one G.711 packet (20 ms expected) from the SIP leg as an Opus
-    /// packet for the browser.
+    /// packet for the browser, on its own: cut or padded to 20 ms (a PBX
+    /// sends 10/20/30 ms; the shard gathers those with
+    /// [`Transcoder::push_for_browser`] instead).
     pub fn g711_to_opus(&mut self, payload: &[u8], law: Law) -> Result<&[u8], opus::Error> {
-        let decode = match law {
-            Law::Pcmu => g711::ulaw_to_linear,
-            Law::Pcma => g711::alaw_to_linear,
-        };
-        // Opus takes 2.5–60 ms frames; a PBX sends 10/20/30 ms. Pad or cut to 20 ms
-        // rather than fail on an odd ptime.
+        self.frame.clear();
         let n = payload.len().min(FRAME_SAMPLES);
-        for (dst, &b) in self.pcm.iter_mut().zip(&payload[..n]) {
-            *dst = decode(b);
-        }
-        self.pcm[n..FRAME_SAMPLES].fill(0);
-        self.last_from_sip
-            .copy_from_slice(&self.pcm[..FRAME_SAMPLES]);
-        let len = self
-            .encoder
-            .encode(&self.pcm[..FRAME_SAMPLES], &mut self.opus)?;
-        Ok(&self.opus[..len])
+        self.push_for_browser(self.frame_start, SipAudio::G711(&payload[..n], law));
+        self.frame.resize(FRAME_SAMPLES, 0);
+        self.encode_for_browser().1
     }
 }
 

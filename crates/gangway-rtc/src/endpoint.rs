@@ -6,9 +6,9 @@ use std::time::Instant;
 use str0m::crypto::dtls::DtlsCert;
 use str0m::crypto::CryptoProvider;
 use str0m::format::{Codec, CodecExtra, FormatParams};
-use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt, Writer};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig, RtcError};
 use tracing::{debug, warn};
 
 use crate::narrowband::narrowband_opus;
@@ -445,24 +445,9 @@ impl Endpoint {
         wallclock: Instant,
         data: Arc<[u8]>,
     ) -> bool {
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return false;
-        };
-        if !peer.connected {
-            return false;
-        }
-        let Some(writer) = peer.rtc.writer(mid) else {
-            return false;
-        };
-        if let Err(e) = writer.write(pt, wallclock, time, data) {
-            warn!(peer = id.0, "write failed: {e}");
-            return false;
-        }
-        let events = &mut self.events;
-        drain(id, peer, &mut self.transmits, &mut |ev| {
-            events.extend(translate(id, ev))
-        });
-        true
+        self.write_with(id, Some(mid), |writer| {
+            Some(writer.write(pt, wallclock, time, data))
+        })
     }
 
     /// The latest media statistics of a peer's leg.
@@ -509,32 +494,45 @@ impl Endpoint {
             8_000 => Frequency::EIGHT_KHZ,
             _ => return false,
         };
+        self.write_with(id, None, |writer| {
+            let pt = writer
+                .payload_params()
+                .find(|p| p.spec().codec == Codec::Tele && p.spec().clock_rate == clock)
+                .map(|p| p.pt())?;
+            Some(writer.start_of_talkspurt(marker).write(
+                pt,
+                wallclock,
+                MediaTime::new(time, clock),
+                payload,
+            ))
+        })
+    }
+
+    /// Hands a connected peer's writer for `mid` (its audio media when
+    /// `None`) to `write` and sends what that produced. False when there is
+    /// no such peer or media, `write` declines (`None`), or str0m refuses.
+    fn write_with(
+        &mut self,
+        id: PeerId,
+        mid: Option<Mid>,
+        write: impl FnOnce(Writer<'_>) -> Option<Result<(), RtcError>>,
+    ) -> bool {
         let Some(peer) = self.peers.get_mut(&id) else {
             return false;
         };
         if !peer.connected {
             return false;
         }
-        let mid = peer.audio_mid;
-        let Some(writer) = peer.rtc.writer(mid) else {
+        let Some(writer) = peer.rtc.writer(mid.unwrap_or(peer.audio_mid)) else {
             return false;
         };
-        let Some(pt) = writer
-            .payload_params()
-            .find(|p| p.spec().codec == Codec::Tele && p.spec().clock_rate == clock)
-            .map(|p| p.pt())
-        else {
-            return false;
-        };
-        let written = writer.start_of_talkspurt(marker).write(
-            pt,
-            wallclock,
-            MediaTime::new(time, clock),
-            payload,
-        );
-        if let Err(e) = written {
-            warn!(peer = id.0, "telephone-event write failed: {e}");
-            return false;
+        match write(writer) {
+            None => return false,
+            Some(Err(e)) => {
+                warn!(peer = id.0, "write failed: {e}");
+                return false;
+            }
+            Some(Ok(())) => {}
         }
         let events = &mut self.events;
         drain(id, peer, &mut self.transmits, &mut |ev| {
