@@ -25,6 +25,8 @@ pub enum CallState {
 pub enum LegSetupError {
     InvalidSdp(String),
     IncompatibleCodecs,
+    /// The gateway had no RTP port (or socket) left for the SIP side.
+    NoCapacity(String),
 }
 
 /// Where the WebRTC leg's media goes once it is set up.
@@ -32,7 +34,7 @@ pub enum LegSetupError {
 pub enum MediaPlan {
     /// Back to the browser (the built-in echo line).
     Echo,
-    /// Bridged to the SIP leg's RTP (G.711 passthrough).
+    /// Bridged to the SIP leg's RTP (G.711, passed through or transcoded).
     Bridge,
 }
 
@@ -289,6 +291,7 @@ impl Call {
                 let reason = match err {
                     LegSetupError::InvalidSdp(_) => EndReason::InvalidSdp,
                     LegSetupError::IncompatibleCodecs => EndReason::IncompatibleCodecs,
+                    LegSetupError::NoCapacity(_) => EndReason::Failed,
                 };
                 self.end(reason, None);
             }
@@ -392,5 +395,5 @@ pub fn reason_for_status(status: u16) -> EndReason {
 }
 
 #[cfg(test)]
-#[path = "call_tests.rs"]
+#[path = "call_tests/mod.rs"]
 mod tests;

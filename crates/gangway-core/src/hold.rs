@@ -44,6 +44,14 @@ pub struct AudioFlow {
     pub from_sip: bool,
 }
 
+impl AudioFlow {
+    /// Both ways: no hold.
+    pub const BOTH: AudioFlow = AudioFlow {
+        to_sip: true,
+        from_sip: true,
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HoldState {
     local: bool,

@@ -1,20 +1,32 @@
-//! The call model, sans IO: events in, actions out, time as an input.
+//! The B2BUA, sans IO: inputs in, outputs out, time as an input.
 //!
-//! Nothing here touches sockets, tasks or clocks. The gateway binary feeds
-//! each [`Call`] the events it observes (API messages, WebRTC leg results,
-//! timer expiry) and carries out the [`Action`]s it yields. That keeps every
-//! path of a call testable deterministically, with scripted events and a
-//! fake clock.
+//! Nothing here touches sockets, tasks or clocks. A front end owns one
+//! [`Calls`] table per connection and feeds it requests, WebRTC-leg and
+//! SIP-leg events and the clock; it carries out the outputs (notifications,
+//! media and SIP commands). Each call's ladder is a [`Call`]; the table adds
+//! what spans legs and calls (SIP-side SDP, hold, DTMF, transfers, ringing,
+//! resume). [`fork`] settles an incoming call rung on several tables. That
+//! keeps every path of a call testable deterministically, with scripted
+//! events and a fake clock.
+
+pub mod calls;
+pub mod fork;
+pub mod sdp;
 
 mod call;
 mod hold;
+mod ids;
 mod route;
+mod sip_user;
 
 pub use call::{
     reason_for_status, Action, Call, CallState, CallTimers, Event, LegSetupError, MediaPlan, Notify,
 };
+pub use calls::{valid_dtmf, Calls, MAX_DTMF_DIGITS};
 pub use hold::{AudioFlow, HoldChange, HoldParty, HoldRefusal, HoldState, RemoteDirection};
+pub use ids::{IdSpace, LegId, SipLegId};
 pub use route::{Route, Router, SipRouting};
+pub use sip_user::{is_sip_user_char, valid_sip_user, MAX_SIP_USER_LEN};
 
 use serde::{Deserialize, Serialize};
 

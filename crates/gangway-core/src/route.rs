@@ -1,5 +1,7 @@
 use regex::Regex;
 
+use crate::sip_user::valid_sip_user;
+
 /// Where a call's `to` leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -57,7 +59,7 @@ impl Router {
                 return Route::NotFound;
             }
             to.to_string()
-        } else if valid_user(to) {
+        } else if valid_sip_user(to) {
             format!("sip:{to}@{}", sip.domain)
         } else {
             return Route::NotFound;
@@ -75,20 +77,12 @@ impl Router {
     }
 }
 
-/// A telephone number or SIP user part: nothing that could break out of a URI.
-fn valid_user(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+*#._-".contains(&b))
-}
-
 /// `user@host[:port][;params]` with no characters that could inject headers.
 fn valid_sip_uri_rest(rest: &str) -> bool {
     let Some((user, host)) = rest.split_once('@') else {
         return false;
     };
-    valid_user(user)
+    valid_sip_user(user)
         && !host.is_empty()
         && host
             .bytes()

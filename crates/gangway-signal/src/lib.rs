@@ -1,10 +1,12 @@
 //! The JSON-over-WebSocket API (v1) that browsers speak to Gangway.
 //!
 //! This crate owns the wire format only: typed messages, decoding with
-//! machine-readable errors, and the static browser assets. It holds no call
-//! logic; the gateway binary routes decoded messages to calls.
+//! machine-readable errors, their mapping to the call core's requests and
+//! notifications ([`core_map`]), and the static browser assets. It holds no
+//! call logic.
 //! The exact format is documented in `docs/protocol.md`.
 
+pub mod core_map;
 mod protocol;
 
 pub use protocol::{

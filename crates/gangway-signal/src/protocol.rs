@@ -158,16 +158,7 @@ pub const MAX_RESUME_TOKEN_LEN: usize = 128;
 /// Status codes a browser may reject an incoming call with.
 pub const REJECT_CODES: [u16; 3] = [486, 480, 603];
 
-/// Most digits one `dtmf` request may carry.
-pub const MAX_DTMF_DIGITS: usize = 32;
-
-/// Whether `digits` is a valid `dtmf.digits` value.
-pub fn valid_dtmf(digits: &str) -> bool {
-    (1..=MAX_DTMF_DIGITS).contains(&digits.len())
-        && digits
-            .chars()
-            .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D'))
-}
+pub use gangway_core::{valid_dtmf, MAX_DTMF_DIGITS};
 
 fn required_nullable<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
@@ -201,6 +192,9 @@ pub enum ErrorCode {
     /// The PBX refused or did not answer our hold/resume re-INVITE; the
     /// call stays as it was.
     HoldFailed,
+    /// The gateway has no capacity left for the call (it ran out of RTP
+    /// ports); another instance, or later, may take it.
+    NoCapacity,
     /// `resume_session` named no session that can be resumed (unknown,
     /// already used, or its grace period is over).
     UnknownSession,
@@ -219,6 +213,7 @@ impl ErrorCode {
             ErrorCode::DuplicateCall => "duplicate_call",
             ErrorCode::TooManyCalls => "too_many_calls",
             ErrorCode::InvalidSdp => "invalid_sdp",
+            ErrorCode::NoCapacity => "no_capacity",
             ErrorCode::InvalidCandidate => "invalid_candidate",
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::DtmfUnavailable => "dtmf_unavailable",
@@ -247,6 +242,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::RateLimited,
         ErrorCode::HoldFailed,
+        ErrorCode::NoCapacity,
         ErrorCode::UnknownSession,
         ErrorCode::Internal,
     ];

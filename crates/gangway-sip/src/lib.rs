@@ -34,7 +34,7 @@
 //! challenge when the trunk has no credentials, is reported as
 //! `Failed { status: 401 | 407 }`.
 
-pub mod sdp;
+pub use gangway_core::sdp;
 pub mod session_timer;
 
 mod call;

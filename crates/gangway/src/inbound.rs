@@ -3,11 +3,10 @@
 //! it. The session that accepts takes the call over; the others, and every
 //! session when the call is cancelled, rejected or times out, are told.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use gangway_core::{reason_for_status, EndReason};
+use gangway_core::fork::{Fork, ForkInput};
 use gangway_signal::CallId;
 use gangway_sip::{sdp as sip_sdp, InboundSipCall, IncomingCall, SipEvent};
 use tokio::sync::mpsc;
@@ -127,81 +126,66 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
         claimed: AtomicBool::new(false),
         decisions: decisions_tx,
     });
-    let mut waiting: HashSet<u64> = HashSet::new();
     let mut inboxes: Vec<(u64, InboxTx)> = Vec::new();
     for (session, inbox) in sessions {
         if inbox.send(Inbox::Incoming(ringing.clone())).is_ok() {
-            waiting.insert(session);
             inboxes.push((session, inbox));
         }
     }
-    info!(call = %id, sessions = waiting.len(), "ringing");
+    let mut fork = Fork::new(inboxes.iter().map(|(session, _)| *session));
+    info!(call = %id, sessions = fork.ringing(), "ringing");
     ringing.sip.ring();
-    let withdraw = |except: Option<u64>, reason: EndReason, code: Option<u16>| {
-        for (session, inbox) in &inboxes {
-            if Some(*session) != except {
-                let _ = inbox.send(Inbox::Withdrawn {
-                    call: id.clone(),
-                    reason,
-                    code,
-                });
-            }
-        }
-    };
 
     let timeout = tokio::time::sleep(shared.config.ring_timeout());
     tokio::pin!(timeout);
     let mut timed_out = false;
     loop {
-        tokio::select! {
+        // The caller's last event, kept for the session that takes the call.
+        let mut caller_event = None;
+        let input = tokio::select! {
             Some((_, event)) = events.recv() => {
                 let status = match &event {
                     SipEvent::Failed { status, .. } => *status,
                     SipEvent::Ended => 500,
                     _ => continue,
                 };
-                if !ringing.claim() {
-                    // A session took the call just now: the event is its own.
-                    ringing.sip.redeliver(event);
-                    continue;
-                }
-                let reason = reason_for_status(status);
-                info!(call = %id, status, "caller gave up while ringing");
-                withdraw(None, reason, Some(status));
-                return outcome(if status == 487 { "cancelled" } else { "failed" });
+                caller_event = Some(event);
+                ForkInput::CallerGaveUp { status }
             }
             Some(decision) = decisions.recv() => match decision {
-                Decision::Accepted { session } => {
-                    info!(call = %id, session, "answered");
-                    withdraw(Some(session), EndReason::AnsweredElsewhere, None);
-                    return outcome("answered");
-                }
-                Decision::Rejected { code } => {
-                    info!(call = %id, code, "rejected by the browser");
-                    ringing.sip.reject(code);
-                    withdraw(None, EndReason::Rejected, Some(code));
-                    return outcome("rejected");
-                }
-                Decision::Gone { session } => {
-                    waiting.remove(&session);
-                    if waiting.is_empty() && ringing.claim() {
-                        info!(call = %id, "no session left to answer (480)");
-                        ringing.sip.reject(480);
-                        withdraw(None, EndReason::NoAnswer, Some(480));
-                        return outcome("unavailable");
-                    }
-                }
+                Decision::Accepted { session } => ForkInput::Accepted(session),
+                Decision::Rejected { code } => ForkInput::Rejected(code),
+                Decision::Gone { session } => ForkInput::Gone(session),
             },
             _ = &mut timeout, if !timed_out => {
                 timed_out = true;
-                if ringing.claim() {
-                    info!(call = %id, "nobody answered in time (480)");
-                    ringing.sip.reject(480);
-                    withdraw(None, EndReason::NoAnswer, Some(480));
-                    return outcome("no_answer");
-                }
-                // Claimed meanwhile: its decision is on the way.
+                ForkInput::Timeout
+            }
+        };
+        let Some(settled) = fork.on(input) else {
+            continue;
+        };
+        if settled.claim && !ringing.claim() {
+            // A session took the call just now: its decision is on its
+            // way, and a SIP event is its own.
+            if let Some(event) = caller_event {
+                ringing.sip.redeliver(event);
+            }
+            continue;
+        }
+        info!(call = %id, outcome = settled.outcome, code = ?settled.code, "ringing over");
+        if let Some(code) = settled.reject {
+            ringing.sip.reject(code);
+        }
+        for (session, inbox) in &inboxes {
+            if Some(*session) != settled.except {
+                let _ = inbox.send(Inbox::Withdrawn {
+                    call: id.clone(),
+                    reason: settled.reason,
+                    code: settled.code,
+                });
             }
         }
+        return outcome(settled.outcome);
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::serve::ListenerExt;
+use gangway_core::calls::{DtmfRoute, Settings as CallSettings};
 use gangway_core::{Router, SipRouting};
 use gangway_media::{CodecPolicy, MediaPolicy, OpusSettings, RtpPorts, ShardHandle};
 use gangway_rtc::EndpointConfig;
@@ -44,6 +45,9 @@ pub enum Phase {
 /// between them if the browser and the PBX chose differently.
 pub(crate) const SIP_CODECS: [G711; 2] = [G711::Pcmu, G711::Pcma];
 
+/// RFC 4733 telephone-event payload type offered to the SIP leg.
+const SIP_DTMF_PT: u8 = 101;
+
 /// The SIP service and the trunk calls go to.
 pub(crate) struct SipLeg {
     service: Arc<SipService>,
@@ -58,7 +62,8 @@ pub(crate) struct Shared {
     /// The media shards; each call lives on one (see `Shared::pick_shard`).
     shards: Vec<ShardHandle>,
     next_shard: AtomicUsize,
-    router: Router,
+    /// What every connection's call table decides with.
+    call_settings: CallSettings,
     /// The SIP leg, when `sip.enabled`.
     sip: Option<SipLeg>,
     /// Signed-in SIP users (with the SIP leg).
@@ -205,12 +210,28 @@ impl Gateway {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
+        let call_settings = CallSettings {
+            router,
+            timers: config.call_timers(),
+            max_calls: config.calls.max_per_session,
+            dtmf: match config.sip.dtmf_mode {
+                config::DtmfMode::Info => DtmfRoute::Info,
+                config::DtmfMode::Rfc4733 => DtmfRoute::Rfc4733,
+            },
+            sip_media_ip: sip.as_ref().map(|leg| leg.service.advertised_ip()),
+            sip_codecs: SIP_CODECS.to_vec(),
+            sip_dtmf_pt: SIP_DTMF_PT,
+            resume_grace: Some(config.calls.resume_grace_secs)
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
+            log_prefix: format!("{started_ms:x}"),
+        };
         let shared = Arc::new(Shared {
             config,
             metrics,
             shards,
             next_shard: AtomicUsize::new(0),
-            router,
+            call_settings,
             sip,
             users,
             sign_in_failures,

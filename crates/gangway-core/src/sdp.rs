@@ -316,7 +316,7 @@ pub fn parse_answer(sdp: &str, offered: &[G711]) -> Result<MediaAnswer, SdpError
 /// so later offers and answers in the dialog can keep its address, port
 /// and session id.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct OwnSdp {
+pub struct OwnSdp {
     pub ip: IpAddr,
     pub port: u16,
     pub session_id: u64,
@@ -326,7 +326,7 @@ pub(crate) struct OwnSdp {
     pub dtmf_pt: Option<u8>,
 }
 
-pub(crate) fn parse_own(sdp: &str) -> Option<OwnSdp> {
+pub fn parse_own(sdp: &str) -> Option<OwnSdp> {
     let session = Session::parse(sdp.as_bytes()).ok()?;
     let media = parse_answer(sdp, &[G711::Pcmu, G711::Pcma]).ok()?;
     let audio = session

@@ -1,0 +1,188 @@
+//! An incoming call rung on every connection of the called user (forked
+//! ringing), sans IO: who gets it, and what everyone else is told.
+//!
+//! A decision is taken once. Tables race for it with an atomic claim that
+//! the shell owns (connections run on different tasks); [`Settled::claim`]
+//! says whether the shell must still win that claim before carrying the
+//! decision out (a table that accepted or rejected has already won it).
+
+use std::collections::HashSet;
+use std::hash::Hash;
+
+use crate::{reason_for_status, EndReason};
+
+/// What happened to a ringing call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForkInput<T> {
+    /// Table `T` took the call (it won the claim).
+    Accepted(T),
+    /// A table rejected it with `code` (it won the claim).
+    Rejected(u16),
+    /// Table `T` will not answer (closed, or full).
+    Gone(T),
+    /// The caller cancelled, or the INVITE failed, with `status`.
+    CallerGaveUp { status: u16 },
+    /// Nobody answered within the ring timeout.
+    Timeout,
+}
+
+/// The end of the ringing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled<T> {
+    /// The shell must win the claim first; if it loses, another decision
+    /// is on its way and this one is void.
+    pub claim: bool,
+    /// Refuse the INVITE with this status.
+    pub reject: Option<u16>,
+    /// Tell every table but `except` that the call stopped ringing.
+    pub except: Option<T>,
+    pub reason: EndReason,
+    pub code: Option<u16>,
+    /// For `gangway_inbound_calls_total{outcome}`.
+    pub outcome: &'static str,
+}
+
+/// The tables a call rings on, until it is settled.
+#[derive(Debug)]
+pub struct Fork<T> {
+    waiting: HashSet<T>,
+    timed_out: bool,
+}
+
+impl<T: Clone + Eq + Hash> Fork<T> {
+    pub fn new(tables: impl IntoIterator<Item = T>) -> Self {
+        Fork {
+            waiting: tables.into_iter().collect(),
+            timed_out: false,
+        }
+    }
+
+    /// How many tables it rings on.
+    pub fn ringing(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn on(&mut self, input: ForkInput<T>) -> Option<Settled<T>> {
+        let settled = |claim, reject, except, reason, code, outcome| Settled {
+            claim,
+            reject,
+            except,
+            reason,
+            code,
+            outcome,
+        };
+        match input {
+            ForkInput::Accepted(table) => Some(settled(
+                false,
+                None,
+                Some(table),
+                EndReason::AnsweredElsewhere,
+                None,
+                "answered",
+            )),
+            ForkInput::Rejected(code) => Some(settled(
+                false,
+                Some(code),
+                None,
+                EndReason::Rejected,
+                Some(code),
+                "rejected",
+            )),
+            ForkInput::Gone(table) => {
+                self.waiting.remove(&table);
+                self.waiting.is_empty().then(|| {
+                    let reason = EndReason::NoAnswer;
+                    settled(true, Some(480), None, reason, Some(480), "unavailable")
+                })
+            }
+            ForkInput::CallerGaveUp { status } => {
+                let outcome = if status == 487 { "cancelled" } else { "failed" };
+                let reason = reason_for_status(status);
+                Some(settled(true, None, None, reason, Some(status), outcome))
+            }
+            // A timeout whose claim was lost is not repeated.
+            ForkInput::Timeout if self.timed_out => None,
+            ForkInput::Timeout => {
+                self.timed_out = true;
+                let reason = EndReason::NoAnswer;
+                Some(settled(
+                    true,
+                    Some(480),
+                    None,
+                    reason,
+                    Some(480),
+                    "no_answer",
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answered_on_one_table_withdraws_it_from_the_others() {
+        let mut fork = Fork::new([1, 2, 3]);
+        let s = fork.on(ForkInput::Accepted(2)).unwrap();
+        assert_eq!(
+            s,
+            Settled {
+                claim: false,
+                reject: None,
+                except: Some(2),
+                reason: EndReason::AnsweredElsewhere,
+                code: None,
+                outcome: "answered",
+            }
+        );
+    }
+
+    #[test]
+    fn a_reject_refuses_the_invite_and_ends_it_everywhere() {
+        let mut fork = Fork::new([1, 2]);
+        let s = fork.on(ForkInput::Rejected(603)).unwrap();
+        assert_eq!((s.reject, s.except, s.code), (Some(603), None, Some(603)));
+        assert_eq!((s.reason, s.claim), (EndReason::Rejected, false));
+    }
+
+    #[test]
+    fn the_last_table_gone_refuses_with_480() {
+        let mut fork = Fork::new([1, 2]);
+        assert_eq!(fork.on(ForkInput::Gone(1)), None);
+        assert_eq!(fork.on(ForkInput::Gone(1)), None, "the same table twice");
+        let s = fork.on(ForkInput::Gone(2)).unwrap();
+        assert_eq!(
+            (s.claim, s.reject, s.reason),
+            (true, Some(480), EndReason::NoAnswer)
+        );
+        assert_eq!(s.outcome, "unavailable");
+    }
+
+    #[test]
+    fn the_caller_cancelling_is_cancelled_everywhere_without_a_response() {
+        let mut fork = Fork::new([1]);
+        let s = fork.on(ForkInput::CallerGaveUp { status: 487 }).unwrap();
+        assert_eq!(
+            (s.reject, s.reason, s.code),
+            (None, EndReason::Cancelled, Some(487))
+        );
+        assert_eq!((s.claim, s.outcome), (true, "cancelled"));
+        let s = Fork::new([1])
+            .on(ForkInput::CallerGaveUp { status: 500 })
+            .unwrap();
+        assert_eq!((s.reason, s.outcome), (EndReason::Failed, "failed"));
+    }
+
+    #[test]
+    fn the_ring_timeout_refuses_once() {
+        let mut fork = Fork::new([1]);
+        let s = fork.on(ForkInput::Timeout).unwrap();
+        assert_eq!(
+            (s.reject, s.reason, s.outcome),
+            (Some(480), EndReason::NoAnswer, "no_answer")
+        );
+        assert_eq!(fork.on(ForkInput::Timeout), None);
+    }
+}

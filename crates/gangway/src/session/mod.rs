@@ -1,0 +1,381 @@
+//! One API WebSocket. The call decisions are the core's
+//! ([`gangway_core::Calls`]); this module only moves things:
+//! - `mod.rs`: the driver loop, which waits on the socket, the legs' events,
+//!   the user table's inbox and the core's timer, and hands each to the core;
+//! - `connection.rs`: the socket, park and resume;
+//! - `sign_in.rs`: registration on behalf of the user;
+//! - `events.rs`: the media and SIP legs' events in the core's words;
+//! - `exec.rs`: the core's outputs carried out (shards, SIP dialogs, the outbox);
+//! - `observe.rs`: the core's observations as logs and metrics.
+
+mod connection;
+mod events;
+mod exec;
+mod observe;
+mod sign_in;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use gangway_core::calls::Input;
+use gangway_core::Calls;
+use gangway_signal::{ApiError, CallId, ErrorCode, ServerMessage, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tracing::{debug, info_span, Instrument};
+
+use crate::resume::{Handover, Moved};
+use crate::users::InboxTx;
+use crate::{Phase, Shared};
+use connection::{connection_lost, Gone, Parked};
+use exec::Handles;
+
+/// WebSocket close code for a frame over the hard limit (RFC 6455 "message too big").
+const CLOSE_TOO_BIG: u16 = 1009;
+/// WebSocket close code of a normal closure.
+const CLOSE_NORMAL: u16 = 1000;
+/// WebSocket close code when the gateway goes away.
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+struct Session {
+    shared: Arc<Shared>,
+    /// This session's number, for the user table and ringing decisions.
+    number: u64,
+    /// The id sent in `hello` (and again in `session_resumed`).
+    id: String,
+    peer_ip: IpAddr,
+    inbox: InboxTx,
+    /// The SIP user this session signed in as (or is signing in as).
+    user: Option<String>,
+    /// Every call decision.
+    calls: Calls<CallId>,
+    /// The I/O side of the calls: shards, SIP dialogs, ringing calls.
+    handles: Handles,
+    outbox: Vec<ServerMessage>,
+    /// The current resume token (`None`: resumption is off).
+    token: Option<String>,
+    /// Where a `resume_session` elsewhere hands this session a new socket.
+    handover: Handover,
+    /// Set when this connection claimed another session's token: the
+    /// socket (and what it still owes its client) moves there at once.
+    moving_to: Option<Handover>,
+    /// The socket was lost and the calls wait for a resume.
+    parked: Option<Parked>,
+}
+
+pub async fn run(socket: WebSocket, shared: Arc<Shared>, peer_ip: IpAddr) {
+    shared.metrics.ws_total.inc();
+    shared.metrics.ws_active.inc();
+    serve_new(socket, shared, peer_ip, Vec::new()).await;
+}
+
+/// `serve_new` behind a concrete type, so that a session can start one
+/// (the recursion would otherwise keep the compiler from proving `Send`).
+fn serve_new_boxed(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    peer_ip: IpAddr,
+    preface: Vec<ServerMessage>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(serve_new(socket, shared, peer_ip, preface))
+}
+
+/// A new session on `socket`: `hello`, then `preface`, then requests.
+async fn serve_new(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    peer_ip: IpAddr,
+    preface: Vec<ServerMessage>,
+) {
+    let (number, id) = shared.next_session_id();
+    let span = info_span!("session", session = %id);
+    async {
+        debug!("connected");
+        serve(socket, shared, number, id, peer_ip, preface).await;
+        debug!("session over");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// What woke the session loop up about its socket.
+enum Wake {
+    Socket(Option<Result<Message, axum::Error>>),
+    Handover(Box<Moved>),
+    Other,
+}
+
+async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    number: u64,
+    id: String,
+    peer_ip: IpAddr,
+    preface: Vec<ServerMessage>,
+) {
+    let (legs_tx, mut leg_events) = mpsc::unbounded_channel();
+    let (inbox, mut inbox_rx) = mpsc::unbounded_channel();
+    let (sip_tx, mut sip_rx) = mpsc::unbounded_channel();
+    let (handover, mut handover_rx) = mpsc::unbounded_channel();
+    let mut phase = shared.phase.subscribe();
+    let grace = shared.config.calls.resume_grace_secs;
+    let token = if grace > 0 {
+        shared.tokens.issue(number, handover.clone())
+    } else {
+        None
+    };
+    let hello = ServerMessage::Hello {
+        version: PROTOCOL_VERSION,
+        session: id.clone(),
+        max_message_bytes: shared.config.http.max_message_bytes,
+        resume_token: token.clone(),
+        resume_grace_secs: if token.is_some() { grace } else { 0 },
+    };
+    let mut settings = shared.call_settings.clone();
+    if token.is_none() {
+        settings.resume_grace = None;
+    }
+    let mut s = Session {
+        calls: Calls::new(settings, number as u32),
+        handles: Handles::new(legs_tx, sip_tx),
+        shared,
+        number,
+        id,
+        peer_ip,
+        inbox,
+        user: None,
+        outbox: std::iter::once(hello).chain(preface).collect(),
+        token,
+        handover,
+        moving_to: None,
+        parked: None,
+    };
+    if *s.shared.phase.borrow() != Phase::Running {
+        s.feed(Input::StopAccepting);
+    }
+
+    let mut socket = Some(socket);
+    loop {
+        if let Some(ws) = socket.as_mut() {
+            if !s.flush(ws).await {
+                debug!("sending failed: the socket is lost");
+                socket = None;
+                s.shared.metrics.ws_active.dec();
+                if !s.park() {
+                    break;
+                }
+            }
+        } else if !s.queue_while_parked() {
+            break;
+        }
+        let now_phase = *phase.borrow_and_update();
+        match now_phase {
+            Phase::Running => {}
+            Phase::Draining => s.feed(Input::StopAccepting),
+            Phase::Terminating => {
+                s.feed(Input::Shutdown);
+                if let Some(mut ws) = socket.take() {
+                    s.flush(&mut ws).await;
+                    let _ = ws
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CLOSE_GOING_AWAY,
+                            reason: "gateway shutting down".into(),
+                        })))
+                        .await;
+                    s.shared.metrics.ws_active.dec();
+                }
+                break;
+            }
+        }
+        let deadline = s.calls.poll_timeout();
+        let wake = tokio::select! {
+            message = recv(&mut socket) => Wake::Socket(message),
+            Some(moved) = handover_rx.recv() => Wake::Handover(Box::new(moved)),
+            Some((peer, event)) = leg_events.recv() => {
+                s.on_leg(peer, event);
+                Wake::Other
+            }
+            Some((key, event)) = sip_rx.recv() => {
+                s.on_sip(key, event);
+                Wake::Other
+            }
+            Some(message) = inbox_rx.recv() => {
+                s.on_inbox(message);
+                Wake::Other
+            }
+            _ = sleep_until(deadline) => {
+                let now = Instant::now();
+                if s.calls.parked_until().is_some_and(|t| now >= t) {
+                    // A resume that claimed the token just now still wins.
+                    s.revoke_token();
+                    if let Ok(moved) = handover_rx.try_recv() {
+                        Wake::Handover(Box::new(moved))
+                    } else {
+                        s.expire(now);
+                        break;
+                    }
+                } else {
+                    s.calls.handle_timeout(now);
+                    s.run_outputs();
+                    Wake::Other
+                }
+            }
+            _ = phase.changed() => Wake::Other,
+        };
+        match wake {
+            Wake::Other => {}
+            Wake::Handover(moved) => {
+                let Moved {
+                    socket: ws,
+                    outbox,
+                    peer_ip,
+                } = *moved;
+                s.peer_ip = peer_ip;
+                if let Some(old) = socket.replace(ws) {
+                    // The old connection is still open (half-open after a
+                    // network change, say): the new one wins. Closing a
+                    // dead connection must not hold the session up.
+                    tokio::spawn(connection::close_superseded(old));
+                } else {
+                    s.shared.metrics.ws_active.inc();
+                }
+                s.resumed(outbox);
+            }
+            Wake::Socket(message) => {
+                let Some(ws) = socket.as_mut() else {
+                    continue;
+                };
+                let gone = match message {
+                    Some(Ok(Message::Text(text))) => {
+                        s.on_text(text.as_str());
+                        if let Some(target) = s.moving_to.take() {
+                            // Claim and hand-over with no await between:
+                            // the other session either gets the socket or
+                            // is already gone (see the end of `serve`).
+                            let Some(ws) = socket.take() else { continue };
+                            let moved = Moved {
+                                socket: ws,
+                                outbox: std::mem::take(&mut s.outbox),
+                                peer_ip: s.peer_ip,
+                            };
+                            match target.send(moved) {
+                                Ok(()) => {
+                                    debug!("connection handed to the resumed session");
+                                    s.shared.metrics.ws_active.dec();
+                                    break;
+                                }
+                                Err(mpsc::error::SendError(moved)) => {
+                                    socket = Some(moved.socket);
+                                    s.outbox = moved.outbox;
+                                    s.resume_refused();
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        s.reject(ApiError::new(
+                            ErrorCode::BinaryNotSupported,
+                            None,
+                            "binary frames are not supported; send JSON text frames",
+                        ));
+                        continue;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(frame))) => {
+                        // Complete the closing handshake: tungstenite has queued
+                        // the echo of the client's code (RFC 6455 §5.5.1);
+                        // flushing it out completes it, else the browser sees 1006.
+                        let code = frame.as_ref().map(|f| f.code);
+                        debug!(?code, "client closed the socket");
+                        let _ = SinkExt::close(ws).await;
+                        match code {
+                            None | Some(CLOSE_NORMAL) => Gone::Normal,
+                            Some(_) => Gone::Lost,
+                        }
+                    }
+                    None => Gone::Lost,
+                    Some(Err(e)) if connection_lost(&e) => {
+                        debug!("connection lost: {e}");
+                        Gone::Lost
+                    }
+                    Some(Err(e)) => {
+                        debug!("websocket error: {e}");
+                        // The transport refused the frame (over the hard size
+                        // limit, or broken framing): a misbehaving client.
+                        s.shared.metrics.api_error(ErrorCode::MessageTooLarge);
+                        let _ = ws
+                            .send(Message::Close(Some(CloseFrame {
+                                code: CLOSE_TOO_BIG,
+                                reason: "frame too large or malformed".into(),
+                            })))
+                            .await;
+                        Gone::Closed
+                    }
+                };
+                socket = None;
+                s.shared.metrics.ws_active.dec();
+                if matches!(gone, Gone::Lost) && s.park() {
+                    continue;
+                }
+                break;
+            }
+        }
+    }
+    // Whatever the reason we left, the calls go with the session.
+    s.feed(Input::ConnectionClosed);
+    s.sign_out();
+    if s.parked.take().is_some() {
+        s.shared.metrics.sessions_parked.dec();
+    }
+    s.revoke_token();
+    if socket.is_some() {
+        s.shared.metrics.ws_active.dec();
+    }
+    // A connection that claimed the token as this session ended: it is
+    // refused after all, and goes on as a new session.
+    handover_rx.close();
+    while let Ok(moved) = handover_rx.try_recv() {
+        s.shared.metrics.session_resume("refused");
+        s.shared.metrics.api_error(ErrorCode::UnknownSession);
+        let mut preface = moved.outbox;
+        preface.push(connection::unknown_session().into_message());
+        s.shared.metrics.ws_active.inc();
+        tokio::spawn(serve_new_boxed(
+            moved.socket,
+            s.shared.clone(),
+            moved.peer_ip,
+            preface,
+        ));
+    }
+}
+
+async fn recv(socket: &mut Option<WebSocket>) -> Option<Result<Message, axum::Error>> {
+    match socket {
+        Some(ws) => ws.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    /// Hands one input to the core and carries out what it asks for.
+    fn feed(&mut self, input: Input<CallId>) {
+        self.calls.handle(Instant::now(), input);
+        self.run_outputs();
+    }
+
+    fn reject(&mut self, error: ApiError) {
+        debug!(code = error.code.as_str(), "{}", error.message);
+        self.shared.metrics.api_error(error.code);
+        self.outbox.push(error.into_message());
+    }
+}

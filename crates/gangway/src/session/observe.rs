@@ -1,0 +1,88 @@
+//! The core's observations as log lines and metrics.
+
+use gangway_core::calls::Observation;
+use gangway_signal::CallId;
+use tracing::{info, warn};
+
+use super::Session;
+
+impl Session {
+    pub(super) fn observe(
+        &mut self,
+        call: Option<&CallId>,
+        log_id: Option<&str>,
+        what: Observation,
+    ) {
+        let metrics = &self.shared.metrics;
+        let call = call.map(CallId::as_str).unwrap_or("");
+        let gangway_call = log_id.unwrap_or("");
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        match what {
+            Observation::Requested { to } => {
+                info!(call, gangway_call, %to, "call requested");
+                metrics.calls_active.inc();
+            }
+            Observation::Accepted { from } => {
+                info!(call, gangway_call, %from, "incoming call taken");
+                metrics.calls_active.inc();
+            }
+            Observation::Started { route } => {
+                metrics
+                    .calls_started
+                    .get_or_create(&[("route", route)])
+                    .inc();
+            }
+            Observation::MediaConnected { after } => {
+                metrics.webrtc_connect_seconds.observe(after.as_secs_f64());
+                info!(call, ms = ms(after), "media connected");
+            }
+            Observation::InviteSent { after } => {
+                metrics.sip_invite_seconds.observe(after.as_secs_f64());
+            }
+            Observation::Answered { after } => {
+                metrics.call_answer_seconds.observe(after.as_secs_f64());
+                info!(call, ms = ms(after), "answered");
+            }
+            Observation::MidCall(event) => metrics.mid_call(event),
+            Observation::Ended { reason } => {
+                info!(call, reason = reason.as_str(), "call ended");
+                metrics.call_ended(reason);
+            }
+            Observation::Parked { calls, grace } => {
+                let grace_secs = grace.as_secs();
+                info!(calls, grace_secs, "socket lost: calls held for a resume");
+            }
+            Observation::Expired => info!("no resume: the calls end"),
+            Observation::HoldRequested { hold } => info!(call, hold, "hold requested"),
+            Observation::NoMedia => info!(call, "no media from one leg: ending the call"),
+            Observation::SdpUnusable(why) => warn!(call, "far end SDP unusable: {why}"),
+            Observation::SipFailed { status, reason } => {
+                info!(call, status, %reason, "SIP leg failed")
+            }
+            Observation::SessionExpired { status } => {
+                info!(call, ?status, "SIP session timer expired")
+            }
+            Observation::TransferRequested { target } => {
+                info!(call, %target, "transfer requested")
+            }
+            Observation::TransferTargetRefused { target } => {
+                info!(call, %target, "transfer target refused by the routing rules")
+            }
+            Observation::TransferCalling { uri } => {
+                info!(call, %uri, "transferred by the far end: calling the target")
+            }
+            Observation::TransferTargetFailed { status, reason } => {
+                info!(call, status, %reason, "the new far end did not answer")
+            }
+            Observation::ReplacementRefused => {
+                info!(
+                    call,
+                    "INVITE with Replaces for a call that cannot take it (486)"
+                )
+            }
+            Observation::Replacing { from } => {
+                info!(call, %from, "replacing the SIP leg (INVITE with Replaces)")
+            }
+        }
+    }
+}
