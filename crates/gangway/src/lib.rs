@@ -22,7 +22,7 @@ use gangway_core::{Router, SipRouting};
 use gangway_media::{CodecPolicy, MediaPolicy, OpusSettings, RtpPorts, ShardHandle};
 use gangway_rtc::EndpointConfig;
 use gangway_sip::sdp::G711;
-use gangway_sip::{SipConfig, SipService, Transport, Trunk, TrunkKeepalive};
+use gangway_sip::{SipService, Trunk};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -129,49 +129,42 @@ impl Gateway {
     /// Binds the HTTP and WebRTC ports and starts serving. Must be called
     /// within a tokio runtime.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
-        config.validate().map_err(StartError::Config)?;
-        let codecs = config.audio_codecs().map_err(StartError::Config)?;
+        // Every configuration error is found here, once; below only binding can fail.
+        let settings = config.settings().map_err(StartError::Config)?;
         let metrics = Arc::new(Metrics::new());
-        let sip = if config.sip.enabled {
-            Some(start_sip(&config, &metrics).await?)
-        } else {
-            None
+        let sip = match &settings.sip {
+            Some(s) => Some(start_sip(s, &metrics).await?),
+            None => None,
         };
-        let rtp_ports = sip.as_ref().map(|leg| RtpPorts {
-            ip: leg.service.local_addr().ip(),
-            min: config.sip.rtp_port_min,
-            max: config.sip.rtp_port_max,
-        });
+        let rtp_ports = sip
+            .as_ref()
+            .zip(settings.sip.as_ref())
+            .map(|(leg, s)| RtpPorts {
+                ip: leg.service.local_addr().ip(),
+                min: *s.rtp_ports.start(),
+                max: *s.rtp_ports.end(),
+            });
         let router = Router::new(
-            config.echo_destination(),
-            sip.as_ref()
-                .map(|_| -> Result<SipRouting, ConfigError> {
-                    Ok(SipRouting {
-                        domain: config.sip_domain(),
-                        allow: config.sip_allow_patterns()?,
-                    })
-                })
-                .transpose()
-                .map_err(StartError::Config)?,
+            settings.echo_destination.clone(),
+            settings.sip.as_ref().map(|s| SipRouting {
+                domain: s.trunk.domain.clone(),
+                allow: s.allow.clone(),
+            }),
         );
         // One shard per configured core, each on its own port: listen, listen + 1, …
         // (port 0: each picks a free one).
         let mut shards = Vec::new();
-        for i in 0..config.media_shards() {
-            let mut bind = config.webrtc.listen;
-            if bind.port() != 0 {
-                bind.set_port(bind.port() + i as u16);
-            }
+        for &bind in &settings.media.shard_binds {
             let shard = ShardHandle::start(
                 bind,
                 config.webrtc.public_ip,
                 EndpointConfig {
                     // Replaced by the shard with the bound address (or public_ip).
                     candidate_addr: bind,
-                    codecs: codecs.clone(),
+                    codecs: settings.codecs.clone(),
                 },
                 rtp_ports.clone(),
-                media_policy(&config),
+                media_policy(&settings.media),
                 metrics.shard.clone(),
             )
             .map_err(StartError::Media)?;
@@ -184,17 +177,17 @@ impl Gateway {
             .local_addr()
             .map_err(|e| StartError::Http(config.http.listen, e))?;
         let (inbound_tx, inbound_rx) = tokio::sync::mpsc::unbounded_channel();
-        let users = match &sip {
-            Some(leg) => {
-                let allowed = inbound_sources(&config).await.map_err(StartError::Config)?;
+        let users = match sip.as_ref().zip(settings.sip.as_ref()) {
+            Some((leg, s)) => {
+                let allowed = inbound_sources(s).await.map_err(StartError::Config)?;
                 info!(allowed = ?allowed, "inbound SIP accepted from these sources");
                 leg.service.accept_inbound(allowed, inbound_tx);
                 Some(users::start(
                     leg.service.clone(),
                     users::UsersConfig {
-                        registrar: registrar(&config),
-                        expires: config.sip.registrar.expires_secs,
-                        grace: Duration::from_secs(config.sip.registrar.unregister_grace_secs),
+                        registrar: s.registrar.at.clone(),
+                        expires: s.registrar.expires_secs,
+                        grace: s.registrar.unregister_grace,
                     },
                     metrics.clone(),
                 ))
@@ -343,65 +336,31 @@ impl Gateway {
     }
 }
 
-fn media_policy(config: &Config) -> MediaPolicy {
+fn media_policy(media: &config::MediaSettings) -> MediaPolicy {
     use config::CodecPolicySetting as Setting;
     MediaPolicy {
-        codecs: match config.media.codec_policy {
+        codecs: match media.codec_policy {
             Setting::PassthroughFirst => CodecPolicy::PassthroughFirst,
             Setting::OpusToBrowser => CodecPolicy::OpusToBrowser,
             Setting::PassthroughOnly => CodecPolicy::PassthroughOnly,
         },
         opus: OpusSettings {
-            complexity: config.media.opus_complexity,
-            bitrate: config.media.opus_bitrate,
+            complexity: media.opus_complexity,
+            bitrate: media.opus_bitrate,
         },
-        media_timeout: Some(config.media.timeout_secs)
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs),
+        media_timeout: media.timeout,
     }
 }
 
-async fn start_sip(config: &Config, metrics: &Metrics) -> Result<SipLeg, StartError> {
-    let s = &config.sip;
-    let service = SipService::start(
-        SipConfig {
-            listen: s.listen,
-            public_ip: s.public_ip,
-            user_agent: s.user_agent.clone(),
-            prack: s.prack,
-            session_expires: s.session_expires_secs,
-        },
-        metrics.sip.clone(),
-    )
-    .await
-    .map_err(StartError::Sip)?;
+async fn start_sip(s: &config::SipSettings, metrics: &Metrics) -> Result<SipLeg, StartError> {
+    let service = SipService::start(s.endpoint.clone(), metrics.sip.clone())
+        .await
+        .map_err(StartError::Sip)?;
     let t = &s.trunk;
-    let trunk = Trunk {
-        host: t.host.clone(),
-        port: t.port,
-        transport: if t.transport.eq_ignore_ascii_case("tcp") {
-            Transport::Tcp
-        } else {
-            Transport::Udp
-        },
-        domain: config.sip_domain(),
-        username: t.username.clone(),
-        password: t.password.clone(),
-    };
-    let from_user = t
-        .from_user
-        .clone()
-        .or_else(|| t.username.clone())
-        .unwrap_or_else(|| "gangway".into());
     info!(sip = %service.local_addr(), trunk = %format!("{}:{}", t.host, t.port), "SIP leg enabled");
-    if let Some(interval) = config.keepalive_interval() {
+    if let Some(keepalive) = &s.keepalive {
         service
-            .start_keepalive(TrunkKeepalive {
-                trunk: trunk.clone(),
-                from_user: from_user.clone(),
-                interval,
-                failures: s.keepalive_failures,
-            })
+            .start_keepalive(keepalive.clone())
             // Only the trunk's host, domain or From user can be refused here.
             .map_err(|e| {
                 StartError::Config(ConfigError {
@@ -412,52 +371,21 @@ async fn start_sip(config: &Config, metrics: &Metrics) -> Result<SipLeg, StartEr
     }
     Ok(SipLeg {
         service: Arc::new(service),
-        trunk,
-        from_user,
+        trunk: t.clone(),
+        from_user: s.from_user.clone(),
     })
-}
-
-/// The registrar users are registered at: `sip.registrar`, each field
-/// defaulting to the trunk's.
-fn registrar(config: &Config) -> Trunk {
-    let (r, t) = (&config.sip.registrar, &config.sip.trunk);
-    let transport = if r.transport.is_empty() {
-        &t.transport
-    } else {
-        &r.transport
-    };
-    Trunk {
-        host: if r.host.is_empty() {
-            t.host.clone()
-        } else {
-            r.host.clone()
-        },
-        port: if r.port == 0 { t.port } else { r.port },
-        transport: if transport.eq_ignore_ascii_case("tcp") {
-            Transport::Tcp
-        } else {
-            Transport::Udp
-        },
-        domain: if r.domain.is_empty() {
-            config.sip_domain()
-        } else {
-            r.domain.clone()
-        },
-        username: None,
-        password: None,
-    }
 }
 
 /// `sip.inbound_allow`, or by default the addresses the trunk and the
 /// registrar resolve to (each as a single-host network).
-async fn inbound_sources(config: &Config) -> Result<Vec<gangway_sip::ipnet::IpNet>, ConfigError> {
-    let configured = config.inbound_allow()?;
-    if !configured.is_empty() {
-        return Ok(configured);
+async fn inbound_sources(
+    s: &config::SipSettings,
+) -> Result<Vec<gangway_sip::ipnet::IpNet>, ConfigError> {
+    if !s.inbound_allow.is_empty() {
+        return Ok(s.inbound_allow.clone());
     }
     let mut nets = Vec::new();
-    let trunk = &config.sip.trunk;
-    let registrar = registrar(config);
+    let (trunk, registrar) = (&s.trunk, &s.registrar.at);
     for (host, port) in [
         (trunk.host.as_str(), trunk.port),
         (registrar.host.as_str(), registrar.port),
