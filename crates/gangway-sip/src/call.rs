@@ -9,10 +9,7 @@ use rsipstack::dialog::dialog::{DialogState, TerminatedReason};
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::dialog::DialogId;
-use rsipstack::sip::{
-    Header, Host, HostWithPort, Response, Scheme, StatusCode, StatusCodeKind, Uri,
-};
-use rsipstack::transport::SipAddr;
+use rsipstack::sip::{Header, Response, Scheme, StatusCode, StatusCodeKind, Uri};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -22,7 +19,8 @@ use crate::dialog::{
 };
 use crate::service::{ActiveCall, Shared};
 use crate::session_timer;
-use crate::{CallControl, OutboundCall, SipEvent, Transport, Trunk};
+use crate::trunk::{is_host_char, is_user_char, trunk_destination};
+use crate::{CallControl, OutboundCall, SipEvent, Transport};
 
 /// After we hang up, give CANCEL/BYE this long (64*T1 plus slack) before
 /// reporting `Ended` regardless.
@@ -495,57 +493,4 @@ fn invite_option(
         support_prack: shared.prack,
         ..Default::default()
     })
-}
-
-/// Where requests to `trunk` are sent (its host and port, with the SIP
-/// transport), after checking the host is something we can put in a URI.
-pub(crate) fn trunk_destination(
-    trunk: &Trunk,
-) -> Result<(SipAddr, rsipstack::sip::Transport), String> {
-    let host = trunk.host.trim();
-    if host.is_empty() || !host.chars().all(is_host_char) {
-        return Err(format!("invalid trunk host {:?}", trunk.host));
-    }
-    let host_addr: Host = match host.trim_start_matches('[').trim_end_matches(']').parse() {
-        Ok(ip) => Host::IpAddr(ip),
-        Err(_) => Host::Domain(host.to_string().into()),
-    };
-    let transport = match trunk.transport {
-        Transport::Udp => rsipstack::sip::Transport::Udp,
-        Transport::Tcp => rsipstack::sip::Transport::Tcp,
-    };
-    let destination = SipAddr {
-        r#type: Some(transport),
-        addr: HostWithPort {
-            host: host_addr,
-            port: Some(trunk.port.into()),
-        },
-    };
-    Ok((destination, transport))
-}
-
-/// RFC 3261 `user`: unreserved / escaped / user-unreserved, minus the
-/// characters that would need care in a header (`;`, `?`, `/`).
-pub(crate) fn is_user_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "-_.!~*'()%&=+$,".contains(c)
-}
-
-pub(crate) fn is_host_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "-.:[]".contains(c)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_and_host_chars() {
-        assert!("gangway+1".chars().all(is_user_char));
-        assert!(!"a@b".chars().all(is_user_char));
-        assert!(!"a;b".chars().all(is_user_char));
-        assert!(!"a b".chars().all(is_user_char));
-        assert!("pbx.example:5060".chars().all(is_host_char));
-        assert!("[::1]".chars().all(is_host_char));
-        assert!(!"pbx>evil".chars().all(is_host_char));
-    }
 }

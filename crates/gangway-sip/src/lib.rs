@@ -44,6 +44,7 @@ mod keepalive;
 mod metrics;
 mod register;
 mod service;
+mod trunk;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};

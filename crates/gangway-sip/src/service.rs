@@ -23,9 +23,9 @@ use tracing::{debug, info, warn, Instrument};
 use crate::call::run_call;
 use crate::dialog::{timer_headers, Events, ALLOW};
 use crate::inbound::{request_source, source_allowed, start_inbound};
-use crate::keepalive::TrunkHealth;
 use crate::metrics::MetricsInspector;
 use crate::session_timer::{self, Answer};
+use crate::trunk::TrunkHealth;
 use crate::{
     CallControl, IncomingCall, OutboundCall, SipCall, SipConfig, SipError, SipEvent, SipMetrics,
 };
