@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 use crate::dialog::{
     body_text, timer_headers, Events, LocalSdp, MidCall, MidCallCommand, TimerConfig, ALLOW,
 };
-use crate::service::{ActiveCall, Shared};
 use crate::session_timer;
+use crate::shared::{ActiveCall, Shared};
 use crate::trunk::{is_host_char, is_user_char, trunk_destination};
 use crate::{CallControl, OutboundCall, SipEvent, Transport};
 

@@ -19,8 +19,8 @@ use crate::dialog::{
     answer_headers, body_text, timer_headers, Events, LocalSdp, MidCall, MidCallCommand,
     TimerConfig, ALLOW,
 };
-use crate::service::{ActiveCall, Shared};
 use crate::session_timer::{self, Answer};
+use crate::shared::{ActiveCall, Shared};
 use crate::SipEvent;
 
 /// An INVITE for one of our users, waiting for its owner's decision.

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::dialog::ALLOW;
-use crate::service::Shared;
+use crate::shared::Shared;
 use crate::trunk::{is_host_char, is_user_char, trunk_destination, TrunkHealth};
 use crate::{SipError, SipService, Trunk};
 

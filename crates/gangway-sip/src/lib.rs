@@ -43,7 +43,9 @@ mod inbound;
 mod keepalive;
 mod metrics;
 mod register;
+mod router;
 mod service;
+mod shared;
 mod trunk;
 
 use std::net::{IpAddr, SocketAddr};

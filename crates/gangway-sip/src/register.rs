@@ -12,7 +12,7 @@ use rsipstack::sip::{StatusCodeKind, Uri};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::service::{ActiveCall, Shared};
+use crate::shared::{ActiveCall, Shared};
 use crate::{SipService, Transport, Trunk};
 
 /// How long an un-REGISTER may take before we give up on it.
