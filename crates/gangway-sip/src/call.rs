@@ -9,7 +9,7 @@ use rsipstack::dialog::dialog::{DialogState, TerminatedReason};
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::dialog::DialogId;
-use rsipstack::sip::{Header, Response, Scheme, StatusCode, StatusCodeKind, Uri};
+use rsipstack::sip::{Header, Response, Scheme, StatusCodeKind, Uri};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -20,7 +20,7 @@ use crate::dialog::{
 use crate::session_timer;
 use crate::shared::{ActiveCall, Shared};
 use crate::trunk::{is_host_char, is_user_char, trunk_destination};
-use crate::{CallControl, OutboundCall, SipEvent, Transport};
+use crate::{CallControl, OutboundCall, SipEvent, SipFailure, StatusCode, Transport};
 
 /// After we hang up, give CANCEL/BYE this long (64*T1 plus slack) before
 /// reporting `Ended` regardless.
@@ -30,7 +30,7 @@ const HANGUP_DEADLINE: Duration = Duration::from_secs(40);
 enum Outcome {
     Final(Box<Response>),
     NoFinal,
-    Error(u16, String),
+    Error(SipFailure),
 }
 
 #[derive(Default)]
@@ -98,7 +98,7 @@ async fn attempt(
         Ok(option) => option,
         Err(reason) => {
             warn!(%reason, "cannot place call");
-            events.fail(500, reason);
+            events.fail(&SipFailure::InvalidCall(reason));
             return None;
         }
     };
@@ -114,8 +114,7 @@ async fn attempt(
         Ok(started) => started,
         Err(e) => {
             warn!(error = %e, "cannot send INVITE");
-            let (status, reason) = error_status(&e);
-            events.fail(status, reason);
+            events.fail(&stack_failure(&e));
             return None;
         }
     };
@@ -163,11 +162,8 @@ async fn attempt(
                         Outcome::Final(Box::new(resp))
                     }
                     Ok(Ok((_, None))) => Outcome::NoFinal,
-                    Ok(Err(e)) => {
-                        let (status, reason) = error_status(&e);
-                        Outcome::Error(status, reason)
-                    }
-                    Err(e) => Outcome::Error(500, format!("INVITE task failed: {e}")),
+                    Ok(Err(e)) => Outcome::Error(stack_failure(&e)),
+                    Err(e) => Outcome::Error(SipFailure::Stack(format!("INVITE task failed: {e}"))),
                 });
             }
             Some(command) = mid_commands.recv() => {
@@ -210,7 +206,7 @@ async fn attempt(
             if may_retry
                 && !forced
                 && !p.local_hangup
-                && resp.status_code == StatusCode::SessionIntervalTooSmall =>
+                && resp.status_code.code() == StatusCode::SESSION_INTERVAL_TOO_SMALL.code() =>
         {
             timer_headers(resp.headers.iter())
                 .min_se
@@ -231,9 +227,9 @@ async fn attempt(
             }
         }
     } else if !p.local_hangup && !p.failed_sent {
-        let (status, reason) = failure(&p, forced);
-        info!(status, %reason, "call failed");
-        events.fail(status, reason);
+        let failure = failure(&p, forced);
+        info!(%failure, "call failed");
+        events.fail(&failure);
     }
 
     shared.unregister_replaceable(&dialog.id());
@@ -307,7 +303,7 @@ async fn on_state(
                 events.send(SipEvent::Answered { sdp });
             } else {
                 warn!("2xx without SDP answer, ending the call");
-                events.fail(488, "2xx without SDP answer");
+                events.fail(&SipFailure::AnswerWithoutSdp);
                 p.failed_sent = true;
                 start_hangup(dialog, p);
             }
@@ -327,60 +323,57 @@ async fn on_state(
     }
 }
 
-/// Status and reason for a call that ended without being answered.
-fn failure(p: &Progress, forced: bool) -> (u16, String) {
+/// Why a call that ended without being answered failed.
+fn failure(p: &Progress, forced: bool) -> SipFailure {
     match &p.outcome {
         Some(Outcome::Final(resp)) if resp.status_code.kind() != StatusCodeKind::Successful => {
-            status_of(resp)
+            response_failure(resp)
         }
-        Some(Outcome::Final(resp)) => (500, format!("{} not usable", resp.status_code.code())),
-        Some(Outcome::NoFinal) => (408, "no final response".to_string()),
-        Some(Outcome::Error(status, reason)) => (*status, reason.clone()),
-        None if forced => (503, "SIP service stopped".to_string()),
-        None => match &p.terminated {
-            Some(reason) => terminated_status(reason),
-            None => (500, "call ended unexpectedly".to_string()),
-        },
+        Some(Outcome::Final(resp)) => {
+            SipFailure::Stack(format!("{} not usable", resp.status_code.code()))
+        }
+        Some(Outcome::NoFinal) => SipFailure::NoFinalResponse,
+        Some(Outcome::Error(failure)) => failure.clone(),
+        None if forced => SipFailure::Stopping,
+        None => SipFailure::Stack("call ended unexpectedly".to_string()),
     }
 }
 
-fn status_of(resp: &Response) -> (u16, String) {
-    let code = resp.status_code.code();
-    let reason = resp
-        .wire_reason
-        .clone()
-        .unwrap_or_else(|| resp.status_code.text().to_string());
-    (code, reason)
+/// The far end's final response as a failure.
+fn response_failure(resp: &Response) -> SipFailure {
+    match StatusCode::new(resp.status_code.code()) {
+        Some(status) => SipFailure::Response {
+            status,
+            reason: resp
+                .wire_reason
+                .clone()
+                .unwrap_or_else(|| resp.status_code.text().to_string()),
+        },
+        None => SipFailure::Stack(format!("invalid status {}", resp.status_code.code())),
+    }
 }
 
-fn terminated_status(reason: &TerminatedReason) -> (u16, String) {
-    let code = match reason {
-        TerminatedReason::Timeout => StatusCode::RequestTimeout,
-        TerminatedReason::UacBusy | TerminatedReason::UasBusy => StatusCode::BusyHere,
-        TerminatedReason::UasDecline => StatusCode::Decline,
-        TerminatedReason::ProxyAuthRequired => StatusCode::ProxyAuthenticationRequired,
-        TerminatedReason::ProxyError(c)
-        | TerminatedReason::UacOther(c)
-        | TerminatedReason::UasOther(c) => c.clone(),
-        TerminatedReason::UacCancel | TerminatedReason::UacBye | TerminatedReason::UasBye => {
-            StatusCode::RequestTerminated
-        }
-    };
-    (code.code(), code.text().to_string())
-}
-
-fn error_status(e: &rsipstack::Error) -> (u16, String) {
+/// A failure the stack reported instead of a response.
+fn stack_failure(e: &rsipstack::Error) -> SipFailure {
     match e {
         rsipstack::Error::TransportLayerError(..)
         | rsipstack::Error::DnsResolutionError(_)
-        | rsipstack::Error::IoError(_) => (503, format!("transport error: {e}")),
+        | rsipstack::Error::IoError(_) => SipFailure::Transport(e.to_string()),
         rsipstack::Error::DialogError(_, _, status)
             if status.kind() != StatusCodeKind::Provisional
                 && status.kind() != StatusCodeKind::Successful =>
         {
-            (status.code(), e.to_string())
+            match StatusCode::new(status.code()) {
+                // A final response the dialog could not go on from (a
+                // challenge without credentials left): the far end's.
+                Some(status) => SipFailure::Response {
+                    status,
+                    reason: e.to_string(),
+                },
+                None => SipFailure::Stack(e.to_string()),
+            }
         }
-        _ => (500, e.to_string()),
+        _ => SipFailure::Stack(e.to_string()),
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
 use crate::sdp::{self, Direction, OwnSdp, G711};
-use crate::SipEvent;
+use crate::{SipEvent, SipFailure};
 
 mod refresh;
 
@@ -77,11 +77,9 @@ impl Events {
         }
     }
 
-    pub(crate) fn fail(&self, status: u16, reason: impl Into<String>) {
-        self.send(SipEvent::Failed {
-            status,
-            reason: reason.into(),
-        });
+    /// Reports `failure` as [`SipEvent::Failed`].
+    pub(crate) fn fail(&self, failure: &SipFailure) {
+        self.send(failure.event());
     }
 }
 

@@ -21,7 +21,7 @@ use crate::dialog::{
 };
 use crate::session_timer::{self, Answer};
 use crate::shared::{ActiveCall, Shared};
-use crate::SipEvent;
+use crate::{SipEvent, SipFailure};
 
 /// An INVITE for one of our users, waiting for its owner's decision.
 ///
@@ -309,7 +309,7 @@ async fn run_inbound(
                         Some(_) => {}
                         None => {
                             warn!("ACK without the SDP answer to our offer, ending the call");
-                            events.fail(488, "ACK without SDP answer");
+                            events.fail(&SipFailure::AckWithoutSdp);
                             failed_sent = true;
                             hang_up(&dialog, true);
                             ended_locally = true;
@@ -324,10 +324,10 @@ async fn run_inbound(
                             TerminatedReason::UacBye if answered => events.send(SipEvent::RemoteHangup),
                             TerminatedReason::UacCancel | TerminatedReason::UacBye => {
                                 info!("caller cancelled");
-                                events.fail(487, "cancelled by the caller");
+                                events.fail(&SipFailure::CallerCancelled);
                             }
-                            TerminatedReason::Timeout => events.fail(408, "no ACK for our answer"),
-                            other => events.fail(500, format!("dialog ended: {other:?}")),
+                            TerminatedReason::Timeout => events.fail(&SipFailure::NoAck),
+                            other => events.fail(&SipFailure::Stack(format!("dialog ended: {other:?}"))),
                         }
                     }
                     break;
@@ -382,7 +382,7 @@ async fn run_inbound(
                         }
                         Err(e) => {
                             warn!(error = %e, "cannot send 200 OK");
-                            events.fail(500, "cannot answer");
+                            events.fail(&SipFailure::Stack("cannot answer".into()));
                             break;
                         }
                     }
@@ -433,7 +433,7 @@ async fn run_inbound(
                     warn!("inbound call did not finish in time, dropping the dialog");
                 } else {
                     warn!("no ACK for our 200 OK");
-                    events.fail(408, "no ACK for our answer");
+                    events.fail(&SipFailure::NoAck);
                     hang_up(&dialog, true);
                 }
                 break;

@@ -9,17 +9,21 @@
 //! This crate knows nothing about browsers or WebRTC: what goes into SIP is
 //! exactly what the caller puts into [`OutboundCall`] (topology hiding).
 //!
-//! # Locally generated failure codes
+//! # Failures
 //!
-//! [`SipEvent::Failed`] carries the far end's final status when there is one.
-//! Otherwise:
+//! [`SipEvent::Failed`] carries the far end's final status when there is one
+//! ([`SipFailure::Response`]). A failure of our own is a [`SipFailure`]
+//! too, and [`SipFailure::status`] gives the status reported for it; this
+//! table is that mapping (`failure.rs` is its only code):
 //!
-//! | status | meaning |
-//! |---|---|
-//! | 408 | no final response in time: Timer B (32 s without any response, which is also how an unreachable trunk, a failed DNS lookup or a refused TCP connect ends) or Timer C (180 s after a provisional) |
-//! | 488 | the far end answered 2xx without an SDP answer (the call is ended with BYE) |
-//! | 500 | the call could not be built (bad request URI, From user, domain or host) or the stack failed |
-//! | 503 | a send on an established TCP connection failed, the service is stopping/stopped, or the call's trunk is down by the OPTIONS keepalive ([`SipService::start_keepalive`]; no INVITE is sent) |
+//! | status | [`SipFailure`] | meaning |
+//! |---|---|---|
+//! | 408 | `NoFinalResponse` | no final response in time: Timer B (32 s without any response, which is also how an unreachable trunk, a failed DNS lookup or a refused TCP connect ends) or Timer C (180 s after a provisional) |
+//! | 408 | `NoAck` | inbound: our 200 OK was not ACKed |
+//! | 487 | `CallerCancelled` | inbound: the caller cancelled before the answer |
+//! | 488 | `AnswerWithoutSdp`, `AckWithoutSdp` | the far end answered 2xx (or ACKed our offer) without an SDP answer (the call is ended with BYE) |
+//! | 500 | `InvalidCall`, `Stack` | the call could not be built (bad request URI, From user, domain or host) or the stack failed |
+//! | 503 | `Transport`, `Stopping`, `TrunkDown` | a send on an established TCP connection failed, the service is stopping/stopped, or the call's trunk is down by the OPTIONS keepalive ([`SipService::start_keepalive`]; no INVITE is sent) |
 //!
 //! # Session timers
 //!
@@ -39,6 +43,7 @@ pub mod session_timer;
 
 mod call;
 mod dialog;
+mod failure;
 mod inbound;
 mod keepalive;
 mod metrics;
@@ -54,6 +59,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+pub use failure::{SipFailure, StatusCode};
 pub use inbound::{InboundSipCall, IncomingCall};
 pub use ipnet;
 pub use keepalive::TrunkKeepalive;

@@ -22,7 +22,8 @@ use crate::metrics::MetricsInspector;
 use crate::router::incoming_loop;
 use crate::shared::{ActiveCall, Inbound, Shared};
 use crate::{
-    CallControl, IncomingCall, OutboundCall, SipCall, SipConfig, SipError, SipEvent, SipMetrics,
+    CallControl, IncomingCall, OutboundCall, SipCall, SipConfig, SipError, SipEvent, SipFailure,
+    SipMetrics,
 };
 
 /// How long [`SipService::stop`] lets calls hang up cleanly before it drops them.
@@ -183,13 +184,8 @@ impl SipService {
             control: control.clone(),
         };
         if self.shared.stopping.load(Ordering::SeqCst) {
-            let _ = events.send((
-                call.key,
-                SipEvent::Failed {
-                    status: 503,
-                    reason: "SIP service stopped".to_string(),
-                },
-            ));
+            let failure = SipFailure::Stopping;
+            let _ = events.send((call.key, failure.event()));
             let _ = events.send((call.key, SipEvent::Ended));
             return handle;
         }
@@ -199,13 +195,8 @@ impl SipService {
                 trunk = %format!("{}:{}", call.trunk.host, call.trunk.port),
                 "trunk is down (OPTIONS keepalive): call failed with 503, no INVITE sent"
             );
-            let _ = events.send((
-                call.key,
-                SipEvent::Failed {
-                    status: 503,
-                    reason: "trunk down (no response to OPTIONS keepalive)".to_string(),
-                },
-            ));
+            let failure = SipFailure::TrunkDown;
+            let _ = events.send((call.key, failure.event()));
             let _ = events.send((call.key, SipEvent::Ended));
             return handle;
         }
