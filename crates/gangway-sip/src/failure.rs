@@ -13,8 +13,10 @@ use crate::SipEvent;
 pub struct StatusCode(u16);
 
 impl StatusCode {
+    pub const OK: StatusCode = StatusCode(200);
     pub const REQUEST_TIMEOUT: StatusCode = StatusCode(408);
     pub const SESSION_INTERVAL_TOO_SMALL: StatusCode = StatusCode(422);
+    pub const TEMPORARILY_UNAVAILABLE: StatusCode = StatusCode(480);
     pub const REQUEST_TERMINATED: StatusCode = StatusCode(487);
     pub const NOT_ACCEPTABLE_HERE: StatusCode = StatusCode(488);
     pub const SERVER_INTERNAL_ERROR: StatusCode = StatusCode(500);

@@ -22,8 +22,7 @@ use crate::metrics::MetricsInspector;
 use crate::router::incoming_loop;
 use crate::shared::{ActiveCall, Inbound, Shared};
 use crate::{
-    CallControl, IncomingCall, OutboundCall, SipCall, SipConfig, SipError, SipEvent, SipFailure,
-    SipMetrics,
+    DialogHandle, IncomingCall, OutboundCall, SipConfig, SipError, SipEvent, SipFailure, SipMetrics,
 };
 
 /// How long [`SipService::stop`] lets calls hang up cleanly before it drops them.
@@ -171,31 +170,22 @@ impl SipService {
         &self,
         call: OutboundCall,
         events: UnboundedSender<(u64, SipEvent)>,
-    ) -> SipCall {
-        let (mid, mid_rx) = tokio::sync::mpsc::unbounded_channel();
-        let control = Arc::new(CallControl {
-            hangup_requested: Default::default(),
-            hangup: Notify::new(),
-            mid,
-            dialog: Default::default(),
-        });
-        let handle = SipCall {
-            key: call.key,
-            control: control.clone(),
-        };
-        if self.shared.stopping.load(Ordering::SeqCst) {
-            let failure = SipFailure::Stopping;
-            let _ = events.send((call.key, failure.event()));
-            let _ = events.send((call.key, SipEvent::Ended));
-            return handle;
-        }
-        if self.shared.trunk_down(&call.trunk) {
+    ) -> DialogHandle {
+        let (handle, commands) = DialogHandle::new();
+        let refused = if self.shared.stopping.load(Ordering::SeqCst) {
+            Some(SipFailure::Stopping)
+        } else if self.shared.trunk_down(&call.trunk) {
             info!(
                 call = %call.correlation_id,
                 trunk = %format!("{}:{}", call.trunk.host, call.trunk.port),
                 "trunk is down (OPTIONS keepalive): call failed with 503, no INVITE sent"
             );
-            let failure = SipFailure::TrunkDown;
+            Some(SipFailure::TrunkDown)
+        } else {
+            None
+        };
+        if let Some(failure) = refused {
+            handle.failed(failure.clone());
             let _ = events.send((call.key, failure.event()));
             let _ = events.send((call.key, SipEvent::Ended));
             return handle;
@@ -203,9 +193,15 @@ impl SipService {
         self.shared.call_started();
         let active = ActiveCall(self.shared.clone());
         let span = tracing::info_span!("sip_call", call = %call.correlation_id, key = call.key);
-        tokio::spawn(
-            run_call(self.shared.clone(), call, events, control, mid_rx, active).instrument(span),
+        let task = run_call(
+            self.shared.clone(),
+            call,
+            events,
+            handle.clone(),
+            commands,
+            active,
         );
+        tokio::spawn(task.instrument(span));
         handle
     }
 

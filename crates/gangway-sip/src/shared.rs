@@ -15,8 +15,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Notify;
 
 use crate::dialog::Events;
+use crate::handle::IncomingCall;
 use crate::trunk::TrunkHealth;
-use crate::{IncomingCall, SipMetrics};
+use crate::SipMetrics;
 
 pub(crate) struct Shared {
     pub(crate) dialog_layer: Arc<DialogLayer>,

@@ -28,7 +28,7 @@ pub(crate) use refresh::{answer_headers, timer_headers, Expired, TimerConfig};
 pub(crate) const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK";
 
 /// Requests the call's owner makes inside an established dialog.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum MidCallCommand {
     /// DTMF digits as SIP INFO.
     Dtmf(String),
@@ -118,6 +118,14 @@ impl MidCall {
             }
             _ => {}
         }
+    }
+}
+
+/// Sleeps until `deadline`, forever without one.
+pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
     }
 }
 
