@@ -105,11 +105,6 @@ impl Uac {
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn phase(&self) -> Phase {
-        self.phase
-    }
-
     /// `Some` once over: `Some(Some(min_se))` when the INVITE is to be
     /// sent again asking for `min_se`.
     pub(crate) fn finished(&self) -> Option<Option<u32>> {
@@ -358,12 +353,12 @@ mod tests {
                 sdp: Some("early".into())
             })]
         );
-        assert_eq!(uac.phase(), Phase::Early);
+        assert_eq!(uac.phase, Phase::Early);
         assert_eq!(
             uac.on(now, confirmed(Some("answer"))),
             established("answer")
         );
-        assert_eq!(uac.phase(), Phase::Confirmed);
+        assert_eq!(uac.phase, Phase::Confirmed);
         // The 2xx ends the INVITE transaction; the dialog goes on.
         assert_eq!(uac.on(now, ok()), vec![]);
         assert_eq!(uac.finished(), None);
@@ -399,7 +394,7 @@ mod tests {
         let mut uac = Uac::new(Some(1800));
         assert_eq!(uac.on(now, Input::Hangup), vec![Effect::Hangup]);
         assert_eq!(
-            uac.phase(),
+            uac.phase,
             Phase::Ending {
                 deadline: now + ENDING_DEADLINE,
                 answered: false
@@ -446,7 +441,7 @@ mod tests {
         // The 2xx won: no Answered, no second hangup (its BYE is the first's).
         assert_eq!(uac.on(now, confirmed(Some("answer"))), vec![]);
         assert_eq!(
-            uac.phase(),
+            uac.phase,
             Phase::Ending {
                 deadline: now + ENDING_DEADLINE,
                 answered: true

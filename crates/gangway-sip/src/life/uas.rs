@@ -77,11 +77,6 @@ impl Uas {
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn phase(&self) -> Phase {
-        self.phase
-    }
-
     pub(crate) fn is_done(&self) -> bool {
         self.phase == Phase::Done
     }
@@ -319,7 +314,7 @@ mod tests {
             vec![Effect::Reject(StatusCode::new(486).unwrap())]
         );
         assert_eq!(
-            uas.phase(),
+            uas.phase,
             Phase::Ending {
                 deadline: now + ENDING_DEADLINE
             }
