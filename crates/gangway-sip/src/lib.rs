@@ -9,6 +9,30 @@
 //! This crate knows nothing about browsers or WebRTC: what goes into SIP is
 //! exactly what the caller puts into [`OutboundCall`] (topology hiding).
 //!
+//! # Handles
+//!
+//! Every call, outbound or inbound, is driven through one [`DialogHandle`]:
+//! hangup, hold/resume, blind transfer, DTMF as INFO, the NOTIFYs of a
+//! transfer the far end asked for, the confirmed [`DialogRef`] and, after
+//! `Failed`, its [`SipFailure`]. `place_call` returns it. An inbound call
+//! arrives as an [`IncomingCall`] whose [`InboundSipCall`] adds what only an
+//! offered call can do (route its events, ring, answer, reject) and gives
+//! its handle with [`InboundSipCall::dialog_handle`] (it also derefs to it).
+//! Commands are queued in order to the call's task and ignored where they
+//! do not apply.
+//!
+//! # Dialog life
+//!
+//! Each call's task runs the dialog's life as an enum advanced by a pure
+//! function (`life/uac.rs` for calls we place: `Inviting`, `Early`,
+//! `Confirmed`, `Ending`, `Done`; `life/uas.rs` for calls we take:
+//! `Offered`, `Accepted`, `Confirmed`, `Ending`, `Done`), in the manner of
+//! [`session_timer`]: the task selects, feeds what came as an input with
+//! the time, and carries out the effects (report, CANCEL/BYE, 180/200/
+//! reject, settle the answer, a mid-call request). A call we hang up
+//! reports nothing more but `Ended`; a CANCEL that crosses a 2xx is
+//! followed by BYE.
+//!
 //! # Failures
 //!
 //! [`SipEvent::Failed`] carries the far end's final status when there is one
@@ -145,7 +169,7 @@ pub struct OutboundCall {
 ///
 /// Order: any number of `Provisional`, then either `Answered` (possibly
 /// followed by `RemoteHangup`) or `Failed`, then `Ended`, which is always the
-/// last event and is sent exactly once. After [`SipCall::hangup`] no
+/// last event and is sent exactly once. After [`DialogHandle::hangup`] no
 /// `Failed`/`RemoteHangup`/`Answered` is reported any more: only `Ended`
 /// follows (events already queued may precede it).
 #[derive(Debug, Clone, PartialEq, Eq)]
