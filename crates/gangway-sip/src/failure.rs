@@ -1,7 +1,7 @@
 //! Why a call failed: the far end's final response, or a cause of our
 //! own. [`SipFailure::status`] and [`SipFailure::reason`] are the one place
 //! where a local cause becomes the status and reason phrase that
-//! [`SipEvent::Failed`](crate::SipEvent::Failed) reports (the table is in
+//! [`SipEvent::Failed`] reports (the table is in
 //! the crate docs).
 
 use std::fmt;
@@ -126,7 +126,7 @@ impl SipFailure {
         matches!(self, SipFailure::Response { .. })
     }
 
-    /// The status [`SipEvent::Failed`](crate::SipEvent::Failed) reports:
+    /// The status [`SipEvent::Failed`] reports:
     /// the far end's, or the local code of the crate docs' table.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -143,7 +143,7 @@ impl SipFailure {
         }
     }
 
-    /// The reason [`SipEvent::Failed`](crate::SipEvent::Failed) reports.
+    /// The reason [`SipEvent::Failed`] reports.
     pub fn reason(&self) -> String {
         match self {
             SipFailure::Response { reason, .. } => reason.clone(),
