@@ -2,7 +2,6 @@
 //! tells whether it is reachable. While it is down, calls to it fail at
 //! once with 503 instead of waiting 32 s for an INVITE to time out.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +12,10 @@ use rsipstack::transaction::{make_tag, Transaction};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::call::{is_host_char, is_user_char, trunk_destination};
 use crate::dialog::ALLOW;
-use crate::service::Shared;
-use crate::{SipError, SipService, Transport, Trunk};
+use crate::shared::Shared;
+use crate::trunk::{is_host_char, is_user_char, trunk_destination, TrunkHealth};
+use crate::{SipError, SipService, Trunk};
 
 /// What [`SipService::start_keepalive`] probes, and how often.
 #[derive(Clone, Debug)]
@@ -31,26 +30,6 @@ pub struct TrunkKeepalive {
     pub interval: Duration,
     /// Consecutive failed probes after which the trunk is down (at least 1).
     pub failures: u32,
-}
-
-/// The keepalive's verdict, shared with `place_call`.
-pub(crate) struct TrunkHealth {
-    host: String,
-    port: u16,
-    transport: Transport,
-    up: AtomicBool,
-}
-
-impl TrunkHealth {
-    pub(crate) fn watches(&self, trunk: &Trunk) -> bool {
-        trunk.host.trim() == self.host
-            && trunk.port == self.port
-            && trunk.transport == self.transport
-    }
-
-    pub(crate) fn is_up(&self) -> bool {
-        self.up.load(Ordering::SeqCst)
-    }
 }
 
 impl SipService {
@@ -85,12 +64,7 @@ impl SipService {
                 "keepalive interval and failures must be positive".into(),
             ));
         }
-        let health = Arc::new(TrunkHealth {
-            host: keepalive.trunk.host.trim().to_string(),
-            port: keepalive.trunk.port,
-            transport: keepalive.trunk.transport.clone(),
-            up: AtomicBool::new(true),
-        });
+        let health = Arc::new(TrunkHealth::new(&keepalive.trunk));
         if self.shared.trunk_health.set(health.clone()).is_err() {
             return Ok(());
         }
@@ -146,7 +120,7 @@ async fn run_keepalive(shared: Arc<Shared>, keepalive: TrunkKeepalive, health: A
                 shared.metrics.trunk_probe("answered");
                 failed_in_row = 0;
                 debug!(status, "trunk answered OPTIONS");
-                if !health.up.swap(true, Ordering::SeqCst) {
+                if !health.set_up(true) {
                     shared.metrics.trunk_up.set(1);
                     info!(status, "SIP trunk is up again: it answered OPTIONS");
                 }
@@ -155,7 +129,7 @@ async fn run_keepalive(shared: Arc<Shared>, keepalive: TrunkKeepalive, health: A
                 shared.metrics.trunk_probe("failed");
                 failed_in_row = failed_in_row.saturating_add(1);
                 debug!(%reason, failed_in_row, "OPTIONS probe failed");
-                if failed_in_row >= keepalive.failures && health.up.swap(false, Ordering::SeqCst) {
+                if failed_in_row >= keepalive.failures && health.set_up(false) {
                     shared.metrics.trunk_up.set(0);
                     warn!(
                         %reason,

@@ -9,17 +9,45 @@
 //! This crate knows nothing about browsers or WebRTC: what goes into SIP is
 //! exactly what the caller puts into [`OutboundCall`] (topology hiding).
 //!
-//! # Locally generated failure codes
+//! # Handles
 //!
-//! [`SipEvent::Failed`] carries the far end's final status when there is one.
-//! Otherwise:
+//! Every call, outbound or inbound, is driven through one [`DialogHandle`]:
+//! hangup, hold/resume, blind transfer, DTMF as INFO, the NOTIFYs of a
+//! transfer the far end asked for, the confirmed [`DialogRef`] and, after
+//! `Failed`, its [`SipFailure`]. `place_call` returns it. An inbound call
+//! arrives as an [`IncomingCall`] whose [`InboundSipCall`] adds what only an
+//! offered call can do (route its events, ring, answer, reject) and gives
+//! its handle with [`InboundSipCall::dialog_handle`] (it also derefs to it).
+//! Commands are queued in order to the call's task and ignored where they
+//! do not apply.
 //!
-//! | status | meaning |
-//! |---|---|
-//! | 408 | no final response in time: Timer B (32 s without any response, which is also how an unreachable trunk, a failed DNS lookup or a refused TCP connect ends) or Timer C (180 s after a provisional) |
-//! | 488 | the far end answered 2xx without an SDP answer (the call is ended with BYE) |
-//! | 500 | the call could not be built (bad request URI, From user, domain or host) or the stack failed |
-//! | 503 | a send on an established TCP connection failed, the service is stopping/stopped, or the call's trunk is down by the OPTIONS keepalive ([`SipService::start_keepalive`]; no INVITE is sent) |
+//! # Dialog life
+//!
+//! Each call's task runs the dialog's life as an enum advanced by a pure
+//! function (`life/uac.rs` for calls we place: `Inviting`, `Early`,
+//! `Confirmed`, `Ending`, `Done`; `life/uas.rs` for calls we take:
+//! `Offered`, `Accepted`, `Confirmed`, `Ending`, `Done`), in the manner of
+//! [`session_timer`]: the task selects, feeds what came as an input with
+//! the time, and carries out the effects (report, CANCEL/BYE, 180/200/
+//! reject, settle the answer, a mid-call request). A call we hang up
+//! reports nothing more but `Ended`; a CANCEL that crosses a 2xx is
+//! followed by BYE.
+//!
+//! # Failures
+//!
+//! [`SipEvent::Failed`] carries the far end's final status when there is one
+//! ([`SipFailure::Response`]). A failure of our own is a [`SipFailure`]
+//! too, and [`SipFailure::status`] gives the status reported for it; this
+//! table is that mapping (`failure.rs` is its only code):
+//!
+//! | status | [`SipFailure`] | meaning |
+//! |---|---|---|
+//! | 408 | `NoFinalResponse` | no final response in time: Timer B (32 s without any response, which is also how an unreachable trunk, a failed DNS lookup or a refused TCP connect ends) or Timer C (180 s after a provisional) |
+//! | 408 | `NoAck` | inbound: our 200 OK was not ACKed |
+//! | 487 | `CallerCancelled` | inbound: the caller cancelled before the answer |
+//! | 488 | `AnswerWithoutSdp`, `AckWithoutSdp` | the far end answered 2xx (or ACKed our offer) without an SDP answer (the call is ended with BYE) |
+//! | 500 | `InvalidCall`, `Stack` | the call could not be built (bad request URI, From user, domain or host) or the stack failed |
+//! | 503 | `Transport`, `Stopping`, `TrunkDown` | a send on an established TCP connection failed, the service is stopping/stopped, or the call's trunk is down by the OPTIONS keepalive ([`SipService::start_keepalive`]; no INVITE is sent) |
 //!
 //! # Session timers
 //!
@@ -39,19 +67,22 @@ pub mod session_timer;
 
 mod call;
 mod dialog;
+mod failure;
+mod handle;
 mod inbound;
 mod keepalive;
+mod life;
 mod metrics;
 mod register;
+mod router;
 mod service;
+mod shared;
+mod trunk;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use tokio::sync::Notify;
-
-pub use inbound::{InboundSipCall, IncomingCall};
+pub use failure::{SipFailure, StatusCode};
+pub use handle::{DialogHandle, DialogRef, InboundSipCall, IncomingCall, SipCall};
 pub use ipnet;
 pub use keepalive::TrunkKeepalive;
 pub use metrics::{SipLabels, SipMetrics};
@@ -138,7 +169,7 @@ pub struct OutboundCall {
 ///
 /// Order: any number of `Provisional`, then either `Answered` (possibly
 /// followed by `RemoteHangup`) or `Failed`, then `Ended`, which is always the
-/// last event and is sent exactly once. After [`SipCall::hangup`] no
+/// last event and is sent exactly once. After [`DialogHandle::hangup`] no
 /// `Failed`/`RemoteHangup`/`Answered` is reported any more: only `Ended`
 /// follows (events already queued may precede it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,151 +246,4 @@ pub enum SipError {
     },
     #[error("SIP stack error: {0}")]
     Stack(String),
-}
-
-/// Handle to a call placed with [`SipService::place_call`]. Clones refer to
-/// the same call. Dropping it does not end the call.
-#[derive(Clone, Debug)]
-pub struct SipCall {
-    key: u64,
-    control: Arc<CallControl>,
-}
-
-#[derive(Debug)]
-pub(crate) struct CallControl {
-    hangup_requested: AtomicBool,
-    hangup: Notify,
-    /// Mid-call requests (DTMF INFO, hold), carried out once answered.
-    mid: tokio::sync::mpsc::UnboundedSender<dialog::MidCallCommand>,
-    /// The established dialog, once answered.
-    dialog: std::sync::OnceLock<DialogRef>,
-}
-
-/// An established dialog as another UA must name it: to send it an INVITE
-/// with Replaces (RFC 3891), e.g. in the `Refer-To` of an attended transfer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DialogRef {
-    pub call_id: String,
-    pub local_tag: String,
-    pub remote_tag: String,
-    /// The far end's remote target (its Contact URI).
-    pub remote_target: String,
-}
-
-impl DialogRef {
-    pub(crate) fn of(dialog: &rsipstack::dialog::invite_dialog::InviteDialog) -> DialogRef {
-        let snapshot = dialog.snapshot();
-        DialogRef {
-            call_id: snapshot.id.call_id.clone(),
-            local_tag: snapshot.id.local_tag.clone(),
-            remote_tag: snapshot.id.remote_tag.clone(),
-            remote_target: snapshot.remote_uri.to_string(),
-        }
-    }
-
-    /// A `Refer-To` URI that makes its recipient replace this dialog: the
-    /// far end's target with `?Replaces=` naming the dialog from the far
-    /// end's side (its tag is the to-tag).
-    pub fn replacing_target(&self) -> String {
-        let replaces = format!(
-            "{};to-tag={};from-tag={}",
-            self.call_id, self.remote_tag, self.local_tag
-        );
-        let target = self
-            .remote_target
-            .split_once('?')
-            .map_or(self.remote_target.as_str(), |(uri, _)| uri);
-        format!("{target}?Replaces={}", uri_escape(&replaces))
-    }
-}
-
-/// Percent-encodes what may not stand in a URI header value (RFC 3261 `hvalue`).
-fn uri_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() * 2);
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.!~*'()[]/:+$".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-impl SipCall {
-    /// The caller's key for this call.
-    pub fn key(&self) -> u64 {
-        self.key
-    }
-
-    /// End the call: CANCEL before a final response (the 487 is handled),
-    /// BYE after a 2xx. Idempotent; the call ends with [`SipEvent::Ended`].
-    ///
-    /// Before any response arrived, CANCEL is held back until the first
-    /// provisional (RFC 3261 §9.1); if none ever comes, the INVITE times out
-    /// (32 s) and the call ends then.
-    pub fn hangup(&self) {
-        if !self.control.hangup_requested.swap(true, Ordering::SeqCst) {
-            self.control.hangup.notify_one();
-        }
-    }
-
-    /// Send DTMF digits as SIP INFO (`application/dtmf-relay`, one INFO per
-    /// digit, in order). Ignored before the answer and after hangup.
-    pub fn send_dtmf_info(&self, digits: &str) {
-        let _ = self
-            .control
-            .mid
-            .send(dialog::MidCallCommand::Dtmf(digits.to_string()));
-    }
-
-    /// Hold (`true`: re-INVITE with `sendonly`) or resume (`sendrecv`). The
-    /// outcome comes as [`SipEvent::OfferAccepted`] or
-    /// [`SipEvent::OfferRefused`]. Ignored before the answer and after hangup.
-    pub fn hold(&self, hold: bool) {
-        let _ = self.control.mid.send(dialog::MidCallCommand::Hold(hold));
-    }
-
-    /// Blind transfer: REFER the far end to `target` (a `sip:` URI); the
-    /// outcome comes as [`SipEvent::TransferProgress`].
-    pub fn transfer(&self, target: &str) {
-        let command = dialog::MidCallCommand::Transfer(target.to_string());
-        let _ = self.control.mid.send(command);
-    }
-
-    /// The established dialog (after the answer), to be named in an
-    /// attended transfer.
-    pub fn dialog(&self) -> Option<DialogRef> {
-        self.control.dialog.get().cloned()
-    }
-
-    /// After [`SipEvent::Referred`]: how the call to the target is going
-    /// (NOTIFY with `SIP/2.0 <status> <reason>`); `done` ends it.
-    pub fn notify_transfer(&self, status: u16, reason: &str, done: bool) {
-        let command = dialog::MidCallCommand::ReferProgress {
-            status,
-            reason: reason.to_string(),
-            done,
-        };
-        let _ = self.control.mid.send(command);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn attended_transfer_target_names_the_dialog_from_the_far_side() {
-        let dialog = DialogRef {
-            call_id: "a1b2@10.0.0.9".into(),
-            local_tag: "ours".into(),
-            remote_tag: "theirs".into(),
-            remote_target: "sip:carol@10.0.0.7:5060;transport=udp".into(),
-        };
-        assert_eq!(
-            dialog.replacing_target(),
-            "sip:carol@10.0.0.7:5060;transport=udp?Replaces=a1b2%4010.0.0.9%3Bto-tag%3Dtheirs%3Bfrom-tag%3Dours"
-        );
-    }
 }

@@ -12,7 +12,7 @@ use rsipstack::sip::{StatusCodeKind, Uri};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::service::{ActiveCall, Shared};
+use crate::shared::{ActiveCall, Shared};
 use crate::{SipService, Transport, Trunk};
 
 /// How long an un-REGISTER may take before we give up on it.
@@ -201,7 +201,7 @@ async fn run_registration(
 /// The registrar's Request-URI (`sip:<domain>`) and our Contact for the user.
 fn uris(shared: &Shared, request: &RegistrationRequest) -> Result<(Uri, Uri), String> {
     let user = request.user.trim();
-    if user.is_empty() || !user.chars().all(crate::call::is_user_char) {
+    if user.is_empty() || !user.chars().all(crate::trunk::is_user_char) {
         return Err(format!("invalid SIP user {:?}", request.user));
     }
     let mut server = Uri::try_from(format!("sip:{}", request.registrar.domain.trim()).as_str())

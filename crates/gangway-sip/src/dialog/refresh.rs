@@ -17,7 +17,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::MidCall;
+use super::{sleep_until, MidCall};
 use crate::session_timer::{self, parse_min_se, Answer, Due, Session, SessionTimer, TimerHeaders};
 use crate::SipMetrics;
 
@@ -225,7 +225,7 @@ impl MidCall {
             tokio::select! {
                 _ = self.timer.stop.cancelled() => return,
                 _ = self.timer.changed.notified() => continue,
-                _ = sleep_until_opt(deadline) => {}
+                _ = sleep_until(deadline) => {}
             }
             let due = {
                 let now = Instant::now().into_std();
@@ -447,12 +447,5 @@ impl MidCall {
             None => {}
         }
         self.timer.changed.notify_one();
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(Instant::from_std(d)).await,
-        None => std::future::pending().await,
     }
 }

@@ -64,6 +64,7 @@ impl Session {
         }
         if ended {
             self.handles.dialogs.remove(&sip);
+            self.handles.unanswered.remove(&sip);
         }
     }
 }

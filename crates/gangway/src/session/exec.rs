@@ -13,76 +13,21 @@ use gangway_media::{Flow, Law, LegEvent, MediaRoute};
 use gangway_rtc::PeerId;
 use gangway_signal::core_map;
 use gangway_signal::CallId;
-use gangway_sip::{DialogRef, InboundSipCall, OutboundCall, SipCall, SipEvent};
+use gangway_sip::{DialogHandle, DialogRef, InboundSipCall, OutboundCall, SipEvent};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::Session;
 use crate::inbound::Ringing;
 
-/// The SIP side of a call, whichever side placed it.
-pub(super) enum Dialog {
-    Outbound(SipCall),
-    Inbound(InboundSipCall),
-}
-
-impl Dialog {
-    fn hangup(&self) {
-        match self {
-            Dialog::Outbound(call) => call.hangup(),
-            Dialog::Inbound(call) => call.hangup(),
-        }
-    }
-
-    fn hold(&self, hold: bool) {
-        match self {
-            Dialog::Outbound(call) => call.hold(hold),
-            Dialog::Inbound(call) => call.hold(hold),
-        }
-    }
-
-    fn transfer(&self, target: &str) {
-        match self {
-            Dialog::Outbound(call) => call.transfer(target),
-            Dialog::Inbound(call) => call.transfer(target),
-        }
-    }
-
-    fn dialog(&self) -> Option<DialogRef> {
-        match self {
-            Dialog::Outbound(call) => call.dialog(),
-            Dialog::Inbound(call) => call.dialog(),
-        }
-    }
-
-    fn notify_transfer(&self, status: u16, reason: &str, done: bool) {
-        match self {
-            Dialog::Outbound(call) => call.notify_transfer(status, reason, done),
-            Dialog::Inbound(call) => call.notify_transfer(status, reason, done),
-        }
-    }
-
-    fn send_dtmf_info(&self, digits: &str) {
-        match self {
-            Dialog::Outbound(call) => call.send_dtmf_info(digits),
-            Dialog::Inbound(call) => call.send_dtmf_info(digits),
-        }
-    }
-
-    fn clone_handle(&self) -> Dialog {
-        match self {
-            Dialog::Outbound(call) => Dialog::Outbound(call.clone()),
-            Dialog::Inbound(call) => Dialog::Inbound(call.clone()),
-        }
-    }
-}
-
 /// What the core's ids stand for on this session.
 pub(super) struct Handles {
     /// The shard holding each WebRTC leg.
     shards: HashMap<LegId, usize>,
     /// Each live SIP dialog, until its last event.
-    pub dialogs: HashMap<SipLegId, Dialog>,
+    pub dialogs: HashMap<SipLegId, DialogHandle>,
+    /// Accepted incoming calls whose INVITE we have not answered yet.
+    pub unanswered: HashMap<SipLegId, InboundSipCall>,
     /// Incoming calls ringing here.
     pub ringing: HashMap<CallId, Arc<Ringing>>,
     /// A ringing call this session just claimed, until the core adopts it.
@@ -101,6 +46,7 @@ impl Handles {
         Handles {
             shards: HashMap::new(),
             dialogs: HashMap::new(),
+            unanswered: HashMap::new(),
             ringing: HashMap::new(),
             adopting: None,
             replacement: None,
@@ -110,7 +56,7 @@ impl Handles {
     }
 
     pub fn dialog_ref(&self, sip: SipLegId) -> Option<DialogRef> {
-        self.dialogs.get(&sip).and_then(Dialog::dialog)
+        self.dialogs.get(&sip).and_then(DialogHandle::dialog)
     }
 }
 
@@ -220,7 +166,7 @@ impl Session {
                     },
                     self.handles.sip_tx.clone(),
                 );
-                self.handles.dialogs.insert(sip, Dialog::Outbound(call));
+                self.handles.dialogs.insert(sip, call);
             }
             SipCommand::Adopt { sip } => {
                 let Some(ringing) = self.handles.adopting.take() else {
@@ -228,12 +174,13 @@ impl Session {
                 };
                 ringing.sip.route_events(sip.0, self.handles.sip_tx.clone());
                 ringing.accepted(self.number);
-                let handle = Dialog::Inbound(ringing.sip.clone());
+                let handle = ringing.sip.dialog_handle();
                 self.handles.dialogs.insert(sip, handle);
+                self.handles.unanswered.insert(sip, ringing.sip.clone());
             }
             SipCommand::Answer { sip, sdp } => {
-                if let Some(Dialog::Inbound(call)) = dialogs.get(&sip) {
-                    call.answer(sdp);
+                if let Some(offered) = self.handles.unanswered.remove(&sip) {
+                    offered.answer(sdp);
                 }
             }
             SipCommand::Hangup { sip } => {
@@ -243,7 +190,7 @@ impl Session {
             }
             SipCommand::HangupAfter { sip, delay } => {
                 if let Some(dialog) = dialogs.get(&sip) {
-                    let dialog = dialog.clone_handle();
+                    let dialog = dialog.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
                         dialog.hangup();
@@ -279,7 +226,7 @@ impl Session {
                 if let Some(handle) = self.handles.replacement.take() {
                     handle.route_events(new.0, self.handles.sip_tx.clone());
                     handle.answer(sdp);
-                    self.handles.dialogs.insert(new, Dialog::Inbound(handle));
+                    self.handles.dialogs.insert(new, handle.dialog_handle());
                 }
             }
             SipCommand::RejectReplacement { status, .. } => {
