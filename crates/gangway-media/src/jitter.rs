@@ -31,7 +31,7 @@ use crate::transcode::FRAME_SAMPLES;
 pub const MAX_PACKET: usize = 480;
 /// Packets held at most (320 ms of 20 ms packets, well beyond the deadline).
 const SLOTS: usize = 16;
-const MIN_DEPTH: Duration = Duration::from_millis(20);
+pub(crate) const MIN_DEPTH: Duration = Duration::from_millis(20);
 const MAX_DEPTH: Duration = Duration::from_millis(120);
 const DEPTH_STEP: Duration = Duration::from_millis(10);
 const DECAY_AFTER: Duration = Duration::from_secs(10);

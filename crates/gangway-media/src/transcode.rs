@@ -4,8 +4,9 @@
 
 use opus::{Application, Bitrate, Channels, Decoder, Encoder};
 
-use crate::bridge::Law;
 use crate::g711;
+use crate::types::Law;
+pub use crate::types::OpusSettings;
 
 /// 20 ms at 8 kHz: one G.711 packet and one Opus frame towards the browser.
 pub const FRAME_SAMPLES: usize = 160;
@@ -33,23 +34,6 @@ impl OpusBandwidthCount {
             Some(0..=3 | 16..=19) => self.narrowband += 1,
             Some(_) => self.wider += 1,
             None => {}
-        }
-    }
-}
-
-/// Encoder settings for the Opus sent to browsers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpusSettings {
-    /// 0–10; higher costs more CPU for slightly better quality.
-    pub complexity: u8,
-    pub bitrate: u32,
-}
-
-impl Default for OpusSettings {
-    fn default() -> Self {
-        OpusSettings {
-            complexity: 5,
-            bitrate: 24_000,
         }
     }
 }

@@ -1,0 +1,326 @@
+//! [`ShardHandle`]: how the gateway starts a shard and talks to it. Commands
+//! go through a bounded queue that the handle never blocks on (the policy is
+//! in the `shard` module documentation).
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self as std_mpsc, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use gangway_rtc::{Endpoint, EndpointConfig, PeerId, SetupError};
+use mio::net::UdpSocket;
+use mio::{Interest, Poll, Waker};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::metrics::ShardMetrics;
+use super::ports::RtpPorts;
+use super::run::{Shard, WAKER, WEBRTC};
+use crate::types::{Flow, Law, LegEvent, MediaPolicy, MediaRoute};
+
+/// Commands a shard's queue holds at most.
+pub(super) const QUEUE_CAPACITY: usize = 4096;
+
+/// What a call is told when its shard cannot take it up.
+const OVERLOADED: &str = "the media shard is overloaded; try again";
+
+#[derive(Debug)]
+pub(super) enum Command {
+    AddPeer {
+        id: PeerId,
+        offer: String,
+        route: MediaRoute,
+        events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
+    },
+    AddCandidate {
+        id: PeerId,
+        candidate: String,
+    },
+    ConnectRemote {
+        id: PeerId,
+        remote: SocketAddr,
+        law: Law,
+        dtmf_pt: Option<u8>,
+        answered: bool,
+        flow: Flow,
+    },
+    SendDtmf {
+        id: PeerId,
+        digits: String,
+    },
+    PlayDtmf {
+        id: PeerId,
+        digit: char,
+    },
+    Renegotiate {
+        id: PeerId,
+        offer: String,
+    },
+    RemovePeer {
+        id: PeerId,
+    },
+    Stop {
+        done: oneshot::Sender<()>,
+    },
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::AddPeer { .. } => "add_peer",
+            Command::AddCandidate { .. } => "add_candidate",
+            Command::ConnectRemote { .. } => "connect_remote",
+            Command::SendDtmf { .. } => "send_dtmf",
+            Command::PlayDtmf { .. } => "play_dtmf",
+            Command::Renegotiate { .. } => "renegotiate",
+            Command::RemovePeer { .. } => "remove_peer",
+            Command::Stop { .. } => "stop",
+        }
+    }
+}
+
+/// The shard's end of its handles' commands.
+pub(super) struct Inbox {
+    pub(super) queue: std_mpsc::Receiver<Command>,
+    /// `RemovePeer` and `Stop` that found the queue full.
+    pub(super) overflow: Arc<Mutex<Vec<Command>>>,
+}
+
+#[derive(Debug)]
+pub enum ShardStartError {
+    Bind(SocketAddr, io::Error),
+    Endpoint(String),
+    Thread(io::Error),
+    Poll(io::Error),
+}
+
+impl std::fmt::Display for ShardStartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardStartError::Bind(a, e) => write!(f, "cannot bind WebRTC UDP port {a}: {e}"),
+            ShardStartError::Endpoint(e) => write!(f, "cannot set up WebRTC endpoint: {e}"),
+            ShardStartError::Thread(e) => write!(f, "cannot start media thread: {e}"),
+            ShardStartError::Poll(e) => write!(f, "cannot set up the media poll loop: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ShardStartError {}
+
+/// The gateway's way into one shard. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShardHandle {
+    commands: std_mpsc::SyncSender<Command>,
+    overflow: Arc<Mutex<Vec<Command>>>,
+    /// Interrupts the shard's poll so it reads `commands`.
+    waker: Arc<Waker>,
+    local_addr: SocketAddr,
+    load: Arc<Load>,
+    dropped: Counter,
+}
+
+/// How busy a shard is, for placing new calls.
+#[derive(Debug, Default)]
+pub(super) struct Load {
+    /// Calls the shard holds, as it last published.
+    pub(super) held: AtomicUsize,
+    /// Calls sent to the shard that it has not taken up yet. Counted by the
+    /// handle, not the shard: a busy shard publishes late, and must not look
+    /// emptier than it is while a burst of calls is placed.
+    pub(super) queued: AtomicUsize,
+}
+
+impl ShardHandle {
+    /// Binds `bind` and starts the shard thread. With port 0 the OS picks the
+    /// port; the advertised candidate then uses it too.
+    pub fn start(
+        bind: SocketAddr,
+        advertise_ip: Option<std::net::IpAddr>,
+        config: EndpointConfig,
+        rtp_ports: Option<RtpPorts>,
+        policy: MediaPolicy,
+        metrics: ShardMetrics,
+    ) -> Result<Self, ShardStartError> {
+        let socket = StdUdpSocket::bind(bind).map_err(|e| ShardStartError::Bind(bind, e))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| ShardStartError::Bind(bind, e))?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|e| ShardStartError::Bind(bind, e))?;
+        let candidate_addr =
+            SocketAddr::new(advertise_ip.unwrap_or(local_addr.ip()), local_addr.port());
+        let endpoint = Endpoint::new(EndpointConfig {
+            candidate_addr,
+            ..config
+        })
+        .map_err(ShardStartError::Endpoint)?;
+        let poll = Poll::new().map_err(ShardStartError::Poll)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ShardStartError::Poll)?);
+        let mut socket = UdpSocket::from_std(socket);
+        poll.registry()
+            .register(&mut socket, WEBRTC, Interest::READABLE)
+            .map_err(ShardStartError::Poll)?;
+        let (tx, rx) = std_mpsc::sync_channel(QUEUE_CAPACITY);
+        let overflow = Arc::new(Mutex::new(Vec::new()));
+        let load = Arc::new(Load::default());
+        let dropped = metrics.commands_dropped.clone();
+        let inbox = Inbox {
+            queue: rx,
+            overflow: overflow.clone(),
+        };
+        let shard = Shard::new(
+            poll,
+            socket,
+            endpoint,
+            rtp_ports,
+            policy,
+            metrics,
+            load.clone(),
+        );
+        thread::Builder::new()
+            .name("gangway-media".into())
+            .spawn(move || shard.run(inbox))
+            .map_err(ShardStartError::Thread)?;
+        info!(%local_addr, %candidate_addr, "WebRTC media shard listening");
+        Ok(ShardHandle {
+            commands: tx,
+            overflow,
+            waker,
+            local_addr,
+            load,
+            dropped,
+        })
+    }
+
+    /// Queues a command without blocking; a full queue refuses it.
+    fn send(&self, command: Command) {
+        match self.commands.try_send(command) {
+            Ok(()) => self.wake(),
+            Err(TrySendError::Full(command)) => self.refuse(command),
+            // The shard has stopped: nothing is left to do.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    fn wake(&self) {
+        // Only fails if the shard has stopped, when nothing is left to wake.
+        let _ = self.waker.wake();
+    }
+
+    /// The full-queue policy: refuse the call, keep what frees resources,
+    /// drop the rest.
+    fn refuse(&self, command: Command) {
+        match command {
+            Command::AddPeer { id, events, .. } => {
+                self.load.queued.fetch_sub(1, Ordering::Relaxed);
+                self.dropped.inc();
+                warn!(peer = id.0, "media shard queue full: call refused");
+                let event = LegEvent::Failed(SetupError::InvalidSdp(OVERLOADED.into()));
+                let _ = events.send((id, event));
+            }
+            Command::RemovePeer { .. } | Command::Stop { .. } => {
+                self.overflow
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(command);
+                self.wake();
+            }
+            other => {
+                self.dropped.inc();
+                warn!(
+                    command = other.name(),
+                    "media shard queue full: command dropped"
+                );
+            }
+        }
+    }
+
+    /// The address the shard's UDP socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sets up a peer from a browser offer. The answer (or failure) and every
+    /// later leg event arrive on `events`, tagged with `id`.
+    pub fn add_peer(
+        &self,
+        id: PeerId,
+        offer: String,
+        route: MediaRoute,
+        events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
+    ) {
+        self.load.queued.fetch_add(1, Ordering::Relaxed);
+        self.send(Command::AddPeer {
+            id,
+            offer,
+            route,
+            events,
+        });
+    }
+
+    pub fn add_candidate(&self, id: PeerId, candidate: String) {
+        self.send(Command::AddCandidate { id, candidate });
+    }
+
+    /// Points a bridged call's RTP at the SIP leg's media (from a 183 or 200
+    /// SDP, or a later offer or answer). `answered` starts the media
+    /// inactivity watch, which pauses while `flow` is not both ways (hold).
+    /// An unspecified address (RFC 2543 hold, `c=0.0.0.0`) keeps the
+    /// previous one: nothing is sent there.
+    pub fn connect_remote(
+        &self,
+        id: PeerId,
+        remote: SocketAddr,
+        law: Law,
+        dtmf_pt: Option<u8>,
+        answered: bool,
+        flow: Flow,
+    ) {
+        self.send(Command::ConnectRemote {
+            id,
+            remote,
+            law,
+            dtmf_pt,
+            answered,
+            flow,
+        });
+    }
+
+    /// Sends DTMF digits to the SIP leg as RFC 4733 events.
+    pub fn send_dtmf(&self, id: PeerId, digits: String) {
+        self.send(Command::SendDtmf { id, digits });
+    }
+
+    /// Plays a digit the far end sent in SIP INFO to the browser, as an
+    /// RFC 4733 event on its stream (queued behind any still playing).
+    pub fn play_dtmf(&self, id: PeerId, digit: char) {
+        self.send(Command::PlayDtmf { id, digit });
+    }
+
+    /// Applies a new browser offer to an existing peer (an ICE restart);
+    /// `Renegotiated` or `RenegotiationFailed` follows on its events.
+    pub fn renegotiate(&self, id: PeerId, offer: String) {
+        self.send(Command::Renegotiate { id, offer });
+    }
+
+    /// Calls this shard holds or has queued.
+    pub fn load(&self) -> usize {
+        self.load.held.load(Ordering::Relaxed) + self.load.queued.load(Ordering::Relaxed)
+    }
+
+    pub fn remove_peer(&self, id: PeerId) {
+        self.send(Command::RemovePeer { id });
+    }
+
+    /// Stops the shard and waits until its thread has released the socket.
+    pub async fn stop(&self) {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::Stop { done });
+        // Fails at once if the shard had already stopped (`done` dropped).
+        let _ = wait.await;
+    }
+}
