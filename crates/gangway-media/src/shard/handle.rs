@@ -324,3 +324,59 @@ impl ShardHandle {
         let _ = wait.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handle whose queue holds one command, with no shard reading it.
+    fn handle() -> (ShardHandle, Inbox, Poll) {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+        let (tx, rx) = std_mpsc::sync_channel(1);
+        let overflow = Arc::new(Mutex::new(Vec::new()));
+        let handle = ShardHandle {
+            commands: tx,
+            overflow: overflow.clone(),
+            waker,
+            local_addr: "127.0.0.1:1".parse().unwrap(),
+            load: Arc::default(),
+            dropped: Counter::default(),
+        };
+        let inbox = Inbox {
+            queue: rx,
+            overflow,
+        };
+        (handle, inbox, poll)
+    }
+
+    #[test]
+    fn a_full_queue_refuses_calls_keeps_removals_and_drops_the_rest() {
+        let (handle, inbox, _poll) = handle();
+        handle.add_candidate(PeerId(1), "candidate".into());
+        // Full from here on.
+        let (events, mut told) = mpsc::unbounded_channel();
+        handle.add_peer(PeerId(2), "offer".into(), MediaRoute::Bridge, events);
+        let (id, event) = told.try_recv().expect("refused at once");
+        assert_eq!(id, PeerId(2));
+        assert!(
+            matches!(&event, LegEvent::Failed(SetupError::InvalidSdp(m)) if m.contains("overloaded")),
+            "{event:?}"
+        );
+        assert_eq!(handle.load(), 0, "a refused call is not counted as queued");
+        handle.send_dtmf(PeerId(1), "1".into());
+        handle.remove_peer(PeerId(1));
+        assert_eq!(handle.dropped.get(), 2, "the call and the DTMF");
+        // The shard finds the queued command, then the removal.
+        assert!(matches!(
+            inbox.queue.try_recv(),
+            Ok(Command::AddCandidate { .. })
+        ));
+        assert!(inbox.queue.try_recv().is_err());
+        let overflow = inbox.overflow.lock().unwrap();
+        assert!(matches!(
+            overflow[..],
+            [Command::RemovePeer { id: PeerId(1) }]
+        ));
+    }
+}
