@@ -140,7 +140,7 @@ impl Transcoder {
 
     /// Encodes one G.711 packet (20 ms expected) from the SIP leg as an Opus
     /// packet for the browser, on its own: cut or padded to 20 ms (a PBX
-    /// sends 10/20/30 ms; the shard gathers those with
+    /// sends 10/20/30 ms; the bridge gathers those with
     /// [`Transcoder::push_for_browser`] instead).
     pub fn g711_to_opus(&mut self, payload: &[u8], law: Law) -> Result<&[u8], opus::Error> {
         self.frame.clear();
@@ -327,7 +327,7 @@ mod tests {
             last = level(gw.g711_to_opus(&ulaw, Law::Pcmu).unwrap());
         }
         // The last frame went through `g711_to_opus`; gather the losses
-        // after it the way the shard does.
+        // after it the way the bridge does.
         let mut at = 20 * FRAME_SAMPLES as u64;
         let concealed: Vec<f64> = (0..4)
             .map(|nth| {
