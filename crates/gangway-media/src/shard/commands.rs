@@ -14,9 +14,9 @@ use mio::{Interest, Poll};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use super::handle::{Command, Inbox};
 use super::peers::{Bridged, Peer, Peers, Sockets};
 use super::ports::PortAllocator;
+use super::queue::{Command, Inbox};
 use super::report::report;
 use super::run::Shard;
 use crate::bridge::{Bridge, BrowserCodecs};
@@ -262,7 +262,7 @@ impl Shard {
 
     pub(super) fn remove_all(&mut self) {
         let (mut peers, mut bridged) = (0, 0);
-        for mut peer in self.peers.drain() {
+        for mut peer in self.peers.take_all() {
             self.endpoint.remove_peer(peer.id);
             peers += 1;
             if let Some(b) = peer.bridged.as_mut() {

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self as std_mpsc, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -17,77 +17,14 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::metrics::ShardMetrics;
+use super::peers::{WAKER, WEBRTC};
 use super::ports::RtpPorts;
-use super::run::{Shard, WAKER, WEBRTC};
+use super::queue::{Command, Inbox, Load, QUEUE_CAPACITY};
+use super::run::Shard;
 use crate::types::{Flow, Law, LegEvent, MediaPolicy, MediaRoute};
-
-/// Commands a shard's queue holds at most.
-pub(super) const QUEUE_CAPACITY: usize = 4096;
 
 /// What a call is told when its shard cannot take it up.
 const OVERLOADED: &str = "the media shard is overloaded; try again";
-
-#[derive(Debug)]
-pub(super) enum Command {
-    AddPeer {
-        id: PeerId,
-        offer: String,
-        route: MediaRoute,
-        events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
-    },
-    AddCandidate {
-        id: PeerId,
-        candidate: String,
-    },
-    ConnectRemote {
-        id: PeerId,
-        remote: SocketAddr,
-        law: Law,
-        dtmf_pt: Option<u8>,
-        answered: bool,
-        flow: Flow,
-    },
-    SendDtmf {
-        id: PeerId,
-        digits: String,
-    },
-    PlayDtmf {
-        id: PeerId,
-        digit: char,
-    },
-    Renegotiate {
-        id: PeerId,
-        offer: String,
-    },
-    RemovePeer {
-        id: PeerId,
-    },
-    Stop {
-        done: oneshot::Sender<()>,
-    },
-}
-
-impl Command {
-    fn name(&self) -> &'static str {
-        match self {
-            Command::AddPeer { .. } => "add_peer",
-            Command::AddCandidate { .. } => "add_candidate",
-            Command::ConnectRemote { .. } => "connect_remote",
-            Command::SendDtmf { .. } => "send_dtmf",
-            Command::PlayDtmf { .. } => "play_dtmf",
-            Command::Renegotiate { .. } => "renegotiate",
-            Command::RemovePeer { .. } => "remove_peer",
-            Command::Stop { .. } => "stop",
-        }
-    }
-}
-
-/// The shard's end of its handles' commands.
-pub(super) struct Inbox {
-    pub(super) queue: std_mpsc::Receiver<Command>,
-    /// `RemovePeer` and `Stop` that found the queue full.
-    pub(super) overflow: Arc<Mutex<Vec<Command>>>,
-}
 
 #[derive(Debug)]
 pub enum ShardStartError {
@@ -120,17 +57,6 @@ pub struct ShardHandle {
     local_addr: SocketAddr,
     load: Arc<Load>,
     dropped: Counter,
-}
-
-/// How busy a shard is, for placing new calls.
-#[derive(Debug, Default)]
-pub(super) struct Load {
-    /// Calls the shard holds, as it last published.
-    pub(super) held: AtomicUsize,
-    /// Calls sent to the shard that it has not taken up yet. Counted by the
-    /// handle, not the shard: a busy shard publishes late, and must not look
-    /// emptier than it is while a burst of calls is placed.
-    pub(super) queued: AtomicUsize,
 }
 
 impl ShardHandle {

@@ -3,7 +3,9 @@
 //! bridged call's RTP and RTCP sockets. The loop only moves bytes: each
 //! bridged call's media policy is its sans-IO [`Bridge`](crate::bridge).
 //!
-//! - [`handle`]: [`ShardHandle`], the gateway's way in, and the commands.
+//! - [`handle`]: [`ShardHandle`], the gateway's way in, and the full-queue
+//!   policy.
+//! - [`queue`]: the commands and the queue's two ends.
 //! - [`run`]: the loop, the I/O, and carrying out what bridges ask for.
 //! - [`commands`]: setting calls up and taking them down, and the other
 //!   commands.
@@ -38,6 +40,7 @@ mod handle;
 mod metrics;
 mod peers;
 mod ports;
+mod queue;
 mod report;
 mod run;
 

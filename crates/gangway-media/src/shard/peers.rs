@@ -112,7 +112,7 @@ impl Peers {
     }
 
     /// Empties the table; returns the peers it held.
-    pub(super) fn drain(&mut self) -> impl Iterator<Item = Peer> + '_ {
+    pub(super) fn take_all(&mut self) -> impl Iterator<Item = Peer> + '_ {
         self.by_id.clear();
         self.free.clear();
         self.slots.drain(..).flatten()
@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(Peers::from_token(rtp), Some((1, false)));
         assert_eq!(Peers::from_token(rtcp), Some((1, true)));
         assert_eq!(Peers::from_token(WAKER), None);
-        assert_eq!(peers.drain().count(), 2);
+        assert_eq!(peers.take_all().count(), 2);
         assert_eq!(peers.len(), 0);
     }
 }

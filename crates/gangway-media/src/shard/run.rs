@@ -16,11 +16,10 @@ use mio::net::UdpSocket;
 use mio::{Events, Poll, Token};
 use tracing::{debug, warn};
 
-use super::handle::{Inbox, Load};
 use super::metrics::{ShardMetrics, Tally};
-use super::peers::Peers;
-pub(super) use super::peers::{WAKER, WEBRTC};
+use super::peers::{Peers, WAKER, WEBRTC};
 use super::ports::{PortAllocator, RtpPorts};
+use super::queue::{Inbox, Load};
 use crate::bridge::{BrowserFrame, Output, ToBrowser};
 use crate::types::{LegEvent, MediaPolicy};
 
