@@ -143,7 +143,8 @@ impl Bridge {
             liveness: Liveness::new(policy.media_timeout),
             browser,
             out: Outputs::default(),
-            scratch: Vec::with_capacity(512),
+            // Grows once, on a call whose legs chose different laws.
+            scratch: Vec::new(),
         })
     }
 

@@ -96,9 +96,10 @@ pub(super) struct Outputs {
 impl Default for Outputs {
     fn default() -> Self {
         Outputs {
-            // A browser frame makes a few packets; nothing grows per packet.
-            queue: VecDeque::with_capacity(16),
-            bytes: Vec::with_capacity(2048),
+            // A frame makes a few outputs of ≤ 200 bytes each; both grow
+            // (once) for the rare longer burst, never per packet.
+            queue: VecDeque::with_capacity(8),
+            bytes: Vec::with_capacity(512),
             read: 0,
             wake: None,
         }

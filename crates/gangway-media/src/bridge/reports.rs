@@ -33,7 +33,7 @@ impl Rtcp {
             epoch: now,
             epoch_wallclock: wallclock,
             far_end: FarEndReports::default(),
-            scratch: Vec::with_capacity(128),
+            scratch: Vec::new(),
         }
     }
 
