@@ -306,3 +306,61 @@ async fn media_flowing_both_ways_never_times_out() {
     assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }
+
+/// With one RTP port pair, a second bridged call is refused with
+/// `no_capacity` (not `invalid_sdp`) while the first goes on, and nothing
+/// leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_rtp_ports_is_no_capacity_and_the_first_call_goes_on() {
+    let mut sipp = Sipp::uas("uas_answer_wait_bye.xml", 0, &["-rtp_echo"]);
+    let gw = start_sip_gateway(sipp.port(), "pbx.test", |c| {
+        c.sip.rtp_port_min += c.sip.rtp_port_min % 2;
+        c.sip.rtp_port_max = c.sip.rtp_port_min + 1;
+    })
+    .await;
+    let mut api = ApiClient::connect(&gw).await;
+    let (mut first, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("first", "1000", &offer).await;
+    let answer = api.expect("answer").await;
+    first.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(
+        first.connect(Duration::from_secs(10)).await,
+        "first connects"
+    );
+    assert_eq!(api.expect("answered").await["call"], "first");
+
+    let (_second, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    api.call("second", "1001", &offer).await;
+    let error = api.expect("error").await;
+    assert_eq!(
+        (error["call"].as_str(), error["code"].as_str()),
+        (Some("second"), Some("no_capacity")),
+        "{error}"
+    );
+    let ended = api.expect("ended").await;
+    assert_eq!(
+        (ended["call"].as_str(), ended["reason"].as_str()),
+        (Some("second"), Some("failed")),
+        "{ended}"
+    );
+    assert_eq!(ended["code"], Value::Null, "{ended}");
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        metric_value(&metrics, "gangway_rtp_port_exhausted_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&metrics, "gangway_api_errors_total{code=\"no_capacity\"}"),
+        Some(1.0)
+    );
+
+    // The first call still carries audio both ways through sipp's echo.
+    let report = first.echo_exchange(1, 50, Duration::from_millis(500)).await;
+    assert!(report.echoed >= 45, "first call still bridged: {report:?}");
+    api.hangup("first").await;
+    assert_eq!(api.expect("ended").await["reason"], "hangup");
+    sipp.wait(Duration::from_secs(10))
+        .expect("sipp saw our BYE");
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}

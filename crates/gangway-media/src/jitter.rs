@@ -2,7 +2,7 @@
 //! in front of the Opus encoder (which keeps state, so it must see audio in
 //! order and exactly once).
 //!
-//! Sans-IO: the shard pushes each packet with its arrival time, then pulls
+//! Sans-IO: the bridge pushes each packet with its arrival time, then pulls
 //! with [`JitterBuffer::poll`] until it returns `None`, and wakes at
 //! [`JitterBuffer::next_deadline`] to pull again.
 //!
@@ -10,7 +10,7 @@
 //!   by the very next `poll`, so there is no fixed playout delay.
 //! - A hole holds the packets behind it for `depth`; if the missing packet
 //!   arrives it is released in order, otherwise each missing 20 ms comes out
-//!   as [`Out::Lost`] (the shard conceals it), at most 100 ms of them; a
+//!   as [`Out::Lost`] (the bridge conceals it), at most 100 ms of them; a
 //!   longer gap is a silence or a restart and is skipped, not concealed.
 //! - `depth` adapts: a packet that arrives after its slot was given up was
 //!   late, not lost, and the depth grows to what would have waited for it
@@ -31,7 +31,7 @@ use crate::transcode::FRAME_SAMPLES;
 pub const MAX_PACKET: usize = 480;
 /// Packets held at most (320 ms of 20 ms packets, well beyond the deadline).
 const SLOTS: usize = 16;
-const MIN_DEPTH: Duration = Duration::from_millis(20);
+pub(crate) const MIN_DEPTH: Duration = Duration::from_millis(20);
 const MAX_DEPTH: Duration = Duration::from_millis(120);
 const DEPTH_STEP: Duration = Duration::from_millis(10);
 const DECAY_AFTER: Duration = Duration::from_secs(10);

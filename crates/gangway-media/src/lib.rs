@@ -7,17 +7,18 @@
 //! the shard's thread.
 //!
 //! A call's media goes back to the browser ([`MediaRoute::Echo`]) or to its
-//! SIP leg ([`MediaRoute::Bridge`]), passed through or transcoded.
+//! SIP leg ([`MediaRoute::Bridge`]), passed through or transcoded. What a
+//! bridged call does with its media is decided by its sans-IO `Bridge`
+//! (`bridge/`); the shard (`shard/`) owns the sockets and moves the bytes.
+//! `types.rs` holds the vocabulary both share.
 
 mod bridge;
 mod shard;
+mod types;
 
-pub use bridge::{Law, LegSummary, RtpPorts};
-pub use shard::{
-    CodecPolicy, Flow, LegEvent, MediaPolicy, MediaRoute, ShardHandle, ShardMetrics,
-    ShardStartError,
-};
-pub use transcode::OpusSettings;
+pub use bridge::LegSummary;
+pub use shard::{RtpPorts, ShardHandle, ShardMetrics, ShardStartError};
+pub use types::{CodecPolicy, Flow, Law, LegEvent, MediaPolicy, MediaRoute, OpusSettings};
 pub mod dtmf;
 pub mod dtmf_relay;
 pub mod g711;

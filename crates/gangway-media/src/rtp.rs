@@ -195,6 +195,21 @@ impl InTimeline {
     }
 }
 
+/// Unpredictable values for SSRCs, initial sequence numbers and timestamps
+/// (RFC 3550 §5.1 wants them random). Not for cryptography.
+pub(crate) fn random_u32() -> u32 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish() as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,9 @@
 
 use opus::{Application, Bitrate, Channels, Decoder, Encoder};
 
-use crate::bridge::Law;
 use crate::g711;
+use crate::types::Law;
+pub use crate::types::OpusSettings;
 
 /// 20 ms at 8 kHz: one G.711 packet and one Opus frame towards the browser.
 pub const FRAME_SAMPLES: usize = 160;
@@ -33,23 +34,6 @@ impl OpusBandwidthCount {
             Some(0..=3 | 16..=19) => self.narrowband += 1,
             Some(_) => self.wider += 1,
             None => {}
-        }
-    }
-}
-
-/// Encoder settings for the Opus sent to browsers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpusSettings {
-    /// 0–10; higher costs more CPU for slightly better quality.
-    pub complexity: u8,
-    pub bitrate: u32,
-}
-
-impl Default for OpusSettings {
-    fn default() -> Self {
-        OpusSettings {
-            complexity: 5,
-            bitrate: 24_000,
         }
     }
 }
@@ -156,7 +140,7 @@ impl Transcoder {
 
     /// Encodes one G.711 packet (20 ms expected) from the SIP leg as an Opus
     /// packet for the browser, on its own: cut or padded to 20 ms (a PBX
-    /// sends 10/20/30 ms; the shard gathers those with
+    /// sends 10/20/30 ms; the bridge gathers those with
     /// [`Transcoder::push_for_browser`] instead).
     pub fn g711_to_opus(&mut self, payload: &[u8], law: Law) -> Result<&[u8], opus::Error> {
         self.frame.clear();
@@ -343,7 +327,7 @@ mod tests {
             last = level(gw.g711_to_opus(&ulaw, Law::Pcmu).unwrap());
         }
         // The last frame went through `g711_to_opus`; gather the losses
-        // after it the way the shard does.
+        // after it the way the bridge does.
         let mut at = 20 * FRAME_SAMPLES as u64;
         let concealed: Vec<f64> = (0..4)
             .map(|nth| {

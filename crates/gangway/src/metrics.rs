@@ -318,6 +318,11 @@ impl Metrics {
             "Bridged calls refused because no RTP port was free",
             s.rtp_port_exhausted.clone(),
         );
+        m.registry.register(
+            "media_commands_dropped",
+            "Shard commands refused or dropped because the shard's queue was full",
+            s.commands_dropped.clone(),
+        );
         // Pre-create every label so dashboards and alerts see zeros, not gaps.
         for reason in EndReason::ALL {
             let _ = m.calls_ended.get_or_create(&[("reason", reason.as_str())]);

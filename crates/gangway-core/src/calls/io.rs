@@ -86,8 +86,9 @@ pub enum LegFailure {
     InvalidSdp(String),
     /// The offer has no codec we accept.
     IncompatibleCodecs,
-    /// The gateway has no RTP port (or socket) left for the SIP side.
-    NoRtpPort(String),
+    /// The gateway has no capacity left for the call (no RTP port or
+    /// socket for the SIP side, or its media shard is overloaded).
+    NoCapacity(String),
 }
 
 /// What the SIP shell reports about one SIP dialog.

@@ -30,7 +30,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
                 self.refuse(Some(id.clone()), Problem::InvalidSdp, message.clone());
                 Event::LegFailed(LegSetupError::InvalidSdp(message))
             }
-            MediaEvent::Failed(LegFailure::NoRtpPort(message)) => {
+            MediaEvent::Failed(LegFailure::NoCapacity(message)) => {
                 self.refuse(Some(id.clone()), Problem::NoCapacity, message.clone());
                 Event::LegFailed(LegSetupError::NoCapacity(message))
             }

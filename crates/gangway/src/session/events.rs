@@ -14,6 +14,7 @@ impl Session {
         let event = match event {
             LegEvent::Ready { answer, rtp_port } => MediaEvent::Ready { answer, rtp_port },
             LegEvent::Failed(e) => MediaEvent::Failed(leg_failure(e)),
+            LegEvent::NoCapacity(why) => MediaEvent::Failed(LegFailure::NoCapacity(why)),
             LegEvent::CandidateRejected(message) => MediaEvent::CandidateRejected(message),
             LegEvent::Connected => MediaEvent::Connected,
             LegEvent::Disconnected => MediaEvent::Disconnected,

@@ -274,7 +274,7 @@ fn a_leg_without_an_rtp_port_is_not_an_sdp_problem() {
     let mut h = Harness::new();
     let leg = h.start_sip_call("c1", "1000");
     let why = "no free RTP port in 40000-40010";
-    let out = h.media(leg, MediaEvent::Failed(LegFailure::NoRtpPort(why.into())));
+    let out = h.media(leg, MediaEvent::Failed(LegFailure::NoCapacity(why.into())));
     assert_eq!(
         out,
         vec![

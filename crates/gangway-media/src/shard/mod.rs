@@ -1,0 +1,49 @@
+//! Media shards: each one OS thread running a mio poll loop ([`run`]) that
+//! owns a WebRTC UDP port, the `Endpoint` with all its peers, and every
+//! bridged call's RTP and RTCP sockets. The loop only moves bytes: each
+//! bridged call's media policy is its sans-IO [`Bridge`](crate::bridge).
+//!
+//! - [`handle`]: [`ShardHandle`], the gateway's way in, and the full-queue
+//!   policy.
+//! - [`queue`]: the commands and the queue's two ends.
+//! - [`run`]: the loop, the I/O, and carrying out what bridges ask for.
+//! - [`commands`]: setting calls up and taking them down, and the other
+//!   commands.
+//! - [`peers`]: the calls by slot (slot = index = poll tokens).
+//! - [`metrics`]: [`ShardMetrics`] and the shard's own per-packet [`Tally`].
+//! - [`report`]: the end-of-call media summary.
+//! - [`ports`]: the SIP legs' RTP port range.
+//!
+//! Nothing is shared on the media path: per-packet counts are plain
+//! integers of the shard's, published to the Prometheus metrics every
+//! 250 ms, when a call ends and when the shard stops.
+//!
+//! **The command queue is bounded** (4096 commands, a `sync_channel` and
+//! the poll's `Waker`), and a [`ShardHandle`] never blocks the task that
+//! calls it. When the queue is full, the shard is thousands of commands
+//! behind, so:
+//! - `add_peer` fails at once: the call's own event channel gets
+//!   `LegEvent::Failed` ("the media shard is overloaded"); the call is
+//!   refused rather than left waiting;
+//! - `remove_peer` and `stop` are never lost, because they free ports and
+//!   sockets: they go to an overflow list the shard reads after the queue
+//!   (bounded in practice by the calls it holds, each removed once);
+//! - every other command (`add_candidate`, `connect_remote`, DTMF,
+//!   `renegotiate`) is dropped with a warning.
+//!
+//! Refused and dropped commands count in `ShardMetrics::commands_dropped`.
+//!
+//! [`Tally`]: metrics::Tally
+
+mod commands;
+mod handle;
+mod metrics;
+mod peers;
+mod ports;
+mod queue;
+mod report;
+mod run;
+
+pub use handle::{ShardHandle, ShardStartError};
+pub use metrics::ShardMetrics;
+pub use ports::RtpPorts;
