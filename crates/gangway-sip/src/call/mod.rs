@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::dialog::{
-    body_text, sleep_until, timer_headers, Events, LocalSdp, MidCall, TimerConfig,
+    body_text, sleep_until, timer_headers, DialogSdp, Events, MidCall, TimerConfig,
 };
 use crate::handle::{Command, DialogHandle};
 use crate::life::uac::{Input, InviteEnd, Uac};
@@ -107,7 +107,7 @@ impl Attempt<'_> {
         let mid = MidCall::new(
             dialog.clone(),
             self.events.clone(),
-            LocalSdp::new(self.call.sdp_offer.clone()),
+            DialogSdp::new(self.call.sdp_offer.clone()),
         );
         mid.configure_session_timer(TimerConfig {
             ours: shared.session_expires,

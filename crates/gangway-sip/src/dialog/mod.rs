@@ -2,7 +2,7 @@
 //! events to the call's owner, and the mid-call side of the dialog
 //! ([`MidCall`]), which answers the far end's in-dialog requests and sends
 //! ours. By concern: re-offers both ways (`offer.rs`), REFER and its
-//! NOTIFYs (`refer.rs`), DTMF in INFO (`info.rs`), our SDP (`local_sdp.rs`)
+//! NOTIFYs (`refer.rs`), DTMF in INFO (`info.rs`), our SDP (`gangway_core::sdp::DialogSdp`)
 //! and the session timer at run time (`refresh.rs`).
 
 use std::sync::atomic::AtomicBool;
@@ -14,13 +14,13 @@ use rsipstack::sip::{Header, StatusCode};
 
 mod events;
 mod info;
-mod local_sdp;
 mod offer;
 mod refer;
 mod refresh;
 
+/// Our side of the SDP in a dialog: the RFC 3264 rules live in the core.
+pub(crate) use crate::sdp::DialogSdp;
 pub(crate) use events::Events;
-pub(crate) use local_sdp::LocalSdp;
 pub(crate) use refresh::{answer_headers, timer_headers, Expired, TimerConfig};
 
 /// Methods we answer (for `Allow`). PRACK: the stack answers the far end's
@@ -53,7 +53,7 @@ pub(crate) enum MidCallCommand {
 pub(crate) struct MidCall {
     dialog: InviteDialog,
     events: Events,
-    local: Arc<Mutex<LocalSdp>>,
+    local: Arc<Mutex<DialogSdp>>,
     /// Keeps our own requests of one call in order (CSeq, and digits).
     queue: Arc<tokio::sync::Mutex<()>>,
     /// An offer of ours is out (RFC 3261 §14.2: a re-offer meanwhile gets 491).
@@ -63,7 +63,7 @@ pub(crate) struct MidCall {
 }
 
 impl MidCall {
-    pub(crate) fn new(dialog: InviteDialog, events: Events, local: LocalSdp) -> MidCall {
+    pub(crate) fn new(dialog: InviteDialog, events: Events, local: DialogSdp) -> MidCall {
         MidCall {
             dialog,
             events,
@@ -74,7 +74,7 @@ impl MidCall {
         }
     }
 
-    fn local(&self) -> std::sync::MutexGuard<'_, LocalSdp> {
+    fn local(&self) -> std::sync::MutexGuard<'_, DialogSdp> {
         self.local.lock().unwrap_or_else(|e| e.into_inner())
     }
 

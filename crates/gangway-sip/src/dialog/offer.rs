@@ -8,7 +8,7 @@ use rsipstack::sip::{Header, Method, Request, StatusCode, StatusCodeKind};
 use tracing::{info, warn};
 
 use super::{answer_headers, body_text, MidCall};
-use crate::sdp::{self, Direction, G711};
+use crate::sdp::{self, G711};
 use crate::SipEvent;
 
 impl MidCall {
@@ -32,24 +32,13 @@ impl MidCall {
     }
 
     async fn send_reoffer(&self, hold: bool) -> Result<(), u16> {
-        let direction = if hold {
-            Direction::SendOnly
-        } else {
-            Direction::SendRecv
-        };
-        let (body, version, codecs, dtmf_pt) = {
-            let local = self.local();
-            let own = local.own.as_ref().ok_or(500u16)?;
-            let (codecs, dtmf_pt) = (own.codecs.clone(), own.dtmf_pt);
-            let (body, version) = local.render(&codecs, dtmf_pt, direction).ok_or(500u16)?;
-            (body, version, codecs, dtmf_pt)
-        };
+        let reoffer = self.local().reoffer(hold).ok_or(500u16)?;
         info!(hold, "sending re-INVITE");
         let mut headers = vec![Header::ContentType("application/sdp".into())];
         headers.extend(self.refresh_request_headers());
         let resp = match self
             .dialog
-            .reinvite(Some(headers), Some(body.clone().into_bytes()))
+            .reinvite(Some(headers), Some(reoffer.body.clone().into_bytes()))
             .await
         {
             Ok(Some(resp)) => resp,
@@ -69,18 +58,14 @@ impl MidCall {
             warn!("2xx to our re-INVITE without SDP");
             return Err(488);
         };
-        let media = match sdp::parse_answer(&answer, &codecs) {
+        let media = match sdp::parse_answer(&answer, reoffer.codecs()) {
             Ok(media) => media,
             Err(e) => {
                 warn!(error = %e, "answer to our re-INVITE unusable");
                 return Err(488);
             }
         };
-        {
-            let mut local = self.local();
-            local.held = hold;
-            local.commit(body, version, vec![media.codec], dtmf_pt, direction);
-        }
+        self.local().reoffer_accepted(reoffer, &media);
         info!(
             hold,
             direction = media.direction.as_str(),
@@ -120,7 +105,7 @@ impl MidCall {
                 let headers = Some(timer_headers.clone());
                 let _ = handle.respond(StatusCode::OK, headers, None).await;
             } else {
-                let body = self.local().body.clone();
+                let body = self.local().body().to_string();
                 let _ = handle
                     .respond(StatusCode::OK, sdp_headers(), Some(body.into_bytes()))
                     .await;
@@ -141,23 +126,7 @@ impl MidCall {
                 return;
             }
         };
-        let answer = {
-            let mut local = self.local();
-            let direction = media.direction.reverse().and(local.wish());
-            match local.render(&[media.codec], media.dtmf_pt, direction) {
-                Some((body, version)) => {
-                    local.commit(
-                        body.clone(),
-                        version,
-                        vec![media.codec],
-                        media.dtmf_pt,
-                        direction,
-                    );
-                    Some((body, direction))
-                }
-                None => None,
-            }
-        };
+        let answer = self.local().answer(&media);
         let Some((body, direction)) = answer else {
             let _ = handle.reply(StatusCode::ServerInternalError).await;
             return;

@@ -284,7 +284,7 @@ impl MidCall {
         } else {
             info!(session_expires = %header.value(), "session refresh (re-INVITE)");
             headers.push(Header::ContentType("application/sdp".into()));
-            let body = self.local().body.clone();
+            let body = self.local().body().to_string();
             self.timer.refreshing.store(true, Ordering::SeqCst);
             let result = self
                 .dialog

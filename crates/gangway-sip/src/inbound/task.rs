@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, info, warn};
 
 use crate::dialog::{
-    answer_headers, body_text, sleep_until, timer_headers, Events, Expired, LocalSdp, MidCall,
+    answer_headers, body_text, sleep_until, timer_headers, DialogSdp, Events, Expired, MidCall,
     TimerConfig, ALLOW,
 };
 use crate::handle::{Command, DialogHandle};
@@ -223,7 +223,11 @@ impl Inbound {
             return Some(Input::AnswerFailed);
         }
         info!("answering inbound call (200 OK)");
-        let mid = MidCall::new(self.dialog.clone(), self.events.clone(), LocalSdp::new(sdp));
+        let mid = MidCall::new(
+            self.dialog.clone(),
+            self.events.clone(),
+            DialogSdp::new(sdp),
+        );
         mid.configure_session_timer(TimerConfig {
             ours,
             min_se: far_end.floor(),

@@ -5,6 +5,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+mod dialog;
+
+pub use dialog::{DialogSdp, Reoffer};
+
 use sdp_types::{Attribute, Connection, Fmtp, FmtpParam, Media, Origin, RtpMap, Session};
 
 /// The two G.711 codecs, with their static RTP payload types (RFC 3551).
