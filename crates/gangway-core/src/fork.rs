@@ -9,7 +9,66 @@
 use std::collections::HashSet;
 use std::hash::Hash;
 
+use crate::sdp::{self, G711};
 use crate::{reason_for_status, EndReason};
+
+/// Why an incoming INVITE is refused before it rings anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    /// For `gangway_inbound_calls_total{outcome}`.
+    pub outcome: &'static str,
+    pub why: &'static str,
+}
+
+/// Whether the called user has connections here to ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Nobody is signed in as this user here (or sign-in is off).
+    Unknown,
+    /// Registered, but every connection has gone (within the grace period).
+    NoConnections,
+    Connections,
+}
+
+/// The checks before asking who to ring: the gateway takes calls, and the
+/// INVITE's offer (if any) has a codec we take.
+pub fn screen_invite(accepting: bool, offer: Option<&str>, codecs: &[G711]) -> Result<(), Refused> {
+    let refuse = |status, outcome, why| {
+        Err(Refused {
+            status,
+            outcome,
+            why,
+        })
+    };
+    if !accepting {
+        return refuse(503, "shutting_down", "the gateway is shutting down");
+    }
+    if offer.is_some_and(|o| sdp::parse_answer(o, codecs).is_err()) {
+        return refuse(488, "incompatible", "the offer has no usable G.711 stream");
+    }
+    Ok(())
+}
+
+/// The check once the user table answered: someone to ring.
+pub fn screen_presence(presence: Presence) -> Result<(), Refused> {
+    let refuse = |status, outcome, why| {
+        Err(Refused {
+            status,
+            outcome,
+            why,
+        })
+    };
+    match presence {
+        Presence::Unknown => refuse(404, "not_found", "no such user signed in here"),
+        Presence::NoConnections => refuse(
+            480,
+            "unavailable",
+            "user registered but no connection is open",
+        ),
+        Presence::Connections => Ok(()),
+    }
+}
 
 /// What happened to a ringing call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +232,22 @@ mod tests {
             .on(ForkInput::CallerGaveUp { status: 500 })
             .unwrap();
         assert_eq!((s.reason, s.outcome), (EndReason::Failed, "failed"));
+    }
+
+    #[test]
+    fn an_invite_is_screened_before_it_rings() {
+        let codecs = [G711::Pcmu, G711::Pcma];
+        let pcmu = "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\nm=audio 20000 RTP/AVP 0\r\n";
+        let g722 = pcmu.replace("RTP/AVP 0", "RTP/AVP 9");
+        assert_eq!(screen_invite(true, Some(pcmu), &codecs), Ok(()));
+        assert_eq!(screen_invite(true, None, &codecs), Ok(()), "offerless");
+        let status = |r: Result<(), Refused>| r.unwrap_err().status;
+        assert_eq!(status(screen_invite(false, Some(pcmu), &codecs)), 503);
+        assert_eq!(status(screen_invite(true, Some(&g722), &codecs)), 488);
+        assert_eq!(screen_presence(Presence::Connections), Ok(()));
+        assert_eq!(status(screen_presence(Presence::Unknown)), 404);
+        let refused = screen_presence(Presence::NoConnections).unwrap_err();
+        assert_eq!((refused.status, refused.outcome), (480, "unavailable"));
     }
 
     #[test]

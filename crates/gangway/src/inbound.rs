@@ -6,9 +6,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use gangway_core::fork::{Fork, ForkInput};
+use gangway_core::fork::{self, Fork, ForkInput, Presence};
 use gangway_signal::CallId;
-use gangway_sip::{sdp as sip_sdp, InboundSipCall, IncomingCall, SipEvent};
+use gangway_sip::{InboundSipCall, IncomingCall, SipEvent};
 use tokio::sync::mpsc;
 use tracing::{info, info_span, Instrument};
 
@@ -69,6 +69,13 @@ impl Ringing {
     }
 }
 
+/// Refuses an INVITE before it rings anyone.
+fn refuse(call: &IncomingCall, refused: fork::Refused, outcome: &impl Fn(&'static str)) {
+    info!(status = refused.status, "{}: refusing", refused.why);
+    call.handle.reject(refused.status);
+    outcome(refused.outcome);
+}
+
 /// Takes every inbound INVITE the SIP service accepted.
 pub(crate) async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<IncomingCall>) {
     while let Some(call) = calls.recv().await {
@@ -80,34 +87,22 @@ pub(crate) async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<
 async fn ring(shared: Arc<Shared>, call: IncomingCall) {
     let outcome = |label: &'static str| shared.metrics.inbound_call(label);
     info!(from = %call.from_uri, source = %call.source, "incoming call");
-    if *shared.phase.borrow() != Phase::Running {
-        call.handle.reject(503);
-        return outcome("shutting_down");
+    let accepting = *shared.phase.borrow() == Phase::Running;
+    let offer = call.sdp_offer.as_deref();
+    if let Err(refused) = fork::screen_invite(accepting, offer, &SIP_CODECS) {
+        return refuse(&call, refused, &outcome);
     }
-    if let Some(offer) = &call.sdp_offer {
-        if let Err(e) = sip_sdp::parse_answer(offer, &SIP_CODECS) {
-            info!("offer unusable ({e}), refusing with 488");
-            call.handle.reject(488);
-            return outcome("incompatible");
-        }
+    let (presence, sessions) = match &shared.users {
+        None => (Presence::Unknown, Vec::new()),
+        Some(users) => match users.lookup(&call.user).await {
+            Lookup::Unknown => (Presence::Unknown, Vec::new()),
+            Lookup::NoSessions => (Presence::NoConnections, Vec::new()),
+            Lookup::Sessions(sessions) => (Presence::Connections, sessions),
+        },
+    };
+    if let Err(refused) = fork::screen_presence(presence) {
+        return refuse(&call, refused, &outcome);
     }
-    let Some(users) = &shared.users else {
-        call.handle.reject(480);
-        return outcome("not_found");
-    };
-    let sessions = match users.lookup(&call.user).await {
-        Lookup::Unknown => {
-            info!("no such user signed in here (404)");
-            call.handle.reject(404);
-            return outcome("not_found");
-        }
-        Lookup::NoSessions => {
-            info!("user registered but no session is open (480)");
-            call.handle.reject(480);
-            return outcome("unavailable");
-        }
-        Lookup::Sessions(sessions) => sessions,
-    };
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     call.handle.route_events(0, events_tx);
