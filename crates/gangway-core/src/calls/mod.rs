@@ -164,11 +164,6 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
         self.calls.is_empty() && self.ringing.is_empty()
     }
 
-    /// Calls (not ringing ones).
-    pub fn len(&self) -> usize {
-        self.calls.len()
-    }
-
     /// Whether the table waits for a resume.
     pub fn is_parked(&self) -> bool {
         self.parked_until.is_some()

@@ -17,7 +17,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
             return;
         };
         if entry.transfer.as_ref().is_some_and(|t| t.sip == sip) {
-            return self.on_transfer_leg(now, id, event);
+            return self.on_transfer_leg(id, event);
         }
         if entry.sip != Some(sip) {
             // A leg a transfer replaced: it ends on its own.

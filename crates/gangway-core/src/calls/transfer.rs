@@ -4,7 +4,7 @@
 //! SIP leg shares the call's RTP port and replaces the old one once answered.
 
 use std::hash::Hash;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::entry::{TransferKind, TransferLeg};
 use super::{Calls, Notification, Observation, Problem, SipCommand, SipInput};
@@ -197,7 +197,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
 
     /// Events of a transfer's new leg: progress goes to the old leg's
     /// NOTIFYs (REFER); the answer swaps the legs.
-    pub(super) fn on_transfer_leg(&mut self, _now: Instant, id: K, event: SipInput) {
+    pub(super) fn on_transfer_leg(&mut self, id: K, event: SipInput) {
         let Some(entry) = self.calls.get(&id) else {
             return;
         };

@@ -152,10 +152,6 @@ async fn serve(
         moving_to: None,
         parked: None,
     };
-    if *s.shared.phase.borrow() != Phase::Running {
-        s.feed(Input::StopAccepting);
-    }
-
     let mut socket = Some(socket);
     loop {
         if let Some(ws) = socket.as_mut() {
@@ -172,8 +168,8 @@ async fn serve(
         }
         let now_phase = *phase.borrow_and_update();
         match now_phase {
-            Phase::Running => {}
-            Phase::Draining => s.feed(Input::StopAccepting),
+            // A drain reaches the core with the next request (`sync_phase`).
+            Phase::Running | Phase::Draining => {}
             Phase::Terminating => {
                 s.feed(Input::Shutdown);
                 if let Some(mut ws) = socket.take() {
