@@ -45,6 +45,8 @@ pub fn route(message: ClientMessage) -> Result<Routed, ApiError> {
             call: id,
             to,
             offer: sdp,
+            // The gateway's own identity: API clients never see SIP auth.
+            caller: None,
         }),
         M::Candidate {
             call: id,
@@ -92,9 +94,12 @@ pub fn route(message: ClientMessage) -> Result<Routed, ApiError> {
 }
 
 /// The server message telling the client about `call`.
-pub fn notification(call: CallId, n: Notification) -> ServerMessage {
+/// The API message for a notification; `None` for what the JSON API
+/// does not carry (a digest challenge: its calls use the gateway's own
+/// credentials, so none reaches it).
+pub fn notification(call: CallId, n: Notification) -> Option<ServerMessage> {
     use Notification as N;
-    match n {
+    Some(match n {
         N::Answer { sdp } => ServerMessage::Answer { call, sdp },
         N::Ringing => ServerMessage::Ringing { call },
         N::Progress => ServerMessage::Progress { call },
@@ -116,7 +121,8 @@ pub fn notification(call: CallId, n: Notification) -> ServerMessage {
             display,
             to,
         },
-    }
+        N::Challenged { .. } => return None,
+    })
 }
 
 /// The API error for a refused request.

@@ -82,6 +82,14 @@ pub enum SipFailure {
     /// The far end's final response (after one digest retry), with its
     /// reason phrase.
     Response { status: StatusCode, reason: String },
+    /// A 401/407 to a call placed with the caller's identity
+    /// ([`crate::CallAuth::Caller`]): `challenge` is the
+    /// `WWW-Authenticate`/`Proxy-Authenticate` value for the caller to answer.
+    Challenged {
+        status: StatusCode,
+        reason: String,
+        challenge: String,
+    },
     /// Outbound: no final response in time. Timer B (32 s without any
     /// response, which is also how an unreachable trunk, a failed DNS
     /// lookup or a refused TCP connect ends) or Timer C (180 s after a
@@ -123,14 +131,25 @@ impl SipFailure {
 
     /// Whether the far end said so, rather than a cause of our own.
     pub fn is_response(&self) -> bool {
-        matches!(self, SipFailure::Response { .. })
+        matches!(
+            self,
+            SipFailure::Response { .. } | SipFailure::Challenged { .. }
+        )
+    }
+
+    /// The challenge for the caller to answer, if this is one.
+    pub fn challenge(&self) -> Option<&str> {
+        match self {
+            SipFailure::Challenged { challenge, .. } => Some(challenge),
+            _ => None,
+        }
     }
 
     /// The status [`SipEvent::Failed`] reports:
     /// the far end's, or the local code of the crate docs' table.
     pub fn status(&self) -> StatusCode {
         match self {
-            SipFailure::Response { status, .. } => *status,
+            SipFailure::Response { status, .. } | SipFailure::Challenged { status, .. } => *status,
             SipFailure::NoFinalResponse | SipFailure::NoAck => StatusCode::REQUEST_TIMEOUT,
             SipFailure::CallerCancelled => StatusCode::REQUEST_TERMINATED,
             SipFailure::AnswerWithoutSdp | SipFailure::AckWithoutSdp => {
@@ -146,7 +165,9 @@ impl SipFailure {
     /// The reason [`SipEvent::Failed`] reports.
     pub fn reason(&self) -> String {
         match self {
-            SipFailure::Response { reason, .. } => reason.clone(),
+            SipFailure::Response { reason, .. } | SipFailure::Challenged { reason, .. } => {
+                reason.clone()
+            }
             SipFailure::NoFinalResponse => "no final response".into(),
             SipFailure::NoAck => "no ACK for our answer".into(),
             SipFailure::CallerCancelled => "cancelled by the caller".into(),

@@ -60,8 +60,12 @@
 //! A 401/407 challenge is answered once with the trunk's credentials (more
 //! only when the server marks the nonce stale); the next challenge, or any
 //! challenge when the trunk has no credentials, is reported as
-//! `Failed { status: 401 | 407 }`.
+//! `Failed { status: 401 | 407 }`. A call placed with the caller's own
+//! identity ([`CallAuth::Caller`]) never uses the trunk's credentials: its
+//! challenge ends it as [`SipFailure::Challenged`], whose header value the
+//! caller answers in a new call.
 
+pub use gangway_core::calls::Credentials;
 pub use gangway_core::sdp;
 pub mod session_timer;
 
@@ -163,6 +167,21 @@ pub struct OutboundCall {
     pub sdp_offer: String,
     /// Sent as `X-Gangway-Call-ID: <id>` and used as the `call` log field.
     pub correlation_id: String,
+    /// Whose credentials answer the far end's digest challenge.
+    pub auth: CallAuth,
+}
+
+/// Whose credentials answer a digest challenge to an outbound INVITE.
+#[derive(Clone, Debug, Default)]
+pub enum CallAuth {
+    /// The trunk's (once; see the crate docs).
+    #[default]
+    Trunk,
+    /// The caller's own, computed by the caller (who alone knows the
+    /// password): the INVITE carries them when given, and a challenge is
+    /// not answered here but ends the call as [`SipFailure::Challenged`],
+    /// for the caller to answer with a new call.
+    Caller(Option<Credentials>),
 }
 
 /// Progress of an outbound call.

@@ -99,6 +99,7 @@ async fn invite_uses_public_ip_and_only_call_data() {
             from_display: Some("Evil\"\r\nX-Injected: 1".into()),
             sdp_offer: offer.clone(),
             correlation_id: "abc-123\r\nX-Injected: 2".into(),
+            auth: Default::default(),
         },
         tx,
     );
@@ -352,6 +353,7 @@ async fn invalid_call_data_fails_locally() {
             from_display: None,
             sdp_offer: sdp::offer(LOCALHOST, 4000, &[G711::Pcmu], 101, 1),
             correlation_id: "bad".into(),
+            auth: Default::default(),
         },
         tx,
     );
@@ -380,6 +382,7 @@ async fn invalid_call_data_fails_locally() {
             from_display: None,
             sdp_offer: String::new(),
             correlation_id: "late".into(),
+            auth: Default::default(),
         },
         tx,
     );
@@ -412,6 +415,7 @@ async fn answer_without_sdp_is_refused_with_bye() {
             from_display: None,
             sdp_offer: sdp::offer(LOCALHOST, 4000, &[G711::Pcmu], 101, 1),
             correlation_id: "nosdp".into(),
+            auth: Default::default(),
         },
         tx,
     );
@@ -521,6 +525,7 @@ async fn session_interval_too_small_is_retried_once_with_its_min_se() {
             from_display: None,
             sdp_offer: sdp::offer(LOCALHOST, 4000, &[G711::Pcmu], 101, 1),
             correlation_id: "min-se".into(),
+            auth: Default::default(),
         },
         tx,
     );

@@ -155,6 +155,7 @@ fn call(key: u64, trunk: Trunk, service: &SipService, correlation: &str) -> Outb
             1234,
         ),
         correlation_id: correlation.into(),
+        auth: Default::default(),
     }
 }
 

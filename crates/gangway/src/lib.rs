@@ -4,6 +4,7 @@
 
 mod auth;
 pub mod config;
+mod drive;
 mod http;
 mod inbound;
 mod metrics;

@@ -29,6 +29,8 @@ pub(super) struct Entry<K> {
     pub transfer_accepted: bool,
     /// Our attended transfer's other call, until the outcome is known.
     pub attended_with: Option<K>,
+    /// The client's own identity for the INVITE, when it gave one.
+    pub caller: Option<super::Caller>,
 }
 
 impl<K> Entry<K> {
@@ -46,6 +48,7 @@ impl<K> Entry<K> {
             transfer: None,
             transfer_accepted: false,
             attended_with: None,
+            caller: None,
         }
     }
 

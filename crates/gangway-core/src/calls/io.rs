@@ -15,8 +15,15 @@ use crate::{AudioFlow, EndReason, HoldParty, LegId, MediaPlan, SipLegId};
 /// A front end's request about a call, keyed by the front end's call id `K`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<K> {
-    /// Place a call to `to` with the browser's SDP offer.
-    Call { call: K, to: String, offer: String },
+    /// Place a call to `to` with the browser's SDP offer; `caller` when
+    /// the client places it as its own SIP identity (SIP over WebSocket),
+    /// `None` for the gateway's configured identity.
+    Call {
+        call: K,
+        to: String,
+        offer: String,
+        caller: Option<Caller>,
+    },
     /// A trickled ICE candidate for the call's WebRTC leg (`None`: the
     /// end of candidates, which ICE-lite needs no action for).
     Candidate { call: K, candidate: Option<String> },
@@ -39,6 +46,26 @@ pub enum Request<K> {
     Hangup { call: K },
     /// A new offer for the WebRTC leg only (an ICE restart).
     Renegotiate { call: K, offer: String },
+}
+
+/// Who places a call when it is the client's own SIP identity, with the
+/// client's answer to the far end's digest challenge when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The From user part (checked by the front end).
+    pub user: String,
+    pub display: Option<String>,
+    pub credentials: Option<Credentials>,
+}
+
+/// A digest answer computed by the client, passed on unchanged: the
+/// gateway never knows the client's password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// `Proxy-Authorization` (answering a 407) or `Authorization` (a 401).
+    pub proxy: bool,
+    /// The header's value.
+    pub value: String,
 }
 
 /// An incoming call offered to this table (forked ringing).
@@ -106,9 +133,13 @@ pub enum SipInput {
         replacing_target: Option<String>,
     },
     /// A final failure (or a local timeout/transport failure as a status).
+    /// `challenge`: a 401/407's `WWW-`/`Proxy-Authenticate` value, when the
+    /// call was placed with the client's identity ([`Caller`]) and the
+    /// client may answer it.
     Failed {
         status: u16,
         reason: String,
+        challenge: Option<String>,
     },
     RemoteHangup,
     /// A digit in a SIP INFO.
@@ -253,6 +284,12 @@ pub enum Notification {
         display: Option<String>,
         to: String,
     },
+    /// The far end challenged the call with `status` (401/407); the
+    /// client may place it again with [`Credentials`]. `Ended` follows.
+    Challenged {
+        status: u16,
+        challenge: String,
+    },
 }
 
 /// Orders for the media shard holding a call's WebRTC leg.
@@ -305,6 +342,8 @@ pub enum SipCommand {
         uri: String,
         offer: String,
         correlation_id: String,
+        /// `None`: the gateway's configured identity and trunk credentials.
+        caller: Option<Caller>,
     },
     /// Take an accepted incoming call's dialog: its events now carry `sip`.
     Adopt {

@@ -143,6 +143,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
         };
         entry.sip = Some(sip);
         let correlation_id = entry.log_id.clone();
+        let caller = entry.caller.clone();
         let after = now.saturating_duration_since(entry.started);
         self.by_sip.insert(sip, id.clone());
         self.sip(SipCommand::Place {
@@ -150,6 +151,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
             uri,
             offer,
             correlation_id,
+            caller,
         });
         self.observe_call(id, Observation::InviteSent { after });
     }

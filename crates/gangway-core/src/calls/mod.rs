@@ -22,8 +22,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 pub use io::{
-    Claim, IncomingOffer, Input, LegFailure, MediaCommand, MediaEvent, Notification, Observation,
-    Output, Problem, Refusal, Request, SipCommand, SipInput,
+    Caller, Claim, Credentials, IncomingOffer, Input, LegFailure, MediaCommand, MediaEvent,
+    Notification, Observation, Output, Problem, Refusal, Request, SipCommand, SipInput,
 };
 pub use requests::{valid_dtmf, MAX_DTMF_DIGITS};
 pub use transfer::REPLACED_LEG_GRACE;

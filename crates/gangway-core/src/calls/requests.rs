@@ -22,7 +22,12 @@ pub fn valid_dtmf(digits: &str) -> bool {
 impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
     pub(super) fn on_request(&mut self, now: Instant, request: Request<K>) {
         match request {
-            Request::Call { call, to, offer } => self.start_call(now, call, to, offer),
+            Request::Call {
+                call,
+                to,
+                offer,
+                caller,
+            } => self.start_call(now, call, to, offer, caller),
             Request::Candidate { call, candidate } => {
                 let Some(entry) = self.calls.get(&call) else {
                     return self.unknown_call(call);
@@ -63,7 +68,14 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
         }
     }
 
-    fn start_call(&mut self, now: Instant, id: K, to: String, offer: String) {
+    fn start_call(
+        &mut self,
+        now: Instant,
+        id: K,
+        to: String,
+        offer: String,
+        caller: Option<super::Caller>,
+    ) {
         if !self.accepting_new {
             return self.refuse(
                 Some(id),
@@ -89,7 +101,9 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
         let leg = self.ids.leg();
         let log_id = format!("{}-{}", self.settings.log_prefix, leg.0);
         let call = Call::new(self.settings.router.clone(), self.settings.timers);
-        self.insert(id.clone(), Entry::new(call, leg, now, log_id));
+        let mut entry = Entry::new(call, leg, now, log_id);
+        entry.caller = caller;
+        self.insert(id.clone(), entry);
         self.observe_call(&id, super::Observation::Requested { to: to.clone() });
         self.feed(now, &id, Event::Start { to, offer });
     }

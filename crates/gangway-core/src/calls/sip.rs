@@ -62,7 +62,14 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
                     Event::SipMediaUnusable
                 }
             }
-            SipInput::Failed { status, reason } => {
+            SipInput::Failed {
+                status,
+                reason,
+                challenge,
+            } => {
+                if let Some(challenge) = challenge {
+                    self.notify(id.clone(), Notification::Challenged { status, challenge });
+                }
                 self.observe_call(&id, Observation::SipFailed { status, reason });
                 Event::SipFailed { status }
             }

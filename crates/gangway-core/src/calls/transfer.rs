@@ -149,6 +149,11 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
             kind: TransferKind::Refer,
         });
         let correlation_id = entry.log_id.clone();
+        // The client's answer to a challenge was for its own INVITE only.
+        let caller = entry.caller.clone().map(|c| super::Caller {
+            credentials: None,
+            ..c
+        });
         self.by_sip.insert(sip, id.clone());
         self.observe_call(id, Observation::TransferCalling { uri: uri.clone() });
         self.sip(SipCommand::Place {
@@ -156,6 +161,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
             uri,
             offer,
             correlation_id,
+            caller,
         });
     }
 
@@ -249,7 +255,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
                 self.observe_call(&id, Observation::MidCall("transfer_in_completed"));
                 self.notify(id, Notification::Transferred { to: leg.target });
             }
-            SipInput::Failed { status, reason } => {
+            SipInput::Failed { status, reason, .. } => {
                 if referred {
                     self.sip(notify(status, &reason, true));
                 }

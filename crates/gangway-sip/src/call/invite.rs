@@ -3,13 +3,14 @@
 
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::invitation::InviteOption;
+use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, Response, Scheme, StatusCodeKind, Uri};
 
 use crate::dialog::ALLOW;
 use crate::session_timer;
 use crate::shared::Shared;
 use crate::trunk::{is_host_char, is_user_char, trunk_destination};
-use crate::{OutboundCall, SipFailure, StatusCode, Transport};
+use crate::{CallAuth, OutboundCall, SipFailure, StatusCode, Transport};
 
 /// Build the INVITE from the call: nothing but what the caller gave us.
 pub(super) fn invite_option(
@@ -65,13 +66,16 @@ pub(super) fn invite_option(
     // (public) address and adds transport=tcp.
     let contact = shared.contact(from_user, vec![]);
 
+    let trunk_credentials = matches!(call.auth, CallAuth::Trunk);
     let credential = match (&call.trunk.username, &call.trunk.password) {
-        (Some(username), Some(password)) if !username.is_empty() => Some(Credential {
-            username: username.clone(),
-            password: password.clone(),
-            realm: None,
-            auth_username: None,
-        }),
+        (Some(username), Some(password)) if trunk_credentials && !username.is_empty() => {
+            Some(Credential {
+                username: username.clone(),
+                password: password.clone(),
+                realm: None,
+                auth_username: None,
+            })
+        }
         _ => None,
     };
 
@@ -105,6 +109,15 @@ pub(super) fn invite_option(
     if !correlation.is_empty() {
         headers.push(Header::Other("X-Gangway-Call-ID".to_string(), correlation));
     }
+    if let CallAuth::Caller(Some(credentials)) = &call.auth {
+        // Passed on as computed: the caller alone knows the password.
+        let name = if credentials.proxy {
+            "Proxy-Authorization"
+        } else {
+            "Authorization"
+        };
+        headers.push(Header::Other(name.to_string(), credentials.value.clone()));
+    }
 
     Ok(InviteOption {
         caller_display_name: display,
@@ -122,17 +135,31 @@ pub(super) fn invite_option(
     })
 }
 
-/// The far end's final response as a failure.
-pub(super) fn response_failure(resp: &Response) -> SipFailure {
-    match StatusCode::new(resp.status_code.code()) {
-        Some(status) => SipFailure::Response {
+/// The far end's final response as a failure; a challenge to a call
+/// placed with the caller's identity is the caller's to answer.
+pub(super) fn response_failure(resp: &Response, auth: &CallAuth) -> SipFailure {
+    let Some(status) = StatusCode::new(resp.status_code.code()) else {
+        return SipFailure::Stack(format!("invalid status {}", resp.status_code.code()));
+    };
+    let reason = resp
+        .wire_reason
+        .clone()
+        .unwrap_or_else(|| resp.status_code.text().to_string());
+    let challenge_header = match status.code() {
+        401 => Some("WWW-Authenticate"),
+        407 => Some("Proxy-Authenticate"),
+        _ => None,
+    };
+    let challenge = challenge_header
+        .filter(|_| matches!(auth, CallAuth::Caller(_)))
+        .and_then(|name| resp.header_value(name));
+    match challenge {
+        Some(challenge) => SipFailure::Challenged {
             status,
-            reason: resp
-                .wire_reason
-                .clone()
-                .unwrap_or_else(|| resp.status_code.text().to_string()),
+            reason,
+            challenge,
         },
-        None => SipFailure::Stack(format!("invalid status {}", resp.status_code.code())),
+        None => SipFailure::Response { status, reason },
     }
 }
 

@@ -116,6 +116,7 @@ impl Attempt<'_> {
         });
         let mut task = Outbound {
             shared,
+            call: self.call,
             events: self.events,
             handle: self.handle,
             early_id: dialog.id(),
@@ -138,6 +139,7 @@ impl Attempt<'_> {
 /// One INVITE's dialog.
 struct Outbound<'a> {
     shared: &'a Arc<Shared>,
+    call: &'a OutboundCall,
     events: &'a Events,
     handle: &'a DialogHandle,
     dialog: InviteDialog,
@@ -244,7 +246,7 @@ impl Outbound<'_> {
                 InviteEnd::Success(status.unwrap_or(StatusCode::OK))
             }
             Ok(Ok((_, Some(resp)))) => {
-                let failure = response_failure(&resp);
+                let failure = response_failure(&resp, &self.call.auth);
                 let min_se = (failure.status() == StatusCode::SESSION_INTERVAL_TOO_SMALL)
                     .then(|| timer_headers(resp.headers.iter()).min_se)
                     .flatten();

@@ -141,7 +141,7 @@ impl Session {
         } else {
             Input::ConnectionClosed
         });
-        if !self.calls.is_parked() {
+        if !self.driver.calls.is_parked() {
             return false;
         }
         self.shared.metrics.sessions_parked.inc();
@@ -168,8 +168,8 @@ impl Session {
     /// The grace period is over without a resume: the core ends the calls.
     pub(super) fn expire(&mut self, now: Instant) {
         info!("session expired: no resume within the grace period");
-        self.calls.handle_timeout(now);
-        self.run_outputs();
+        self.driver.handle_timeout(now);
+        self.deliver();
         self.expired();
     }
 
@@ -203,6 +203,7 @@ impl Session {
         self.revoke_token();
         self.token = self.shared.tokens.issue(self.number, self.handover.clone());
         let mut calls: Vec<ResumedCall> = self
+            .driver
             .calls
             .phases()
             .into_iter()
@@ -241,7 +242,7 @@ impl Session {
     /// `resume_session` on this connection: hand it to the session the
     /// token belongs to.
     fn resume_session(&mut self, token: &str) {
-        if !self.calls.is_empty() || self.user.is_some() {
+        if !self.driver.calls.is_empty() || self.user.is_some() {
             return self.reject(ApiError::new(
                 ErrorCode::InvalidState,
                 None,

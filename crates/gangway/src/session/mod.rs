@@ -3,15 +3,13 @@
 //! - `mod.rs`: the driver loop, which waits on the socket, the legs' events,
 //!   the user table's inbox and the core's timer, and hands each to the core;
 //! - `connection.rs`: the socket, park and resume;
-//! - `sign_in.rs`: registration on behalf of the user;
-//! - `events.rs`: the media and SIP legs' events in the core's words;
-//! - `exec.rs`: the core's outputs carried out (shards, SIP dialogs, the outbox);
-//! - `observe.rs`: the core's observations as logs and metrics.
+//! - `sign_in.rs`: registration on behalf of the user.
+//!
+//! The core and the I/O it commands are a [`CallDriver`] (`crate::drive`),
+//! shared with the SIP over WebSocket front end; this session maps what
+//! it tells the client to JSON (`core_map`).
 
 mod connection;
-mod events;
-mod exec;
-mod observe;
 mod sign_in;
 
 use std::net::IpAddr;
@@ -21,16 +19,15 @@ use std::time::Instant;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use gangway_core::calls::Input;
-use gangway_core::Calls;
-use gangway_signal::{ApiError, CallId, ErrorCode, ServerMessage, PROTOCOL_VERSION};
+use gangway_signal::{core_map, ApiError, ErrorCode, ServerMessage, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tracing::{debug, info_span, Instrument};
 
+use crate::drive::{CallDriver, ToClient};
 use crate::resume::{Handover, Moved};
 use crate::users::InboxTx;
 use crate::{Phase, Shared};
 use connection::{connection_lost, Gone, Parked};
-use exec::Handles;
 
 /// WebSocket close code for a frame over the hard limit (RFC 6455 "message too big").
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -49,10 +46,8 @@ struct Session {
     inbox: InboxTx,
     /// The SIP user this session signed in as (or is signing in as).
     user: Option<String>,
-    /// Every call decision.
-    calls: Calls<CallId>,
-    /// The I/O side of the calls: shards, SIP dialogs, ringing calls.
-    handles: Handles,
+    /// The calls: the core and the I/O it commands.
+    driver: CallDriver,
     outbox: Vec<ServerMessage>,
     /// The current resume token (`None`: resumption is off).
     token: Option<String>,
@@ -115,9 +110,7 @@ async fn serve(
     peer_ip: IpAddr,
     preface: Vec<ServerMessage>,
 ) {
-    let (legs_tx, mut leg_events) = mpsc::unbounded_channel();
     let (inbox, mut inbox_rx) = mpsc::unbounded_channel();
-    let (sip_tx, mut sip_rx) = mpsc::unbounded_channel();
     let (handover, mut handover_rx) = mpsc::unbounded_channel();
     let mut phase = shared.phase.subscribe();
     let grace = shared.config.calls.resume_grace_secs;
@@ -137,9 +130,9 @@ async fn serve(
     if token.is_none() {
         settings.resume_grace = None;
     }
+    let (driver, mut legs) = CallDriver::new(shared.clone(), number, settings);
     let mut s = Session {
-        calls: Calls::new(settings, number as u32),
-        handles: Handles::new(legs_tx, sip_tx),
+        driver,
         shared,
         number,
         id,
@@ -185,16 +178,18 @@ async fn serve(
                 break;
             }
         }
-        let deadline = s.calls.poll_timeout();
+        let deadline = s.driver.calls.poll_timeout();
         let wake = tokio::select! {
             message = recv(&mut socket) => Wake::Socket(message),
             Some(moved) = handover_rx.recv() => Wake::Handover(Box::new(moved)),
-            Some((peer, event)) = leg_events.recv() => {
-                s.on_leg(peer, event);
+            Some((peer, event)) = legs.media.recv() => {
+                s.driver.on_leg(peer, event);
+                s.deliver();
                 Wake::Other
             }
-            Some((key, event)) = sip_rx.recv() => {
-                s.on_sip(key, event);
+            Some((key, event)) = legs.sip.recv() => {
+                s.driver.on_sip(key, event);
+                s.deliver();
                 Wake::Other
             }
             Some(message) = inbox_rx.recv() => {
@@ -203,7 +198,7 @@ async fn serve(
             }
             _ = sleep_until(deadline) => {
                 let now = Instant::now();
-                if s.calls.parked_until().is_some_and(|t| now >= t) {
+                if s.driver.calls.parked_until().is_some_and(|t| now >= t) {
                     // A resume that claimed the token just now still wins.
                     s.revoke_token();
                     if let Ok(moved) = handover_rx.try_recv() {
@@ -213,8 +208,8 @@ async fn serve(
                         break;
                     }
                 } else {
-                    s.calls.handle_timeout(now);
-                    s.run_outputs();
+                    s.driver.handle_timeout(now);
+                    s.deliver();
                     Wake::Other
                 }
             }
@@ -364,9 +359,21 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 impl Session {
     /// Hands one input to the core and carries out what it asks for.
-    fn feed(&mut self, input: Input<CallId>) {
-        self.calls.handle(Instant::now(), input);
-        self.run_outputs();
+    fn feed(&mut self, input: Input<gangway_signal::CallId>) {
+        self.driver.feed(input);
+        self.deliver();
+    }
+
+    /// What the core has for the client, as JSON messages.
+    fn deliver(&mut self) {
+        for item in self.driver.take_to_client() {
+            match item {
+                ToClient::Notify(call, n) => {
+                    self.outbox.extend(core_map::notification(call, n));
+                }
+                ToClient::Refuse(refusal) => self.reject(core_map::refusal(refusal)),
+            }
+        }
     }
 
     fn reject(&mut self, error: ApiError) {

@@ -159,11 +159,11 @@ impl Session {
                     sip_offer: ringing.sdp_offer.clone(),
                     log_id: ringing.log_id.clone(),
                 };
-                self.handles.ringing.insert(call.clone(), ringing);
+                self.driver.handles.ringing.insert(call.clone(), ringing);
                 self.feed(Input::Incoming { call, offer });
             }
             Inbox::Withdrawn { call, reason, code } => {
-                self.handles.ringing.remove(&call);
+                self.driver.handles.ringing.remove(&call);
                 self.feed(Input::Withdrawn { call, reason, code });
             }
         }

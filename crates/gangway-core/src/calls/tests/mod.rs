@@ -124,6 +124,7 @@ impl Harness {
             call: id(call),
             to: to.into(),
             offer: "browser-offer".into(),
+            caller: None,
         });
         let [Output::Media(MediaCommand::Create { leg, offer, plan })] = out.as_slice() else {
             panic!("expected the leg to be created: {out:?}");
@@ -159,6 +160,7 @@ impl Harness {
             uri: to,
             offer,
             correlation_id,
+            ..
         }) = &out[1]
         else {
             panic!("expected an INVITE: {out:?}");

@@ -110,6 +110,7 @@ fn a_busy_far_end_ends_the_call_with_its_status() {
         SipInput::Failed {
             status: 486,
             reason: "Busy Here".into(),
+            challenge: None,
         },
     );
     // The SIP leg is already over: nothing to hang up there.
@@ -197,6 +198,7 @@ fn echo_calls_answer_at_once_and_never_touch_sip() {
         call: id("e"),
         to: "echo".into(),
         offer: "o".into(),
+        caller: None,
     });
     let [Output::Media(MediaCommand::Create {
         leg,
@@ -236,6 +238,7 @@ fn requests_the_table_refuses() {
         call: id("x"),
         to: to.into(),
         offer: "o".into(),
+        caller: None,
     };
     // Routing and the allow-list end the call before any leg exists.
     assert_eq!(
@@ -251,6 +254,7 @@ fn requests_the_table_refuses() {
         call: id("c1"),
         to: "1000".into(),
         offer: "o".into(),
+        caller: None,
     });
     let message = "a call with this id is already active on this connection";
     assert_eq!(

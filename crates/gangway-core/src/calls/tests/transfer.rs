@@ -325,6 +325,7 @@ fn the_far_ends_transfer_to_a_refused_or_failing_target() {
     let failed = SipInput::Failed {
         status: 486,
         reason: "Busy Here".into(),
+        challenge: None,
     };
     assert_eq!(
         h.sip(new, failed),

@@ -11,17 +11,16 @@ use gangway_core::sdp::G711;
 use gangway_core::{LegId, MediaPlan, SipLegId};
 use gangway_media::{Flow, Law, LegEvent, MediaRoute};
 use gangway_rtc::PeerId;
-use gangway_signal::core_map;
 use gangway_signal::CallId;
-use gangway_sip::{DialogHandle, DialogRef, InboundSipCall, OutboundCall, SipEvent};
+use gangway_sip::{CallAuth, DialogHandle, DialogRef, InboundSipCall, OutboundCall, SipEvent};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::Session;
+use super::{CallDriver, ToClient};
 use crate::inbound::Ringing;
 
 /// What the core's ids stand for on this session.
-pub(super) struct Handles {
+pub(crate) struct Handles {
     /// The shard holding each WebRTC leg.
     shards: HashMap<LegId, usize>,
     /// Each live SIP dialog, until its last event.
@@ -60,14 +59,14 @@ impl Handles {
     }
 }
 
-impl Session {
+impl CallDriver {
     /// Drains the core's outputs. Carrying one out may feed the core again
     /// (a claim's result); its outputs join the same queue.
-    pub(super) fn run_outputs(&mut self) {
+    pub(crate) fn run_outputs(&mut self) {
         while let Some(output) = self.calls.poll_output() {
             match output {
-                Output::Notify(call, n) => self.outbox.push(core_map::notification(call, n)),
-                Output::Refuse(refusal) => self.reject(core_map::refusal(refusal)),
+                Output::Notify(call, n) => self.to_client.push(ToClient::Notify(call, n)),
+                Output::Refuse(refusal) => self.to_client.push(ToClient::Refuse(refusal)),
                 Output::Media(command) => self.media(command),
                 Output::Sip(command) => self.sip(command),
                 Output::Claim(call, claim) => self.claim(call, claim),
@@ -149,20 +148,27 @@ impl Session {
                 uri,
                 offer,
                 correlation_id,
+                caller,
             } => {
                 let Some(leg) = self.shared.sip.as_ref() else {
                     // The router gives SIP routes only with the SIP leg on.
                     return warn!(%uri, "SIP call without a SIP leg");
+                };
+                // The client's own identity, or the gateway's.
+                let (from_user, from_display, auth) = match caller {
+                    Some(c) => (c.user, c.display, CallAuth::Caller(c.credentials)),
+                    None => (leg.from_user.clone(), None, CallAuth::Trunk),
                 };
                 let call = leg.service.place_call(
                     OutboundCall {
                         key: sip.0,
                         trunk: leg.trunk.clone(),
                         request_uri: uri,
-                        from_user: leg.from_user.clone(),
-                        from_display: None,
+                        from_user,
+                        from_display,
                         sdp_offer: offer,
                         correlation_id,
+                        auth,
                     },
                     self.handles.sip_tx.clone(),
                 );

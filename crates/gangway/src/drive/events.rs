@@ -7,10 +7,10 @@ use gangway_media::LegEvent;
 use gangway_rtc::{PeerId, SetupError};
 use gangway_sip::SipEvent;
 
-use super::Session;
+use super::CallDriver;
 
-impl Session {
-    pub(super) fn on_leg(&mut self, peer: PeerId, event: LegEvent) {
+impl CallDriver {
+    pub(crate) fn on_leg(&mut self, peer: PeerId, event: LegEvent) {
         let event = match event {
             LegEvent::Ready { answer, rtp_port } => MediaEvent::Ready { answer, rtp_port },
             LegEvent::Failed(e) => MediaEvent::Failed(leg_failure(e)),
@@ -27,7 +27,7 @@ impl Session {
         self.feed(Input::Media(LegId(peer.0), event));
     }
 
-    pub(super) fn on_sip(&mut self, key: u64, event: SipEvent) {
+    pub(crate) fn on_sip(&mut self, key: u64, event: SipEvent) {
         let sip = SipLegId(key);
         let ended = event == SipEvent::Ended;
         let input = match event {
@@ -36,7 +36,16 @@ impl Session {
                 sdp,
                 replacing_target: self.handles.dialog_ref(sip).map(|d| d.replacing_target()),
             },
-            SipEvent::Failed { status, reason } => SipInput::Failed { status, reason },
+            SipEvent::Failed { status, reason } => SipInput::Failed {
+                status,
+                reason,
+                challenge: self
+                    .handles
+                    .dialogs
+                    .get(&sip)
+                    .and_then(|d| d.failure())
+                    .and_then(|f| f.challenge().map(str::to_string)),
+            },
             SipEvent::RemoteHangup => SipInput::RemoteHangup,
             SipEvent::Dtmf { digit } => SipInput::Dtmf { digit },
             SipEvent::RemoteOffer { sdp } => SipInput::RemoteOffer { sdp },

@@ -4,10 +4,10 @@ use gangway_core::calls::Observation;
 use gangway_signal::CallId;
 use tracing::{info, warn};
 
-use super::Session;
+use super::CallDriver;
 
-impl Session {
-    pub(super) fn observe(
+impl CallDriver {
+    pub(crate) fn observe(
         &mut self,
         call: Option<&CallId>,
         log_id: Option<&str>,

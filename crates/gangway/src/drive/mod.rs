@@ -1,0 +1,86 @@
+//! The call core of one front-end connection and the I/O it commands,
+//! shared by both front ends (the JSON API's sessions and SIP over
+//! WebSocket). Nothing here decides anything about a call:
+//! - `exec.rs`: the core's outputs carried out (shards, SIP dialogs,
+//!   ringing claims); what the client must hear is queued in `to_client`;
+//! - `events.rs`: the media and SIP legs' events in the core's words;
+//! - `observe.rs`: the core's observations as logs and metrics.
+
+mod events;
+mod exec;
+mod observe;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use gangway_core::calls::{Input, Notification, Refusal};
+use gangway_core::Calls;
+use gangway_media::LegEvent;
+use gangway_rtc::PeerId;
+use gangway_signal::CallId;
+use gangway_sip::SipEvent;
+use tokio::sync::mpsc;
+
+use crate::Shared;
+pub(crate) use exec::Handles;
+
+/// What the core wants the front end to tell its client.
+#[derive(Debug)]
+pub(crate) enum ToClient {
+    Notify(CallId, Notification),
+    Refuse(Refusal<CallId>),
+}
+
+/// Where a connection's legs report: created with the driver, polled by
+/// the connection's loop.
+pub(crate) struct LegEvents {
+    pub media: mpsc::UnboundedReceiver<(PeerId, LegEvent)>,
+    pub sip: mpsc::UnboundedReceiver<(u64, SipEvent)>,
+}
+
+pub(crate) struct CallDriver {
+    pub shared: Arc<Shared>,
+    /// The connection's number (the table's id space, ringing claims).
+    pub number: u64,
+    /// Every call decision.
+    pub calls: Calls<CallId>,
+    /// The I/O side of the calls: shards, SIP dialogs, ringing calls.
+    pub handles: Handles,
+    /// Drained by the front end after each input.
+    pub to_client: Vec<ToClient>,
+}
+
+impl CallDriver {
+    pub fn new(
+        shared: Arc<Shared>,
+        number: u64,
+        settings: gangway_core::calls::Settings,
+    ) -> (CallDriver, LegEvents) {
+        let (legs_tx, media) = mpsc::unbounded_channel();
+        let (sip_tx, sip) = mpsc::unbounded_channel();
+        let driver = CallDriver {
+            calls: Calls::new(settings, number as u32),
+            handles: Handles::new(legs_tx, sip_tx),
+            shared,
+            number,
+            to_client: Vec::new(),
+        };
+        (driver, LegEvents { media, sip })
+    }
+
+    /// Hands one input to the core and carries out what it asks for.
+    pub fn feed(&mut self, input: Input<CallId>) {
+        self.calls.handle(Instant::now(), input);
+        self.run_outputs();
+    }
+
+    /// The core's timer fired.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.calls.handle_timeout(now);
+        self.run_outputs();
+    }
+
+    pub fn take_to_client(&mut self) -> Vec<ToClient> {
+        std::mem::take(&mut self.to_client)
+    }
+}
