@@ -302,3 +302,63 @@ fn shutdown_ends_every_call_with_bye() {
         ]
     );
 }
+
+#[test]
+fn a_client_identity_goes_to_the_invite_and_its_challenge_comes_back() {
+    let mut h = Harness::new();
+    let caller = Caller {
+        user: "alice".into(),
+        display: Some("Alice".into()),
+        credentials: Some(Credentials {
+            proxy: true,
+            value: "Digest username=\"alice\"".into(),
+        }),
+    };
+    let out = h.request(Request::Call {
+        call: id("c1"),
+        to: "1000".into(),
+        offer: "browser-offer".into(),
+        caller: Some(caller.clone()),
+    });
+    let [Output::Media(MediaCommand::Create { leg, .. })] = out.as_slice() else {
+        panic!("expected the leg to be created: {out:?}");
+    };
+    let leg = *leg;
+    let out = h.media(
+        leg,
+        MediaEvent::Ready {
+            answer: "webrtc-answer".into(),
+            rtp_port: Some(RTP_PORT),
+        },
+    );
+    let Some(Output::Sip(SipCommand::Place {
+        sip, caller: sent, ..
+    })) = out.get(1)
+    else {
+        panic!("expected an INVITE: {out:?}");
+    };
+    assert_eq!(sent.as_ref(), Some(&caller));
+    let challenge = "Digest realm=\"pbx.test\", nonce=\"n\", qop=\"auth\"";
+    let out = h.sip(
+        *sip,
+        SipInput::Failed {
+            status: 407,
+            reason: "Proxy Authentication Required".into(),
+            challenge: Some(challenge.into()),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![
+            notify(
+                "c1",
+                Notification::Challenged {
+                    status: 407,
+                    challenge: challenge.into()
+                }
+            ),
+            release(leg),
+            ended("c1", EndReason::AuthFailed, Some(407)),
+        ]
+    );
+}
