@@ -8,6 +8,7 @@
 
 pub mod core_map;
 mod protocol;
+pub mod sip_ws;
 
 pub use protocol::{
     decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, EndReason, ErrorCode, HoldParty,
