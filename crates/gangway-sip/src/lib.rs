@@ -78,6 +78,7 @@ mod keepalive;
 mod life;
 mod metrics;
 mod register;
+mod relay;
 mod router;
 mod service;
 mod shared;
@@ -91,6 +92,7 @@ pub use ipnet;
 pub use keepalive::TrunkKeepalive;
 pub use metrics::{SipLabels, SipMetrics};
 pub use register::{RegEvent, RegistrationHandle, RegistrationRequest};
+pub use relay::{RelayedAnswer, RelayedRegister};
 pub use service::SipService;
 
 /// How the SIP endpoint listens.

@@ -12,7 +12,7 @@ use axum::Router;
 use gangway_signal::assets;
 
 use crate::config::MAX_WS_FRAME_BYTES;
-use crate::{session, Phase, Shared};
+use crate::{session, sip_ws, Phase, Shared};
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -26,6 +26,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(|| async { typescript(assets::CLIENT_DTS) }),
         )
         .route("/ws", get(websocket))
+        .route("/sip", get(sip_websocket))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -90,6 +91,56 @@ async fn websocket(
         .max_message_size(MAX_WS_FRAME_BYTES)
         .max_frame_size(MAX_WS_FRAME_BYTES)
         .on_upgrade(move |socket| session::run(socket, shared, peer.ip()))
+}
+
+/// SIP over WebSocket (RFC 7118): only an upgrade that asks for the `sip`
+/// subprotocol, with the same Origin policy and frame limit as `/ws`.
+async fn sip_websocket(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&headers, &shared.config.http.allowed_origins) {
+        shared.metrics.sip_ws_rejected("origin");
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    if shared.sip.is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            "SIP over WebSocket needs the SIP leg (sip.enabled)\n",
+        )
+            .into_response();
+    }
+    let asks_for_sip = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("sip"));
+    if !asks_for_sip {
+        shared.metrics.sip_ws_rejected("subprotocol");
+        return (
+            StatusCode::BAD_REQUEST,
+            "SIP over WebSocket needs the subprotocol `sip` (RFC 7118)\n",
+        )
+            .into_response();
+    }
+    // Our Via and Contact towards the browser name the host it dialled.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| shared.config.http.listen.to_string());
+    upgrade
+        .protocols(["sip"])
+        .max_message_size(MAX_WS_FRAME_BYTES)
+        .max_frame_size(MAX_WS_FRAME_BYTES)
+        .on_upgrade(move |socket| sip_ws::run(socket, shared, peer, host))
 }
 
 /// Browsers always send `Origin` on WebSocket requests; refusing foreign

@@ -92,13 +92,16 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
     if let Err(refused) = fork::screen_invite(accepting, offer, &SIP_CODECS) {
         return refuse(&call, refused, &outcome);
     }
-    let (presence, sessions) = match &shared.users {
-        None => (Presence::Unknown, Vec::new()),
-        Some(users) => match users.lookup(&call.user).await {
-            Lookup::Unknown => (Presence::Unknown, Vec::new()),
-            Lookup::NoSessions => (Presence::NoConnections, Vec::new()),
-            Lookup::Sessions(sessions) => (Presence::Connections, sessions),
-        },
+    // A SIP over WebSocket binding's token, or a signed-in user.
+    let lookup = match (shared.flows.lookup(&call.user), &shared.users) {
+        (Some(found), _) => found,
+        (None, Some(users)) => users.lookup(&call.user).await,
+        (None, None) => Lookup::Unknown,
+    };
+    let (presence, sessions) = match lookup {
+        Lookup::Unknown => (Presence::Unknown, Vec::new()),
+        Lookup::NoSessions => (Presence::NoConnections, Vec::new()),
+        Lookup::Sessions(sessions) => (Presence::Connections, sessions),
     };
     if let Err(refused) = fork::screen_presence(presence) {
         return refuse(&call, refused, &outcome);

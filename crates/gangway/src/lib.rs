@@ -5,11 +5,13 @@
 mod auth;
 pub mod config;
 mod drive;
+mod flows;
 mod http;
 mod inbound;
 mod metrics;
 mod resume;
 mod session;
+mod sip_ws;
 mod users;
 
 use std::net::SocketAddr;
@@ -73,6 +75,9 @@ pub(crate) struct Shared {
     sign_in_failures: auth::FailureLimiter,
     /// Resume tokens of live sessions.
     tokens: resume::Tokens,
+    /// SIP over WebSocket: what every flow shares, and the bindings.
+    sip_ws: gangway_signal::sip_ws::FrontSettings,
+    flows: flows::Flows,
     phase: watch::Sender<Phase>,
     next_peer: AtomicU64,
     next_session: AtomicU64,
@@ -220,6 +225,10 @@ impl Gateway {
                 .map(Duration::from_secs),
             log_prefix: format!("{started_ms:x}"),
         };
+        let sip_ws = gangway_signal::sip_ws::FrontSettings::new(
+            String::new(),
+            config.sip.user_agent.clone(),
+        );
         let shared = Arc::new(Shared {
             config,
             metrics,
@@ -230,6 +239,8 @@ impl Gateway {
             users,
             sign_in_failures,
             tokens: resume::Tokens::default(),
+            sip_ws,
+            flows: flows::Flows::default(),
             phase,
             next_peer: AtomicU64::new(1),
             next_session: AtomicU64::new(1),

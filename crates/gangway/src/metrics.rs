@@ -74,6 +74,13 @@ pub struct Metrics {
     pub session_resumes: Family<Labels, Counter>,
     /// Holds, resumes and transfers, by `MID_CALL_EVENTS`.
     pub mid_call: Family<Labels, Counter>,
+    /// SIP over WebSocket (`/sip`) connections open, and accepted.
+    pub sip_ws_active: Gauge,
+    pub sip_ws_total: Counter,
+    /// SIP over WebSocket messages refused, by why.
+    pub sip_ws_rejected: Family<Labels, Counter>,
+    /// Relayed REGISTERs, by the registrar's status class (`2xx`...).
+    pub sip_ws_registers: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -100,6 +107,10 @@ impl Metrics {
             sessions_parked: Gauge::default(),
             session_resumes: Family::default(),
             mid_call: Family::default(),
+            sip_ws_active: Gauge::default(),
+            sip_ws_total: Counter::default(),
+            sip_ws_rejected: Family::default(),
+            sip_ws_registers: Family::default(),
             registry: Registry::with_prefix("gangway"),
         };
         m.registry
@@ -123,6 +134,26 @@ impl Metrics {
             "ws_connections",
             "API WebSocket connections accepted",
             m.ws_total.clone(),
+        );
+        m.registry.register(
+            "sip_ws_connections_active",
+            "Open SIP over WebSocket (/sip) connections",
+            m.sip_ws_active.clone(),
+        );
+        m.registry.register(
+            "sip_ws_connections",
+            "SIP over WebSocket (/sip) connections accepted",
+            m.sip_ws_total.clone(),
+        );
+        m.registry.register(
+            "sip_ws_rejected",
+            "SIP over WebSocket messages refused (answered 4xx/5xx or closed), by why",
+            m.sip_ws_rejected.clone(),
+        );
+        m.registry.register(
+            "sip_ws_registers",
+            "REGISTERs relayed for SIP over WebSocket clients, by the registrar's status class",
+            m.sip_ws_registers.clone(),
         );
         m.registry.register(
             "api_errors",
@@ -380,6 +411,24 @@ impl Metrics {
     pub fn session_resume(&self, outcome: &'static str) {
         self.session_resumes
             .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn sip_ws_rejected(&self, why: &'static str) {
+        self.sip_ws_rejected.get_or_create(&[("why", why)]).inc();
+    }
+
+    pub fn sip_ws_register(&self, status: u16) {
+        let class = match status / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            5 => "5xx",
+            _ => "6xx",
+        };
+        self.sip_ws_registers
+            .get_or_create(&[("class", class)])
             .inc();
     }
 

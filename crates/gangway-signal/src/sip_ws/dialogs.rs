@@ -129,14 +129,14 @@ impl SipWsFront {
             return;
         };
         let mut headers = vec![("Server", self.settings.agent.clone())];
-        if status > 100 && status < 300 {
+        if (101..300).contains(&status) {
             headers.push((
                 "Contact",
                 format!("<sip:gangway@{};transport=ws>", self.settings.host),
             ));
             headers.push(("Allow", ALLOW.to_string()));
         }
-        if status >= 200 && status < 300 {
+        if (200..300).contains(&status) {
             d.invite = None;
             if let Some(se) = d.session_expires {
                 headers.push(("Session-Expires", format!("{se};refresher=uac")));

@@ -79,7 +79,7 @@ pub fn parse(text: &str) -> Result<Frame, Malformed> {
                 .headers
                 .iter()
                 .filter(|h| h.name().eq_ignore_ascii_case("Via"))
-                .flat_map(|h| split_commas(&h.value()))
+                .flat_map(|h| split_commas(h.value()))
                 .collect();
             if vias.is_empty() {
                 return Err(Malformed::Unanswerable("Via"));

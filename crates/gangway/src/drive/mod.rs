@@ -13,14 +13,16 @@ mod observe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use gangway_core::calls::{Input, Notification, Refusal};
+use gangway_core::calls::{IncomingOffer, Input, Notification, Refusal};
 use gangway_core::Calls;
+use gangway_core::EndReason;
 use gangway_media::LegEvent;
 use gangway_rtc::PeerId;
 use gangway_signal::CallId;
 use gangway_sip::SipEvent;
 use tokio::sync::mpsc;
 
+use crate::inbound::Ringing;
 use crate::Shared;
 pub(crate) use exec::Handles;
 
@@ -78,6 +80,26 @@ impl CallDriver {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.calls.handle_timeout(now);
         self.run_outputs();
+    }
+
+    /// An incoming call rings on this connection.
+    pub fn ring(&mut self, ringing: Arc<Ringing>) {
+        let call = ringing.id.clone();
+        let offer = IncomingOffer {
+            from: ringing.from.clone(),
+            display: ringing.display.clone(),
+            to: ringing.to.clone(),
+            sip_offer: ringing.sdp_offer.clone(),
+            log_id: ringing.log_id.clone(),
+        };
+        self.handles.ringing.insert(call.clone(), ringing);
+        self.feed(Input::Incoming { call, offer });
+    }
+
+    /// It stopped ringing here.
+    pub fn withdraw(&mut self, call: CallId, reason: EndReason, code: Option<u16>) {
+        self.handles.ringing.remove(&call);
+        self.feed(Input::Withdrawn { call, reason, code });
     }
 
     pub fn take_to_client(&mut self) -> Vec<ToClient> {

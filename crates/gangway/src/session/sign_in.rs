@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use gangway_core::calls::{IncomingOffer, Input};
 use gangway_core::valid_sip_user;
 use gangway_signal::{ApiError, ErrorCode, ServerMessage};
 use tracing::info;
@@ -151,20 +150,12 @@ impl Session {
                 }
             }
             Inbox::Incoming(ringing) => {
-                let call = ringing.id.clone();
-                let offer = IncomingOffer {
-                    from: ringing.from.clone(),
-                    display: ringing.display.clone(),
-                    to: ringing.to.clone(),
-                    sip_offer: ringing.sdp_offer.clone(),
-                    log_id: ringing.log_id.clone(),
-                };
-                self.driver.handles.ringing.insert(call.clone(), ringing);
-                self.feed(Input::Incoming { call, offer });
+                self.driver.ring(ringing);
+                self.deliver();
             }
             Inbox::Withdrawn { call, reason, code } => {
-                self.driver.handles.ringing.remove(&call);
-                self.feed(Input::Withdrawn { call, reason, code });
+                self.driver.withdraw(call, reason, code);
+                self.deliver();
             }
         }
     }
