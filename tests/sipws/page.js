@@ -91,8 +91,9 @@ T.onlyCodec = onlyCodec;
 
 // --- Recording what the far end sends, as browser_call.rs does.
 function startRecorder(stream, why) {
-  if (T.rec?.stream === stream) return T.rec.ready;
-  const rec = T.rec = { stream, chunks: [], recorded: 0, on: true, marks: {}, rate: null, stop: () => { rec.on = false; } };
+  // One recording per call: a re-INVITE (unhold) fires 'track' again.
+  if (T.rec && T.rec.call === T.call) return T.rec.ready;
+  const rec = T.rec = { call: T.call, stream, chunks: [], recorded: 0, on: true, marks: {}, rate: null, stop: () => { rec.on = false; } };
   rec.ready = (async () => {
     // Chromium feeds remote WebRTC audio to WebAudio only while the stream
     // also plays in a media element; muted keeps the test silent.
@@ -171,7 +172,8 @@ T.takeRecording = async () => {
   await rec.ready;
   rec.stop();
   mark('stop');
-  const s = T.call?.pc ? await stats(T.call.pc) : null;
+  const pc = T.call?.pc;
+  const s = pc && pc.connectionState !== 'closed' ? await stats(pc) : T.call?.lastStats ?? null;
   return { samples: toBase64Int16(rec.chunks), sampleRate: rec.rate, marks: rec.marks,
     codec: s?.inboundCodec ?? null, outboundCodec: s?.outboundCodec ?? null, stats: s, events: T.events };
 };
@@ -202,16 +204,21 @@ function newCall(direction, session) {
     pc.addEventListener('connectionstatechange', () => log(`connectionState ${pc.connectionState}`));
     pc.addEventListener('track', (e) => {
       log(`remote ${e.track.kind} track`);
-      startRecorder(e.streams[0] ?? new MediaStream([e.track]), 'track').catch((err) => log(`recorder: ${err}`));
+      // Our own stream: a hold removes the track from the library's
+      // stream (silencing WebAudio's source for good), never from this one.
+      startRecorder(new MediaStream([e.track]), 'track').catch((err) => log(`recorder: ${err}`));
     });
+    // Stats while the call is up: once it ends the connection has none.
+    const poll = setInterval(() => {
+      if (pc.connectionState === 'closed' || c.endInfo) { clearInterval(poll); return; }
+      stats(pc).then((st) => { if (pc.connectionState !== 'closed') c.lastStats = st; });
+    }, 500);
   };
   return c;
 }
 // Once established, record from the receivers if no track event came.
 async function ensureRecorder(c) {
-  if (T.rec?.stream && c.pc?.getReceivers().some((r) => T.rec.stream.getTracks().includes(r.track))) {
-    return T.rec.ready;
-  }
+  if (T.rec && T.rec.call === c) return T.rec.ready;
   const tracks = c.pc?.getReceivers().map((r) => r.track).filter((t) => t?.kind === 'audio') ?? [];
   if (!tracks.length) throw new Error('no remote audio track');
   await startRecorder(new MediaStream(tracks), 'receivers');
@@ -328,7 +335,7 @@ const sipjs = {
       if (sdh?.peerConnection) c.watchPc(sdh.peerConnection);
       if (state === SIP.SessionState.Established) {
         c.watchPc(sdh.peerConnection);
-        startRecorder(sdh.remoteMediaStream, 'remoteMediaStream')
+        startRecorder(new MediaStream(sdh.remoteMediaStream.getAudioTracks()), 'remoteMediaStream')
           .then(() => c.established.resolve(), (e) => c.established.reject(e));
       }
       if (state === SIP.SessionState.Terminated) c.end({ by: c.byeSent ? 'local' : 'remote', cause: 'terminated' });
