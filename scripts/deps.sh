@@ -10,6 +10,19 @@ test_pkgs=(chromium chromium-driver sip-tester baresip kamailio)
 want=("${build_pkgs[@]}")
 if [[ "${1:-build}" == "test" ]]; then
     want+=("${test_pkgs[@]}")
+    # The SIP-over-WebSocket tests bundle JsSIP and SIP.js with npm. A node
+    # from elsewhere (NodeSource, nvm) is kept: Debian's npm depends on
+    # Debian's nodejs and would replace it.
+    if ! command -v node >/dev/null; then
+        want+=(nodejs npm)
+    elif ! command -v npm >/dev/null; then
+        if [[ $(dpkg-query -W -f='${Version}' nodejs 2>/dev/null) == *dfsg* ]]; then
+            want+=(npm)
+        else
+            echo "gangway: $(command -v node) has no npm next to it; install npm for that node" >&2
+            exit 1
+        fi
+    fi
 fi
 
 missing=()

@@ -10,5 +10,7 @@ pub mod impair;
 pub mod kamailio;
 pub mod rtc_client;
 pub mod sip_peers;
+pub mod sipws_page;
+pub mod sipws_rig;
 pub mod tcp_proxy;
 pub mod webdriver;

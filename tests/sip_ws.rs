@@ -1,0 +1,481 @@
+//! SIP over WebSocket (RFC 7118) at the gateway's `/sip`, driven by the
+//! unmodified libraries web phones are built on: JsSIP 3.13 and SIP.js
+//! 0.21 in headless Chromium (a 1000 Hz tone as microphone), signed in as
+//! alice at kamailio (`pbx.test`) through the gateway; baresip bob (440 Hz)
+//! registered at the same kamailio. kamailio challenges the library's
+//! REGISTER (401) and INVITE (407) and the library answers: the gateway
+//! carries the browser's own credentials. Audio is checked both ways by
+//! tone (Goertzel per 20 ms frame, ≥ 90%) with negative controls.
+//!
+//! Needs chromium, chromium-driver, kamailio, baresip, node and npm
+//! (`scripts/deps.sh test`); the bundles come from `tests/sipws/`. A
+//! missing one fails the tests, it never skips them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use gangway_tests::audio::tone_coverage;
+use gangway_tests::browser_call::{serial, BROWSER_TONE_HZ};
+use gangway_tests::gateway::{assert_no_leftovers, scrape, start_sip_gateway};
+use gangway_tests::kamailio::{start_kamailio, Kamailio};
+use gangway_tests::sipws_page::SipPhone;
+use gangway_tests::sipws_rig::{
+    assert_bob_heard_browser, assert_browser_heard_bob, bob_heard, page, page_context,
+    take_recording, timeline, Rig, BARESIP_TRIM_S, BOB, DOMAIN, USERS,
+};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long both sides talk before the analysis ends.
+const TALK: Duration = Duration::from_millis(3_500);
+
+/// alice (`lib`) calls bob offering only `codec` (`opus`, `pcmu`; null:
+/// the library's own offer); returns once bob's call is established.
+async fn alice_calls_bob(rig: &Rig, phone: &Arc<SipPhone>, t: &str, codec: Value) {
+    page(phone, "dial", json!([{ "target": BOB, "codec": codec }]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] calling bob: {e}{}", rig.context()));
+    rig.assert_invite_authenticated(t);
+    let est = rig.bob_event("CALL_ESTABLISHED").await;
+    assert_eq!(est["direction"], "incoming", "[{t}] {est}");
+}
+
+/// alice calls bob, both talk, `hangup_by_bob` or the browser ends it;
+/// tones checked both ways; nothing left in the gateway.
+async fn call_bob(lib: &str, codec: Value, hangup_by_bob: bool) {
+    let _serial = serial().await;
+    let t = format!("{lib} -> bob ({codec})");
+    let rig = Rig::start().await;
+    let phone = rig.alice(lib).await;
+    alice_calls_bob(&rig, &phone, &t, codec.clone()).await;
+    tokio::time::sleep(TALK).await;
+
+    let ended = if hangup_by_bob {
+        rig.bob.hangup().unwrap_or_else(|e| panic!("{e}"));
+        page(&phone, "waitEnded", json!([10_000]))
+            .await
+            .unwrap_or_else(|e| panic!("[{t}] the BYE from bob: {e}{}", rig.context()))
+    } else {
+        page(&phone, "hangup", json!([]))
+            .await
+            .unwrap_or_else(|e| panic!("[{t}] hanging up: {e}{}", rig.context()))
+    };
+    println!("[{t}] ended: {ended}");
+    assert_eq!(
+        ended["by"],
+        if hangup_by_bob { "remote" } else { "local" },
+        "[{t}] {ended}"
+    );
+    let closed = rig.bob_event("CALL_CLOSED").await;
+    println!("[{t}] bob's call closed: {}", closed["param"]);
+
+    let rec = take_recording(&phone, &rig, &t).await;
+    assert_browser_heard_bob(&t, &rec, "established", "ended");
+    if let Some(want) = codec.as_str() {
+        let got = rec.result["codec"]
+            .as_str()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        assert_eq!(got, format!("audio/{want}"), "[{t}] the negotiated codec");
+    }
+    assert_bob_heard_browser(&t, &rig, 2.5);
+    assert_no_leftovers(&rig.gw).await;
+    rig.gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jssip_registers_and_calls_baresip_opus() {
+    call_bob("jssip", json!("opus"), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jssip_registers_and_calls_baresip_pcmu() {
+    call_bob("jssip", json!("pcmu"), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jssip_call_ended_by_baresip() {
+    call_bob("jssip", json!("opus"), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipjs_registers_and_calls_baresip() {
+    call_bob("sipjs", Value::Null, false).await;
+}
+
+/// bob calls alice through kamailio; the page auto-answers (the gateway
+/// may send the INVITE without SDP: the library then offers in its 200).
+async fn bob_calls(lib: &str) {
+    let _serial = serial().await;
+    let t = format!("bob -> {lib}");
+    let rig = Rig::start().await;
+    let phone = rig.alice(lib).await;
+    answer_bobs_call(&rig, &phone, &t).await;
+    tokio::time::sleep(TALK).await;
+    let ended = page(&phone, "hangup", json!([]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] hanging up: {e}{}", rig.context()));
+    assert_eq!(ended["by"], "local", "[{t}] {ended}");
+    rig.bob_event("CALL_CLOSED").await;
+    let rec = take_recording(&phone, &rig, &t).await;
+    assert_browser_heard_bob(&t, &rec, "established", "ended");
+    assert_bob_heard_browser(&t, &rig, 2.5);
+    assert_no_leftovers(&rig.gw).await;
+    rig.gw.shutdown(Duration::ZERO).await;
+}
+
+/// bob dials alice at kamailio; the page answers; bob's call is up.
+async fn answer_bobs_call(rig: &Rig, phone: &Arc<SipPhone>, t: &str) {
+    rig.bob
+        .dial(&format!("sip:alice@127.0.0.1:{}", rig.kam.port()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let got = page(phone, "waitIncoming", json!([15_000]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] answering bob: {e}{}", rig.context()));
+    println!(
+        "[{t}] incoming from {}, INVITE with SDP: {}",
+        got["from"], got["inviteHadSdp"]
+    );
+    assert!(
+        got["from"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("sip:bob@")),
+        "[{t}] the caller: {got}"
+    );
+    let est = rig.bob_event("CALL_ESTABLISHED").await;
+    assert_eq!(est["direction"], "outgoing", "[{t}] {est}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_calls_the_jssip_user() {
+    bob_calls("jssip").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipjs_answers_baresip() {
+    bob_calls("sipjs").await;
+}
+
+/// Hold silences the browser at bob and unhold brings it back, both ways;
+/// DTMF from JsSIP reaches bob as RFC 4733 and as SIP INFO (JsSIP's default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jssip_hold_resume_and_dtmf() {
+    const HOLD: Duration = Duration::from_secs(4);
+    let _serial = serial().await;
+    let t = "jssip hold/dtmf";
+    let rig = Rig::start().await;
+    let phone = rig.alice("jssip").await;
+    alice_calls_bob(&rig, &phone, t, json!("opus")).await;
+    let established = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+
+    for (digit, transport) in [("5", "RFC2833"), ("7", "INFO")] {
+        page(&phone, "dtmf", json!([digit, transport]))
+            .await
+            .unwrap_or_else(|e| panic!("[{t}] DTMF {digit}: {e}"));
+        let ev = rig.bob_event("CALL_DTMF_START").await;
+        assert_eq!(
+            ev["param"], digit,
+            "[{t}] bob heard {digit} ({transport}): {ev}"
+        );
+        rig.bob_event("CALL_DTMF_END").await;
+    }
+    assert!(
+        rig.kam.relayed("INFO") >= 1,
+        "[{t}] the INFO went through kamailio: {:?}",
+        rig.kam.markers()
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+
+    page(&phone, "hold", json!([]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] hold: {e}{}", rig.context()));
+    tokio::time::sleep(HOLD).await;
+    page(&phone, "unhold", json!([]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] unhold: {e}{}", rig.context()));
+    tokio::time::sleep(TALK).await;
+    let call_s = established.elapsed().as_secs_f64();
+    page(&phone, "hangup", json!([]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] hanging up: {e}{}", rig.context()));
+    rig.bob_event("CALL_CLOSED").await;
+
+    // The browser hears bob before the hold and again after it.
+    let rec = take_recording(&phone, &rig, t).await;
+    assert_browser_heard_bob(&format!("{t}, before hold"), &rec, "established", "hold");
+    assert_browser_heard_bob(&format!("{t}, after unhold"), &rec, "resumed", "hangup");
+
+    // bob: the tone before and after, and none for about the held time
+    // (silent frames or no packets at all: both leave the tone out).
+    let (heard, rate) = bob_heard(&rig);
+    let line = timeline(&heard, rate, BROWSER_TONE_HZ);
+    let tone_s = line.chars().filter(|c| *c == 'T').count() as f64 / 10.0;
+    let missing_s = call_s - BARESIP_TRIM_S - tone_s;
+    println!(
+        "[{t}] bob: {tone_s:.1} s of tone in a {call_s:.1} s call, {missing_s:.1} s without\n  {line}"
+    );
+    let head = &heard[..(rate as usize * 3 / 2).min(heard.len())];
+    let tail = &heard[heard.len().saturating_sub(rate as usize * 2)..];
+    assert!(
+        tone_coverage(head, rate, BROWSER_TONE_HZ) >= 0.9,
+        "[{t}] bob heard the browser before the hold: {line}{}",
+        rig.context()
+    );
+    assert!(
+        tone_coverage(tail, rate, BROWSER_TONE_HZ) >= 0.9,
+        "[{t}] bob heard the browser again after unhold: {line}{}",
+        rig.context()
+    );
+    assert!(
+        missing_s >= HOLD.as_secs_f64() * 0.75,
+        "[{t}] bob heard the browser's tone during the hold ({missing_s:.1} s without tone in \
+         a {call_s:.1} s call, the hold lasted {HOLD:?}): {line}"
+    );
+    assert_no_leftovers(&rig.gw).await;
+    rig.gw.shutdown(Duration::ZERO).await;
+}
+
+/// The page's WebSocket is cut; JsSIP reconnects and registers again
+/// through the gateway, and bob's next call reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jssip_reconnects_and_still_receives_calls() {
+    let _serial = serial().await;
+    let t = "jssip reconnect";
+    let rig = Rig::start().await;
+    let phone = rig.alice("jssip").await;
+    let registered = |kam: &Kamailio| {
+        kam.markers()
+            .iter()
+            .filter(|m| m.starts_with("GWKAM-REGISTERED sip:alice@"))
+            .count()
+    };
+    let before = registered(&rig.kam);
+    let cut = page(&phone, "cut", json!([])).await.unwrap();
+    assert_eq!(cut["cut"], 1, "[{t}] one socket was open: {cut}");
+    page(&phone, "waitRegistrations", json!([2, 15_000]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] registering again: {e}{}", rig.context()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while registered(&rig.kam) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "[{t}] the new REGISTER reached kamailio: {:#?}",
+            rig.kam.markers()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ctx = page_context(&phone).await;
+    assert!(ctx.contains("ws#2 open"), "[{t}] a second socket: {ctx}");
+    println!(
+        "[{t}] kamailio location for alice: {:?}",
+        rig.kam.location()
+    );
+
+    answer_bobs_call(&rig, &phone, t).await;
+    tokio::time::sleep(TALK).await;
+    page(&phone, "hangup", json!([]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] hanging up: {e}{}", rig.context()));
+    rig.bob_event("CALL_CLOSED").await;
+    let rec = take_recording(&phone, &rig, t).await;
+    assert_browser_heard_bob(t, &rec, "established", "ended");
+    assert_bob_heard_browser(t, &rig, 2.5);
+    assert_no_leftovers(&rig.gw).await;
+    rig.gw.shutdown(Duration::ZERO).await;
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A fresh `/sip` connection with subprotocol `sip`, as the libraries open it.
+async fn sip_ws(url: &str) -> Ws {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url} with subprotocol sip: {e}"));
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("sip"),
+        "the gateway selects subprotocol sip"
+    );
+    ws
+}
+
+/// The next text frame, or why there is none (`close`, `end`, `timeout`).
+async fn next_text(ws: &mut Ws, within: Duration) -> Result<String, String> {
+    loop {
+        match tokio::time::timeout(within, ws.next()).await {
+            Err(_) => return Err("timeout".into()),
+            Ok(None) => return Err("end".into()),
+            Ok(Some(Err(e))) => return Err(format!("end ({e})")),
+            Ok(Some(Ok(Message::Text(t)))) => return Ok(t.to_string()),
+            Ok(Some(Ok(Message::Close(c)))) => return Err(format!("close {c:?}")),
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+fn request(method: &str, headers: &[&str]) -> String {
+    let mut s = format!("{method} sip:{DOMAIN} SIP/2.0\r\n");
+    for h in headers {
+        s += h;
+        s += "\r\n";
+    }
+    s + "Content-Length: 0\r\n\r\n"
+}
+
+fn options(branch: &str) -> String {
+    request(
+        "OPTIONS",
+        &[
+            &format!("Via: SIP/2.0/WS probe.invalid;branch=z9hG4bK{branch}"),
+            "Max-Forwards: 70",
+            "From: <sip:probe@pbx.test>;tag=p1",
+            "To: <sip:pbx.test>",
+            &format!("Call-ID: probe-{branch}"),
+            "CSeq: 1 OPTIONS",
+        ],
+    )
+}
+
+/// Malformed input on `/sip` is refused (400 or close), keepalives and
+/// OPTIONS are answered, the refusals are counted, nothing leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_sip_ws_gets_400_or_close_and_leaks_nothing() {
+    let _serial = serial().await;
+    let kam = start_kamailio(USERS, DOMAIN).await;
+    let gw = start_sip_gateway(kam.port(), DOMAIN, |c| c.sip.trunk.transport = "udp".into()).await;
+    let url = format!("ws://{}/sip", gw.http_addr());
+    let short = Duration::from_secs(3);
+
+    // Without the subprotocol the upgrade is refused.
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_ne!(resp.status().as_u16(), 101, "{resp:?}");
+            println!("no subprotocol: HTTP {}", resp.status());
+        }
+        Err(e) => println!("no subprotocol: refused ({e})"),
+        Ok((_, resp)) => panic!("an upgrade without subprotocol sip was accepted: {resp:?}"),
+    }
+
+    // A CRLFCRLF ping gets a CRLF pong (RFC 5626 §4.4.1); OPTIONS gets 200.
+    let mut ws = sip_ws(&url).await;
+    ws.send(Message::text("\r\n\r\n")).await.unwrap();
+    assert_eq!(
+        next_text(&mut ws, short).await.as_deref(),
+        Ok("\r\n"),
+        "the pong"
+    );
+    ws.send(Message::text(options("opt1"))).await.unwrap();
+    let ok = next_text(&mut ws, short)
+        .await
+        .unwrap_or_else(|e| panic!("OPTIONS: {e}"));
+    println!("OPTIONS answered:\n{ok}");
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert!(
+        ok.lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("allow:")),
+        "200 to OPTIONS lists Allow: {ok}"
+    );
+
+    // Garbage: refused, or ignored with the connection still working.
+    ws.send(Message::text("hello, this is not SIP\r\n\r\n"))
+        .await
+        .unwrap();
+    match next_text(&mut ws, short).await {
+        Ok(r) if r.starts_with("SIP/2.0 400") => println!("garbage: 400"),
+        Ok(r) => panic!("garbage answered with {r:?}"),
+        Err(e) if e == "timeout" => {
+            ws.send(Message::text(options("opt2"))).await.unwrap();
+            let r = next_text(&mut ws, short).await;
+            assert!(
+                r.as_ref().is_ok_and(|r| r.starts_with("SIP/2.0 200")),
+                "after garbage: {r:?}"
+            );
+        }
+        Err(e) => println!("garbage: {e}"),
+    }
+
+    drop(ws);
+
+    // A request without Via, Call-ID and CSeq.
+    let mut ws = sip_ws(&url).await;
+    let bare = request(
+        "INVITE",
+        &[
+            "Max-Forwards: 70",
+            "From: <sip:x@pbx.test>;tag=1",
+            "To: <sip:bob@pbx.test>",
+        ],
+    );
+    ws.send(Message::text(bare)).await.unwrap();
+    match next_text(&mut ws, short).await {
+        Ok(r) => assert!(r.starts_with("SIP/2.0 400"), "a request without Via: {r:?}"),
+        Err(e) => assert_ne!(
+            e, "timeout",
+            "a request without Via/Call-ID/CSeq got no answer"
+        ),
+    }
+
+    drop(ws);
+
+    // A frame over http.max_message_bytes closes the connection.
+    let mut ws = sip_ws(&url).await;
+    let limit = gw_max_message_bytes();
+    let big = options("big").replace(
+        "CSeq",
+        &format!("X-Pad: {}\r\nCSeq", "a".repeat(limit + 1024)),
+    );
+    let _ = ws.send(Message::text(big)).await;
+    let r = next_text(&mut ws, short).await;
+    assert!(
+        r.as_ref().is_err_and(|e| e != "timeout"),
+        "a {} byte frame closes the connection: {r:?}",
+        limit + 1024
+    );
+
+    let metrics = scrape(&gw).await;
+    let sip_ws: Vec<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("sip_ws"))
+        .collect();
+    println!("sip_ws series:\n{}", sip_ws.join("\n"));
+    let rejected: f64 = sip_ws
+        .iter()
+        .filter(|l| l.contains("reject"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(rejected > 0.0, "refusals are counted: {sip_ws:#?}");
+    drop(ws);
+
+    // Every connection is gone from the gauges, if the gateway has any.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(&gw).await;
+        let open: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains("sip_ws") && l.contains("active"))
+            .filter(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) != Some(0.0))
+            .map(String::from)
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "connections left open: {open:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+/// The gateway's default frame limit (the tests do not change it).
+fn gw_max_message_bytes() -> usize {
+    gangway::Config::default().http.max_message_bytes
+}
