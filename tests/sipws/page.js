@@ -335,7 +335,11 @@ const sipjs = {
       if (sdh?.peerConnection) c.watchPc(sdh.peerConnection);
       if (state === SIP.SessionState.Established) {
         c.watchPc(sdh.peerConnection);
-        startRecorder(new MediaStream(sdh.remoteMediaStream.getAudioTracks()), 'remoteMediaStream')
+        // The receiver's track: with a delayed offer (our INVITE without
+        // SDP) the remote stream gets its track only after this event.
+        const tracks = sdh.peerConnection.getReceivers()
+          .map((r) => r.track).filter((t) => t && t.kind === 'audio');
+        startRecorder(new MediaStream(tracks), 'receiver track')
           .then(() => c.established.resolve(), (e) => c.established.reject(e));
       }
       if (state === SIP.SessionState.Terminated) c.end({ by: c.byeSent ? 'local' : 'remote', cause: 'terminated' });
