@@ -46,6 +46,31 @@ pub const RESUME_OUTCOMES: [&str; 3] = ["resumed", "refused", "expired"];
 const REGISTRATION_FAILURE_CODES: [&str; 8] =
     ["401", "403", "404", "407", "408", "503", "other", "none"];
 
+/// `why` label values of `gangway_sip_ws_rejected_total`: the front end's
+/// and the endpoint's own (`origin`, `subprotocol`, `not_utf8`, `too_large`).
+const SIP_WS_REJECTS: [&str; 17] = [
+    "unparseable",
+    "missing_header",
+    "version",
+    "malformed",
+    "method",
+    "bad_register",
+    "bad_invite",
+    "no_offer",
+    "no_dialog",
+    "offerless_reinvite",
+    "info",
+    "refer",
+    "answer_without_offer",
+    "not_utf8",
+    "too_large",
+    "origin",
+    "subprotocol",
+];
+
+/// `class` label values of `gangway_sip_ws_registers_total`.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+
 pub struct Metrics {
     registry: Registry,
     pub calls_active: Gauge,
@@ -81,6 +106,8 @@ pub struct Metrics {
     pub sip_ws_rejected: Family<Labels, Counter>,
     /// Relayed REGISTERs, by the registrar's status class (`2xx`...).
     pub sip_ws_registers: Family<Labels, Counter>,
+    /// SIP over WebSocket bindings whose flow is open.
+    pub sip_ws_bindings: Gauge,
 }
 
 impl Metrics {
@@ -111,6 +138,7 @@ impl Metrics {
             sip_ws_total: Counter::default(),
             sip_ws_rejected: Family::default(),
             sip_ws_registers: Family::default(),
+            sip_ws_bindings: Gauge::default(),
             registry: Registry::with_prefix("gangway"),
         };
         m.registry
@@ -155,6 +183,17 @@ impl Metrics {
             "REGISTERs relayed for SIP over WebSocket clients, by the registrar's status class",
             m.sip_ws_registers.clone(),
         );
+        m.registry.register(
+            "sip_ws_bindings_active",
+            "SIP over WebSocket registrations whose flow (WebSocket) is open",
+            m.sip_ws_bindings.clone(),
+        );
+        for why in SIP_WS_REJECTS {
+            let _ = m.sip_ws_rejected.get_or_create(&[("why", why)]);
+        }
+        for class in STATUS_CLASSES {
+            let _ = m.sip_ws_registers.get_or_create(&[("class", class)]);
+        }
         m.registry.register(
             "api_errors",
             "API error messages sent, by code",
@@ -419,14 +458,7 @@ impl Metrics {
     }
 
     pub fn sip_ws_register(&self, status: u16) {
-        let class = match status / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            5 => "5xx",
-            _ => "6xx",
-        };
+        let class = STATUS_CLASSES[usize::from(status / 100).clamp(1, 6) - 1];
         self.sip_ws_registers
             .get_or_create(&[("class", class)])
             .inc();

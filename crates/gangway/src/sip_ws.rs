@@ -210,12 +210,17 @@ impl Flow {
                     );
                     shared
                         .metrics
-                        .registrations_active
+                        .sip_ws_bindings
                         .set(shared.flows.live() as i64);
                 }
                 FrontOutput::Unbind { token } => {
                     info!("unregistered");
-                    self.driver.shared.flows.unbind(&token, self.driver.number);
+                    let shared = &self.driver.shared;
+                    shared.flows.unbind(&token, self.driver.number);
+                    shared
+                        .metrics
+                        .sip_ws_bindings
+                        .set(shared.flows.live() as i64);
                 }
                 FrontOutput::Rejected(why) => {
                     debug!(why, "SIP message refused");
@@ -296,7 +301,7 @@ impl Flow {
         shared.flows.flow_closed(self.driver.number);
         shared
             .metrics
-            .registrations_active
+            .sip_ws_bindings
             .set(shared.flows.live() as i64);
         debug!("SIP over WebSocket flow closed");
     }
