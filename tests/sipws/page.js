@@ -232,7 +232,9 @@ const jssip = {
       .map(String).join(' ').replace(/%c/g, ''));
     const ua = T.ua = new JsSIP.UA({
       sockets: [new JsSIP.WebSocketInterface(o.wsUrl)],
-      uri: o.uri, password: o.password, register: true, session_timers: true,
+      uri: o.uri, register: true, session_timers: true,
+      // A token (authorization_jwt) instead of a password when given.
+      ...(o.jwt ? { authorization_jwt: o.jwt } : { password: o.password }),
       connection_recovery_min_interval: 1, connection_recovery_max_interval: 3,
     });
     for (const ev of ['connecting', 'connected', 'disconnected']) ua.on(ev, () => log(`ua ${ev}`));

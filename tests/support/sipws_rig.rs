@@ -39,6 +39,11 @@ impl Rig {
     /// (its trunk: kamailio over UDP, no trunk credentials: the browser's
     /// own answer kamailio's challenges), and bob registered.
     pub async fn start() -> Rig {
+        Rig::start_with(|_| {}).await
+    }
+
+    /// As [`Rig::start`], with more gateway configuration.
+    pub async fn start_with(f: impl FnOnce(&mut gangway::Config) + Send + 'static) -> Rig {
         let kam = start_kamailio(USERS, DOMAIN).await;
         let server = tokio::task::spawn_blocking(PageServer::start)
             .await
@@ -48,6 +53,7 @@ impl Rig {
         let gw = start_sip_gateway(kam.port(), DOMAIN, move |c| {
             c.http.allowed_origins = vec![origin];
             c.sip.trunk.transport = "udp".into();
+            f(c);
         })
         .await;
         let bob = registered_baresip(
@@ -90,12 +96,7 @@ impl Rig {
     /// binding for alice that points at the gateway, not at the page's
     /// `.invalid` host.
     pub async fn alice(&self, lib: &str) -> Arc<SipPhone> {
-        let url = self.server.url();
-        let phone = tokio::task::spawn_blocking(move || SipPhone::launch(&url))
-            .await
-            .expect("browser task")
-            .unwrap_or_else(|e| panic!("{e}"));
-        let phone = Arc::new(phone);
+        let phone = self.browser().await;
         let arg = json!([{ "lib": lib, "wsUrl": self.ws_url(), "uri": ALICE, "user": "alice",
             "password": "pw" }]);
         page(&phone, "register", arg)
@@ -126,6 +127,16 @@ impl Rig {
             );
         }
         phone
+    }
+
+    /// A Chromium on the page, not registered.
+    pub async fn browser(&self) -> Arc<SipPhone> {
+        let url = self.server.url();
+        let phone = tokio::task::spawn_blocking(move || SipPhone::launch(&url))
+            .await
+            .expect("browser task")
+            .unwrap_or_else(|e| panic!("{e}"));
+        Arc::new(phone)
     }
 
     /// Checks kamailio challenged alice's INVITE with 407 and accepted the

@@ -174,7 +174,7 @@ pub struct OutboundCall {
 }
 
 /// Whose credentials answer a digest challenge to an outbound INVITE.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub enum CallAuth {
     /// The trunk's (once; see the crate docs).
     #[default]
@@ -184,6 +184,23 @@ pub enum CallAuth {
     /// not answered here but ends the call as [`SipFailure::Challenged`],
     /// for the caller to answer with a new call.
     Caller(Option<Credentials>),
+    /// The caller's account, whose password the gateway holds (a client
+    /// signed in with a token): a challenge is answered with it once.
+    Account { username: String, password: String },
+}
+
+impl std::fmt::Debug for CallAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallAuth::Trunk => f.write_str("Trunk"),
+            CallAuth::Caller(c) => f.debug_tuple("Caller").field(&c.is_some()).finish(),
+            CallAuth::Account { username, .. } => f
+                .debug_struct("Account")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+        }
+    }
 }
 
 /// Progress of an outbound call.

@@ -48,7 +48,7 @@ const REGISTRATION_FAILURE_CODES: [&str; 8] =
 
 /// `why` label values of `gangway_sip_ws_rejected_total`: the front end's
 /// and the endpoint's own (`origin`, `subprotocol`, `not_utf8`, `too_large`).
-const SIP_WS_REJECTS: [&str; 17] = [
+const SIP_WS_REJECTS: [&str; 18] = [
     "unparseable",
     "missing_header",
     "version",
@@ -66,6 +66,7 @@ const SIP_WS_REJECTS: [&str; 17] = [
     "too_large",
     "origin",
     "subprotocol",
+    "session_expired",
 ];
 
 /// `class` label values of `gangway_sip_ws_registers_total`.
@@ -108,6 +109,8 @@ pub struct Metrics {
     pub sip_ws_registers: Family<Labels, Counter>,
     /// SIP over WebSocket bindings whose flow is open.
     pub sip_ws_bindings: Gauge,
+    /// Calls placed or taken, by front end (`json`, `sip_ws`).
+    pub front_end_calls: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -139,6 +142,7 @@ impl Metrics {
             sip_ws_rejected: Family::default(),
             sip_ws_registers: Family::default(),
             sip_ws_bindings: Gauge::default(),
+            front_end_calls: Family::default(),
             registry: Registry::with_prefix("gangway"),
         };
         m.registry
@@ -187,6 +191,14 @@ impl Metrics {
             "sip_ws_bindings_active",
             "SIP over WebSocket registrations whose flow (WebSocket) is open",
             m.sip_ws_bindings.clone(),
+        );
+        for front_end in ["json", "sip_ws"] {
+            let _ = m.front_end_calls.get_or_create(&[("front_end", front_end)]);
+        }
+        m.registry.register(
+            "front_end_calls",
+            "Calls placed or taken, by front end (json: /ws, sip_ws: /sip)",
+            m.front_end_calls.clone(),
         );
         for why in SIP_WS_REJECTS {
             let _ = m.sip_ws_rejected.get_or_create(&[("why", why)]);
@@ -450,6 +462,12 @@ impl Metrics {
     pub fn session_resume(&self, outcome: &'static str) {
         self.session_resumes
             .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn front_end_call(&self, front_end: &'static str) {
+        self.front_end_calls
+            .get_or_create(&[("front_end", front_end)])
             .inc();
     }
 

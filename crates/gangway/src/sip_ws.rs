@@ -17,7 +17,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::drive::{CallDriver, ToClient};
 use crate::users::Inbox;
-use crate::{Phase, Shared};
+use crate::{auth, Phase, Shared};
 
 /// Server pings keep NATs and proxies from dropping an idle flow.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -45,6 +45,9 @@ struct Flow {
     outbox: Vec<Message>,
     /// Set when the front end asks to close the socket.
     close: Option<CloseFrame>,
+    peer: SocketAddr,
+    /// A REGISTER signed in with a token, until the user table answers.
+    signing_in: Option<u64>,
 }
 
 async fn serve(
@@ -61,7 +64,7 @@ async fn serve(
     // A lost flow ends its calls: JsSIP and SIP.js do not resume a call
     // on a new socket.
     settings.resume_grace = None;
-    let (driver, mut legs) = CallDriver::new(shared.clone(), number, settings);
+    let (driver, mut legs) = CallDriver::new(shared.clone(), number, settings, "sip_ws");
     let front_settings = FrontSettings {
         host,
         ..shared.sip_ws.clone()
@@ -73,6 +76,8 @@ async fn serve(
         register_tx,
         outbox: Vec::new(),
         close: None,
+        peer,
+        signing_in: None,
     };
     let mut phase = shared.phase.subscribe();
     let mut ping =
@@ -112,7 +117,10 @@ async fn serve(
                 return flow.end(&shared);
             }
         }
-        let deadline = flow.driver.calls.poll_timeout();
+        let deadline = match (flow.driver.calls.poll_timeout(), flow.front.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             message = socket.recv() => match message {
                 Some(Ok(Message::Text(text))) => flow.frame(&shared, text.as_str()),
@@ -143,17 +151,15 @@ async fn serve(
                 flow.pump();
             }
             Some(message) = inbox_rx.recv() => {
-                match message {
-                    Inbox::Incoming(ringing) => flow.driver.ring(ringing),
-                    Inbox::Withdrawn { call, reason, code } => {
-                        flow.driver.withdraw(call, reason, code)
-                    }
-                    _ => {}
-                }
+                flow.inbox_message(message);
                 flow.pump();
             }
             _ = sleep_until(deadline) => {
-                flow.driver.handle_timeout(Instant::now());
+                let now = Instant::now();
+                if flow.driver.calls.poll_timeout().is_some_and(|t| t <= now) {
+                    flow.driver.handle_timeout(now);
+                }
+                flow.front.handle_timeout(now);
                 flow.pump();
             }
             _ = ping.tick() => flow.outbox.push(Message::Ping(Default::default())),
@@ -175,7 +181,7 @@ impl Flow {
         if text.len() > limit {
             return self.refuse(shared, "too_large", CLOSE_TOO_BIG, "SIP message too large");
         }
-        self.front.handle_frame(text);
+        self.front.handle_frame(Instant::now(), text);
         self.pump();
     }
 
@@ -222,6 +228,11 @@ impl Flow {
                         .sip_ws_bindings
                         .set(shared.flows.live() as i64);
                 }
+                FrontOutput::SignIn { id, user, token } => self.sign_in(id, user, &token),
+                FrontOutput::SignOut { user } => {
+                    info!(%user, "signed out");
+                    self.sign_out();
+                }
                 FrontOutput::Rejected(why) => {
                     debug!(why, "SIP message refused");
                     self.driver.shared.metrics.sip_ws_rejected(why);
@@ -240,7 +251,7 @@ impl Flow {
     fn deliver(&mut self) {
         for item in self.driver.take_to_client() {
             match item {
-                ToClient::Notify(call, n) => self.front.handle_core(call, n),
+                ToClient::Notify(call, n) => self.front.handle_core(Instant::now(), call, n),
                 ToClient::Refuse(refusal) => {
                     debug!(problem = ?refusal.problem, "{}", refusal.message);
                     self.front.handle_refusal(refusal);
@@ -295,7 +306,130 @@ impl Flow {
         );
     }
 
+    /// A REGISTER with a bearer token (JsSIP's `authorization_jwt`): the
+    /// same check and the same registration on the user's behalf as the
+    /// JSON API's token sign-in.
+    fn sign_in(&mut self, id: u64, user: String, token: &str) {
+        let shared = self.driver.shared.clone();
+        let now = Instant::now();
+        let refused = |why: &str| RegisterAnswer {
+            status: 403,
+            reason: why.to_string(),
+            ..Default::default()
+        };
+        let checked = (|| {
+            let users = shared
+                .users
+                .clone()
+                .ok_or("registration needs the SIP leg")?;
+            if shared.sign_in_failures.is_blocked(self.peer.ip(), now) {
+                return Err("too many failed sign-ins from this address");
+            }
+            let secret = shared
+                .config
+                .auth
+                .token_secret
+                .as_deref()
+                .ok_or("token sign-in is not enabled")?;
+            let subject = auth::verify_token(secret, token).map_err(|_| "invalid token")?;
+            if subject != user {
+                return Err("the token is for another user");
+            }
+            let password = shared
+                .config
+                .auth
+                .users
+                .get(&user)
+                .cloned()
+                .ok_or("no SIP credentials configured for this user")?;
+            Ok((users, password))
+        })();
+        match checked {
+            Ok(_)
+                if self
+                    .driver
+                    .account
+                    .as_ref()
+                    .is_some_and(|(u, _)| *u == user) =>
+            {
+                // A refresh: the gateway keeps the registration up itself.
+                let answer = RegisterAnswer {
+                    status: 200,
+                    reason: "OK".into(),
+                    ..Default::default()
+                };
+                self.front.handle_register_answer(id, answer);
+            }
+            Ok((users, password)) => {
+                info!(%user, "sign-in with a token");
+                self.sign_out();
+                users.sign_in(
+                    self.driver.number,
+                    self.inbox.clone(),
+                    user.clone(),
+                    password.clone(),
+                    true,
+                );
+                self.driver.account = Some((user, password));
+                self.signing_in = Some(id);
+            }
+            Err(why) => {
+                info!(%user, why, "token sign-in refused");
+                shared.sign_in_failures.record_failure(self.peer.ip(), now);
+                shared.metrics.registration_failed(None);
+                self.front.handle_register_answer(id, refused(why));
+            }
+        }
+    }
+
+    fn sign_out(&mut self) {
+        if self.driver.account.take().is_some() {
+            if let Some(users) = &self.driver.shared.users {
+                users.sign_out(self.driver.number);
+            }
+        }
+    }
+
+    fn inbox_message(&mut self, message: Inbox) {
+        match message {
+            Inbox::Incoming(ringing) => self.driver.ring(ringing),
+            Inbox::Withdrawn { call, reason, code } => self.driver.withdraw(call, reason, code),
+            Inbox::Registered { expires, .. } => {
+                if let Some(id) = self.signing_in.take() {
+                    let answer = RegisterAnswer {
+                        status: 200,
+                        reason: "OK".into(),
+                        expires: Some(expires),
+                        ..Default::default()
+                    };
+                    self.front.handle_register_answer(id, answer);
+                }
+            }
+            Inbox::RegistrationFailed {
+                reason,
+                still_signed_in,
+                ..
+            } => {
+                if !still_signed_in {
+                    self.driver.account = None;
+                }
+                if let Some(id) = self.signing_in.take() {
+                    // The registrar refused the gateway's credentials for
+                    // the user: nothing the browser can answer.
+                    let answer = RegisterAnswer {
+                        status: 403,
+                        reason,
+                        ..Default::default()
+                    };
+                    self.front.handle_register_answer(id, answer);
+                }
+            }
+            Inbox::Unregistered { .. } => self.driver.account = None,
+        }
+    }
+
     fn end(mut self, shared: &Shared) {
+        self.sign_out();
         self.driver.feed(Input::ConnectionClosed);
         self.driver.take_to_client();
         shared.flows.flow_closed(self.driver.number);

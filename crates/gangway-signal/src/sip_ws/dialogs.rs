@@ -15,6 +15,9 @@ use super::wire::{self, Incoming, Reply, ALLOW};
 use super::{credentials_of, reason_phrase, FrontOutput, SipWsFront};
 use crate::CallId;
 
+/// The shortest session interval we grant (RFC 4028's Min-SE default).
+const MIN_SE: u32 = 90;
+
 /// One call's browser-side dialog.
 #[derive(Debug)]
 pub(super) struct Dialog {
@@ -29,8 +32,11 @@ pub(super) struct Dialog {
     pub cseq: u32,
     /// The browser's INVITE until its final response.
     pub invite: Option<Reply>,
-    /// What the browser's INVITE asked for (RFC 4028), granted as asked.
+    /// What the browser's INVITE asked for (RFC 4028), granted as asked
+    /// (at least 90 s), the browser refreshing.
     pub session_expires: Option<u32>,
+    /// When the call ends unless the browser refreshes it.
+    pub expires_at: Option<std::time::Instant>,
     /// Our SDP answer on the WebRTC leg.
     pub answer: Option<String>,
     /// A 401/407 for the browser to answer.
@@ -85,7 +91,8 @@ impl SipWsFront {
         let session_expires = req
             .request
             .header_value("Session-Expires")
-            .and_then(|v| v.split(';').next()?.trim().parse().ok());
+            .and_then(|v| v.split(';').next()?.trim().parse::<u32>().ok())
+            .map(|se| se.max(MIN_SE));
         let local_tag = self.tag();
         let target = req
             .request
@@ -101,6 +108,7 @@ impl SipWsFront {
             cseq: 0,
             invite: Some(req.reply.clone()),
             session_expires,
+            expires_at: None,
             answer: None,
             challenge: None,
             reoffer: None,
@@ -177,6 +185,7 @@ impl SipWsFront {
                 if let Some((_, reply)) = d.reoffer.take() {
                     let msg = self.ok_with_sdp(&call, &reply, &sdp);
                     self.send(msg);
+                    self.refreshed(&call);
                 } else if let Some(cseq) = d.ack_due.take() {
                     self.send_ack(&call, cseq, Some(&sdp));
                 }
@@ -190,6 +199,7 @@ impl SipWsFront {
                 if d.invite.is_some() {
                     let sdp = d.answer.clone();
                     self.respond_invite(&call, 200, sdp.as_deref());
+                    self.refreshed(&call);
                 }
             }
             Notification::Challenged { status, challenge } => {
@@ -303,6 +313,7 @@ impl SipWsFront {
             cseq: 1,
             invite: None,
             session_expires: None,
+            expires_at: None,
             answer: None,
             challenge: None,
             reoffer: None,

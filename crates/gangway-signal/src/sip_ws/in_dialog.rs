@@ -65,6 +65,7 @@ impl SipWsFront {
                 extra.push(("Require", "timer".to_string()));
             }
             if req.method == "UPDATE" {
+                self.refreshed(&call);
                 return self.reply(&req, 200, &extra);
             }
             // A re-INVITE without an offer wants ours, which only the

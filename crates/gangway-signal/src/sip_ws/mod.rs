@@ -27,6 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use gangway_core::calls::{Credentials, Notification, Problem, Refusal, Request};
 
@@ -71,6 +72,17 @@ pub enum FrontOutput {
     Bind(Binding),
     /// The binding is gone (the browser unregistered).
     Unbind { token: String },
+    /// A REGISTER carried a bearer token (JsSIP's `authorization_jwt`)
+    /// instead of a digest: the shell checks it and registers `user` with
+    /// the password it holds; the outcome comes back with
+    /// [`SipWsFront::handle_register_answer`].
+    SignIn {
+        id: u64,
+        user: String,
+        token: String,
+    },
+    /// The token-signed-in `user` unregistered.
+    SignOut { user: String },
     /// A message was refused (`why`: a metric label); any answer to it is
     /// a `Send` of its own.
     Rejected(&'static str),
@@ -110,6 +122,8 @@ pub struct SipWsFront {
     /// What the registrar accepted on this flow.
     bindings: Vec<Binding>,
     serial: u64,
+    /// The time of the input being handled.
+    now: Instant,
     out: VecDeque<FrontOutput>,
 }
 
@@ -122,6 +136,7 @@ impl SipWsFront {
             registers: HashMap::new(),
             bindings: Vec::new(),
             serial: 0,
+            now: Instant::now(),
             out: VecDeque::new(),
         }
     }
@@ -140,8 +155,43 @@ impl SipWsFront {
         self.dialogs.contains_key(call)
     }
 
+    /// When [`Self::handle_timeout`] is due: the first session timer
+    /// (RFC 4028) of a call the browser stopped refreshing.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.dialogs.values().filter_map(|d| d.expires_at).min()
+    }
+
+    /// Ends the calls whose session timer ran out: the browser, as the
+    /// refresher, sent no refresh in time (RFC 4028 §10).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        let expired: Vec<CallId> = self
+            .dialogs
+            .iter()
+            .filter(|(_, d)| d.expires_at.is_some_and(|t| t <= now))
+            .map(|(call, _)| call.clone())
+            .collect();
+        for call in expired {
+            if let Some(d) = self.dialogs.get_mut(&call) {
+                d.expires_at = None;
+            }
+            self.out.push_back(FrontOutput::Rejected("session_expired"));
+            self.out
+                .push_back(FrontOutput::Core(Request::Hangup { call }));
+        }
+    }
+
+    /// The session timer starts again: the call was answered or refreshed.
+    fn refreshed(&mut self, call: &CallId) {
+        let now = self.now;
+        if let Some(d) = self.dialogs.get_mut(call) {
+            d.expires_at = d.session_expires.map(|se| now + session_deadline(se));
+        }
+    }
+
     /// One text (or binary, decoded) frame from the browser.
-    pub fn handle_frame(&mut self, text: &str) {
+    pub fn handle_frame(&mut self, now: Instant, text: &str) {
+        self.now = now;
         match wire::parse(text) {
             Ok(Frame::Ping) => self.send("\r\n".to_string()),
             Ok(Frame::Response(response)) => self.on_response(*response),
@@ -214,7 +264,8 @@ impl SipWsFront {
     }
 
     /// What the core says about one of this flow's calls.
-    pub fn handle_core(&mut self, call: CallId, n: Notification) {
+    pub fn handle_core(&mut self, now: Instant, call: CallId, n: Notification) {
+        self.now = now;
         match n {
             Notification::Incoming { from, display, to } => {
                 self.offer_call(call, from, display, to)
@@ -286,18 +337,53 @@ impl SipWsFront {
     }
 }
 
-/// The browser's credentials in a request, as passed on upstream.
-fn credentials_of(req: &Incoming) -> Option<Credentials> {
+/// How long after a refresh a session of `se` seconds ends without the
+/// next one: RFC 4028 §10 leaves the refresher `min(32, se/3)` seconds of
+/// slack before the end.
+fn session_deadline(se: u32) -> Duration {
+    Duration::from_secs(u64::from(se - (se / 3).min(32)))
+}
+
+/// What a request says about who sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Auth {
+    None,
+    /// A digest answer, passed on upstream as is.
+    Digest(Credentials),
+    /// `Authorization: Bearer <jwt>` (or a bare JWT): JsSIP's
+    /// `authorization_jwt`, sent on every request.
+    Token(String),
+}
+
+fn auth_of(req: &Incoming) -> Auth {
     use rsipstack::sip::prelude::HeadersExt;
     if let Some(value) = req.request.header_value("Proxy-Authorization") {
-        return Some(Credentials { proxy: true, value });
+        return Auth::Digest(Credentials { proxy: true, value });
     }
-    req.request
-        .header_value("Authorization")
-        .map(|value| Credentials {
+    let Some(value) = req.request.header_value("Authorization") else {
+        return Auth::None;
+    };
+    let scheme = value.split_whitespace().next().unwrap_or("");
+    if scheme.eq_ignore_ascii_case("digest") {
+        return Auth::Digest(Credentials {
             proxy: false,
             value,
-        })
+        });
+    }
+    let token = if scheme.eq_ignore_ascii_case("bearer") {
+        value[scheme.len()..].trim().to_string()
+    } else {
+        value.trim().to_string()
+    };
+    Auth::Token(token)
+}
+
+/// The digest credentials a request carries (a token is not passed on).
+fn credentials_of(req: &Incoming) -> Option<Credentials> {
+    match auth_of(req) {
+        Auth::Digest(c) => Some(c),
+        Auth::None | Auth::Token(_) => None,
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {

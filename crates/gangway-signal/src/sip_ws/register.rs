@@ -15,7 +15,7 @@ use gangway_core::calls::Credentials;
 use gangway_core::valid_sip_user;
 
 use super::wire::{self, Incoming, Reply};
-use super::{credentials_of, FrontOutput, SipWsFront};
+use super::{credentials_of, Auth, FrontOutput, SipWsFront};
 
 /// Expiry when the browser names none (JsSIP's and SIP.js's default).
 const DEFAULT_EXPIRES: u32 = 600;
@@ -64,6 +64,9 @@ pub struct Binding {
 pub(super) struct Pending {
     reply: Reply,
     binding: Binding,
+    /// Signed in with a token: the shell registered the user itself, and
+    /// routes its calls by user, not by a binding of ours.
+    by_token: bool,
     /// The browser's Contact as it sent it, less `expires`.
     contact_params: String,
 }
@@ -101,6 +104,22 @@ impl SipWsFront {
         let token = self.token_for(&aor, instance.as_deref().unwrap_or(&uri));
         self.serial += 1;
         let id = self.serial;
+        let by_token = match auth_of_register(&req) {
+            Some(_) if expires == 0 => {
+                self.bindings.retain(|b| b.token != token);
+                self.out.push_back(FrontOutput::SignOut { user });
+                return self.reply(&req, 200, &[]);
+            }
+            Some(jwt) => {
+                self.out.push_back(FrontOutput::SignIn {
+                    id,
+                    user: user.clone(),
+                    token: jwt,
+                });
+                true
+            }
+            None => false,
+        };
         let relay = RegisterRelay {
             id,
             request_uri: req.uri.clone(),
@@ -113,6 +132,24 @@ impl SipWsFront {
             expires,
         };
         let contact_params = contact_params(&contact);
+        if by_token {
+            self.registers.insert(
+                id,
+                Pending {
+                    reply: req.reply,
+                    binding: Binding {
+                        token,
+                        aor,
+                        user,
+                        contact: uri,
+                        expires,
+                    },
+                    by_token,
+                    contact_params,
+                },
+            );
+            return;
+        }
         self.registers.insert(
             id,
             Pending {
@@ -124,6 +161,7 @@ impl SipWsFront {
                     contact: uri,
                     expires,
                 },
+                by_token,
                 contact_params,
             },
         );
@@ -154,6 +192,7 @@ impl SipWsFront {
         let Pending {
             reply,
             binding,
+            by_token,
             contact_params,
         } = pending;
         let mut headers = vec![("Server", self.settings.agent.clone())];
@@ -165,7 +204,7 @@ impl SipWsFront {
                 answer.expires.unwrap_or(binding.expires)
             };
             self.bindings.retain(|b| b.token != binding.token);
-            if granted == 0 {
+            if granted == 0 && !by_token {
                 self.out.push_back(FrontOutput::Unbind {
                     token: binding.token.clone(),
                 });
@@ -179,7 +218,9 @@ impl SipWsFront {
                     ..binding
                 };
                 self.bindings.push(binding.clone());
-                self.out.push_back(FrontOutput::Bind(binding));
+                if !by_token {
+                    self.out.push_back(FrontOutput::Bind(binding));
+                }
             }
         } else {
             if let Some(challenge) = answer.challenge {
@@ -214,6 +255,14 @@ impl SipWsFront {
 
     fn token_for(&self, aor: &str, instance: &str) -> String {
         format!("gw{:016x}", self.settings.key.hash_one((aor, instance)))
+    }
+}
+
+/// The bearer token of a REGISTER, if it carries one.
+fn auth_of_register(req: &Incoming) -> Option<String> {
+    match super::auth_of(req) {
+        Auth::Token(token) => Some(token),
+        Auth::None | Auth::Digest(_) => None,
     }
 }
 

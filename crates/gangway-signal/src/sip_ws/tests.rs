@@ -1,6 +1,7 @@
 //! The front end fed what JsSIP sends, checked for what it answers.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use gangway_core::calls::{Caller, Credentials, Notification, Problem, Refusal, Request};
 use gangway_core::EndReason;
@@ -78,7 +79,7 @@ fn call1() -> CallId {
 #[test]
 fn register_is_relayed_and_the_browser_gets_its_own_contact_back() {
     let mut f = front();
-    f.handle_frame(&register(None, 600));
+    f.handle_frame(Instant::now(), &register(None, 600));
     let out = drain(&mut f);
     let [FrontOutput::Register(relay)] = out.as_slice() else {
         panic!("{out:?}");
@@ -109,7 +110,10 @@ fn register_is_relayed_and_the_browser_gets_its_own_contact_back() {
     assert!(msg.contains("received=127.0.0.1;rport=50000"), "{msg}");
 
     // Its answer carries the credentials; the same browser keeps its token.
-    f.handle_frame(&register(Some("Digest username=\"alice\""), 600));
+    f.handle_frame(
+        Instant::now(),
+        &register(Some("Digest username=\"alice\""), 600),
+    );
     let out = drain(&mut f);
     let [FrontOutput::Register(relay)] = out.as_slice() else {
         panic!("{out:?}");
@@ -149,7 +153,10 @@ fn register_is_relayed_and_the_browser_gets_its_own_contact_back() {
     );
 
     // Unregistering drops the binding.
-    f.handle_frame(&register(Some("Digest username=\"alice\""), 0));
+    f.handle_frame(
+        Instant::now(),
+        &register(Some("Digest username=\"alice\""), 0),
+    );
     let id = match drain(&mut f).as_slice() {
         [FrontOutput::Register(r)] => r.id,
         out => panic!("{out:?}"),
@@ -168,7 +175,7 @@ fn register_is_relayed_and_the_browser_gets_its_own_contact_back() {
 #[test]
 fn a_browser_call_is_challenged_then_answered() {
     let mut f = front();
-    f.handle_frame(&invite(1, None));
+    f.handle_frame(Instant::now(), &invite(1, None));
     let out = drain(&mut f);
     assert!(sent(&out)[0].starts_with("SIP/2.0 100 Trying\r\n"));
     assert_eq!(
@@ -186,6 +193,7 @@ fn a_browser_call_is_challenged_then_answered() {
     );
     let challenge = "Digest realm=\"pbx.test\", nonce=\"n2\", qop=\"auth\"";
     f.handle_core(
+        Instant::now(),
         call1(),
         Notification::Challenged {
             status: 407,
@@ -193,6 +201,7 @@ fn a_browser_call_is_challenged_then_answered() {
         },
     );
     f.handle_core(
+        Instant::now(),
         call1(),
         Notification::Ended {
             reason: EndReason::AuthFailed,
@@ -211,7 +220,10 @@ fn a_browser_call_is_challenged_then_answered() {
     );
 
     // The retry carries the browser's answer to it.
-    f.handle_frame(&invite(2, Some("Digest username=\"alice\"")));
+    f.handle_frame(
+        Instant::now(),
+        &invite(2, Some("Digest username=\"alice\"")),
+    );
     let out = drain(&mut f);
     let FrontOutput::Core(Request::Call { caller, .. }) = &out[1] else {
         panic!("{out:?}");
@@ -224,13 +236,14 @@ fn a_browser_call_is_challenged_then_answered() {
         })
     );
     f.handle_core(
+        Instant::now(),
         call1(),
         Notification::Answer {
             sdp: "answer-sdp".into(),
         },
     );
-    f.handle_core(call1(), Notification::Ringing);
-    f.handle_core(call1(), Notification::Answered);
+    f.handle_core(Instant::now(), call1(), Notification::Ringing);
+    f.handle_core(Instant::now(), call1(), Notification::Answered);
     let out = drain(&mut f);
     let msgs = sent(&out);
     assert!(
@@ -249,6 +262,7 @@ fn a_browser_call_is_challenged_then_answered() {
 
     // The far end hangs up: BYE to the browser, to its Contact.
     f.handle_core(
+        Instant::now(),
         call1(),
         Notification::Ended {
             reason: EndReason::RemoteHangup,
@@ -267,9 +281,13 @@ fn a_browser_call_is_challenged_then_answered() {
 #[test]
 fn the_browser_hangs_up_and_holds() {
     let mut f = front();
-    f.handle_frame(&invite(1, None));
-    f.handle_core(call1(), Notification::Answer { sdp: "a1".into() });
-    f.handle_core(call1(), Notification::Answered);
+    f.handle_frame(Instant::now(), &invite(1, None));
+    f.handle_core(
+        Instant::now(),
+        call1(),
+        Notification::Answer { sdp: "a1".into() },
+    );
+    f.handle_core(Instant::now(), call1(), Notification::Answered);
     drain(&mut f);
     let to_tag = |f: &SipWsFront| f.dialogs[&call1()].local_tag.clone();
     let tag = to_tag(&f);
@@ -289,7 +307,7 @@ fn the_browser_hangs_up_and_holds() {
         )
     };
     let held = OFFER.replace("a=sendrecv", "a=sendonly");
-    f.handle_frame(&in_dialog("INVITE", 3, &held));
+    f.handle_frame(Instant::now(), &in_dialog("INVITE", 3, &held));
     let out = drain(&mut f);
     assert_eq!(
         &out[..],
@@ -304,7 +322,11 @@ fn the_browser_hangs_up_and_holds() {
             }),
         ]
     );
-    f.handle_core(call1(), Notification::Answer { sdp: "a2".into() });
+    f.handle_core(
+        Instant::now(),
+        call1(),
+        Notification::Answer { sdp: "a2".into() },
+    );
     let out = drain(&mut f);
     let msg = sent(&out)[0];
     assert!(
@@ -314,18 +336,19 @@ fn the_browser_hangs_up_and_holds() {
     assert!(msg.ends_with("a2"), "{msg}");
 
     // A refresh without an offer.
-    f.handle_frame(&in_dialog("UPDATE", 4, ""));
+    f.handle_frame(Instant::now(), &in_dialog("UPDATE", 4, ""));
     let msg = sent(&drain(&mut f))[0].to_string();
     assert!(
         msg.starts_with("SIP/2.0 200 OK\r\n") && msg.contains("Session-Expires: 90"),
         "{msg}"
     );
 
-    f.handle_frame(&in_dialog("BYE", 5, ""));
+    f.handle_frame(Instant::now(), &in_dialog("BYE", 5, ""));
     let out = drain(&mut f);
     assert!(sent(&out)[0].starts_with("SIP/2.0 200 OK\r\n"));
     assert_eq!(out[1], FrontOutput::Core(Request::Hangup { call: call1() }));
     f.handle_core(
+        Instant::now(),
         call1(),
         Notification::Ended {
             reason: EndReason::Hangup,
@@ -338,7 +361,7 @@ fn the_browser_hangs_up_and_holds() {
 #[test]
 fn calls_offered_to_the_browser_take_its_offer_and_ack_our_answer() {
     let mut f = front();
-    f.handle_frame(&register(None, 600));
+    f.handle_frame(Instant::now(), &register(None, 600));
     let id = match drain(&mut f).as_slice() {
         [FrontOutput::Register(r)] => r.id,
         out => panic!("{out:?}"),
@@ -353,6 +376,7 @@ fn calls_offered_to_the_browser_take_its_offer_and_ack_our_answer() {
     drain(&mut f);
     let call = CallId::new("in-1").unwrap();
     f.handle_core(
+        Instant::now(),
         call.clone(),
         Notification::Incoming {
             from: "sip:bob@pbx.test".into(),
@@ -377,7 +401,7 @@ fn calls_offered_to_the_browser_take_its_offer_and_ack_our_answer() {
          Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
         OFFER.len()
     );
-    f.handle_frame(&ok);
+    f.handle_frame(Instant::now(), &ok);
     assert_eq!(
         drain(&mut f),
         vec![FrontOutput::Core(Request::Accept {
@@ -386,6 +410,7 @@ fn calls_offered_to_the_browser_take_its_offer_and_ack_our_answer() {
         })]
     );
     f.handle_core(
+        Instant::now(),
         call.clone(),
         Notification::Answer {
             sdp: "our-answer".into(),
@@ -404,7 +429,7 @@ fn calls_offered_to_the_browser_take_its_offer_and_ack_our_answer() {
 #[test]
 fn what_cannot_be_answered_closes_and_the_rest_gets_a_status() {
     let mut f = front();
-    f.handle_frame("hello there");
+    f.handle_frame(Instant::now(), "hello there");
     let out = drain(&mut f);
     assert!(
         matches!(
@@ -418,28 +443,31 @@ fn what_cannot_be_answered_closes_and_the_rest_gets_a_status() {
     );
 
     let mut f = front();
-    f.handle_frame("OPTIONS sip:gw SIP/2.0\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:gw>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n");
+    f.handle_frame(Instant::now(), "OPTIONS sip:gw SIP/2.0\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:gw>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n");
     assert!(matches!(drain(&mut f)[1], FrontOutput::Close { .. }));
 
     let mut f = front();
     let options = "OPTIONS sip:gw SIP/2.0\r\nVia: SIP/2.0/WS a.invalid;branch=z9hG4bKo\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:gw>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
-    f.handle_frame(options);
+    f.handle_frame(Instant::now(), options);
     let msg = sent(&drain(&mut f))[0].to_string();
     assert!(
         msg.starts_with("SIP/2.0 200 OK\r\n") && msg.contains("Allow: INVITE"),
         "{msg}"
     );
 
-    f.handle_frame(&options.replace("OPTIONS", "MESSAGE"));
+    f.handle_frame(Instant::now(), &options.replace("OPTIONS", "MESSAGE"));
     let msg = sent(&drain(&mut f))[0].to_string();
     assert!(msg.starts_with("SIP/2.0 405 "), "{msg}");
-    f.handle_frame(&options.replace("OPTIONS", "FROB"));
+    f.handle_frame(Instant::now(), &options.replace("OPTIONS", "FROB"));
     let msg = sent(&drain(&mut f))[0].to_string();
     assert!(
         msg.starts_with("SIP/2.0 501 ") && msg.contains("Allow: "),
         "{msg}"
     );
-    f.handle_frame(&options.replace("OPTIONS sip:gw SIP/2.0", "OPTIONS sip:gw SIP/3.0"));
+    f.handle_frame(
+        Instant::now(),
+        &options.replace("OPTIONS sip:gw SIP/2.0", "OPTIONS sip:gw SIP/3.0"),
+    );
     let msg = sent(&drain(&mut f)).first().map(|s| s.to_string());
     // Either a 505 or a refusal to parse: never an answer in SIP/3.0.
     assert!(
@@ -447,11 +475,11 @@ fn what_cannot_be_answered_closes_and_the_rest_gets_a_status() {
         "{msg:?}"
     );
 
-    f.handle_frame("\r\n\r\n");
+    f.handle_frame(Instant::now(), "\r\n\r\n");
     assert_eq!(drain(&mut f), vec![FrontOutput::Send("\r\n".into())]);
 
     // A BYE for no call.
-    f.handle_frame(&options.replace("OPTIONS", "BYE"));
+    f.handle_frame(Instant::now(), &options.replace("OPTIONS", "BYE"));
     let msg = sent(&drain(&mut f))[0].to_string();
     assert!(msg.starts_with("SIP/2.0 481 "), "{msg}");
 }
@@ -459,7 +487,7 @@ fn what_cannot_be_answered_closes_and_the_rest_gets_a_status() {
 #[test]
 fn a_refused_call_gets_a_final_response() {
     let mut f = front();
-    f.handle_frame(&invite(1, None));
+    f.handle_frame(Instant::now(), &invite(1, None));
     drain(&mut f);
     f.handle_refusal(Refusal {
         call: Some(call1()),
@@ -469,4 +497,100 @@ fn a_refused_call_gets_a_final_response() {
     let msg = sent(&drain(&mut f))[0].to_string();
     assert!(msg.starts_with("SIP/2.0 486 Busy Here\r\n"), "{msg}");
     assert!(!f.has_call(&call1()));
+}
+
+#[test]
+fn a_call_the_browser_stops_refreshing_ends() {
+    let mut f = front();
+    let t0 = Instant::now();
+    f.handle_frame(t0, &invite(1, None));
+    f.handle_core(t0, call1(), Notification::Answer { sdp: "a1".into() });
+    f.handle_core(t0, call1(), Notification::Answered);
+    drain(&mut f);
+    // 90 s asked for: ends 60 s after the last refresh (RFC 4028 §10).
+    assert_eq!(f.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    let tag = f.dialogs[&call1()].local_tag.clone();
+    let update = format!(
+        "UPDATE sip:gangway@gw.test:8080;transport=ws SIP/2.0\r\n\
+         Via: SIP/2.0/WS abc.invalid;branch=z9hG4bKu\r\n\
+         To: <sip:bob@pbx.test>;tag={tag}\r\n\
+         From: \"Alice\" <sip:alice@pbx.test>;tag=ft2\r\n\
+         Call-ID: call1\r\nCSeq: 3 UPDATE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let t1 = t0 + Duration::from_secs(45);
+    f.handle_frame(t1, &update);
+    drain(&mut f);
+    assert_eq!(f.poll_timeout(), Some(t1 + Duration::from_secs(60)));
+    f.handle_timeout(t1 + Duration::from_secs(59));
+    assert_eq!(drain(&mut f), vec![]);
+    f.handle_timeout(t1 + Duration::from_secs(60));
+    assert_eq!(
+        drain(&mut f),
+        vec![
+            FrontOutput::Rejected("session_expired"),
+            FrontOutput::Core(Request::Hangup { call: call1() })
+        ]
+    );
+    assert_eq!(f.poll_timeout(), None);
+    f.handle_core(
+        t1,
+        call1(),
+        Notification::Ended {
+            reason: EndReason::Hangup,
+            code: None,
+        },
+    );
+    assert!(sent(&drain(&mut f))[0].starts_with("BYE "));
+}
+
+#[test]
+fn a_bearer_token_signs_in_through_the_shell_not_the_registrar() {
+    let mut f = front();
+    f.handle_frame(Instant::now(), &register(Some("Bearer eyJ.x.y"), 600));
+    let out = drain(&mut f);
+    let [FrontOutput::SignIn { id, user, token }] = out.as_slice() else {
+        panic!("{out:?}");
+    };
+    assert_eq!((user.as_str(), token.as_str()), ("alice", "eyJ.x.y"));
+    f.handle_register_answer(
+        *id,
+        RegisterAnswer {
+            status: 200,
+            expires: Some(300),
+            ..Default::default()
+        },
+    );
+    let out = drain(&mut f);
+    // No binding of ours: the shell routes the user's calls by user.
+    assert!(
+        !out.iter().any(|o| matches!(o, FrontOutput::Bind(_))),
+        "{out:?}"
+    );
+    assert!(sent(&out)[0].contains(";expires=300\r\n"));
+    assert_eq!(f.bindings().len(), 1);
+
+    // Its calls carry the token, which is not passed on as credentials.
+    f.handle_frame(
+        Instant::now(),
+        &invite(1, None).replace(
+            "Content-Type",
+            "Authorization: Bearer eyJ.x.y\r\nContent-Type",
+        ),
+    );
+    let out = drain(&mut f);
+    let FrontOutput::Core(Request::Call { caller, .. }) = &out[1] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(caller.as_ref().unwrap().credentials, None);
+
+    f.handle_frame(Instant::now(), &register(Some("Bearer eyJ.x.y"), 0));
+    let out = drain(&mut f);
+    assert_eq!(
+        out[0],
+        FrontOutput::SignOut {
+            user: "alice".into()
+        }
+    );
+    assert!(sent(&out)[0].starts_with("SIP/2.0 200 OK\r\n"));
+    assert!(f.bindings().is_empty());
 }

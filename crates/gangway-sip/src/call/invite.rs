@@ -66,16 +66,18 @@ pub(super) fn invite_option(
     // (public) address and adds transport=tcp.
     let contact = shared.contact(from_user, vec![]);
 
-    let trunk_credentials = matches!(call.auth, CallAuth::Trunk);
-    let credential = match (&call.trunk.username, &call.trunk.password) {
-        (Some(username), Some(password)) if trunk_credentials && !username.is_empty() => {
-            Some(Credential {
-                username: username.clone(),
-                password: password.clone(),
-                realm: None,
-                auth_username: None,
-            })
-        }
+    let (username, password) = match &call.auth {
+        CallAuth::Trunk => (call.trunk.username.as_ref(), call.trunk.password.as_ref()),
+        CallAuth::Account { username, password } => (Some(username), Some(password)),
+        CallAuth::Caller(_) => (None, None),
+    };
+    let credential = match (username, password) {
+        (Some(username), Some(password)) if !username.is_empty() => Some(Credential {
+            username: username.clone(),
+            password: password.clone(),
+            realm: None,
+            auth_username: None,
+        }),
         _ => None,
     };
 

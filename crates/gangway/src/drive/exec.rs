@@ -156,7 +156,18 @@ impl CallDriver {
                 };
                 // The client's own identity, or the gateway's.
                 let (from_user, from_display, auth) = match caller {
-                    Some(c) => (c.user, c.display, CallAuth::Caller(c.credentials)),
+                    Some(c) => {
+                        let auth = match (&self.account, c.credentials) {
+                            (Some((user, password)), None) if *user == c.user => {
+                                CallAuth::Account {
+                                    username: user.clone(),
+                                    password: password.clone(),
+                                }
+                            }
+                            (_, credentials) => CallAuth::Caller(credentials),
+                        };
+                        (c.user, c.display, auth)
+                    }
                     None => (leg.from_user.clone(), None, CallAuth::Trunk),
                 };
                 let call = leg.service.place_call(

@@ -50,6 +50,11 @@ pub(crate) struct CallDriver {
     pub handles: Handles,
     /// Drained by the front end after each input.
     pub to_client: Vec<ToClient>,
+    /// `json` or `sip_ws`: the `front_end` label of the calls' metrics.
+    pub front_end: &'static str,
+    /// A client signed in with a token as this SIP user, whose password
+    /// the gateway holds: its own calls answer challenges with it.
+    pub account: Option<(String, String)>,
 }
 
 impl CallDriver {
@@ -57,6 +62,7 @@ impl CallDriver {
         shared: Arc<Shared>,
         number: u64,
         settings: gangway_core::calls::Settings,
+        front_end: &'static str,
     ) -> (CallDriver, LegEvents) {
         let (legs_tx, media) = mpsc::unbounded_channel();
         let (sip_tx, sip) = mpsc::unbounded_channel();
@@ -66,6 +72,8 @@ impl CallDriver {
             shared,
             number,
             to_client: Vec::new(),
+            front_end,
+            account: None,
         };
         (driver, LegEvents { media, sip })
     }

@@ -19,12 +19,14 @@ impl CallDriver {
         let ms = |d: std::time::Duration| d.as_millis() as u64;
         match what {
             Observation::Requested { to } => {
-                info!(call, gangway_call, %to, "call requested");
+                info!(call, gangway_call, %to, front_end = self.front_end, "call requested");
                 metrics.calls_active.inc();
+                metrics.front_end_call(self.front_end);
             }
             Observation::Accepted { from } => {
-                info!(call, gangway_call, %from, "incoming call taken");
+                info!(call, gangway_call, %from, front_end = self.front_end, "incoming call taken");
                 metrics.calls_active.inc();
+                metrics.front_end_call(self.front_end);
             }
             Observation::Started { route } => {
                 metrics

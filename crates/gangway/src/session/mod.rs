@@ -130,7 +130,7 @@ async fn serve(
     if token.is_none() {
         settings.resume_grace = None;
     }
-    let (driver, mut legs) = CallDriver::new(shared.clone(), number, settings);
+    let (driver, mut legs) = CallDriver::new(shared.clone(), number, settings, "json");
     let mut s = Session {
         driver,
         shared,
