@@ -431,6 +431,49 @@ fn options(branch: &str) -> String {
     )
 }
 
+/// The WebSocket is cut during a call: JsSIP keeps the call and
+/// reconnects, the gateway keeps it for the grace period, and the new
+/// socket takes it over. Audio goes on both ways, a digit sent by INFO
+/// after the reconnect reaches bob (the browser's in-dialog request on the
+/// new socket), and bob's BYE reaches the browser on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jssip_call_survives_a_reconnect() {
+    let _serial = serial().await;
+    let t = "jssip call across a reconnect";
+    let rig = Rig::start().await;
+    let phone = rig.alice("jssip").await;
+    alice_calls_bob(&rig, &phone, t, json!("opus")).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let cut = page(&phone, "cut", json!([])).await.unwrap();
+    assert_eq!(cut["cut"], 1, "[{t}] one socket was open: {cut}");
+    page(&phone, "waitRegistrations", json!([2, 15_000]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] registering again: {e}{}", rig.context()));
+    page(&phone, "mark", json!(["back"])).await.unwrap();
+    tokio::time::sleep(TALK).await;
+
+    page(&phone, "dtmf", json!(["7", "INFO"]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] DTMF after the reconnect: {e}"));
+    let ev = rig.bob_event("CALL_DTMF_START").await;
+    assert_eq!(ev["param"], "7", "[{t}] bob heard the digit: {ev}");
+
+    rig.bob.hangup().unwrap_or_else(|e| panic!("{e}"));
+    let ended = page(&phone, "waitEnded", json!([10_000]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] bob's BYE on the new socket: {e}{}", rig.context()));
+    assert_eq!(ended["by"], "remote", "[{t}] {ended}");
+    let ctx = page_context(&phone).await;
+    assert!(ctx.contains("ws#2 open"), "[{t}] a second socket: {ctx}");
+
+    let rec = take_recording(&phone, &rig, t).await;
+    assert_browser_heard_bob(&format!("{t}, after the reconnect"), &rec, "back", "ended");
+    assert_bob_heard_browser(t, &rig, 4.0);
+    assert_no_leftovers(&rig.gw).await;
+    rig.gw.shutdown(Duration::ZERO).await;
+}
+
 /// Malformed input on `/sip` is refused (400 or close), keepalives and
 /// OPTIONS are answered, the refusals are counted, nothing leaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

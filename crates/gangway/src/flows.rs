@@ -1,8 +1,10 @@
 //! SIP over WebSocket bindings: which flow (WebSocket) takes the calls
 //! for a flow token, the user part of the Contact we registered upstream
 //! for a browser. A browser that reconnects registers the same token on
-//! its new flow, which takes over; the old flow's closing then leaves the
-//! binding alone. A binding whose flow is gone stays known until its
+//! its new connection: if the old flow is parked (its socket lost, calls
+//! up), the new socket moves there and the binding stays with it;
+//! otherwise the new flow takes the binding, and the old flow's closing
+//! leaves it alone. A binding whose flow is gone stays known until its
 //! registration expires, and its calls get 480 (RFC 5626 §5.3: the flow
 //! failed) rather than 404.
 
@@ -10,11 +12,22 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::sip_ws::Handover;
 use crate::users::{InboxTx, Lookup};
 
+/// Where a flow takes calls and sockets.
+#[derive(Clone)]
+pub(crate) struct FlowRef {
+    pub number: u64,
+    pub inbox: InboxTx,
+    pub handover: Handover,
+}
+
 struct Entry {
-    /// The flow's number and inbox; `None` once the flow is gone.
-    flow: Option<(u64, InboxTx)>,
+    /// The flow; `None` once it is gone.
+    flow: Option<FlowRef>,
+    /// Its socket is lost and its calls wait for the browser.
+    parked: bool,
     expires_at: Instant,
 }
 
@@ -24,18 +37,42 @@ pub(crate) struct Flows {
 }
 
 impl Flows {
-    pub fn bind(&self, token: String, flow: u64, inbox: InboxTx, expires: u32) {
+    /// Binds `token` to `flow`, or, when the token's flow is parked, keeps
+    /// it there and returns where to move the new socket.
+    pub fn bind(&self, token: String, flow: FlowRef, expires: u32) -> Option<Handover> {
         let mut entries = self.lock();
         let now = Instant::now();
         entries.retain(|_, e| e.expires_at > now);
         let expires_at = now + Duration::from_secs(u64::from(expires));
+        if let Some(e) = entries.get_mut(&token) {
+            if let Some(parked) = e
+                .flow
+                .as_ref()
+                .filter(|f| e.parked && f.number != flow.number)
+            {
+                let handover = parked.handover.clone();
+                e.expires_at = expires_at;
+                return Some(handover);
+            }
+        }
         entries.insert(
             token,
             Entry {
-                flow: Some((flow, inbox)),
+                flow: Some(flow),
+                parked: false,
                 expires_at,
             },
         );
+        None
+    }
+
+    /// `flow` lost its socket (`true`) or got one back.
+    pub fn flow_parked(&self, flow: u64, parked: bool) {
+        for entry in self.lock().values_mut() {
+            if entry.flow.as_ref().is_some_and(|f| f.number == flow) {
+                entry.parked = parked;
+            }
+        }
     }
 
     /// The browser unregistered `token` on `flow`.
@@ -43,7 +80,7 @@ impl Flows {
         let mut entries = self.lock();
         if entries
             .get(token)
-            .is_some_and(|e| e.flow.as_ref().is_some_and(|(f, _)| *f == flow))
+            .is_some_and(|e| e.flow.as_ref().is_some_and(|f| f.number == flow))
         {
             entries.remove(token);
         }
@@ -53,8 +90,9 @@ impl Flows {
     /// took them over).
     pub fn flow_closed(&self, flow: u64) {
         for entry in self.lock().values_mut() {
-            if entry.flow.as_ref().is_some_and(|(f, _)| *f == flow) {
+            if entry.flow.as_ref().is_some_and(|f| f.number == flow) {
                 entry.flow = None;
+                entry.parked = false;
             }
         }
     }
@@ -67,13 +105,17 @@ impl Flows {
             return None;
         }
         Some(match &entry.flow {
-            Some((flow, inbox)) => Lookup::Sessions(vec![(*flow, inbox.clone())]),
+            // A parked flow rings too: what it sends waits for the socket.
+            Some(f) => Lookup::Sessions(vec![(f.number, f.inbox.clone())]),
             None => Lookup::NoSessions,
         })
     }
 
     pub fn live(&self) -> usize {
-        self.lock().values().filter(|e| e.flow.is_some()).count()
+        self.lock()
+            .values()
+            .filter(|e| e.flow.is_some() && !e.parked)
+            .count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {

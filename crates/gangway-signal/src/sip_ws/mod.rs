@@ -150,6 +150,19 @@ impl SipWsFront {
         &self.bindings
     }
 
+    /// The browser came back on another socket (RFC 5626: the newest
+    /// flow): our answers now name that address in `received`/`rport`.
+    pub fn set_peer(&mut self, peer: SocketAddr) {
+        self.peer = peer;
+    }
+
+    /// A binding made on another socket of the same browser (a reconnect
+    /// that moved here): calls for it are offered through this flow.
+    pub fn adopt(&mut self, binding: Binding) {
+        self.bindings.retain(|b| b.token != binding.token);
+        self.bindings.push(binding);
+    }
+
     /// Whether a call of the core's is one of this flow's dialogs.
     pub fn has_call(&self, call: &CallId) -> bool {
         self.dialogs.contains_key(call)
