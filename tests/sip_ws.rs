@@ -474,6 +474,51 @@ async fn jssip_call_survives_a_reconnect() {
     rig.gw.shutdown(Duration::ZERO).await;
 }
 
+/// A browser that goes away for good (Chromium quits) leaves no binding
+/// behind: after the grace period the gateway un-REGISTERs it at kamailio
+/// with the browser's last credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_browsers_binding_is_removed_upstream() {
+    let _serial = serial().await;
+    let t = "vanished browser";
+    let rig = Rig::start().await;
+    let phone = rig.alice("jssip").await;
+    assert!(!rig
+        .kam
+        .wait_registered("alice", SIGNALING_TIMEOUT)
+        .unwrap()
+        .is_empty());
+    tokio::task::spawn_blocking(move || drop(phone))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let alice: Vec<_> = rig
+            .kam
+            .location()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .filter(|r| r.aor == "alice")
+            .collect();
+        if alice.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "[{t}] alice's binding is still at kamailio: {alice:?}\n{:#?}",
+            rig.kam.markers()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let metrics = scrape(&rig.gw).await;
+    assert!(
+        metrics.contains("gangway_sip_ws_bindings_active 0"),
+        "[{t}] no live binding left"
+    );
+    assert_no_leftovers(&rig.gw).await;
+    rig.gw.shutdown(Duration::ZERO).await;
+}
+
 /// Malformed input on `/sip` is refused (400 or close), keepalives and
 /// OPTIONS are answered, the refusals are counted, nothing leaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use gangway_sip::RelayedRegister;
+
 use crate::sip_ws::Handover;
 use crate::users::{InboxTx, Lookup};
 
@@ -26,6 +28,8 @@ pub(crate) struct FlowRef {
 struct Entry {
     /// The flow; `None` once it is gone.
     flow: Option<FlowRef>,
+    /// The REGISTER that made the binding, to remove it upstream.
+    last_register: Option<RelayedRegister>,
     /// Its socket is lost and its calls wait for the browser.
     parked: bool,
     expires_at: Instant,
@@ -39,7 +43,13 @@ pub(crate) struct Flows {
 impl Flows {
     /// Binds `token` to `flow`, or, when the token's flow is parked, keeps
     /// it there and returns where to move the new socket.
-    pub fn bind(&self, token: String, flow: FlowRef, expires: u32) -> Option<Handover> {
+    pub fn bind(
+        &self,
+        token: String,
+        flow: FlowRef,
+        expires: u32,
+        last_register: Option<RelayedRegister>,
+    ) -> Option<Handover> {
         let mut entries = self.lock();
         let now = Instant::now();
         entries.retain(|_, e| e.expires_at > now);
@@ -52,6 +62,7 @@ impl Flows {
             {
                 let handover = parked.handover.clone();
                 e.expires_at = expires_at;
+                e.last_register = last_register.or(e.last_register.take());
                 return Some(handover);
             }
         }
@@ -59,6 +70,7 @@ impl Flows {
             token,
             Entry {
                 flow: Some(flow),
+                last_register,
                 parked: false,
                 expires_at,
             },
@@ -87,14 +99,27 @@ impl Flows {
     }
 
     /// `flow` closed: its bindings lose their flow (unless a newer flow
-    /// took them over).
-    pub fn flow_closed(&self, flow: u64) {
-        for entry in self.lock().values_mut() {
+    /// took them over). Returns their tokens.
+    pub fn flow_closed(&self, flow: u64) -> Vec<String> {
+        let mut orphans = Vec::new();
+        for (token, entry) in self.lock().iter_mut() {
             if entry.flow.as_ref().is_some_and(|f| f.number == flow) {
                 entry.flow = None;
                 entry.parked = false;
+                orphans.push(token.clone());
             }
         }
+        orphans
+    }
+
+    /// A binding still without a flow: forgotten here, with the REGISTER
+    /// that made it (to remove it upstream).
+    pub fn orphan(&self, token: &str) -> Option<RelayedRegister> {
+        let mut entries = self.lock();
+        if entries.get(token)?.flow.is_some() {
+            return None;
+        }
+        entries.remove(token)?.last_register
     }
 
     /// Who a call for `user` rings, when it names a binding.

@@ -115,6 +115,9 @@ impl Flow {
             contact_user: relay.token,
             expires: relay.expires,
         };
+        // Kept for removing the binding upstream if the flow dies.
+        self.relayed
+            .insert(register.contact_user.clone(), register.clone());
         let answers = self.register_tx.clone();
         let id = relay.id;
         tokio::spawn(
@@ -146,7 +149,8 @@ impl Flow {
             inbox: self.inbox.clone(),
             handover: self.handover.clone(),
         };
-        let parked = shared.flows.bind(binding.token, me, binding.expires);
+        let last = self.relayed.get(&binding.token).cloned();
+        let parked = shared.flows.bind(binding.token, me, binding.expires, last);
         if let Some(handover) = parked {
             // A connection with calls of its own stays (it cannot be
             // two flows); the binding stays with the parked one.
@@ -213,7 +217,11 @@ impl Flow {
         self.sign_out();
         self.driver.feed(Input::ConnectionClosed);
         self.driver.take_to_client();
-        shared.flows.flow_closed(self.driver.number);
+        for token in shared.flows.flow_closed(self.driver.number) {
+            tokio::spawn(
+                remove_upstream_later(self.driver.shared.clone(), token).in_current_span(),
+            );
+        }
         self.bindings_changed();
         debug!("SIP over WebSocket flow closed");
     }
@@ -224,5 +232,37 @@ impl Flow {
             .metrics
             .sip_ws_bindings
             .set(shared.flows.live() as i64);
+    }
+}
+
+/// How long a binding whose flow died waits for its browser to register
+/// again (JsSIP retries within seconds) before it is removed upstream.
+const ORPHAN_GRACE: Duration = Duration::from_secs(10);
+
+/// Removes a dead flow's binding at the registrar, unless the browser came
+/// back. The un-REGISTER is the browser's last REGISTER with `Expires: 0`
+/// and the next CSeq, carrying its last digest answer (the gateway knows
+/// no password): registrars that accept a nonce again (kamailio without
+/// `nonce_count`) remove the binding now; the others refuse, and it
+/// expires on its own (calls to it get 480 meanwhile).
+async fn remove_upstream_later(shared: std::sync::Arc<Shared>, token: String) {
+    tokio::time::sleep(ORPHAN_GRACE).await;
+    let Some(mut register) = shared.flows.orphan(&token) else {
+        return;
+    };
+    let Some(leg) = shared.sip.as_ref() else {
+        return;
+    };
+    register.expires = 0;
+    register.cseq = register.cseq.wrapping_add(1);
+    let answer = leg.service.relay_register(register).await;
+    shared.metrics.sip_ws_register(answer.status);
+    if (200..300).contains(&answer.status) {
+        info!("a dead flow's binding was removed at the registrar");
+    } else {
+        info!(
+            status = answer.status,
+            "the registrar kept a dead flow's binding; it expires on its own"
+        );
     }
 }

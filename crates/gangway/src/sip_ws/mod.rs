@@ -17,6 +17,7 @@
 mod flow;
 mod sign_in;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use gangway_core::calls::Input;
 use gangway_signal::sip_ws::{Binding, FrontSettings, RegisterAnswer, SipWsFront};
+use gangway_sip::RelayedRegister;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, Instrument};
 
@@ -94,6 +96,8 @@ struct Flow {
     /// The browser came back on this connection to a parked flow: the
     /// socket moves there once what is queued for it is sent.
     moving_to: Option<Handover>,
+    /// The last REGISTER relayed for each flow token.
+    relayed: HashMap<String, RelayedRegister>,
 }
 
 /// What ended a flow's wait for input.
@@ -138,6 +142,7 @@ async fn serve(
         signing_in: None,
         parked_until: None,
         moving_to: None,
+        relayed: HashMap::new(),
     };
     flow.adopt(adopted);
     let mut socket = Some(socket);
