@@ -519,6 +519,78 @@ async fn a_vanished_browsers_binding_is_removed_upstream() {
     rig.gw.shutdown(Duration::ZERO).await;
 }
 
+/// Runs `script` on the example page (its argument: `arg`).
+async fn on_example(phone: &Arc<SipPhone>, script: &'static str, arg: Value) -> Value {
+    let phone = phone.clone();
+    tokio::task::spawn_blocking(move || phone.browser.execute_script(script, vec![arg]))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("example page script: {e}"))
+}
+
+/// Waits until the example page's status line starts with `want`.
+async fn example_status(phone: &Arc<SipPhone>, want: &str, rig: &Rig) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = on_example(
+            phone,
+            "return document.getElementById('log').textContent;",
+            Value::Null,
+        )
+        .await;
+        let status = on_example(
+            phone,
+            "return document.getElementById('status').textContent;",
+            Value::Null,
+        )
+        .await;
+        if status.as_str().is_some_and(|s| s.starts_with(want)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the example page never showed {want:?}; its log:\n{}{}",
+            log.as_str().unwrap_or(""),
+            rig.context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The page the docs give users (`docs/examples/jssip.html`), driven by
+/// its own inputs and buttons: it registers alice, calls bob, sends a
+/// digit that reaches bob, and hangs up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_jssip_page_works() {
+    let _serial = serial().await;
+    let rig = Rig::start().await;
+    let phone = rig.example_page().await;
+    let fill = "const [ws, uri, password, target] = arguments[0];
+        document.getElementById('ws').value = ws;
+        document.getElementById('uri').value = uri;
+        document.getElementById('password').value = password;
+        document.getElementById('target').value = target;
+        document.getElementById('register').click();
+        return true;";
+    on_example(&phone, fill, json!([rig.ws_url(), ALICE, "pw", BOB])).await;
+    example_status(&phone, "registered", &rig).await;
+    let click = "document.getElementById(arguments[0]).click(); return true;";
+    on_example(&phone, click, json!("call")).await;
+    example_status(&phone, "confirmed", &rig).await;
+    rig.assert_invite_authenticated("example page");
+    let est = rig.bob_event("CALL_ESTABLISHED").await;
+    assert_eq!(est["direction"], "incoming", "{est}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    on_example(&phone, click, json!("dtmf")).await;
+    let ev = rig.bob_event("CALL_DTMF_START").await;
+    assert_eq!(ev["param"], "5", "bob heard the page's digit: {ev}");
+    on_example(&phone, click, json!("hangup")).await;
+    example_status(&phone, "ended", &rig).await;
+    rig.bob_event("CALL_CLOSED").await;
+    assert_no_leftovers(&rig.gw).await;
+    rig.gw.shutdown(Duration::ZERO).await;
+}
+
 /// Malformed input on `/sip` is refused (400 or close), keepalives and
 /// OPTIONS are answered, the refusals are counted, nothing leaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,8 @@ use crate::webdriver::{Browser, BrowserOptions, TempDir};
 
 /// The page API (`window.T`), served as `/page.js`.
 pub const PAGE_JS: &str = include_str!("../sipws/page.js");
+/// The JsSIP phone the docs give users, served as `/example.html`.
+const EXAMPLE_HTML: &str = include_str!("../../docs/examples/jssip.html");
 
 /// The test page: the tap and API first, then the two libraries.
 const PAGE_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\">\
@@ -229,6 +231,11 @@ impl PageServer {
                 PAGE_HTML.as_bytes().to_vec(),
             ),
             ("/page.js", "text/javascript", PAGE_JS.as_bytes().to_vec()),
+            (
+                "/example.html",
+                "text/html; charset=utf-8",
+                EXAMPLE_HTML.as_bytes().to_vec(),
+            ),
             ("/jssip.js", "text/javascript", read(&b.jssip)?),
             ("/sip.js", "text/javascript", read(&b.sipjs)?),
         ]);
@@ -328,6 +335,16 @@ pub struct SipPhone {
 impl SipPhone {
     /// Launches Chromium, opens `page` and checks both libraries loaded.
     pub fn launch(page: &str) -> Result<SipPhone, String> {
+        let phone = SipPhone::open(page)?;
+        let loaded = phone.call("loaded", json!([]))?;
+        if loaded["jssip"].is_null() || loaded["sipjs"].is_null() || loaded["secure"] != true {
+            return Err(format!("the page did not load both libraries: {loaded}"));
+        }
+        Ok(phone)
+    }
+
+    /// Launches Chromium (its microphone a 1000 Hz tone) on any page.
+    pub fn open(page: &str) -> Result<SipPhone, String> {
         let dir = TempDir::new("gangway-sipws").map_err(|e| format!("temp dir: {e}"))?;
         let wav = dir.path().join("tone-1000hz.wav");
         // 2 s holds a whole number of periods: the loop has no click.
@@ -344,12 +361,7 @@ impl SipPhone {
         browser
             .set_script_timeout(SCRIPT_TIMEOUT)
             .map_err(|e| format!("setting the script timeout: {e}"))?;
-        let phone = SipPhone { browser, _wav: dir };
-        let loaded = phone.call("loaded", json!([]))?;
-        if loaded["jssip"].is_null() || loaded["sipjs"].is_null() || loaded["secure"] != true {
-            return Err(format!("the page did not load both libraries: {loaded}"));
-        }
-        Ok(phone)
+        Ok(SipPhone { browser, _wav: dir })
     }
 
     /// Runs `T.<method>(...args)` and waits for its promise. A rejection

@@ -129,6 +129,16 @@ impl Rig {
         phone
     }
 
+    /// A Chromium on the documented example page (`docs/examples/jssip.html`).
+    pub async fn example_page(&self) -> Arc<SipPhone> {
+        let url = format!("{}example.html", self.server.url());
+        let phone = tokio::task::spawn_blocking(move || SipPhone::open(&url))
+            .await
+            .expect("browser task")
+            .unwrap_or_else(|e| panic!("{e}"));
+        Arc::new(phone)
+    }
+
     /// A Chromium on the page, not registered.
     pub async fn browser(&self) -> Arc<SipPhone> {
         let url = self.server.url();
