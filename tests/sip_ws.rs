@@ -19,6 +19,7 @@ use gangway_tests::audio::tone_coverage;
 use gangway_tests::browser_call::{serial, BROWSER_TONE_HZ};
 use gangway_tests::gateway::{assert_no_leftovers, scrape, start_sip_gateway};
 use gangway_tests::kamailio::{start_kamailio, Kamailio};
+use gangway_tests::sip_peers::{registered_baresip, Baresip};
 use gangway_tests::sipws_page::SipPhone;
 use gangway_tests::sipws_rig::{
     assert_bob_heard_browser, assert_browser_heard_bob, bob_heard, page, page_context,
@@ -517,6 +518,67 @@ async fn a_vanished_browsers_binding_is_removed_upstream() {
     );
     assert_no_leftovers(&rig.gw).await;
     rig.gw.shutdown(Duration::ZERO).await;
+}
+
+/// JsSIP transfers bob to carol (REFER from the browser): the gateway
+/// REFERs bob, bob calls carol, the NOTIFYs reach the library, and the
+/// browser's call ends while bob and carol talk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jssip_transfers_bob_to_carol() {
+    let _serial = serial().await;
+    let t = "jssip blind transfer";
+    let rig = Rig::start_with(|c| {
+        // Our domain, and kamailio by address: bob has no outbound proxy,
+        // so the target he calls must name kamailio itself.
+        c.sip.trunk.allow = vec![
+            format!(r"^sip:[a-z0-9]+@{}$", DOMAIN.replace('.', r"\.")),
+            r"^sip:[a-z0-9]+@127\.0\.0\.1:[0-9]+$".into(),
+        ];
+    })
+    .await;
+    let carol = registered_baresip(
+        rig.kam.registrar_uri(),
+        "carol",
+        "carolpw",
+        700.0,
+        SIGNALING_TIMEOUT,
+    )
+    .await;
+    let phone = rig.alice("jssip").await;
+    alice_calls_bob(&rig, &phone, t, json!("opus")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let target = format!("sip:carol@127.0.0.1:{}", rig.kam.port());
+    let done = page(&phone, "refer", json!([target]))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "[{t}] REFER: {e}{}\ncarol: {:?}",
+                rig.context(),
+                carol.events()
+            )
+        });
+    assert_eq!(done["status"], 200, "[{t}] {done}");
+    let est = carol_event(&carol, "CALL_ESTABLISHED").await;
+    assert_eq!(est["direction"], "incoming", "[{t}] carol: {est}");
+    let ended = page(&phone, "waitEnded", json!([10_000]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] the browser's call ends: {e}{}", rig.context()));
+    assert_eq!(ended["by"], "remote", "[{t}] {ended}");
+    assert!(
+        rig.kam.relayed("REFER") >= 1,
+        "[{t}] the REFER went to bob: {:?}",
+        rig.kam.markers()
+    );
+    assert_no_leftovers(&rig.gw).await;
+    rig.gw.shutdown(Duration::ZERO).await;
+}
+
+async fn carol_event(carol: &Arc<Baresip>, kind: &'static str) -> Value {
+    let carol = carol.clone();
+    tokio::task::spawn_blocking(move || carol.wait_for_event(kind, SIGNALING_TIMEOUT))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("carol's {kind}: {e}"))
 }
 
 /// Runs `script` on the example page (its argument: `arg`).

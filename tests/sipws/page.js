@@ -293,6 +293,17 @@ const jssip = {
   unhold: (c) => new Promise((ok, fail) => { if (!c.session.unhold({}, ok)) fail(new Error('unhold() refused')); }),
   dtmf: (c, tone, transport) => c.session.sendDTMF(tone, { transportType: transport, duration: 250 }),
   hangup: (c) => c.session.terminate(),
+  // Blind transfer: resolves with the final NOTIFY's status line.
+  refer: (c, target) => new Promise((ok, fail) => {
+    c.session.refer(target, { eventHandlers: {
+      requestSucceeded: () => log('REFER accepted (202)'),
+      requestFailed: (e) => fail(new Error(`REFER refused: ${e.response?.status_code ?? e.cause}`)),
+      trying: (e) => log(`NOTIFY ${e.status_line?.status_code ?? 'trying'}`),
+      progress: (e) => log(`NOTIFY ${e.status_line?.status_code ?? 'progress'}`),
+      accepted: (e) => { log(`NOTIFY ${e.status_line?.status_code ?? 200}: transfer done`); ok({ status: e.status_line?.status_code ?? 200 }); },
+      failed: (e) => fail(new Error(`transfer failed: NOTIFY ${e.status_line?.status_code ?? e.cause}`)),
+    } });
+  }),
   stop: () => T.ua?.stop(),
 };
 
@@ -430,6 +441,7 @@ T.waitIncoming = async (ms) => {
 const current = () => { if (!T.call || T.call.endInfo) throw new Error('no call in progress'); return T.call; };
 T.hold = async () => { mark('hold'); await withTimeout(adapter().hold(current()), 10000, 'hold'); mark('held'); return {}; };
 T.unhold = async () => { mark('unhold'); await withTimeout(adapter().unhold(current()), 10000, 'unhold'); mark('resumed'); return {}; };
+T.refer = async (target) => withTimeout(adapter().refer(current(), target), 15000, 'the transfer');
 T.dtmf = async (tone, transport) => { mark(`dtmf-${tone}`); adapter().dtmf(current(), tone, transport); return {}; };
 T.hangup = async () => {
   const c = current();

@@ -17,7 +17,7 @@ use crate::sip_peers::{registered_baresip, Baresip};
 use crate::sipws_page::{PageServer, SipPhone};
 
 pub const DOMAIN: &str = "pbx.test";
-pub const USERS: &[(&str, &str)] = &[("alice", "pw"), ("bob", "bobpw")];
+pub const USERS: &[(&str, &str)] = &[("alice", "pw"), ("bob", "bobpw"), ("carol", "carolpw")];
 pub const ALICE: &str = "sip:alice@pbx.test";
 pub const BOB: &str = "sip:bob@pbx.test";
 pub const BOB_TONE_HZ: f64 = 440.0;

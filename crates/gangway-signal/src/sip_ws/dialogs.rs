@@ -209,6 +209,9 @@ impl SipWsFront {
             Notification::TransferProgress { status, done } => {
                 if d.referring {
                     d.referring = !done;
+                    // The far end's 202 to our REFER is the browser's
+                    // 202 already; its subscription starts at 100 Trying.
+                    let status = if status == 202 && !done { 100 } else { status };
                     self.notify_refer(&call, status, done);
                 }
             }
