@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::audio::tone_coverage;
-use gangway_tests::gateway::{assert_no_leftovers, metric_or_zero, start_sip_gateway, wait_metric};
+use gangway_tests::gateway::{
+    assert_no_leftovers, metric_or_zero, start_sip_gateway, token, wait_metric,
+};
 use gangway_tests::kamailio::{start_kamailio, Kamailio};
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
 use gangway_tests::sip_peers::{registered_baresip, Baresip, Sipp};
@@ -381,20 +383,6 @@ async fn ringing_call_is_refused_when_the_last_tab_closes() {
 }
 
 const TOKEN_SECRET: &str = "gangway-test-token-secret-0123456789";
-
-fn token(sub: &str, secret: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": sub, "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 /// A token names the user and the gateway brings the password; bad tokens
 /// and wrong passwords count as failures, and past the limit `register` is

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use gangway_tests::audio::tone_coverage;
 use gangway_tests::browser_call::{serial, BROWSER_TONE_HZ};
-use gangway_tests::gateway::{assert_no_leftovers, scrape, start_sip_gateway};
+use gangway_tests::gateway::{assert_no_leftovers, scrape, start_sip_gateway, token};
 use gangway_tests::kamailio::{start_kamailio, Kamailio};
 use gangway_tests::sip_peers::{registered_baresip, Baresip};
 use gangway_tests::sipws_page::SipPhone;
@@ -161,21 +161,6 @@ async fn sipjs_answers_baresip() {
 
 const TOKEN_SECRET: &str = "gangway-sip-ws-token-secret-0123456789";
 
-/// An HS256 token for `sub`, valid for ten minutes.
-fn token(sub: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": sub, "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 /// JsSIP's `authorization_jwt`: the page holds a token, not a password.
 /// The gateway checks it like the JSON API's token sign-in, registers
 /// alice with the password it holds, and answers kamailio's 407 to her
@@ -193,7 +178,7 @@ async fn jssip_signs_in_with_a_token() {
 
     let intruder = rig.browser().await;
     let arg = json!([{ "lib": "jssip", "wsUrl": rig.ws_url(), "uri": ALICE, "user": "alice",
-        "jwt": format!("Bearer {}", token("bob")), "timeoutMs": 5_000 }]);
+        "jwt": format!("Bearer {}", token("bob", TOKEN_SECRET)), "timeoutMs": 5_000 }]);
     let refused = page(&intruder, "register", arg).await;
     assert!(
         refused.as_ref().is_err_and(|e| e.contains("403")),
@@ -203,7 +188,7 @@ async fn jssip_signs_in_with_a_token() {
 
     let phone = rig.browser().await;
     let arg = json!([{ "lib": "jssip", "wsUrl": rig.ws_url(), "uri": ALICE, "user": "alice",
-        "jwt": format!("Bearer {}", token("alice")) }]);
+        "jwt": format!("Bearer {}", token("alice", TOKEN_SECRET)) }]);
     page(&phone, "register", arg)
         .await
         .unwrap_or_else(|e| panic!("[{t}] registering with a token: {e}{}", rig.context()));

@@ -146,3 +146,19 @@ pub async fn assert_no_leftovers(gw: &Gateway) {
         assert_eq!(wait_metric(gw, series, 0.0, settle).await, 0.0, "{series}");
     }
 }
+
+/// An HS256 sign-in token for `sub` (what `auth.token_secret` checks),
+/// valid for ten minutes.
+pub fn token(sub: &str, secret: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}

@@ -13,6 +13,7 @@ mod resume;
 mod session;
 mod sip_ws;
 mod users;
+mod wait;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -55,6 +55,30 @@ pub(super) struct Dialog {
     pub held: bool,
 }
 
+impl Dialog {
+    /// A request of ours in this dialog, to the browser's Contact.
+    fn request(
+        &self,
+        method: &str,
+        via: &str,
+        cseq: u32,
+        extra: &[(&str, String)],
+        body: Option<(&str, &str)>,
+    ) -> String {
+        wire::request(
+            method,
+            &self.target,
+            via,
+            &self.local,
+            &self.remote,
+            &self.call_id,
+            cseq,
+            extra,
+            body,
+        )
+    }
+}
+
 impl SipWsFront {
     /// The browser places a call.
     pub(super) fn on_invite(&mut self, req: Incoming) {
@@ -252,13 +276,9 @@ impl SipWsFront {
         } else if let Some((via, cseq)) = d.our_invite.clone() {
             // Still ringing in the browser: CANCEL our INVITE.
             let d = &self.dialogs[&call];
-            let msg = wire::request(
+            let msg = d.request(
                 "CANCEL",
-                &d.target,
                 &via,
-                &d.local,
-                &d.remote,
-                &d.call_id,
                 cseq,
                 &[(
                     "Reason",
@@ -326,13 +346,9 @@ impl SipWsFront {
             referring: false,
             held: false,
         };
-        let msg = wire::request(
+        let msg = dialog.request(
             "INVITE",
-            &dialog.target,
             &via,
-            &dialog.local,
-            &dialog.remote,
-            &dialog.call_id,
             1,
             &[
                 ("Contact", self.our_contact()),
@@ -374,17 +390,7 @@ impl SipWsFront {
         if status >= 300 {
             // Non-2xx: the ACK is part of our INVITE transaction.
             let d = &self.dialogs[&call];
-            let msg = wire::request(
-                "ACK",
-                &d.target,
-                &via,
-                &d.local,
-                &d.remote,
-                &d.call_id,
-                cseq,
-                &[],
-                None,
-            );
+            let msg = d.request("ACK", &via, cseq, &[], None);
             self.send(msg);
             let code = match status {
                 486 | 600 => 486,
@@ -420,17 +426,7 @@ impl SipWsFront {
             return;
         };
         let body = sdp.map(|s| ("application/sdp", s));
-        let msg = wire::request(
-            "ACK",
-            &d.target,
-            &via,
-            &d.local,
-            &d.remote,
-            &d.call_id,
-            cseq,
-            &[],
-            body,
-        );
+        let msg = d.request("ACK", &via, cseq, &[], body);
         self.send(msg);
     }
 
@@ -454,9 +450,7 @@ impl SipWsFront {
             headers.push(("Contact", contact));
         }
         headers.extend(extra.iter().map(|(n, v)| (*n, v.clone())));
-        let msg = wire::request(
-            method, &d.target, &via, &d.local, &d.remote, &d.call_id, d.cseq, &headers, body,
-        );
+        let msg = d.request(method, &via, d.cseq, &headers, body);
         self.send(msg);
     }
 

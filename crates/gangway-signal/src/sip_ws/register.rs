@@ -131,41 +131,22 @@ impl SipWsFront {
             token: token.clone(),
             expires,
         };
-        let contact_params = contact_params(&contact);
-        if by_token {
-            self.registers.insert(
-                id,
-                Pending {
-                    reply: req.reply,
-                    binding: Binding {
-                        token,
-                        aor,
-                        user,
-                        contact: uri,
-                        expires,
-                    },
-                    by_token,
-                    contact_params,
-                },
-            );
-            return;
-        }
-        self.registers.insert(
-            id,
-            Pending {
-                reply: req.reply,
-                binding: Binding {
-                    token,
-                    aor,
-                    user,
-                    contact: uri,
-                    expires,
-                },
-                by_token,
-                contact_params,
+        let pending = Pending {
+            reply: req.reply,
+            binding: Binding {
+                token,
+                aor,
+                user,
+                contact: uri,
+                expires,
             },
-        );
-        self.out.push_back(FrontOutput::Register(relay));
+            by_token,
+            contact_params: contact_params(&contact),
+        };
+        self.registers.insert(id, pending);
+        if !by_token {
+            self.out.push_back(FrontOutput::Register(relay));
+        }
     }
 
     /// `Contact: *`: every binding of this AOR on this flow goes; nothing

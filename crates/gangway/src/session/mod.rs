@@ -26,6 +26,7 @@ use tracing::{debug, info_span, Instrument};
 use crate::drive::{CallDriver, ToClient};
 use crate::resume::{Handover, Moved};
 use crate::users::InboxTx;
+use crate::wait::{recv, sleep_until};
 use crate::{Phase, Shared};
 use connection::{connection_lost, Gone, Parked};
 
@@ -340,20 +341,6 @@ async fn serve(
             moved.peer_ip,
             preface,
         ));
-    }
-}
-
-async fn recv(socket: &mut Option<WebSocket>) -> Option<Result<Message, axum::Error>> {
-    match socket {
-        Some(ws) => ws.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }
 

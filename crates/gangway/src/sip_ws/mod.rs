@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::drive::CallDriver;
+use crate::wait::{recv, sleep_until};
 use crate::{Phase, Shared};
 
 /// Server pings keep NATs and proxies from dropping an idle flow.
@@ -334,18 +335,4 @@ async fn flush(ws: &mut WebSocket, outbox: &mut Vec<Message>) -> bool {
         }
     }
     true
-}
-
-async fn recv(socket: &mut Option<WebSocket>) -> Option<Result<Message, axum::Error>> {
-    match socket {
-        Some(ws) => ws.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
 }

@@ -1,0 +1,22 @@
+//! Waiting on what may not be there, for the connections' `select!`
+//! loops: a socket that is parked away, a timer that is not set.
+
+use std::time::Instant;
+
+use axum::extract::ws::{Message, WebSocket};
+
+/// The next frame, or never while there is no socket.
+pub(crate) async fn recv(socket: &mut Option<WebSocket>) -> Option<Result<Message, axum::Error>> {
+    match socket {
+        Some(ws) => ws.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Wakes at `deadline`, or never.
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
