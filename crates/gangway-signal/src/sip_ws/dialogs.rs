@@ -53,6 +53,9 @@ pub(super) struct Dialog {
     pub referring: bool,
     /// The browser's last offer put the call on hold.
     pub held: bool,
+    /// We CANCELled our INVITE: the dialog waits for its final response
+    /// to ACK it.
+    pub cancelled: bool,
 }
 
 impl Dialog {
@@ -141,6 +144,7 @@ impl SipWsFront {
             gone: false,
             referring: false,
             held: false,
+            cancelled: false,
         };
         self.dialogs.insert(call.clone(), dialog);
         self.respond_invite(&call, 100, None);
@@ -291,6 +295,10 @@ impl SipWsFront {
                 None,
             );
             self.send(msg);
+            if let Some(d) = self.dialogs.get_mut(&call) {
+                d.cancelled = true;
+            }
+            return;
         } else {
             if let Some(cseq) = self.dialogs.get_mut(&call).and_then(|d| d.ack_due.take()) {
                 self.send_ack(&call, cseq, None);
@@ -345,6 +353,7 @@ impl SipWsFront {
             gone: false,
             referring: false,
             held: false,
+            cancelled: false,
         };
         let msg = dialog.request(
             "INVITE",
@@ -386,6 +395,22 @@ impl SipWsFront {
         d.our_invite = None;
         if let Some(to) = resp.header_value("To") {
             d.remote = to;
+        }
+        if d.cancelled {
+            // The call ended while it rang: ACK what ended our INVITE, and
+            // hang up at once if the browser answered anyway.
+            if status >= 300 {
+                let msg = d.request("ACK", &via, cseq, &[], None);
+                self.send(msg);
+            } else {
+                if let Some(contact) = resp.header_value("Contact") {
+                    d.target = wire::uri_of(&contact);
+                }
+                self.send_ack(&call, cseq, None);
+                self.send_in_dialog(&call, "BYE", &[], None);
+            }
+            self.dialogs.remove(&call);
+            return;
         }
         if status >= 300 {
             // Non-2xx: the ACK is part of our INVITE transaction.

@@ -594,3 +594,76 @@ fn a_bearer_token_signs_in_through_the_shell_not_the_registrar() {
     assert!(sent(&out)[0].starts_with("SIP/2.0 200 OK\r\n"));
     assert!(f.bindings().is_empty());
 }
+
+#[test]
+fn a_call_withdrawn_while_ringing_is_cancelled_and_its_487_acked() {
+    let mut f = front();
+    f.handle_frame(Instant::now(), &register(None, 600));
+    let id = match drain(&mut f).as_slice() {
+        [FrontOutput::Register(r)] => r.id,
+        out => panic!("{out:?}"),
+    };
+    f.handle_register_answer(
+        id,
+        RegisterAnswer {
+            status: 200,
+            ..Default::default()
+        },
+    );
+    drain(&mut f);
+    let call = CallId::new("in-2").unwrap();
+    let incoming = Notification::Incoming {
+        from: "sip:bob@pbx.test".into(),
+        display: None,
+        to: "sip:alice@pbx.test".into(),
+    };
+    f.handle_core(Instant::now(), call.clone(), incoming);
+    let invite = sent(&drain(&mut f))[0].to_string();
+    let ended = Notification::Ended {
+        reason: EndReason::AnsweredElsewhere,
+        code: None,
+    };
+    f.handle_core(Instant::now(), call.clone(), ended);
+    let cancel = sent(&drain(&mut f))[0].to_string();
+    assert!(
+        cancel.starts_with("CANCEL sip:xyz@abc.invalid;transport=ws SIP/2.0\r\n"),
+        "{cancel}"
+    );
+    let via = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("Via: "))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        via(&cancel),
+        via(&invite),
+        "the CANCEL names the INVITE's branch"
+    );
+    assert!(cancel.contains("CSeq: 1 CANCEL\r\n"), "{cancel}");
+
+    let from = invite.lines().find(|l| l.starts_with("From: ")).unwrap();
+    let terminated = format!(
+        "SIP/2.0 487 Request Terminated\r\n{}\r\n{from}\r\nTo: <sip:alice@pbx.test>;tag=b2\r\n\
+         Call-ID: in-2\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        via(&invite)
+    );
+    f.handle_frame(Instant::now(), &terminated);
+    let out = drain(&mut f);
+    let ack = sent(&out)[0];
+    assert!(
+        ack.starts_with("ACK sip:xyz@abc.invalid;transport=ws SIP/2.0\r\n"),
+        "{ack}"
+    );
+    assert!(ack.contains("To: <sip:alice@pbx.test>;tag=b2\r\n"), "{ack}");
+    assert_eq!(
+        via(ack),
+        via(&invite),
+        "a non-2xx ACK is in the INVITE's transaction"
+    );
+    assert!(
+        !out.iter().any(|o| matches!(o, FrontOutput::Core(_))),
+        "{out:?}"
+    );
+    assert!(!f.has_call(&call));
+}
