@@ -52,12 +52,8 @@ impl Flow {
                 }
                 FrontOutput::Unbind { token } => {
                     info!("unregistered");
-                    let shared = &self.driver.shared;
-                    shared.flows.unbind(&token, self.driver.number);
-                    shared
-                        .metrics
-                        .sip_ws_bindings
-                        .set(shared.flows.live() as i64);
+                    self.driver.shared.flows.unbind(&token, self.driver.number);
+                    self.bindings_changed();
                 }
                 FrontOutput::SignIn { id, user, token } => self.sign_in(id, user, &token),
                 FrontOutput::SignOut { user } => {
