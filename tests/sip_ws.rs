@@ -106,6 +106,16 @@ async fn sipjs_registers_and_calls_baresip() {
     call_bob("sipjs", Value::Null, false).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipjs_calls_baresip_opus_and_baresip_hangs_up() {
+    call_bob("sipjs", json!("opus"), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipjs_calls_baresip_pcmu() {
+    call_bob("sipjs", json!("pcmu"), false).await;
+}
+
 /// bob calls alice through kamailio; the page auto-answers (the gateway
 /// may send the INVITE without SDP: the library then offers in its 200).
 async fn bob_calls(lib: &str) {
