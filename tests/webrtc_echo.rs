@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use gangway_tests::api_client::ApiClient;
-use gangway_tests::gateway::{start_gateway, wait_metric};
+use gangway_tests::gateway::{scrape_metric, start_gateway, wait_metric};
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
+use serde_json::json;
 
 const SETTLE: Duration = Duration::from_secs(3);
 
@@ -188,5 +189,88 @@ async fn calls_spread_over_media_shards() {
         wait_metric(&gw, "gangway_webrtc_peers_active", 0.0, SETTLE).await,
         0.0
     );
+    gw.shutdown(Duration::ZERO).await;
+}
+
+/// Sets up an echo call on its own socket; returns the socket, the peer and
+/// how long the `answer` took.
+async fn connected_echo(gw: &gangway::Gateway, id: &str) -> (ApiClient, RtcClient, Duration) {
+    let mut api = ApiClient::connect(gw).await;
+    let (mut client, offer) = RtcClient::new(ClientCodec::Opus).await;
+    let t0 = Instant::now();
+    api.call(id, "echo", &offer).await;
+    let answer = api.expect("answer").await;
+    let answer_after = t0.elapsed();
+    client.accept_answer(answer["sdp"].as_str().unwrap());
+    api.expect("answered").await;
+    assert!(
+        client.connect(Duration::from_secs(10)).await,
+        "{id} connects"
+    );
+    (api, client, answer_after)
+}
+
+/// 20,000 trickled candidates on one call (the flood that used to keep
+/// both media shards busy for seconds) are refused past
+/// `calls.max_candidates` before they reach a shard: a call on another
+/// socket that was up goes on echoing, and a new one is answered and
+/// connects. The refusals are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_flood_is_refused_and_other_calls_go_on() {
+    const FLOOD: usize = 20_000;
+    let gw = start_gateway().await;
+    let max = gw.config().calls.max_candidates;
+    let (mut live_api, mut live, _) = connected_echo(&gw, "live").await;
+    let (mut flooder, _flooder_peer, _) = connected_echo(&gw, "f1").await;
+    for n in 0..FLOOD {
+        let candidate = format!(
+            "candidate:{n} 1 udp 2122260223 10.{}.{}.1 {} typ host",
+            n / 250 % 250,
+            n % 250,
+            1024 + n % 60_000
+        );
+        flooder
+            .send(json!({"type": "candidate", "call": "f1",
+                "candidate": {"candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0}}))
+            .await;
+    }
+    // The new call is set up while the flooder's refusals are still on
+    // their way back to it.
+    let (mut late_api, mut late, answer_after) = connected_echo(&gw, "late").await;
+    println!("a new call's answer came {answer_after:?} after its `call`, during the flood");
+    let mut refused = 0;
+    while refused < FLOOD - max {
+        let m = flooder.try_recv(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(m["type"], "error", "{m}");
+        assert_eq!(m["code"], "invalid_candidate", "{m}");
+        refused += 1;
+    }
+    assert_eq!(
+        scrape_metric(&gw, "gangway_limit_refusals_total{limit=\"candidates\"}").await,
+        (FLOOD - max) as f64
+    );
+    for (tag, client) in [(1, &mut live), (2, &mut late)] {
+        let report = client
+            .echo_exchange(tag, 100, Duration::from_millis(300))
+            .await;
+        assert!(
+            report.echoed * 10 >= report.sent * 8 && report.foreign == 0,
+            "call {tag} still echoes after the flood: {report:?}"
+        );
+    }
+    for (api, id) in [
+        (&mut live_api, "live"),
+        (&mut late_api, "late"),
+        (&mut flooder, "f1"),
+    ] {
+        api.hangup(id).await;
+        let ended = loop {
+            let m = api.recv().await;
+            if m["type"] == "ended" {
+                break m;
+            }
+        };
+        assert_eq!(ended["reason"], "hangup");
+    }
     gw.shutdown(Duration::ZERO).await;
 }

@@ -214,6 +214,7 @@ impl Gateway {
             router,
             timers: config.call_timers(),
             max_calls: config.calls.max_per_session,
+            max_candidates: config.calls.max_candidates,
             dtmf: match config.sip.dtmf_mode {
                 config::DtmfMode::Info => DtmfRoute::Info,
                 config::DtmfMode::Rfc4733 => DtmfRoute::Rfc4733,

@@ -69,6 +69,9 @@ const SIP_WS_REJECTS: [&str; 18] = [
     "session_expired",
 ];
 
+/// `limit` label values of `gangway_limit_refusals_total`.
+const LIMITS: [&str; 1] = ["candidates"];
+
 /// `class` label values of `gangway_sip_ws_registers_total`.
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
 
@@ -111,6 +114,8 @@ pub struct Metrics {
     pub sip_ws_bindings: Gauge,
     /// Calls placed or taken, by front end (`json`, `sip_ws`).
     pub front_end_calls: Family<Labels, Counter>,
+    /// Requests refused because a client went past a limit, by limit.
+    pub limit_refusals: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -143,6 +148,7 @@ impl Metrics {
             sip_ws_registers: Family::default(),
             sip_ws_bindings: Gauge::default(),
             front_end_calls: Family::default(),
+            limit_refusals: Family::default(),
             registry: Registry::with_prefix("gangway"),
         };
         m.registry
@@ -199,6 +205,14 @@ impl Metrics {
             "front_end_calls",
             "Calls placed or taken, by front end (json: /ws, sip_ws: /sip)",
             m.front_end_calls.clone(),
+        );
+        for limit in LIMITS {
+            let _ = m.limit_refusals.get_or_create(&[("limit", limit)]);
+        }
+        m.registry.register(
+            "limit_refusals",
+            "Requests refused because a client went past a limit, by limit",
+            m.limit_refusals.clone(),
         );
         for why in SIP_WS_REJECTS {
             let _ = m.sip_ws_rejected.get_or_create(&[("why", why)]);
@@ -463,6 +477,10 @@ impl Metrics {
         self.session_resumes
             .get_or_create(&[("outcome", outcome)])
             .inc();
+    }
+
+    pub fn limit_refused(&self, limit: &'static str) {
+        self.limit_refusals.get_or_create(&[("limit", limit)]).inc();
     }
 
     pub fn front_end_call(&self, front_end: &'static str) {

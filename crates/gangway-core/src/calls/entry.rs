@@ -31,6 +31,8 @@ pub(super) struct Entry<K> {
     pub attended_with: Option<K>,
     /// The client's own identity for the INVITE, when it gave one.
     pub caller: Option<super::Caller>,
+    /// Remote candidates the client trickled.
+    pub candidates: usize,
 }
 
 impl<K> Entry<K> {
@@ -49,6 +51,7 @@ impl<K> Entry<K> {
             transfer_accepted: false,
             attended_with: None,
             caller: None,
+            candidates: 0,
         }
     }
 

@@ -430,6 +430,10 @@ pub enum Observation {
     },
     /// A mid-call event, for `gangway_mid_call_total{event}`.
     MidCall(&'static str),
+    /// A client went past a limit (`limit`: what it is) and was refused.
+    LimitReached {
+        limit: &'static str,
+    },
     /// The call is over.
     Ended {
         reason: EndReason,

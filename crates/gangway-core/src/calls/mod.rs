@@ -49,6 +49,8 @@ pub struct Settings {
     pub timers: CallTimers,
     /// Most calls at once (ringing ones count when a new one rings).
     pub max_calls: usize,
+    /// Most remote candidates one call may trickle.
+    pub max_candidates: usize,
     pub dtmf: DtmfRoute,
     /// The address our SIP-side SDP announces (`None`: no SIP leg).
     pub sip_media_ip: Option<IpAddr>,

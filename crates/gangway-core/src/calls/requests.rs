@@ -28,15 +28,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
                 offer,
                 caller,
             } => self.start_call(now, call, to, offer, caller),
-            Request::Candidate { call, candidate } => {
-                let Some(entry) = self.calls.get(&call) else {
-                    return self.unknown_call(call);
-                };
-                let leg = entry.leg;
-                if let Some(candidate) = candidate {
-                    self.media(MediaCommand::Candidate { leg, candidate });
-                }
-            }
+            Request::Candidate { call, candidate } => self.candidate(call, candidate),
             Request::Dtmf { call, digits } => self.send_dtmf(call, digits),
             Request::Hold { call, hold } => self.hold(call, hold),
             Request::Transfer { call, to, replaces } => self.transfer(call, to, replaces),
@@ -106,6 +98,32 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
         self.insert(id.clone(), entry);
         self.observe_call(&id, super::Observation::Requested { to: to.clone() });
         self.feed(now, &id, Event::Start { to, offer });
+    }
+
+    /// A trickled candidate goes to the shard, up to the limit: each one
+    /// is a pair the shard checks, and a flood of them would stall it.
+    fn candidate(&mut self, id: K, candidate: Option<String>) {
+        let max = self.settings.max_candidates;
+        let Some(entry) = self.calls.get_mut(&id) else {
+            return self.unknown_call(id);
+        };
+        let Some(candidate) = candidate else { return };
+        if entry.candidates >= max {
+            self.observe_call(
+                &id,
+                super::Observation::LimitReached {
+                    limit: "candidates",
+                },
+            );
+            return self.refuse(
+                Some(id),
+                Problem::InvalidCandidate,
+                format!("at most {max} candidates per call"),
+            );
+        }
+        entry.candidates += 1;
+        let leg = entry.leg;
+        self.media(MediaCommand::Candidate { leg, candidate });
     }
 
     fn send_dtmf(&mut self, id: K, digits: String) {

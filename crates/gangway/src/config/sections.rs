@@ -103,6 +103,9 @@ pub struct CallsSection {
     pub setup_timeout_secs: u64,
     /// Concurrent calls one WebSocket may hold.
     pub max_per_session: usize,
+    /// Remote ICE candidates one call may add (each costs the media shard
+    /// work for every check it runs).
+    pub max_candidates: usize,
     /// How long a session with calls waits for `resume_session` after its
     /// socket is lost before the calls end; 0 disables resumption.
     pub resume_grace_secs: u64,
@@ -114,6 +117,7 @@ impl Default for CallsSection {
             echo_destination: "echo".into(),
             setup_timeout_secs: 30,
             max_per_session: 8,
+            max_candidates: 32,
             resume_grace_secs: 30,
         }
     }

@@ -219,6 +219,12 @@ fn calls(c: &CallsSection) -> Result<Option<String>, ConfigError> {
         "must be between 1 and 1000",
     )?;
     within(
+        "calls.max_candidates",
+        c.max_candidates,
+        1..=1000,
+        "must be between 1 and 1000",
+    )?;
+    within(
         "calls.resume_grace_secs",
         c.resume_grace_secs,
         0..=600,

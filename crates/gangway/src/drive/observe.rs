@@ -46,6 +46,10 @@ impl CallDriver {
                 info!(call, ms = ms(after), "answered");
             }
             Observation::MidCall(event) => metrics.mid_call(event),
+            Observation::LimitReached { limit } => {
+                info!(call, limit, "refused: over the limit");
+                metrics.limit_refused(limit);
+            }
             Observation::Ended { reason } => {
                 info!(call, reason = reason.as_str(), "call ended");
                 metrics.call_ended(reason);

@@ -35,6 +35,7 @@ pub(super) fn settings() -> Settings {
             max_duration: None,
         },
         max_calls: 4,
+        max_candidates: 3,
         dtmf: DtmfRoute::Rfc4733,
         sip_media_ip: Some(GATEWAY_IP),
         sip_codecs: vec![G711::Pcmu, G711::Pcma],

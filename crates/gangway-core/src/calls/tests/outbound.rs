@@ -362,3 +362,52 @@ fn a_client_identity_goes_to_the_invite_and_its_challenge_comes_back() {
         ]
     );
 }
+
+#[test]
+fn a_call_takes_so_many_candidates_and_refuses_the_rest() {
+    let mut h = Harness::new();
+    let leg = h.start_sip_call("c1", "1000");
+    let candidate = |n: u32| Request::Candidate {
+        call: id("c1"),
+        candidate: Some(format!("candidate:{n} 1 udp 1 10.0.0.1 {n} typ host")),
+    };
+    for n in 0..3 {
+        assert_eq!(
+            h.request(candidate(n)),
+            vec![Output::Media(MediaCommand::Candidate {
+                leg,
+                candidate: format!("candidate:{n} 1 udp 1 10.0.0.1 {n} typ host"),
+            })]
+        );
+    }
+    // The end of candidates costs nothing and counts for nothing.
+    let end = Request::Candidate {
+        call: id("c1"),
+        candidate: None,
+    };
+    assert_eq!(h.request(end), vec![]);
+    h.calls.handle(h.now, Input::Request(candidate(3)));
+    let out = h.drain_all();
+    assert!(
+        out.contains(&Output::Observe {
+            call: Some(id("c1")),
+            log_id: Some(format!("t-{}", leg.0)),
+            what: Observation::LimitReached {
+                limit: "candidates"
+            },
+        }),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&Output::Refuse(Refusal {
+            call: Some(id("c1")),
+            problem: Problem::InvalidCandidate,
+            message: "at most 3 candidates per call".into(),
+        })),
+        "{out:?}"
+    );
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Media(_))),
+        "{out:?}"
+    );
+}
