@@ -105,7 +105,7 @@ pub struct SipConfig {
     /// of the listen IP, for NAT. When `None`, `listen` must have a concrete
     /// (not unspecified) IP.
     pub public_ip: Option<IpAddr>,
-    /// `User-Agent` header value, e.g. `"Gangway/0.1"`.
+    /// `User-Agent` header value, e.g. `"Gangway"`.
     pub user_agent: String,
     /// Reliable provisional responses (RFC 3262) on outbound calls: INVITEs
     /// carry `Supported: 100rel` and a provisional response with

@@ -97,8 +97,11 @@ async fn wait_for_signal() {
 }
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| EnvFilter::try_new(d).is_ok())
+        .unwrap_or_else(|| config.log.level.clone());
+    let filter = EnvFilter::try_new(quiet_sip_stack(&directives))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log.format {
@@ -107,6 +110,28 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// rsipstack logs every SIP message whole at `info` (4-9 KB per INVITE):
+/// it stays at `warn` unless the filter names it (`rsipstack=debug` to
+/// trace SIP; a capture is the better way).
+fn quiet_sip_stack(directives: &str) -> String {
+    if directives.contains("rsipstack") {
+        directives.to_string()
+    } else {
+        format!("{directives},rsipstack=warn")
+    }
+}
+
 fn effective_config_json(config: &Config) -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet_sip_stack;
+
+    #[test]
+    fn the_sip_stack_is_quiet_unless_named() {
+        assert_eq!(quiet_sip_stack("info"), "info,rsipstack=warn");
+        assert_eq!(quiet_sip_stack("info,rsipstack=debug"), "info,rsipstack=debug");
+    }
 }

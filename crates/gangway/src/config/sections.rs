@@ -183,7 +183,8 @@ impl Default for SipSection {
             enabled: false,
             listen: "127.0.0.1:5060".parse().expect("valid literal"),
             public_ip: None,
-            user_agent: format!("Gangway/{}", env!("CARGO_PKG_VERSION")),
+            // No version: it tells scanners which flaws to try.
+            user_agent: "Gangway".into(),
             rtp_port_min: 30000,
             rtp_port_max: 31999,
             answer_timeout_secs: 60,
