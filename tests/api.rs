@@ -378,7 +378,37 @@ async fn http_endpoints_and_origin_check() {
     // A page from another site may not open the API with the visitor's browser.
     let (status, _, _) = ureq_get(&gw, "/ws", Some("https://evil.example")).await;
     assert_eq!(status, 403);
+    // DNS rebinding: the attacker's name resolves to the gateway, so Host
+    // and Origin agree; a name that is not ours is still refused, while
+    // the gateway's own address is its own origin.
+    assert_eq!(
+        upgrade_status(&gw, "evil.example", "http://evil.example").await,
+        403
+    );
+    let own = gw.http_addr().to_string();
+    assert_eq!(
+        upgrade_status(&gw, &own, &format!("http://{own}")).await,
+        101
+    );
     gw.shutdown(Duration::ZERO).await;
+}
+
+/// The status line's code of a WebSocket upgrade to `/ws` sent with these
+/// `Host` and `Origin` headers.
+async fn upgrade_status(gw: &gangway::Gateway, host: &str, origin: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(gw.http_addr())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).await.unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
 }
 
 async fn ureq_status(gw: &gangway::Gateway, path: &str) -> u16 {

@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use gangway_signal::assets;
 
-use crate::config::MAX_WS_FRAME_BYTES;
+use crate::config::{HttpSection, MAX_WS_FRAME_BYTES};
 use crate::{session, sip_ws, Phase, Shared};
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -84,7 +84,7 @@ async fn websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if !origin_allowed(&headers, &shared.config.http.allowed_origins) {
+    if !origin_allowed(&headers, &shared.config.http) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     upgrade
@@ -101,7 +101,7 @@ async fn sip_websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if !origin_allowed(&headers, &shared.config.http.allowed_origins) {
+    if !origin_allowed(&headers, &shared.config.http) {
         shared.metrics.sip_ws_rejected("origin");
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
@@ -145,19 +145,47 @@ async fn sip_websocket(
 
 /// Browsers always send `Origin` on WebSocket requests; refusing foreign
 /// origins stops other sites from placing calls with a visitor's session
-/// (cross-site WebSocket hijacking). Non-browser clients send none.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+/// (cross-site WebSocket hijacking). Non-browser clients send none. An
+/// origin that merely equals `Host` counts only when the host is ours (an
+/// IP literal, `localhost`, or `http.allowed_hosts`): with DNS rebinding
+/// an attacker's name resolves to the gateway and both headers carry it.
+fn origin_allowed(headers: &HeaderMap, http: &HttpSection) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
         return true;
     };
-    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+    if http
+        .allowed_origins
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(origin))
+    {
         return true;
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let origin_host = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"));
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+    match (origin_host, host) {
+        (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => host_is_ours(h, &http.allowed_hosts),
+        _ => false,
+    }
+}
+
+/// Whether `host` (`name[:port]`, `[v6]:port`) is one a rebinding attack
+/// cannot forge: an IP literal, `localhost`, or a configured name.
+fn host_is_ours(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                n
+            } else {
+                host
+            }
+        }),
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]
@@ -173,22 +201,29 @@ mod tests {
         h
     }
 
+    fn http(origins: &[&str], hosts: &[&str]) -> HttpSection {
+        HttpSection {
+            allowed_origins: origins.iter().map(|s| s.to_string()).collect(),
+            allowed_hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            ..HttpSection::default()
+        }
+    }
+
     #[test]
     fn same_origin_and_listed_origins_only() {
-        assert!(origin_allowed(&headers(None, "gw:8080"), &[]));
-        assert!(origin_allowed(
-            &headers(Some("http://gw:8080"), "gw:8080"),
-            &[]
-        ));
-        assert!(origin_allowed(
-            &headers(Some("https://gw:8080"), "gw:8080"),
-            &[]
-        ));
+        let none = http(&[], &[]);
+        assert!(origin_allowed(&headers(None, "gw:8080"), &none));
+        for host in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080", "10.0.0.5"] {
+            for scheme in ["http", "https"] {
+                let same = format!("{scheme}://{host}");
+                assert!(origin_allowed(&headers(Some(&same), host), &none), "{same}");
+            }
+        }
         assert!(!origin_allowed(
             &headers(Some("https://evil.example"), "gw:8080"),
-            &[]
+            &none
         ));
-        let allowed = vec!["https://app.example.com".to_string()];
+        let allowed = http(&["https://app.example.com"], &[]);
         assert!(origin_allowed(
             &headers(Some("https://app.example.com"), "gw:8080"),
             &allowed
@@ -196,6 +231,24 @@ mod tests {
         assert!(!origin_allowed(
             &headers(Some("https://app.example.com.evil"), "gw:8080"),
             &allowed
+        ));
+    }
+
+    #[test]
+    fn a_rebound_name_is_not_same_origin_unless_it_is_ours() {
+        // DNS rebinding: the attacker's name now resolves to the gateway.
+        let rebound = headers(Some("http://evil.example"), "evil.example");
+        assert!(!origin_allowed(&rebound, &http(&[], &[])));
+        let ours = headers(Some("https://phone.example.com"), "phone.example.com");
+        assert!(!origin_allowed(&ours, &http(&[], &[])));
+        assert!(origin_allowed(&ours, &http(&[], &["phone.example.com"])));
+        let with_port = headers(
+            Some("https://phone.example.com:8443"),
+            "phone.example.com:8443",
+        );
+        assert!(origin_allowed(
+            &with_port,
+            &http(&[], &["PHONE.example.com"])
         ));
     }
 }

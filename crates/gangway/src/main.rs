@@ -101,8 +101,8 @@ fn init_logging(config: &Config) {
         .ok()
         .filter(|d| EnvFilter::try_new(d).is_ok())
         .unwrap_or_else(|| config.log.level.clone());
-    let filter = EnvFilter::try_new(quiet_sip_stack(&directives))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(quiet_sip_stack(&directives)).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log.format {
         LogFormat::Human => builder.init(),
@@ -132,6 +132,9 @@ mod tests {
     #[test]
     fn the_sip_stack_is_quiet_unless_named() {
         assert_eq!(quiet_sip_stack("info"), "info,rsipstack=warn");
-        assert_eq!(quiet_sip_stack("info,rsipstack=debug"), "info,rsipstack=debug");
+        assert_eq!(
+            quiet_sip_stack("info,rsipstack=debug"),
+            "info,rsipstack=debug"
+        );
     }
 }

@@ -33,6 +33,10 @@ pub struct HttpSection {
     /// Origins allowed to open `/ws` besides the gateway's own (e.g. `https://app.example.com`).
     /// Requests without an `Origin` header (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// Host names the gateway answers to for `/ws` and `/sip` when a browser's
+    /// `Origin` names the same host (IP literals and `localhost` always do):
+    /// closes DNS rebinding, where an attacker's name points at the gateway.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HttpSection {
@@ -41,6 +45,7 @@ impl Default for HttpSection {
             listen: "127.0.0.1:8080".parse().expect("valid literal"),
             max_message_bytes: 64 * 1024,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -141,14 +141,25 @@ fn check_http(h: &HttpSection) -> Result<(), ConfigError> {
         1024..=MAX_WS_FRAME_BYTES,
         &format!("must be between 1024 and {MAX_WS_FRAME_BYTES}"),
     )?;
-    match h
+    if let Some(origin) = h
         .allowed_origins
         .iter()
         .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
     {
-        Some(origin) => Err(problem(
+        return Err(problem(
             "http.allowed_origins",
             format!("`{origin}` must look like https://host[:port]"),
+        ));
+    }
+    match h.allowed_hosts.iter().find(|n| {
+        n.is_empty()
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+    }) {
+        Some(name) => Err(problem(
+            "http.allowed_hosts",
+            format!("`{name}` must be a host name, without scheme or port"),
         )),
         None => Ok(()),
     }
