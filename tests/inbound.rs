@@ -254,6 +254,9 @@ async fn sipp_inbound_edge_cases() {
         .await,
         1.0
     );
+    // Its INVITE, never ACKed, draws one 403: no retransmissions towards
+    // an address that may be spoofed (Timer G would send ~11).
+    assert_eq!(responses_to_unacked_invite(sip, "127.0.0.2:0").await, 1);
     tab.expect_silence(Duration::from_millis(300)).await;
 
     // The caller gives up while alice's tab rings.
@@ -443,4 +446,73 @@ async fn token_sign_in_and_failed_attempts_are_rate_limited() {
     other.close().await;
     api.close().await;
     gw.shutdown(Duration::ZERO).await;
+}
+
+/// Fifty sign-ins with wrong passwords at once from one address: only as
+/// many reach the registrar as the failure limit allows, because attempts
+/// in flight count; the others are refused at once with `rate_limited`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_bad_sign_ins_is_held_to_the_failure_limit() {
+    const BURST: usize = 50;
+    let kam = start_kamailio(USERS, DOMAIN).await;
+    let gw = gateway_to(&kam, |c| c.auth.max_failures = 3).await;
+    let mut sockets = Vec::new();
+    for _ in 0..BURST {
+        sockets.push(ApiClient::connect(&gw).await);
+    }
+    for (i, api) in sockets.iter_mut().enumerate() {
+        api.send(json!({"type": "register", "user": format!("u{i}"), "password": "wrong"}))
+            .await;
+    }
+    let (mut failed, mut limited) = (0, 0);
+    for api in sockets.iter_mut() {
+        let reply = api.recv().await;
+        match (reply["type"].as_str(), reply["code"].as_str()) {
+            (Some("registration_failed"), _) => failed += 1,
+            (Some("error"), Some("rate_limited")) => limited += 1,
+            _ => panic!("unexpected reply {reply}"),
+        }
+    }
+    println!("{failed} sign-ins reached the registrar, {limited} were rate limited");
+    assert!(
+        failed <= 3,
+        "at most max_failures attempts went out: {failed}"
+    );
+    assert_eq!(failed + limited, BURST);
+    // Each attempt is a REGISTER and its digest retry, both refused.
+    assert!(
+        kam.challenges(401, "REGISTER") <= 2 * 3,
+        "kamailio saw {} challenges",
+        kam.challenges(401, "REGISTER")
+    );
+    for api in sockets {
+        api.close().await;
+    }
+    gw.shutdown(Duration::ZERO).await;
+}
+
+/// Sends one INVITE from `from` to `gateway` and never ACKs; counts the
+/// final responses that arrive within 2.5 s (Timer G would have
+/// retransmitted a kept 403 at 0.5, 1.5 s).
+async fn responses_to_unacked_invite(gateway: std::net::SocketAddr, from: &str) -> usize {
+    let sock = tokio::net::UdpSocket::bind(from).await.unwrap();
+    let local = sock.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:alice@{gateway} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch=z9hG4bKreflect1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:scan@{local}>;tag=s1\r\n\
+         To: <sip:alice@{gateway}>\r\nCall-ID: reflect-1@{local}\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:scan@{local}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send_to(invite.as_bytes(), gateway).await.unwrap();
+    let mut finals = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2_500);
+    let mut buf = vec![0u8; 4096];
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if text.starts_with("SIP/2.0 4") || text.starts_with("SIP/2.0 5") {
+            finals += 1;
+        }
+    }
+    finals
 }

@@ -120,7 +120,7 @@ async fn new_invite(shared: &Arc<Shared>, tx: Transaction) {
     let Some(source) = source.filter(|s| source_allowed(&inbound.allowed_sources, s.ip())) else {
         warn!(src = ?source, "INVITE from an address not in sip.inbound_allow, refused (403)");
         shared.metrics.inbound_rejected("forbidden_source");
-        return refuse_invite(tx, StatusCode::Forbidden).await;
+        return refuse_once(tx, StatusCode::Forbidden).await;
     };
     if shared.stopping.load(Ordering::SeqCst) {
         return refuse_invite(tx, StatusCode::ServiceUnavailable).await;
@@ -212,6 +212,17 @@ fn parse_replaces(value: &str) -> Option<rsipstack::dialog::DialogId> {
 
 /// Answers an INVITE we will not take, and keeps its server transaction
 /// until the ACK (or Timer H): it retransmits the response over UDP.
+/// One response and no transaction left: nothing retransmits it. For
+/// sources we do not talk to, whose address may be spoofed: each INVITE
+/// draws one 403, not eleven (a reflection attack on whoever the source
+/// claims to be). A retransmitted INVITE gets one more; the ACK finds no
+/// transaction and costs nothing.
+async fn refuse_once(mut tx: Transaction, status: StatusCode) {
+    if let Err(e) = tx.reply(status).await {
+        debug!(error = %e, "failed to answer INVITE");
+    }
+}
+
 async fn refuse_invite(tx: Transaction, status: StatusCode) {
     refuse_invite_with(tx, status, Vec::new()).await
 }

@@ -28,11 +28,14 @@ pub(crate) fn verify_token(secret: &str, token: &str) -> Result<String, String> 
     Ok(data.claims.sub)
 }
 
-/// Counts failed sign-ins per source address in a sliding window.
+/// Counts failed sign-ins per source address in a sliding window, and the
+/// attempts still in flight: a burst of parallel sign-ins could otherwise
+/// all pass the check before the first failure is known.
 pub(crate) struct FailureLimiter {
     max: usize,
     window: Duration,
     failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    in_flight: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl FailureLimiter {
@@ -41,14 +44,47 @@ impl FailureLimiter {
             max: max as usize,
             window,
             failures: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether `ip` has used up its failed attempts.
-    pub(crate) fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
+    /// Starts an attempt whose outcome comes later (a REGISTER): false
+    /// when the failures so far and the attempts in flight reach the
+    /// limit. Every `true` is followed by one [`Self::end`].
+    pub(crate) fn begin(&self, ip: IpAddr, now: Instant) -> bool {
+        let failures = self.failures_in_window(ip, now);
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = in_flight.entry(ip).or_default();
+        if failures + *pending >= self.max {
+            if *pending == 0 {
+                in_flight.remove(&ip);
+            }
+            return false;
+        }
+        *pending += 1;
+        true
+    }
+
+    /// The attempt [`Self::begin`] started is over; `failed` counts it.
+    pub(crate) fn end(&self, ip: IpAddr, failed: bool, now: Instant) {
+        {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(pending) = in_flight.get_mut(&ip) {
+                *pending = pending.saturating_sub(1);
+                if *pending == 0 {
+                    in_flight.remove(&ip);
+                }
+            }
+        }
+        if failed {
+            self.record_failure(ip, now);
+        }
+    }
+
+    fn failures_in_window(&self, ip: IpAddr, now: Instant) -> usize {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let Some(times) = map.get_mut(&ip) else {
-            return false;
+            return 0;
         };
         while times
             .front()
@@ -58,9 +94,13 @@ impl FailureLimiter {
         }
         if times.is_empty() {
             map.remove(&ip);
-            return false;
         }
-        times.len() >= self.max
+        map.get(&ip).map_or(0, VecDeque::len)
+    }
+
+    /// Whether `ip` has used up its failed attempts.
+    pub(crate) fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        self.failures_in_window(ip, now) >= self.max
     }
 
     pub(crate) fn record_failure(&self, ip: IpAddr, now: Instant) {
@@ -149,5 +189,28 @@ mod tests {
         assert!(!limiter.is_blocked(other, t0), "limits are per address");
         assert!(limiter.is_blocked(ip, t0 + Duration::from_secs(59)));
         assert!(!limiter.is_blocked(ip, t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn attempts_in_flight_count_against_the_limit() {
+        let limiter = FailureLimiter::new(3, Duration::from_secs(300));
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let now = Instant::now();
+        // A burst: three may go out, the fourth waits for their outcome.
+        assert!(limiter.begin(ip, now));
+        assert!(limiter.begin(ip, now));
+        assert!(limiter.begin(ip, now));
+        assert!(!limiter.begin(ip, now));
+        // One succeeds: its slot is free again; two fail and stay counted.
+        limiter.end(ip, false, now);
+        limiter.end(ip, true, now);
+        limiter.end(ip, true, now);
+        assert!(limiter.begin(ip, now));
+        assert!(!limiter.begin(ip, now));
+        limiter.end(ip, true, now);
+        assert!(limiter.is_blocked(ip, now));
+        // Other addresses are not held up, and the window forgets.
+        assert!(limiter.begin("192.0.2.8".parse().unwrap(), now));
+        assert!(limiter.begin(ip, now + Duration::from_secs(301)));
     }
 }

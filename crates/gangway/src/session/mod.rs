@@ -47,6 +47,9 @@ struct Session {
     inbox: InboxTx,
     /// The SIP user this session signed in as (or is signing in as).
     user: Option<String>,
+    /// A sign-in whose REGISTER is out: it counts against the address's
+    /// failure limit until its outcome is known.
+    sign_in_pending: bool,
     /// The calls: the core and the I/O it commands.
     driver: CallDriver,
     outbox: Vec<ServerMessage>,
@@ -140,6 +143,7 @@ async fn serve(
         peer_ip,
         inbox,
         user: None,
+        sign_in_pending: false,
         outbox: std::iter::once(hello).chain(preface).collect(),
         token,
         handover,

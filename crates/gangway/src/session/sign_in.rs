@@ -77,9 +77,29 @@ impl Session {
                 "this connection is signed in as another user; unregister first",
             ));
         }
+        if !self.sign_in_pending {
+            if !self.shared.sign_in_failures.begin(self.peer_ip, now) {
+                return self.reject(ApiError::new(
+                    ErrorCode::RateLimited,
+                    None,
+                    "too many sign-ins from this address in flight or failed; try again later",
+                ));
+            }
+            self.sign_in_pending = true;
+        }
         info!(%user, by_token, "sign-in requested");
         self.user = Some(user.clone());
         users.sign_in(self.number, self.inbox.clone(), user, password, by_token);
+    }
+
+    /// The pending sign-in's outcome is known (`failed`: the registrar
+    /// refused the credentials).
+    fn sign_in_settled(&mut self, failed: bool) {
+        if std::mem::take(&mut self.sign_in_pending) {
+            self.shared
+                .sign_in_failures
+                .end(self.peer_ip, failed, Instant::now());
+        }
     }
 
     fn sign_in_refused(&mut self, user: String, code: Option<u16>, reason: String) {
@@ -100,6 +120,7 @@ impl Session {
                 "not signed in",
             ));
         };
+        self.sign_in_settled(false);
         if let Some(users) = &self.shared.users {
             users.sign_out(self.number);
         }
@@ -108,6 +129,7 @@ impl Session {
 
     /// The session is over: leave the user's registration.
     pub(super) fn sign_out(&mut self) {
+        self.sign_in_settled(false);
         if let Some(users) = &self.shared.users {
             if self.user.take().is_some() {
                 users.sign_out(self.number);
@@ -119,6 +141,7 @@ impl Session {
         match message {
             Inbox::Registered { user, expires } => {
                 if self.user.as_ref() == Some(&user) {
+                    self.sign_in_settled(false);
                     self.outbox
                         .push(ServerMessage::Registered { user, expires });
                 }
@@ -134,7 +157,10 @@ impl Session {
                 }
                 if !still_signed_in {
                     self.user = None;
-                    if matches!(code, Some(401 | 403 | 407)) {
+                    let refused = matches!(code, Some(401 | 403 | 407));
+                    if self.sign_in_pending {
+                        self.sign_in_settled(refused);
+                    } else if refused {
                         self.shared
                             .sign_in_failures
                             .record_failure(self.peer_ip, Instant::now());
