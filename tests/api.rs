@@ -129,6 +129,39 @@ async fn malformed_messages_get_typed_errors_and_the_socket_stays_up() {
     gw.shutdown(Duration::ZERO).await;
 }
 
+/// Offers that could never connect (a 3-character ice-pwd, a one-byte
+/// fingerprint) end the call at once as `invalid_sdp`, instead of holding
+/// it and a media peer until the setup timeout (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_that_cannot_connect_are_refused_at_once() {
+    let gw = start_gateway().await;
+    let mut api = ApiClient::connect(&gw).await;
+    let good = offer().await;
+    let attr = |name: &str| {
+        good.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {good}"))
+            .to_string()
+    };
+    let (pwd, fingerprint) = (attr("a=ice-pwd:"), attr("a=fingerprint:"));
+    let (hash, _) = fingerprint.split_once(' ').unwrap();
+    for (id, bad) in [
+        ("short-pwd", good.replace(&pwd, "abc")),
+        (
+            "one-byte-fingerprint",
+            good.replace(&fingerprint, &format!("{hash} 4F")),
+        ),
+    ] {
+        api.call(id, "echo", &bad).await;
+        let e = expect_error(&mut api, "invalid_sdp").await;
+        assert_eq!(e["call"], id, "{e}");
+        let ended = api.expect("ended").await;
+        assert_eq!(ended["reason"], "invalid_sdp", "{ended}");
+    }
+    assert_eq!(scrape_metric(&gw, "gangway_webrtc_peers_active").await, 0.0);
+    gw.shutdown(Duration::ZERO).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_failures_end_with_the_right_reason() {
     let gw = start_gateway().await;

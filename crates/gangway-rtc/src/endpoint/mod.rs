@@ -16,6 +16,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Input, Rtc, RtcConfig};
 use tracing::debug;
 
+mod offer_check;
 mod peer;
 mod types;
 mod write;
@@ -131,6 +132,7 @@ impl Endpoint {
         }
         let offer = str0m::change::SdpOffer::from_sdp_string(offer_text)
             .map_err(|e| SetupError::InvalidSdp(e.to_string()))?;
+        offer_check::check_credentials(offer_text).map_err(SetupError::InvalidSdp)?;
         if !allowed.is_empty() && !self.config.codecs.iter().any(|c| allowed.contains(c)) {
             return Err(SetupError::IncompatibleCodecs);
         }
