@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rsipstack::platform::CancellationToken;
 use rsipstack::sip::prelude::HeadersExt;
-use rsipstack::sip::{Header, Method, StatusCode, StatusCodeKind};
+use rsipstack::sip::{Header, Method, StatusCode, StatusCodeKind, Version};
 use rsipstack::transaction::{Transaction, TransactionReceiver};
 use tracing::{debug, info, warn};
 
@@ -41,6 +41,22 @@ pub(crate) async fn incoming_loop(
 
 async fn handle_incoming(shared: Arc<Shared>, mut tx: Transaction) {
     let method = tx.original.method;
+    if tx.original.version != Version::V2 {
+        // Answered once, in our version (RFC 3261 §8.2.2.1 allows no other).
+        debug!(version = %tx.original.version, "request in another SIP version: 505");
+        if method != Method::Ack {
+            let mut resp = tx.endpoint_inner.make_response(
+                &tx.original,
+                StatusCode::VersionNotSupported,
+                None,
+            );
+            resp.version = Version::V2;
+            if let Err(e) = tx.respond(resp).await {
+                debug!(error = %e, "failed to answer a request in another version");
+            }
+        }
+        return;
+    }
     if let Some(mut dialog) = shared.dialog_layer.match_dialog(&tx) {
         if let Err(e) = dialog.handle(&mut tx).await {
             debug!(%method, error = %e, "in-dialog request failed");

@@ -295,6 +295,12 @@ async fn out_of_dialog_requests() {
             sock.send_to(ack.as_bytes(), target).await.unwrap();
         }
     }
+
+    // Another SIP version gets 505 in ours, not an answer in its own.
+    let req = request("OPTIONS", port, None, 99).replacen(" SIP/2.0\r\n", " SIP/3.0\r\n", 1);
+    sock.send_to(req.as_bytes(), target).await.unwrap();
+    let (resp, _) = recv_text(&sock).await;
+    assert!(resp.starts_with("SIP/2.0 505"), "{resp}");
     service.stop().await;
 }
 
