@@ -58,6 +58,20 @@ async fn handle_incoming(shared: Arc<Shared>, mut tx: Transaction) {
         return;
     }
     if let Some(mut dialog) = shared.dialog_layer.match_dialog(&tx) {
+        // A request that names a dialog comes from where INVITEs may
+        // (`sip.inbound_allow`): a guessed Call-ID and tags from elsewhere
+        // cannot hang up, hold or transfer a call.
+        let allowed = shared.inbound.get().is_none_or(|inbound| {
+            request_source(&tx).is_some_and(|s| source_allowed(&inbound.allowed_sources, s.ip()))
+        });
+        if !allowed {
+            warn!(%method, src = ?request_source(&tx), "in-dialog request from an address not in sip.inbound_allow, refused (403)");
+            shared.metrics.inbound_rejected("forbidden_source");
+            if method != Method::Ack {
+                return refuse_once(tx, StatusCode::Forbidden).await;
+            }
+            return;
+        }
         if let Err(e) = dialog.handle(&mut tx).await {
             debug!(%method, error = %e, "in-dialog request failed");
         }

@@ -608,3 +608,68 @@ async fn inbound_session_interval_below_90_s_gets_422() {
     assert!(incoming.try_recv().is_err(), "no call was offered");
     service.stop().await;
 }
+
+/// A request inside a live inbound dialog from an address outside the
+/// allow-list is refused (403, the call goes on); the same request from
+/// the caller's address is served.
+#[tokio::test]
+async fn in_dialog_requests_are_screened_by_source() {
+    let service = start(None).await;
+    let (calls, mut incoming) = unbounded_channel();
+    service.accept_inbound(vec!["127.0.0.1/32".parse().unwrap()], calls);
+    let target = service.local_addr();
+    let sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                 m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n";
+    let invite = request("INVITE", port, None, 1).replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+            offer.len()
+        ),
+    );
+    sock.send_to(invite.as_bytes(), target).await.unwrap();
+    let call = tokio::time::timeout(Duration::from_secs(5), incoming.recv())
+        .await
+        .expect("the INVITE is offered")
+        .unwrap();
+    let (events, mut rx) = unbounded_channel();
+    call.handle.route_events(9, events);
+    let answer = offer.replace("40000", "40002");
+    call.handle.answer(answer);
+    let ok = loop {
+        let (resp, _) = recv_text(&sock).await;
+        if resp.starts_with("SIP/2.0 200") {
+            break resp;
+        }
+    };
+    let to = header(&ok, "To").unwrap().to_string();
+    let ack = request("ACK", port, None, 1).replace("To: <sip:gw@127.0.0.1>", &format!("To: {to}"));
+    let ack = ack.replace("Call-ID: probe-ACK-1", "Call-ID: probe-INVITE-1");
+    sock.send_to(ack.as_bytes(), target).await.unwrap();
+    let (_, answered) = next(&mut rx).await;
+    assert!(matches!(answered, SipEvent::Answered { .. }), "{answered:?}");
+
+    let bye = request("BYE", port, None, 2)
+        .replace("To: <sip:gw@127.0.0.1>", &format!("To: {to}"))
+        .replace("Call-ID: probe-BYE-2", "Call-ID: probe-INVITE-1")
+        .replace("tag=probe2", "tag=probe1");
+    let forger = UdpSocket::bind(("127.0.0.2", 0)).await.unwrap();
+    let forged = bye
+        .replace(
+            &format!("127.0.0.1:{port};branch"),
+            &format!("{};branch", forger.local_addr().unwrap()),
+        )
+        .replace("z9hG4bK-BYE-2", "z9hG4bK-forged");
+    forger.send_to(forged.as_bytes(), target).await.unwrap();
+    let (resp, _) = recv_text(&forger).await;
+    assert!(resp.starts_with("SIP/2.0 403"), "{resp}");
+    assert!(rx.try_recv().is_err(), "the call goes on");
+
+    sock.send_to(bye.as_bytes(), target).await.unwrap();
+    let (resp, _) = recv_text(&sock).await;
+    assert!(resp.starts_with("SIP/2.0 200"), "{resp}");
+    assert_eq!(next(&mut rx).await, (9, SipEvent::RemoteHangup));
+    service.stop().await;
+}
