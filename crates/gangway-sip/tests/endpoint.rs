@@ -649,7 +649,10 @@ async fn in_dialog_requests_are_screened_by_source() {
     let ack = ack.replace("Call-ID: probe-ACK-1", "Call-ID: probe-INVITE-1");
     sock.send_to(ack.as_bytes(), target).await.unwrap();
     let (_, answered) = next(&mut rx).await;
-    assert!(matches!(answered, SipEvent::Answered { .. }), "{answered:?}");
+    assert!(
+        matches!(answered, SipEvent::Answered { .. }),
+        "{answered:?}"
+    );
 
     let bye = request("BYE", port, None, 2)
         .replace("To: <sip:gw@127.0.0.1>", &format!("To: {to}"))

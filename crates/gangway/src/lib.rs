@@ -319,12 +319,20 @@ impl Gateway {
         });
     }
 
-    /// Drains for up to `drain` (until no calls remain), then ends every call,
-    /// closes every socket and stops the media shard.
+    /// What cuts a running [`Gateway::shutdown`]'s drain short.
+    pub fn stop_now_handle(&self) -> StopNow {
+        StopNow(self.shared.clone())
+    }
+
+    /// Drains for up to `drain` (until no calls remain, or [`StopNow`]),
+    /// then ends every call, closes every socket and stops the media shard.
     pub async fn shutdown(self, drain: Duration) {
         self.begin_drain();
         let deadline = tokio::time::Instant::now() + drain;
-        while self.shared.metrics.calls_active.get() > 0 && tokio::time::Instant::now() < deadline {
+        while self.shared.metrics.calls_active.get() > 0
+            && tokio::time::Instant::now() < deadline
+            && *self.shared.phase.borrow() != Phase::Terminating
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let remaining = self.shared.metrics.calls_active.get();
@@ -335,7 +343,8 @@ impl Gateway {
         // Sessions notice the phase change, end their calls and close; give them a moment.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         let sessions_gone = async {
-            while self.shared.metrics.ws_active.get() > 0 {
+            let m = &self.shared.metrics;
+            while m.ws_active.get() + m.sip_ws_active.get() > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
@@ -347,6 +356,16 @@ impl Gateway {
             sip.service.stop().await;
         }
         info!("gangway stopped");
+    }
+}
+
+/// Ends the drain of a [`Gateway::shutdown`] in progress: every call ends
+/// now (BYE/CANCEL towards the PBX), then the shutdown goes on.
+pub struct StopNow(Arc<Shared>);
+
+impl StopNow {
+    pub fn now(&self) {
+        self.0.phase.send_replace(Phase::Terminating);
     }
 }
 

@@ -67,13 +67,26 @@ async fn run(config: Config) -> ExitCode {
         drain_secs = drain.as_secs(),
         "shutting down: draining calls (signal again to stop now)"
     );
+    let stop_now = gateway.stop_now_handle();
     let shutdown = gateway.shutdown(drain);
+    tokio::pin!(shutdown);
     tokio::select! {
-        _ = shutdown => {}
-        _ = wait_for_signal() => warn!("second signal: stopping without drain"),
+        _ = &mut shutdown => return ExitCode::SUCCESS,
+        _ = wait_for_signal() => {}
     }
-    ExitCode::SUCCESS
+    // A forced stop still says goodbye: one BYE (or CANCEL) per call, then
+    // out with a status that says the drain was cut short.
+    warn!("second signal: ending every call now (signal again to exit at once)");
+    stop_now.now();
+    tokio::select! {
+        _ = &mut shutdown => {}
+        _ = wait_for_signal() => warn!("third signal: exiting without waiting"),
+    }
+    ExitCode::from(FORCED_STOP)
 }
+
+/// Exit status after a forced stop (a second signal during the drain).
+const FORCED_STOP: u8 = 3;
 
 async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -1,0 +1,125 @@
+//! The gateway process and its signals: the first SIGTERM drains (exit 0
+//! once no call is left), a second one during the drain ends every call at
+//! once and exits with status 3.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// An offer as Chromium makes it (audio only): the call it starts stays
+/// up, connecting, for the whole test.
+const OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\n\
+c=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:Hx8q\r\n\
+a=ice-pwd:3Yy0kq9ZqBkWJ7W2QOZz2T9A\r\na=ice-options:trickle\r\n\
+a=fingerprint:sha-256 9B:4E:8A:6E:AF:BC:9F:4D:0A:34:6E:1D:9C:1F:43:3A:7A:2B:5C:7D:6E:8F:90:A1:B2:C3:D4:E5:F6:07:18:29\r\n\
+a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:0 PCMU/8000\r\na=ssrc:1001 cname:abcdefgh\r\n";
+
+/// Starts the binary on free loopback ports; returns it and its HTTP address.
+fn start() -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gangway"))
+        .env("GANGWAY_HTTP__LISTEN", "127.0.0.1:0")
+        .env("GANGWAY_WEBRTC__LISTEN", "127.0.0.1:0")
+        .env("GANGWAY_SHUTDOWN__DRAIN_TIMEOUT_SECS", "60")
+        .env("GANGWAY_LOG__FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the gateway binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("http://") {
+                let addr: String = line[i + 7..].chars().take_while(|c| *c != '/').collect();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the gateway logs its address");
+    (child, addr)
+}
+
+fn signal(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "SIGTERM sent");
+}
+
+fn exit_within(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status.code().unwrap_or(-1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
+
+#[test]
+fn sigterm_without_calls_exits_zero() {
+    let (mut child, _) = start();
+    signal(&child);
+    assert_eq!(exit_within(&mut child, Duration::from_secs(20)), Some(0));
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next JSON message, or `None` once the socket closes.
+async fn next(ws: &mut Ws) -> Option<serde_json::Value> {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time");
+        match m {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_second_sigterm_ends_the_calls_now_and_exits_non_zero() {
+    let (mut child, addr) = start();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("the API connects");
+    assert_eq!(next(&mut ws).await.unwrap()["type"], "hello");
+    let call = serde_json::json!({"type": "call", "call": "c1", "to": "echo", "sdp": OFFER});
+    ws.send(Message::text(call.to_string())).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap()["type"], "answer");
+
+    // The drain waits for the call.
+    signal(&child);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the drain waits for the call"
+    );
+
+    signal(&child);
+    let ended = loop {
+        match next(&mut ws).await {
+            Some(m) if m["type"] == "ended" => break m,
+            Some(_) => continue,
+            None => panic!("the socket closed before `ended`"),
+        }
+    };
+    assert_eq!(ended["reason"], "shutdown", "{ended}");
+    assert_eq!(exit_within(&mut child, Duration::from_secs(20)), Some(3));
+}
