@@ -483,3 +483,66 @@ async fn ureq_get(
     .await
     .unwrap()
 }
+
+/// One address may hold `http.max_connections_per_address` WebSockets: the
+/// next is refused with 429 before the upgrade and counted, while another
+/// address still connects and gets its call answered, and a closed socket
+/// frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_per_address_are_limited() {
+    let gw = start_gateway_with(|c| c.http.max_connections_per_address = 5).await;
+    let url = format!("ws://{}/ws", gw.http_addr());
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(ApiClient::connect(&gw).await);
+    }
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429)
+        }
+        other => panic!("the sixth socket from one address is refused: {other:?}"),
+    }
+    assert_eq!(
+        scrape_metric(
+            &gw,
+            "gangway_limit_refusals_total{limit=\"connections_per_address\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // Another address is not held up: it connects and calls.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = tcp.connect(gw.http_addr()).await.unwrap();
+    let (mut other, _) = tokio_tungstenite::client_async(&url, stream)
+        .await
+        .expect("another address connects");
+    let next = async |ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>| loop {
+        use futures_util::StreamExt;
+        if let Some(Ok(Message::Text(t))) = ws.next().await {
+            return serde_json::from_str::<Value>(t.as_str()).unwrap();
+        }
+    };
+    assert_eq!(next(&mut other).await["type"], "hello");
+    let call = json!({"type": "call", "call": "o1", "to": "echo", "sdp": offer().await});
+    futures_util::SinkExt::send(&mut other, Message::text(call.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut other).await["type"], "answer");
+
+    // A socket that closes gives its place back.
+    held.pop().unwrap().close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the freed place is taken again: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.shutdown(Duration::ZERO).await;
+}

@@ -10,8 +10,10 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use gangway_signal::assets;
+use tracing::debug;
 
 use crate::config::{HttpSection, MAX_WS_FRAME_BYTES};
+use crate::connections::{Refused, Slot};
 use crate::{session, sip_ws, Phase, Shared};
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -87,10 +89,31 @@ async fn websocket(
     if !origin_allowed(&headers, &shared.config.http) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
+    let slot = match connection_slot(&shared, peer) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
     upgrade
         .max_message_size(MAX_WS_FRAME_BYTES)
         .max_frame_size(MAX_WS_FRAME_BYTES)
-        .on_upgrade(move |socket| session::run(socket, shared, peer.ip()))
+        .on_upgrade(move |socket| async move {
+            session::run(socket, shared, peer.ip()).await;
+            drop(slot);
+        })
+}
+
+/// A connection's place under `http.max_connections(_per_address)`, or the
+/// refusal, before the upgrade.
+fn connection_slot(shared: &Shared, peer: SocketAddr) -> Result<Slot, (StatusCode, &'static str)> {
+    shared.connections.try_open(peer.ip()).map_err(|refused| {
+        shared.metrics.limit_refused(refused.label());
+        debug!(%peer, limit = refused.label(), "WebSocket refused: too many connections");
+        let status = match refused {
+            Refused::PerAddress => StatusCode::TOO_MANY_REQUESTS,
+            Refused::Total => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (status, "too many connections\n")
+    })
 }
 
 /// SIP over WebSocket (RFC 7118): only an upgrade that asks for the `sip`
@@ -136,11 +159,18 @@ async fn sip_websocket(
         })
         .map(str::to_string)
         .unwrap_or_else(|| shared.config.http.listen.to_string());
+    let slot = match connection_slot(&shared, peer) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
     upgrade
         .protocols(["sip"])
         .max_message_size(MAX_WS_FRAME_BYTES)
         .max_frame_size(MAX_WS_FRAME_BYTES)
-        .on_upgrade(move |socket| sip_ws::run(socket, shared, peer, host))
+        .on_upgrade(move |socket| async move {
+            sip_ws::run(socket, shared, peer, host).await;
+            drop(slot);
+        })
 }
 
 /// Browsers always send `Origin` on WebSocket requests; refusing foreign

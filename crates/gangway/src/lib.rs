@@ -4,6 +4,7 @@
 
 mod auth;
 pub mod config;
+mod connections;
 mod drive;
 mod flows;
 mod http;
@@ -79,6 +80,8 @@ pub(crate) struct Shared {
     /// SIP over WebSocket: what every flow shares, and the bindings.
     sip_ws: gangway_signal::sip_ws::FrontSettings,
     flows: flows::Flows,
+    /// WebSocket slots per source address and in all.
+    connections: Arc<connections::Connections>,
     phase: watch::Sender<Phase>,
     next_peer: AtomicU64,
     next_session: AtomicU64,
@@ -227,6 +230,10 @@ impl Gateway {
                 .map(Duration::from_secs),
             log_prefix: format!("{started_ms:x}"),
         };
+        let connections = connections::Connections::new(
+            config.http.max_connections_per_address,
+            config.http.max_connections,
+        );
         let sip_ws = gangway_signal::sip_ws::FrontSettings::new(
             String::new(),
             config.sip.user_agent.clone(),
@@ -243,6 +250,7 @@ impl Gateway {
             tokens: resume::Tokens::default(),
             sip_ws,
             flows: flows::Flows::default(),
+            connections,
             phase,
             next_peer: AtomicU64::new(1),
             next_session: AtomicU64::new(1),

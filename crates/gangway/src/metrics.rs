@@ -70,7 +70,7 @@ const SIP_WS_REJECTS: [&str; 18] = [
 ];
 
 /// `limit` label values of `gangway_limit_refusals_total`.
-const LIMITS: [&str; 1] = ["candidates"];
+const LIMITS: [&str; 3] = ["candidates", "connections_per_address", "connections"];
 
 /// `class` label values of `gangway_sip_ws_registers_total`.
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];

@@ -37,6 +37,10 @@ pub struct HttpSection {
     /// `Origin` names the same host (IP literals and `localhost` always do):
     /// closes DNS rebinding, where an attacker's name points at the gateway.
     pub allowed_hosts: Vec<String>,
+    /// Open WebSockets (`/ws` and `/sip`) one source address may hold.
+    pub max_connections_per_address: usize,
+    /// Open WebSockets in all.
+    pub max_connections: usize,
 }
 
 impl Default for HttpSection {
@@ -46,6 +50,8 @@ impl Default for HttpSection {
             max_message_bytes: 64 * 1024,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            max_connections_per_address: 500,
+            max_connections: 10_000,
         }
     }
 }

@@ -141,6 +141,18 @@ fn check_http(h: &HttpSection) -> Result<(), ConfigError> {
         1024..=MAX_WS_FRAME_BYTES,
         &format!("must be between 1024 and {MAX_WS_FRAME_BYTES}"),
     )?;
+    within(
+        "http.max_connections_per_address",
+        h.max_connections_per_address,
+        1..=1_000_000,
+        "must be between 1 and 1000000",
+    )?;
+    within(
+        "http.max_connections",
+        h.max_connections,
+        1..=1_000_000,
+        "must be between 1 and 1000000",
+    )?;
     if let Some(origin) = h
         .allowed_origins
         .iter()
