@@ -546,3 +546,24 @@ async fn websockets_per_address_are_limited() {
     }
     gw.shutdown(Duration::ZERO).await;
 }
+
+/// A `/ws` socket with no call and no sign-in that sends nothing is closed
+/// after `http.idle_timeout_secs` with 4002; one that pings stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_are_closed_and_busy_ones_stay() {
+    let gw = start_gateway_with(|c| c.http.idle_timeout_secs = 1).await;
+    let mut idle = ApiClient::connect(&gw).await;
+    let mut busy = ApiClient::connect(&gw).await;
+    for _ in 0..6 {
+        busy.send(json!({"type": "ping"})).await;
+        assert_eq!(busy.expect("pong").await["type"], "pong");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    match idle.try_recv(Duration::from_secs(3)).await {
+        Err(Closed::Close(code)) => assert_eq!(code, Some(CloseCode::from(4002))),
+        other => panic!("the idle socket is closed with 4002: {other:?}"),
+    }
+    busy.send(json!({"type": "ping"})).await;
+    busy.expect("pong").await;
+    gw.shutdown(Duration::ZERO).await;
+}

@@ -801,3 +801,37 @@ async fn garbage_on_sip_ws_gets_400_or_close_and_leaks_nothing() {
 fn gw_max_message_bytes() -> usize {
     gangway::Config::default().http.max_message_bytes
 }
+
+/// A `/sip` socket that neither registers nor calls nor sends anything is
+/// closed after `http.idle_timeout_secs` (4002); one that keeps sending
+/// CRLF keepalives stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sip_ws_socket_is_closed() {
+    let _serial = serial().await;
+    let kam = start_kamailio(USERS, DOMAIN).await;
+    let gw = start_sip_gateway(kam.port(), DOMAIN, |c| c.http.idle_timeout_secs = 1).await;
+    let url = format!("ws://{}/sip", gw.http_addr());
+    let mut idle = sip_ws(&url).await;
+    let mut busy = sip_ws(&url).await;
+    for _ in 0..6 {
+        busy.send(Message::text("\r\n\r\n")).await.unwrap();
+        assert_eq!(
+            next_text(&mut busy, Duration::from_secs(2)).await,
+            Ok("\r\n".into())
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let closed = next_text(&mut idle, Duration::from_secs(3)).await;
+    assert!(
+        closed
+            .as_ref()
+            .is_err_and(|e| e.contains("4002") || e.contains("Library(4002)")),
+        "the idle socket was closed with 4002: {closed:?}"
+    );
+    busy.send(Message::text("\r\n\r\n")).await.unwrap();
+    assert_eq!(
+        next_text(&mut busy, Duration::from_secs(2)).await,
+        Ok("\r\n".into())
+    );
+    gw.shutdown(Duration::ZERO).await;
+}

@@ -20,3 +20,17 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// WebSocket close code for a socket closed for idleness: no call, no
+/// sign-in, nothing sent for `http.idle_timeout_secs`.
+pub(crate) const CLOSE_IDLE: u16 = 4002;
+
+/// When an idle connection is closed: `idle` after it was last heard
+/// from, while it holds nothing (`holds_nothing`); never with `idle` zero.
+pub(crate) fn idle_deadline(
+    last_heard: Instant,
+    idle: std::time::Duration,
+    holds_nothing: bool,
+) -> Option<Instant> {
+    (holds_nothing && !idle.is_zero()).then(|| last_heard + idle)
+}

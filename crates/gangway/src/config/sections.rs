@@ -41,6 +41,9 @@ pub struct HttpSection {
     pub max_connections_per_address: usize,
     /// Open WebSockets in all.
     pub max_connections: usize,
+    /// A WebSocket with no call and no sign-in that sends nothing this long
+    /// is closed (4002); 0 keeps idle sockets.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for HttpSection {
@@ -52,6 +55,7 @@ impl Default for HttpSection {
             allowed_hosts: Vec::new(),
             max_connections_per_address: 500,
             max_connections: 10_000,
+            idle_timeout_secs: 120,
         }
     }
 }

@@ -148,6 +148,12 @@ fn check_http(h: &HttpSection) -> Result<(), ConfigError> {
         "must be between 1 and 1000000",
     )?;
     within(
+        "http.idle_timeout_secs",
+        h.idle_timeout_secs,
+        0..=86_400,
+        "must be between 0 and 86400",
+    )?;
+    within(
         "http.max_connections",
         h.max_connections,
         1..=1_000_000,

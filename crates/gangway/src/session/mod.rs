@@ -14,7 +14,7 @@ mod sign_in;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
@@ -26,7 +26,7 @@ use tracing::{debug, info_span, Instrument};
 use crate::drive::{CallDriver, ToClient};
 use crate::resume::{Handover, Moved};
 use crate::users::InboxTx;
-use crate::wait::{recv, sleep_until};
+use crate::wait::{idle_deadline, recv, sleep_until, CLOSE_IDLE};
 use crate::{Phase, Shared};
 use connection::{connection_lost, Gone, Parked};
 
@@ -151,6 +151,8 @@ async fn serve(
         parked: None,
     };
     let mut socket = Some(socket);
+    let idle = Duration::from_secs(s.shared.config.http.idle_timeout_secs);
+    let mut last_heard = Instant::now();
     loop {
         if let Some(ws) = socket.as_mut() {
             if !s.flush(ws).await {
@@ -184,8 +186,29 @@ async fn serve(
             }
         }
         let deadline = s.driver.calls.poll_timeout();
+        let idle_at = idle_deadline(
+            last_heard,
+            idle,
+            s.driver.calls.is_empty() && s.user.is_none(),
+        );
         let wake = tokio::select! {
-            message = recv(&mut socket) => Wake::Socket(message),
+            message = recv(&mut socket) => {
+                last_heard = Instant::now();
+                Wake::Socket(message)
+            }
+            _ = sleep_until(idle_at), if socket.is_some() => {
+                debug!("idle socket: no call, no sign-in, nothing sent");
+                if let Some(mut ws) = socket.take() {
+                    let _ = ws
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CLOSE_IDLE,
+                            reason: "idle".into(),
+                        })))
+                        .await;
+                    s.shared.metrics.ws_active.dec();
+                }
+                break;
+            }
             Some(moved) = handover_rx.recv() => Wake::Handover(Box::new(moved)),
             Some((peer, event)) = legs.media.recv() => {
                 s.driver.on_leg(peer, event);

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::drive::CallDriver;
-use crate::wait::{recv, sleep_until};
+use crate::wait::{idle_deadline, recv, sleep_until, CLOSE_IDLE};
 use crate::{Phase, Shared};
 
 /// Server pings keep NATs and proxies from dropping an idle flow.
@@ -147,6 +147,8 @@ async fn serve(
     };
     flow.adopt(adopted);
     let mut socket = Some(socket);
+    let idle = Duration::from_secs(shared.config.http.idle_timeout_secs);
+    let mut last_heard = Instant::now();
     let mut phase = shared.phase.subscribe();
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
@@ -215,8 +217,26 @@ async fn serve(
         .into_iter()
         .flatten()
         .min();
+        let idle_at = idle_deadline(
+            last_heard,
+            idle,
+            flow.driver.calls.is_empty()
+                && flow.front.bindings().is_empty()
+                && flow.driver.account.is_none(),
+        );
         let wake = tokio::select! {
-            message = recv(&mut socket) => Wake::Frame(message),
+            message = recv(&mut socket) => {
+                last_heard = Instant::now();
+                Wake::Frame(message)
+            }
+            _ = sleep_until(idle_at), if socket.is_some() => {
+                debug!("idle flow: no registration, no call, nothing sent");
+                flow.close = Some(CloseFrame {
+                    code: CLOSE_IDLE,
+                    reason: "idle".into(),
+                });
+                Wake::Other
+            }
             Some(moved) = handover_rx.recv() => Wake::Moved(Box::new(moved)),
             Some((peer, event)) = legs.media.recv() => {
                 flow.driver.on_leg(peer, event);
