@@ -567,3 +567,39 @@ async fn idle_sockets_are_closed_and_busy_ones_stay() {
     busy.expect("pong").await;
     gw.shutdown(Duration::ZERO).await;
 }
+
+/// One socket sending far more than `http.max_messages_per_second` gets
+/// `rate_limited` for the excess (counted), keeps its connection, and is
+/// served again once it slows down; another socket is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_flooding_messages_is_slowed_down() {
+    let gw = start_gateway_with(|c| c.http.max_messages_per_second = 20).await;
+    let mut flooder = ApiClient::connect(&gw).await;
+    for _ in 0..500 {
+        flooder.send(json!({"type": "ping"})).await;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    for _ in 0..500 {
+        let m = flooder.recv().await;
+        match (m["type"].as_str(), m["code"].as_str()) {
+            (Some("pong"), _) => pongs += 1,
+            (Some("error"), Some("rate_limited")) => limited += 1,
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    assert!(
+        limited >= 400,
+        "most of the flood is refused: {pongs} pongs, {limited} refused"
+    );
+    assert_eq!(
+        scrape_metric(&gw, "gangway_limit_refusals_total{limit=\"messages\"}").await,
+        limited as f64
+    );
+    let mut other = ApiClient::connect(&gw).await;
+    other.call("o1", "echo", &offer().await).await;
+    other.expect("answer").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    flooder.send(json!({"type": "ping"})).await;
+    flooder.expect("pong").await;
+    gw.shutdown(Duration::ZERO).await;
+}

@@ -835,3 +835,42 @@ async fn an_idle_sip_ws_socket_is_closed() {
     );
     gw.shutdown(Duration::ZERO).await;
 }
+
+/// A `/sip` socket sending far more than `http.max_messages_per_second`
+/// is closed with 1008 and counted; no SIP app sends like that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_sip_ws_socket_is_closed() {
+    let _serial = serial().await;
+    let kam = start_kamailio(USERS, DOMAIN).await;
+    let gw = start_sip_gateway(kam.port(), DOMAIN, |c| c.http.max_messages_per_second = 5).await;
+    let url = format!("ws://{}/sip", gw.http_addr());
+    let mut ws = sip_ws(&url).await;
+    for _ in 0..40 {
+        if ws.send(Message::text("\r\n\r\n")).await.is_err() {
+            break;
+        }
+    }
+    let mut pongs = 0;
+    let closed = loop {
+        match next_text(&mut ws, Duration::from_secs(3)).await {
+            Ok(_) => pongs += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        closed.contains("1008") || closed.contains("Policy"),
+        "closed: {closed}"
+    );
+    assert!(
+        pongs <= 10,
+        "the burst allowance, then the close: {pongs} pongs"
+    );
+    assert!(
+        scrape(&gw)
+            .await
+            .lines()
+            .any(|l| l.starts_with("gangway_limit_refusals_total{limit=\"messages\"} 1")),
+        "the refusal is counted"
+    );
+    gw.shutdown(Duration::ZERO).await;
+}

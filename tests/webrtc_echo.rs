@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use gangway_tests::api_client::ApiClient;
-use gangway_tests::gateway::{scrape_metric, start_gateway, wait_metric};
+use gangway_tests::gateway::{scrape_metric, start_gateway, start_gateway_with, wait_metric};
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
 use serde_json::json;
 
@@ -218,7 +218,9 @@ async fn connected_echo(gw: &gangway::Gateway, id: &str) -> (ApiClient, RtcClien
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_flood_is_refused_and_other_calls_go_on() {
     const FLOOD: usize = 20_000;
-    let gw = start_gateway().await;
+    // The per-socket message limit would refuse most of the flood first;
+    // this test is about what candidates cost the shards.
+    let gw = start_gateway_with(|c| c.http.max_messages_per_second = 0).await;
     let max = gw.config().calls.max_candidates;
     let (mut live_api, mut live, _) = connected_echo(&gw, "live").await;
     let (mut flooder, _flooder_peer, _) = connected_echo(&gw, "f1").await;

@@ -10,6 +10,7 @@ mod flows;
 mod http;
 mod inbound;
 mod metrics;
+mod rate;
 mod resume;
 mod session;
 mod sip_ws;

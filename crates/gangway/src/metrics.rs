@@ -48,7 +48,7 @@ const REGISTRATION_FAILURE_CODES: [&str; 8] =
 
 /// `why` label values of `gangway_sip_ws_rejected_total`: the front end's
 /// and the endpoint's own (`origin`, `subprotocol`, `not_utf8`, `too_large`).
-const SIP_WS_REJECTS: [&str; 18] = [
+const SIP_WS_REJECTS: [&str; 19] = [
     "unparseable",
     "missing_header",
     "version",
@@ -67,10 +67,16 @@ const SIP_WS_REJECTS: [&str; 18] = [
     "origin",
     "subprotocol",
     "session_expired",
+    "too_many",
 ];
 
 /// `limit` label values of `gangway_limit_refusals_total`.
-const LIMITS: [&str; 3] = ["candidates", "connections_per_address", "connections"];
+const LIMITS: [&str; 4] = [
+    "candidates",
+    "connections_per_address",
+    "connections",
+    "messages",
+];
 
 /// `class` label values of `gangway_sip_ws_registers_total`.
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];

@@ -44,6 +44,9 @@ pub struct HttpSection {
     /// A WebSocket with no call and no sign-in that sends nothing this long
     /// is closed (4002); 0 keeps idle sockets.
     pub idle_timeout_secs: u64,
+    /// Messages one WebSocket may send per second (twice that in a burst);
+    /// 0 turns the limit off.
+    pub max_messages_per_second: u32,
 }
 
 impl Default for HttpSection {
@@ -56,6 +59,7 @@ impl Default for HttpSection {
             max_connections_per_address: 500,
             max_connections: 10_000,
             idle_timeout_secs: 120,
+            max_messages_per_second: 100,
         }
     }
 }

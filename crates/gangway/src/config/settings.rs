@@ -148,6 +148,12 @@ fn check_http(h: &HttpSection) -> Result<(), ConfigError> {
         "must be between 1 and 1000000",
     )?;
     within(
+        "http.max_messages_per_second",
+        h.max_messages_per_second,
+        0..=100_000,
+        "must be between 0 and 100000",
+    )?;
+    within(
         "http.idle_timeout_secs",
         h.idle_timeout_secs,
         0..=86_400,

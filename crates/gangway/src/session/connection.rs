@@ -76,6 +76,14 @@ pub(super) fn unknown_session() -> ApiError {
 
 impl Session {
     pub(super) fn on_text(&mut self, text: &str) {
+        if !self.rate.allow(std::time::Instant::now()) {
+            self.shared.metrics.limit_refused("messages");
+            return self.reject(ApiError::new(
+                ErrorCode::RateLimited,
+                None,
+                "too many messages on this socket; slow down",
+            ));
+        }
         let limit = self.shared.config.http.max_message_bytes;
         if text.len() > limit {
             return self.reject(ApiError::new(

@@ -50,6 +50,8 @@ struct Session {
     /// A sign-in whose REGISTER is out: it counts against the address's
     /// failure limit until its outcome is known.
     sign_in_pending: bool,
+    /// Messages per second from the client.
+    rate: crate::rate::MessageRate,
     /// The calls: the core and the I/O it commands.
     driver: CallDriver,
     outbox: Vec<ServerMessage>,
@@ -135,6 +137,8 @@ async fn serve(
         settings.resume_grace = None;
     }
     let (driver, mut legs) = CallDriver::new(shared.clone(), number, settings, "json");
+    let rate =
+        crate::rate::MessageRate::new(shared.config.http.max_messages_per_second, Instant::now());
     let mut s = Session {
         driver,
         shared,
@@ -144,6 +148,7 @@ async fn serve(
         inbox,
         user: None,
         sign_in_pending: false,
+        rate,
         outbox: std::iter::once(hello).chain(preface).collect(),
         token,
         handover,

@@ -11,13 +11,18 @@ use gangway_signal::sip_ws::{Binding, FrontOutput, RegisterAnswer, RegisterRelay
 use gangway_sip::RelayedRegister;
 use tracing::{debug, info, warn, Instrument};
 
-use super::{Flow, CLOSE_TOO_BIG};
+use super::{Flow, CLOSE_POLICY, CLOSE_TOO_BIG};
 use crate::drive::ToClient;
 use crate::flows::FlowRef;
 use crate::Shared;
 
 impl Flow {
     pub(super) fn frame(&mut self, shared: &Shared, text: &str) {
+        if !self.rate.allow(Instant::now()) {
+            // No SIP app sends this much: a flood, which a close answers.
+            shared.metrics.limit_refused("messages");
+            return self.refuse(shared, "too_many", CLOSE_POLICY, "too many messages");
+        }
         let limit = shared.config.http.max_message_bytes;
         if text.len() > limit {
             return self.refuse(shared, "too_large", CLOSE_TOO_BIG, "SIP message too large");

@@ -37,6 +37,8 @@ use crate::{Phase, Shared};
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// WebSocket close code for a frame over the size limit (RFC 6455).
 const CLOSE_TOO_BIG: u16 = 1009;
+/// WebSocket close code for a client that breaks a limit (RFC 6455 1008).
+const CLOSE_POLICY: u16 = 1008;
 /// WebSocket close code when the gateway goes away.
 const CLOSE_GOING_AWAY: u16 = 1001;
 /// WebSocket close code of a normal closure: the browser is done.
@@ -99,6 +101,8 @@ struct Flow {
     moving_to: Option<Handover>,
     /// The last REGISTER relayed for each flow token.
     relayed: HashMap<String, RelayedRegister>,
+    /// Messages per second from the browser.
+    rate: crate::rate::MessageRate,
 }
 
 /// What ended a flow's wait for input.
@@ -144,6 +148,10 @@ async fn serve(
         parked_until: None,
         moving_to: None,
         relayed: HashMap::new(),
+        rate: crate::rate::MessageRate::new(
+            shared.config.http.max_messages_per_second,
+            Instant::now(),
+        ),
     };
     flow.adopt(adopted);
     let mut socket = Some(socket);
