@@ -72,6 +72,25 @@ fn invite(cseq: u32, auth: Option<&str>) -> String {
     )
 }
 
+/// A front end whose browser registered (the registrar said 200).
+fn registered_front() -> SipWsFront {
+    let mut f = front();
+    f.handle_frame(Instant::now(), &register(None, 600));
+    let id = match drain(&mut f).as_slice() {
+        [FrontOutput::Register(r)] => r.id,
+        out => panic!("{out:?}"),
+    };
+    f.handle_register_answer(
+        id,
+        RegisterAnswer {
+            status: 200,
+            ..Default::default()
+        },
+    );
+    drain(&mut f);
+    f
+}
+
 fn call1() -> CallId {
     CallId::new("call1").unwrap()
 }
@@ -360,20 +379,7 @@ fn the_browser_hangs_up_and_holds() {
 
 #[test]
 fn calls_offered_to_the_browser_take_its_offer_and_ack_our_answer() {
-    let mut f = front();
-    f.handle_frame(Instant::now(), &register(None, 600));
-    let id = match drain(&mut f).as_slice() {
-        [FrontOutput::Register(r)] => r.id,
-        out => panic!("{out:?}"),
-    };
-    f.handle_register_answer(
-        id,
-        RegisterAnswer {
-            status: 200,
-            ..Default::default()
-        },
-    );
-    drain(&mut f);
+    let mut f = registered_front();
     let call = CallId::new("in-1").unwrap();
     f.handle_core(
         Instant::now(),
@@ -597,20 +603,7 @@ fn a_bearer_token_signs_in_through_the_shell_not_the_registrar() {
 
 #[test]
 fn a_call_withdrawn_while_ringing_is_cancelled_and_its_487_acked() {
-    let mut f = front();
-    f.handle_frame(Instant::now(), &register(None, 600));
-    let id = match drain(&mut f).as_slice() {
-        [FrontOutput::Register(r)] => r.id,
-        out => panic!("{out:?}"),
-    };
-    f.handle_register_answer(
-        id,
-        RegisterAnswer {
-            status: 200,
-            ..Default::default()
-        },
-    );
-    drain(&mut f);
+    let mut f = registered_front();
     let call = CallId::new("in-2").unwrap();
     let incoming = Notification::Incoming {
         from: "sip:bob@pbx.test".into(),
