@@ -69,6 +69,7 @@ pub use gangway_core::calls::Credentials;
 pub use gangway_core::sdp;
 pub mod session_timer;
 
+mod bans;
 mod call;
 mod dialog;
 mod failure;

@@ -25,7 +25,7 @@ pub struct SipMetrics {
     /// Responses by `direction` and `status` (`"200"`, `"486"`, …).
     pub responses: Family<SipLabels, Counter>,
     /// Dialog-creating INVITEs refused before anyone was asked, by `reason`
-    /// (`forbidden_source`, `no_user`).
+    /// (`forbidden_source`, `no_user`, `banned`: dropped unanswered).
     pub inbound_rejected: Family<[(&'static str, &'static str); 1], Counter>,
     /// 1 while the trunk is up, 0 while the OPTIONS keepalive has it down
     /// (see [`crate::SipService::start_keepalive`]); 1 without a keepalive.
@@ -59,7 +59,7 @@ impl SipMetrics {
             "SIP responses, by direction and status code",
             self.responses.clone(),
         );
-        for reason in ["forbidden_source", "no_user"] {
+        for reason in ["forbidden_source", "no_user", "banned"] {
             let _ = self.inbound_rejected.get_or_create(&[("reason", reason)]);
         }
         registry.register(

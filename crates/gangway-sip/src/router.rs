@@ -41,6 +41,15 @@ pub(crate) async fn incoming_loop(
 
 async fn handle_incoming(shared: Arc<Shared>, mut tx: Transaction) {
     let method = tx.original.method;
+    if let (Some(inbound), Some(source)) = (shared.inbound.get(), request_source(&tx)) {
+        let outside = !source_allowed(&inbound.allowed_sources, source.ip());
+        if outside && !shared.bans.admit(source.ip(), std::time::Instant::now()) {
+            // Dropped unanswered: an answer is what a flood wants.
+            debug!(%method, src = %source, "request from a banned source dropped");
+            shared.metrics.inbound_rejected("banned");
+            return;
+        }
+    }
     if tx.original.version != Version::V2 {
         // Answered once, in our version (RFC 3261 §8.2.2.1 allows no other).
         debug!(version = %tx.original.version, "request in another SIP version: 505");

@@ -128,6 +128,7 @@ impl SipService {
                 secs => secs.max(crate::session_timer::MIN_SE),
             },
             metrics,
+            bans: Default::default(),
             replaceable: Default::default(),
         });
 

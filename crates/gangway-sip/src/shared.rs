@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     /// `SipConfig::session_expires` (0, or at least 90).
     pub(crate) session_expires: u32,
     pub(crate) metrics: SipMetrics,
+    /// Sources outside the allow-list that flood are dropped for a while.
+    pub(crate) bans: crate::bans::Bans,
     /// Established dialogs by id, for an INVITE with Replaces (RFC 3891):
     /// the events of the call it would replace.
     pub(crate) replaceable:

@@ -676,3 +676,40 @@ async fn in_dialog_requests_are_screened_by_source() {
     assert_eq!(next(&mut rx).await, (9, SipEvent::RemoteHangup));
     service.stop().await;
 }
+
+/// A source outside the allow-list that floods is answered for its first
+/// ten requests in a second and then dropped unanswered (banned), while
+/// the allowed address is served as ever.
+#[tokio::test]
+async fn a_flooding_outside_source_is_banned() {
+    let service = start(None).await;
+    let (calls, _incoming) = unbounded_channel();
+    service.accept_inbound(vec!["127.0.0.1/32".parse().unwrap()], calls);
+    let target = service.local_addr();
+    let flood = UdpSocket::bind(("127.0.0.2", 0)).await.unwrap();
+    let flood_port = flood.local_addr().unwrap().port();
+    for i in 0..40 {
+        let req = request("OPTIONS", flood_port, None, i + 1).replace("127.0.0.1:", "127.0.0.2:");
+        flood.send_to(req.as_bytes(), target).await.unwrap();
+    }
+    let mut answered = 0;
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1_500);
+    while let Ok(Ok(_)) = tokio::time::timeout_at(deadline, flood.recv_from(&mut buf)).await {
+        answered += 1;
+    }
+    assert!(
+        (1..=10).contains(&answered),
+        "the flood got at most ten answers: {answered}"
+    );
+
+    let sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    let port = sock.local_addr().unwrap().port();
+    for i in 0..20 {
+        let req = request("OPTIONS", port, None, 100 + i);
+        sock.send_to(req.as_bytes(), target).await.unwrap();
+        let (resp, _) = recv_text(&sock).await;
+        assert!(resp.starts_with("SIP/2.0 200"), "{resp}");
+    }
+    service.stop().await;
+}
