@@ -512,24 +512,8 @@ async fn websockets_per_address_are_limited() {
     );
 
     // Another address is not held up: it connects and calls.
-    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
-    tcp.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let stream = tcp.connect(gw.http_addr()).await.unwrap();
-    let (mut other, _) = tokio_tungstenite::client_async(&url, stream)
-        .await
-        .expect("another address connects");
-    let next = async |ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>| loop {
-        use futures_util::StreamExt;
-        if let Some(Ok(Message::Text(t))) = ws.next().await {
-            return serde_json::from_str::<Value>(t.as_str()).unwrap();
-        }
-    };
-    assert_eq!(next(&mut other).await["type"], "hello");
-    let call = json!({"type": "call", "call": "o1", "to": "echo", "sdp": offer().await});
-    futures_util::SinkExt::send(&mut other, Message::text(call.to_string()))
-        .await
-        .unwrap();
-    assert_eq!(next(&mut other).await["type"], "answer");
+    let mut other = connect_from(&gw, "127.0.0.2").await;
+    call_from(&mut other, "o1").await;
 
     // A socket that closes gives its place back.
     held.pop().unwrap().close().await;
@@ -601,5 +585,87 @@ async fn a_socket_flooding_messages_is_slowed_down() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     flooder.send(json!({"type": "ping"})).await;
     flooder.expect("pong").await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+type RawWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A `/ws` connection from another loopback address, past its `hello`.
+async fn connect_from(gw: &gangway::Gateway, ip: &str) -> RawWs {
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    let stream = tcp.connect(gw.http_addr()).await.unwrap();
+    let url = format!("ws://{}/ws", gw.http_addr());
+    let (mut ws, _) = tokio_tungstenite::client_async(&url, stream)
+        .await
+        .expect("another address connects");
+    assert_eq!(raw_next(&mut ws).await["type"], "hello");
+    ws
+}
+
+async fn raw_next(ws: &mut RawWs) -> Value {
+    use futures_util::StreamExt;
+    loop {
+        if let Some(Ok(Message::Text(t))) = ws.next().await {
+            return serde_json::from_str(t.as_str()).unwrap();
+        }
+    }
+}
+
+/// An echo call on a raw connection; returns the reply to `call`.
+async fn call_from(ws: &mut RawWs, id: &str) -> Value {
+    let call = json!({"type": "call", "call": id, "to": "echo", "sdp": offer().await});
+    futures_util::SinkExt::send(ws, Message::text(call.to_string()))
+        .await
+        .unwrap();
+    let reply = raw_next(ws).await;
+    assert_eq!(reply["type"], "answer", "{reply}");
+    reply
+}
+
+/// Calls count per source address across its sockets: past
+/// `calls.max_per_address` a call gets `too_many_calls` (counted), another
+/// address still calls, and an ended call frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_per_address_are_limited_across_sockets() {
+    let gw = start_gateway_with(|c| c.calls.max_per_address = 2).await;
+    let mut a = ApiClient::connect(&gw).await;
+    let mut b = ApiClient::connect(&gw).await;
+    a.call("a1", "echo", &offer().await).await;
+    a.expect("answer").await;
+    a.expect("answered").await;
+    b.call("b1", "echo", &offer().await).await;
+    b.expect("answer").await;
+    b.expect("answered").await;
+    b.call("b2", "echo", &offer().await).await;
+    let e = expect_error(&mut b, "too_many_calls").await;
+    assert!(
+        e["message"].as_str().unwrap().contains("per address"),
+        "{e}"
+    );
+    assert_eq!(
+        scrape_metric(
+            &gw,
+            "gangway_limit_refusals_total{limit=\"calls_per_address\"}"
+        )
+        .await,
+        1.0
+    );
+    let mut other = connect_from(&gw, "127.0.0.2").await;
+    call_from(&mut other, "o1").await;
+    a.hangup("a1").await;
+    loop {
+        if a.recv().await["type"] == "ended" {
+            break;
+        }
+    }
+    b.call("b3", "echo", &offer().await).await;
+    loop {
+        let m = b.recv().await;
+        if m["type"] == "answer" {
+            break;
+        }
+        assert_ne!(m["type"], "error", "{m}");
+    }
     gw.shutdown(Duration::ZERO).await;
 }

@@ -1,7 +1,8 @@
-//! WebSocket connections per source address and in all: a slot is taken
-//! before the upgrade and given back when the connection's task ends, so
-//! one address cannot hold thousands of idle sockets (each costs memory
-//! and a task) and the gateway as a whole has a ceiling.
+//! What one source address may hold. WebSocket connections, per address
+//! and in all: a slot is taken before the upgrade and given back when the
+//! connection's task ends, so one address cannot hold thousands of idle
+//! sockets (each costs memory and a task). Calls, per address across all
+//! its sockets: one client cannot take every RTP port.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -79,6 +80,43 @@ impl Drop for Slot {
     }
 }
 
+/// Calls per source address, across its sockets.
+#[derive(Debug)]
+pub(crate) struct CallsPerAddress {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl CallsPerAddress {
+    pub fn new(max: usize) -> Self {
+        CallsPerAddress {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `ip` may start one more call (counted by [`Self::started`]).
+    pub fn has_room(&self, ip: IpAddr) -> bool {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&ip).copied().unwrap_or(0) < self.max
+    }
+
+    pub fn started(&self, ip: IpAddr) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        *open.entry(ip).or_default() += 1;
+    }
+
+    pub fn ended(&self, ip: IpAddr) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +134,18 @@ mod tests {
         drop(a1);
         let _b2 = c.try_open(b).unwrap();
         assert_eq!(c.try_open(a).unwrap_err(), Refused::Total);
+    }
+
+    #[test]
+    fn calls_per_address_count_across_sockets() {
+        let calls = CallsPerAddress::new(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        calls.started(a);
+        assert!(calls.has_room(a));
+        calls.started(a);
+        assert!(!calls.has_room(a));
+        assert!(calls.has_room("192.0.2.2".parse().unwrap()));
+        calls.ended(a);
+        assert!(calls.has_room(a));
     }
 }

@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     flows: flows::Flows,
     /// WebSocket slots per source address and in all.
     connections: Arc<connections::Connections>,
+    /// Calls per source address.
+    calls_per_address: connections::CallsPerAddress,
     phase: watch::Sender<Phase>,
     next_peer: AtomicU64,
     next_session: AtomicU64,
@@ -231,6 +233,7 @@ impl Gateway {
                 .map(Duration::from_secs),
             log_prefix: format!("{started_ms:x}"),
         };
+        let calls_max_per_address = config.calls.max_per_address;
         let connections = connections::Connections::new(
             config.http.max_connections_per_address,
             config.http.max_connections,
@@ -252,6 +255,7 @@ impl Gateway {
             sip_ws,
             flows: flows::Flows::default(),
             connections,
+            calls_per_address: connections::CallsPerAddress::new(calls_max_per_address),
             phase,
             next_peer: AtomicU64::new(1),
             next_session: AtomicU64::new(1),

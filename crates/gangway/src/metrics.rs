@@ -71,8 +71,9 @@ const SIP_WS_REJECTS: [&str; 19] = [
 ];
 
 /// `limit` label values of `gangway_limit_refusals_total`.
-const LIMITS: [&str; 4] = [
+const LIMITS: [&str; 5] = [
     "candidates",
+    "calls_per_address",
     "connections_per_address",
     "connections",
     "messages",

@@ -122,6 +122,8 @@ pub struct CallsSection {
     pub setup_timeout_secs: u64,
     /// Concurrent calls one WebSocket may hold.
     pub max_per_session: usize,
+    /// Concurrent calls one source address may hold, across its sockets.
+    pub max_per_address: usize,
     /// Remote ICE candidates one call may add (each costs the media shard
     /// work for every check it runs).
     pub max_candidates: usize,
@@ -136,6 +138,7 @@ impl Default for CallsSection {
             echo_destination: "echo".into(),
             setup_timeout_secs: 30,
             max_per_session: 8,
+            max_per_address: 250,
             max_candidates: 32,
             resume_grace_secs: 30,
         }

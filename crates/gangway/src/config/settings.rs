@@ -254,6 +254,12 @@ fn calls(c: &CallsSection) -> Result<Option<String>, ConfigError> {
         "must be between 1 and 1000",
     )?;
     within(
+        "calls.max_per_address",
+        c.max_per_address,
+        1..=100_000,
+        "must be between 1 and 100000",
+    )?;
+    within(
         "calls.max_candidates",
         c.max_candidates,
         1..=1000,

@@ -10,10 +10,11 @@ mod events;
 mod exec;
 mod observe;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use gangway_core::calls::{IncomingOffer, Input, Notification, Refusal};
+use gangway_core::calls::{IncomingOffer, Input, Notification, Problem, Refusal, Request};
 use gangway_core::Calls;
 use gangway_core::EndReason;
 use gangway_media::LegEvent;
@@ -55,6 +56,8 @@ pub(crate) struct CallDriver {
     /// A client signed in with a token as this SIP user, whose password
     /// the gateway holds: its own calls answer challenges with it.
     pub account: Option<(String, String)>,
+    /// The client's address: its calls count against `calls.max_per_address`.
+    pub peer_ip: IpAddr,
 }
 
 impl CallDriver {
@@ -63,6 +66,7 @@ impl CallDriver {
         number: u64,
         settings: gangway_core::calls::Settings,
         front_end: &'static str,
+        peer_ip: IpAddr,
     ) -> (CallDriver, LegEvents) {
         let (legs_tx, media) = mpsc::unbounded_channel();
         let (sip_tx, sip) = mpsc::unbounded_channel();
@@ -74,12 +78,27 @@ impl CallDriver {
             to_client: Vec::new(),
             front_end,
             account: None,
+            peer_ip,
         };
         (driver, LegEvents { media, sip })
     }
 
     /// Hands one input to the core and carries out what it asks for.
     pub fn feed(&mut self, input: Input<CallId>) {
+        if let Input::Request(Request::Call { call, .. }) = &input {
+            if !self.shared.calls_per_address.has_room(self.peer_ip) {
+                // Counted across the address's sockets, which the core's
+                // table (one connection) cannot see.
+                self.shared.metrics.limit_refused("calls_per_address");
+                let max = self.shared.config.calls.max_per_address;
+                self.to_client.push(ToClient::Refuse(Refusal {
+                    call: Some(call.clone()),
+                    problem: Problem::TooManyCalls,
+                    message: format!("at most {max} concurrent calls per address"),
+                }));
+                return;
+            }
+        }
         self.calls.handle(Instant::now(), input);
         self.run_outputs();
     }

@@ -22,11 +22,13 @@ impl CallDriver {
                 info!(call, gangway_call, %to, front_end = self.front_end, "call requested");
                 metrics.calls_active.inc();
                 metrics.front_end_call(self.front_end);
+                self.shared.calls_per_address.started(self.peer_ip);
             }
             Observation::Accepted { from } => {
                 info!(call, gangway_call, %from, front_end = self.front_end, "incoming call taken");
                 metrics.calls_active.inc();
                 metrics.front_end_call(self.front_end);
+                self.shared.calls_per_address.started(self.peer_ip);
             }
             Observation::Started { route } => {
                 metrics
@@ -51,6 +53,7 @@ impl CallDriver {
                 metrics.limit_refused(limit);
             }
             Observation::Ended { reason } => {
+                self.shared.calls_per_address.ended(self.peer_ip);
                 info!(call, reason = reason.as_str(), "call ended");
                 metrics.call_ended(reason);
             }

@@ -136,7 +136,7 @@ async fn serve(
     if token.is_none() {
         settings.resume_grace = None;
     }
-    let (driver, mut legs) = CallDriver::new(shared.clone(), number, settings, "json");
+    let (driver, mut legs) = CallDriver::new(shared.clone(), number, settings, "json", peer_ip);
     let rate =
         crate::rate::MessageRate::new(shared.config.http.max_messages_per_second, Instant::now());
     let mut s = Session {

@@ -129,7 +129,7 @@ async fn serve(
     // The core's own grace is the JSON API's resume; a parked flow keeps
     // its calls itself (see the module docs).
     settings.resume_grace = None;
-    let (driver, mut legs) = CallDriver::new(shared.clone(), number, settings, "sip_ws");
+    let (driver, mut legs) = CallDriver::new(shared.clone(), number, settings, "sip_ws", peer.ip());
     let front_settings = FrontSettings {
         host: host.clone(),
         ..shared.sip_ws.clone()
