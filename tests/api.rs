@@ -669,3 +669,62 @@ async fn calls_per_address_are_limited_across_sockets() {
     }
     gw.shutdown(Duration::ZERO).await;
 }
+
+/// Behind a trusted proxy (`http.trusted_proxies`) the per-address limits
+/// count the client `X-Forwarded-For` names; from any other peer the
+/// header is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_limits_see_the_client_behind_a_trusted_proxy() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let gw = start_gateway_with(|c| {
+        c.http.max_connections_per_address = 2;
+        c.http.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let url = format!("ws://{}/ws", gw.http_addr());
+    let connect = |forwarded: &'static str| {
+        let mut req = url.as_str().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("X-Forwarded-For", forwarded.parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    let status = |r: &Result<_, tokio_tungstenite::tungstenite::Error>| match r {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    };
+    // Through the proxy (127.0.0.1): two clients of one address, then a third.
+    let a1 = connect("198.51.100.1").await;
+    let a2 = connect("198.51.100.1").await;
+    assert_eq!((status(&a1), status(&a2)), (101, 101));
+    assert_eq!(status(&connect("198.51.100.1").await), 429);
+    assert_eq!(status(&connect("198.51.100.2").await), 101);
+
+    // A peer that is not a trusted proxy is counted as itself.
+    let mut held: Vec<RawWs> = Vec::new();
+    for (n, forwarded) in ["198.51.100.3", "198.51.100.4", "198.51.100.5"]
+        .iter()
+        .enumerate()
+    {
+        let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+        tcp.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let stream = tcp.connect(gw.http_addr()).await.unwrap();
+        let mut req = url.as_str().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("X-Forwarded-For", forwarded.parse().unwrap());
+        let r = tokio_tungstenite::client_async(req, stream).await;
+        let code = match &r {
+            Ok(_) => 101,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            code,
+            if n < 2 { 101 } else { 429 },
+            "connection {n} from 127.0.0.2"
+        );
+        held.extend(r.ok().map(|(ws, _)| ws));
+    }
+    drop((a1, a2, held));
+    gw.shutdown(Duration::ZERO).await;
+}

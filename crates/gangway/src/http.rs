@@ -1,7 +1,7 @@
 //! HTTP routes. Handlers stay thin: assets, health, metrics, and the
 //! WebSocket upgrade that hands the socket to a session.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
@@ -10,6 +10,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use gangway_signal::assets;
+use gangway_sip::ipnet::IpNet;
 use tracing::debug;
 
 use crate::config::{HttpSection, MAX_WS_FRAME_BYTES};
@@ -89,7 +90,8 @@ async fn websocket(
     if !origin_allowed(&headers, &shared.config.http) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
-    let slot = match connection_slot(&shared, peer) {
+    let client = client_addr(&headers, peer, &shared.trusted_proxies);
+    let slot = match connection_slot(&shared, client) {
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
     };
@@ -97,9 +99,30 @@ async fn websocket(
         .max_message_size(MAX_WS_FRAME_BYTES)
         .max_frame_size(MAX_WS_FRAME_BYTES)
         .on_upgrade(move |socket| async move {
-            session::run(socket, shared, peer.ip()).await;
+            session::run(socket, shared, client.ip()).await;
             drop(slot);
         })
+}
+
+/// The client's address: the socket's peer, or, when that is a trusted
+/// proxy, the nearest address in `X-Forwarded-For` that is not one (the
+/// rightmost untrusted hop: those before it could be forged).
+fn client_addr(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> SocketAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(&ip));
+    if !is_trusted(peer.ip()) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    match hops.iter().rev().find(|ip| !is_trusted(**ip)) {
+        Some(ip) => SocketAddr::new(*ip, peer.port()),
+        None => peer,
+    }
 }
 
 /// A connection's place under `http.max_connections(_per_address)`, or the
@@ -159,7 +182,8 @@ async fn sip_websocket(
         })
         .map(str::to_string)
         .unwrap_or_else(|| shared.config.http.listen.to_string());
-    let slot = match connection_slot(&shared, peer) {
+    let client = client_addr(&headers, peer, &shared.trusted_proxies);
+    let slot = match connection_slot(&shared, client) {
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
     };
@@ -168,7 +192,7 @@ async fn sip_websocket(
         .max_message_size(MAX_WS_FRAME_BYTES)
         .max_frame_size(MAX_WS_FRAME_BYTES)
         .on_upgrade(move |socket| async move {
-            sip_ws::run(socket, shared, peer, host).await;
+            sip_ws::run(socket, shared, client, host).await;
             drop(slot);
         })
 }
@@ -280,5 +304,26 @@ mod tests {
             &with_port,
             &http(&[], &["PHONE.example.com"])
         ));
+    }
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_hop_behind_a_trusted_proxy() {
+        let proxy: SocketAddr = "10.0.0.2:5555".parse().unwrap();
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "203.0.113.66, 198.51.100.7, 10.0.0.9".parse().unwrap(),
+        );
+        // The leftmost entry is the client's own claim; the nearest hop
+        // the trusted proxies did not add is the one they saw.
+        assert_eq!(
+            client_addr(&h, proxy, &trusted),
+            "198.51.100.7:5555".parse().unwrap()
+        );
+        // A peer that is not a trusted proxy is the client, whatever it says.
+        let direct: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        assert_eq!(client_addr(&h, direct, &trusted), direct);
+        assert_eq!(client_addr(&HeaderMap::new(), proxy, &trusted), proxy);
     }
 }

@@ -85,6 +85,8 @@ pub(crate) struct Shared {
     connections: Arc<connections::Connections>,
     /// Calls per source address.
     calls_per_address: connections::CallsPerAddress,
+    /// Proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
+    trusted_proxies: Vec<gangway_sip::ipnet::IpNet>,
     phase: watch::Sender<Phase>,
     next_peer: AtomicU64,
     next_session: AtomicU64,
@@ -234,6 +236,10 @@ impl Gateway {
             log_prefix: format!("{started_ms:x}"),
         };
         let calls_max_per_address = config.calls.max_per_address;
+        // Checked with the rest of the configuration.
+        let trusted_proxies =
+            config::networks("http.trusted_proxies", &config.http.trusted_proxies)
+                .unwrap_or_default();
         let connections = connections::Connections::new(
             config.http.max_connections_per_address,
             config.http.max_connections,
@@ -256,6 +262,7 @@ impl Gateway {
             flows: flows::Flows::default(),
             connections,
             calls_per_address: connections::CallsPerAddress::new(calls_max_per_address),
+            trusted_proxies,
             phase,
             next_peer: AtomicU64::new(1),
             next_session: AtomicU64::new(1),

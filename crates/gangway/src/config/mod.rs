@@ -15,6 +15,7 @@ use figment::Figment;
 mod sections;
 mod settings;
 mod sip;
+pub(crate) use sip::networks;
 
 pub use sections::{
     AuthSection, CallsSection, CodecPolicySetting, Config, DtmfMode, HttpSection, LogFormat,

@@ -47,6 +47,9 @@ pub struct HttpSection {
     /// Messages one WebSocket may send per second (twice that in a burst);
     /// 0 turns the limit off.
     pub max_messages_per_second: u32,
+    /// Reverse proxies (addresses or CIDR networks) whose `X-Forwarded-For`
+    /// names the client for the per-address limits.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for HttpSection {
@@ -60,6 +63,7 @@ impl Default for HttpSection {
             max_connections: 10_000,
             idle_timeout_secs: 120,
             max_messages_per_second: 100,
+            trusted_proxies: Vec::new(),
         }
     }
 }

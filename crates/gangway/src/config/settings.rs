@@ -135,6 +135,7 @@ pub(super) fn nonzero_secs(secs: u64) -> Option<Duration> {
 }
 
 fn check_http(h: &HttpSection) -> Result<(), ConfigError> {
+    super::sip::networks("http.trusted_proxies", &h.trusted_proxies)?;
     within(
         "http.max_message_bytes",
         h.max_message_bytes,

@@ -70,7 +70,7 @@ pub(super) fn sip(s: &SipSection, auth: &AuthSection) -> Result<SipSettings, Con
     )?;
     let trunk = trunk(&s.trunk)?;
     let allow = allow_patterns(&s.trunk.allow)?;
-    let inbound_allow = networks(&s.inbound_allow)?;
+    let inbound_allow = networks("sip.inbound_allow", &s.inbound_allow)?;
     within(
         "sip.ring_timeout_secs",
         s.ring_timeout_secs,
@@ -176,8 +176,8 @@ fn allow_patterns(patterns: &[String]) -> Result<Vec<Regex>, ConfigError> {
         .collect()
 }
 
-/// `sip.inbound_allow`: CIDR networks, or addresses (each a one-host network).
-fn networks(entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+/// CIDR networks, or addresses (each a one-host network), under `key`.
+pub(crate) fn networks(key: &'static str, entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
     entries
         .iter()
         .map(|entry| {
@@ -187,7 +187,7 @@ fn networks(entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
                 .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
                 .map_err(|_| {
                     problem(
-                        "sip.inbound_allow",
+                        key,
                         format!("`{entry}` is neither an IP address nor a CIDR network"),
                     )
                 })
