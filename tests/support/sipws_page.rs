@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::audio::write_tone_wav;
-use crate::browser_call::{pretty, BROWSER_TONE_HZ, WAV_RATE};
-use crate::webdriver::{Browser, BrowserOptions, TempDir};
+use crate::browser_call::pretty;
+use crate::webdriver::{Browser, TempDir};
 
 /// The page API (`window.T`), served as `/page.js`.
 pub const PAGE_JS: &str = include_str!("../sipws/page.js");
@@ -345,19 +344,8 @@ impl SipPhone {
 
     /// Launches Chromium (its microphone a 1000 Hz tone) on any page.
     pub fn open(page: &str) -> Result<SipPhone, String> {
-        let dir = TempDir::new("gangway-sipws").map_err(|e| format!("temp dir: {e}"))?;
-        let wav = dir.path().join("tone-1000hz.wav");
-        // 2 s holds a whole number of periods: the loop has no click.
-        write_tone_wav(&wav, BROWSER_TONE_HZ, 2.0, WAV_RATE)
-            .map_err(|e| format!("writing {}: {e}", wav.display()))?;
-        let browser = Browser::launch(BrowserOptions {
-            fake_audio_capture: Some(wav),
-            extra_args: Vec::new(),
-        })
-        .map_err(|e| format!("launching Chromium: {e}"))?;
-        browser
-            .navigate(page)
-            .map_err(|e| format!("opening {page}: {e}"))?;
+        let (browser, dir) = crate::browser_call::launch_browser(page)?;
+        // The libraries' own steps take longer than our client's.
         browser
             .set_script_timeout(SCRIPT_TIMEOUT)
             .map_err(|e| format!("setting the script timeout: {e}"))?;
