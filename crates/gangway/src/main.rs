@@ -50,6 +50,15 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> ExitCode {
     let drain = config.drain_timeout();
+    // Listen for signals before anything is announced: a SIGTERM sent as
+    // soon as the address is logged must drain, not kill the process.
+    let mut signals = match Signals::listen() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gangway: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -62,7 +71,7 @@ async fn run(config: Config) -> ExitCode {
         gateway.http_addr(),
         gateway.config().calls.echo_destination
     );
-    wait_for_signal().await;
+    signals.next().await;
     info!(
         drain_secs = drain.as_secs(),
         "shutting down: draining calls (signal again to stop now)"
@@ -72,7 +81,7 @@ async fn run(config: Config) -> ExitCode {
     tokio::pin!(shutdown);
     tokio::select! {
         _ = &mut shutdown => return ExitCode::SUCCESS,
-        _ = wait_for_signal() => {}
+        _ = signals.next() => {}
     }
     // A forced stop still says goodbye: one BYE (or CANCEL) per call, then
     // out with a status that says the drain was cut short.
@@ -80,7 +89,7 @@ async fn run(config: Config) -> ExitCode {
     stop_now.now();
     tokio::select! {
         _ = &mut shutdown => {}
-        _ = wait_for_signal() => warn!("third signal: exiting without waiting"),
+        _ = signals.next() => warn!("third signal: exiting without waiting"),
     }
     ExitCode::from(FORCED_STOP)
 }
@@ -88,24 +97,40 @@ async fn run(config: Config) -> ExitCode {
 /// Exit status after a forced stop (a second signal during the drain).
 const FORCED_STOP: u8 = 3;
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, registered once for the life of the process so that
+/// no signal falls between two waits.
+struct Signals {
     #[cfg(unix)]
-    {
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn listen() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            },
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
+
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    fn listen() -> std::io::Result<Self> {
+        Ok(Self {})
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
