@@ -17,7 +17,9 @@ mod shard;
 mod types;
 
 pub use bridge::LegSummary;
-pub use shard::{RtpPorts, ShardHandle, ShardMetrics, ShardStartError};
+pub use shard::{
+    LegEventTx, RtpPorts, ShardHandle, ShardMetrics, ShardStartError, RESERVED_EVENTS,
+};
 pub use types::{CodecPolicy, Flow, Law, LegEvent, MediaPolicy, MediaRoute, OpusSettings};
 pub mod dtmf;
 pub mod dtmf_relay;

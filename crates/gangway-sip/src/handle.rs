@@ -12,10 +12,16 @@ use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
 use rsipstack::dialog::invite_dialog::InviteDialog;
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{self, Receiver, Sender};
+use tracing::warn;
 
 use crate::dialog::{Events, MidCallCommand};
 use crate::{SipEvent, SipFailure};
+
+/// Commands a call's queue holds; the last [`DECIDING_COMMANDS`] places
+/// are kept for ring, answer, reject and hangup.
+const COMMANDS: usize = 64;
+const DECIDING_COMMANDS: usize = 4;
 
 /// A request of the owner to the call's task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +41,7 @@ pub(crate) enum Command {
 /// What a call's handles and its task share.
 #[derive(Debug)]
 struct Control {
-    commands: UnboundedSender<Command>,
+    commands: Sender<Command>,
     /// The established dialog, once answered.
     dialog: OnceLock<DialogRef>,
     /// Why the call failed, set before `SipEvent::Failed` is sent.
@@ -57,8 +63,8 @@ pub struct DialogHandle {
 
 impl DialogHandle {
     /// A handle and the receiving end of its commands, for the call's task.
-    pub(crate) fn new() -> (DialogHandle, UnboundedReceiver<Command>) {
-        let (commands, rx) = mpsc::unbounded_channel();
+    pub(crate) fn new() -> (DialogHandle, Receiver<Command>) {
+        let (commands, rx) = mpsc::channel(COMMANDS);
         let control = Control {
             commands,
             dialog: OnceLock::new(),
@@ -70,9 +76,19 @@ impl DialogHandle {
         (handle, rx)
     }
 
+    /// Queues `command` without waiting. A mid-call command that finds the
+    /// queue down to its reserve is dropped with a warning: the owner is
+    /// asking faster than the dialog can carry out (DTMF while a re-INVITE
+    /// waits 32 s, say). Ring, answer, reject and hangup come at most once
+    /// each, so the reserve always has room for them.
     pub(crate) fn send(&self, command: Command) {
+        let commands = &self.control.commands;
+        if matches!(command, Command::Mid(_)) && commands.capacity() <= DECIDING_COMMANDS {
+            warn!(?command, "call's command queue is full: command dropped");
+            return;
+        }
         // The task may have ended; then there is nothing to do.
-        let _ = self.control.commands.send(command);
+        let _ = commands.try_send(command);
     }
 
     /// The task: the dialog is established.
@@ -251,7 +267,7 @@ impl InboundSipCall {
     }
 
     /// Sends this call's events (and any held so far) to `tx` as `(key, event)`.
-    pub fn route_events(&self, key: u64, tx: UnboundedSender<(u64, SipEvent)>) {
+    pub fn route_events(&self, key: u64, tx: crate::SipEventTx) {
         self.events.retarget(key, tx);
     }
 
@@ -313,7 +329,7 @@ mod tests {
     #[test]
     fn inbound_and_mid_call_commands_share_one_ordered_queue() {
         let (dialog, mut rx) = DialogHandle::new();
-        let inbound = InboundSipCall::new(dialog, Events::unrouted());
+        let inbound = InboundSipCall::new(dialog, Events::unrouted(Default::default()));
         inbound.ring();
         inbound.answer("v=0".into());
         inbound.hold(true);

@@ -69,6 +69,16 @@ pub use gangway_core::calls::Credentials;
 pub use gangway_core::sdp;
 pub mod session_timer;
 
+/// The readers of the far end's SIP messages that sit above rsipstack's
+/// parser, for the fuzz targets in `fuzz/`. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::dialog::{
+        info_dtmf_digit, refer_target, sipfrag_status, timer_headers, ReferError,
+    };
+    pub use crate::router::parse_replaces;
+}
+
 mod bans;
 mod call;
 mod dialog;
@@ -87,12 +97,13 @@ mod trunk;
 
 use std::net::{IpAddr, SocketAddr};
 
+pub use dialog::{SipEventTx, RESERVED_EVENTS};
 pub use failure::{SipFailure, StatusCode};
 pub use handle::{DialogHandle, DialogRef, InboundSipCall, IncomingCall, SipCall};
 pub use ipnet;
 pub use keepalive::TrunkKeepalive;
 pub use metrics::{SipLabels, SipMetrics};
-pub use register::{RegEvent, RegistrationHandle, RegistrationRequest};
+pub use register::{RegEvent, RegEventTx, RegistrationHandle, RegistrationRequest};
 pub use relay::{RelayedAnswer, RelayedRegister};
 pub use service::SipService;
 

@@ -25,7 +25,8 @@ pub struct SipMetrics {
     /// Responses by `direction` and `status` (`"200"`, `"486"`, …).
     pub responses: Family<SipLabels, Counter>,
     /// Dialog-creating INVITEs refused before anyone was asked, by `reason`
-    /// (`forbidden_source`, `no_user`, `banned`: dropped unanswered).
+    /// (`forbidden_source`, `no_user`, `banned`: dropped unanswered,
+    /// `overloaded`: 503 while the inbound queue is full).
     pub inbound_rejected: Family<[(&'static str, &'static str); 1], Counter>,
     /// 1 while the trunk is up, 0 while the OPTIONS keepalive has it down
     /// (see [`crate::SipService::start_keepalive`]); 1 without a keepalive.
@@ -43,6 +44,9 @@ pub struct SipMetrics {
     /// failing until the session expired) and `not_refreshed` (the far end
     /// did not refresh in time).
     pub session_timer_ended: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Call events an owner missed because its queue was full (progress,
+    /// DTMF; never an end): see `SipEventTx`.
+    pub events_dropped: Counter,
 }
 
 impl SipMetrics {
@@ -59,7 +63,7 @@ impl SipMetrics {
             "SIP responses, by direction and status code",
             self.responses.clone(),
         );
-        for reason in ["forbidden_source", "no_user", "banned"] {
+        for reason in ["forbidden_source", "no_user", "banned", "overloaded"] {
             let _ = self.inbound_rejected.get_or_create(&[("reason", reason)]);
         }
         registry.register(
@@ -99,6 +103,11 @@ impl SipMetrics {
             "sip_session_timer_ended",
             "Calls ended by the SIP session timer, by cause (refresh_failed, not_refreshed)",
             self.session_timer_ended.clone(),
+        );
+        registry.register(
+            "sip_events_dropped",
+            "Call events (progress, DTMF) dropped because the owner's queue was full",
+            self.events_dropped.clone(),
         );
     }
 

@@ -9,7 +9,7 @@ use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::registration::{backoff_interval, refresh_interval, Registration};
 use rsipstack::platform::CancellationToken;
 use rsipstack::sip::{StatusCodeKind, Uri};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::shared::{ActiveCall, Shared};
@@ -51,6 +51,9 @@ pub enum RegEvent {
     Unregistered,
 }
 
+/// Where a registration's events go: the owner's bounded queue.
+pub type RegEventTx = Sender<(u64, RegEvent)>;
+
 /// Handle to a registration. Clones refer to the same one; dropping it
 /// does not end the registration.
 #[derive(Clone, Debug)]
@@ -68,11 +71,7 @@ impl RegistrationHandle {
 impl SipService {
     /// Registers `request.user` and keeps the binding fresh until
     /// [`RegistrationHandle::unregister`] or the service stops.
-    pub fn register(
-        &self,
-        request: RegistrationRequest,
-        events: UnboundedSender<(u64, RegEvent)>,
-    ) -> RegistrationHandle {
+    pub fn register(&self, request: RegistrationRequest, events: RegEventTx) -> RegistrationHandle {
         let stop = CancellationToken::new();
         let handle = RegistrationHandle { stop: stop.clone() };
         self.shared.call_started();
@@ -88,13 +87,18 @@ impl SipService {
 async fn run_registration(
     shared: Arc<Shared>,
     request: RegistrationRequest,
-    events: UnboundedSender<(u64, RegEvent)>,
+    events: RegEventTx,
     stop: CancellationToken,
     _active: ActiveCall,
 ) {
+    // The owner's queue is bounded; this task waits for room, and only
+    // this registration waits with it.
     let send = |event: RegEvent| {
         debug!(?event, "registration event");
-        let _ = events.send((request.key, event));
+        let (events, key) = (events.clone(), request.key);
+        async move {
+            let _ = events.send((key, event)).await;
+        }
     };
     let registrar = &request.registrar;
     let (server, contact) = match uris(&shared, &request) {
@@ -105,8 +109,9 @@ async fn run_registration(
                 status: 500,
                 reason,
                 retrying: false,
-            });
-            send(RegEvent::Unregistered);
+            })
+            .await;
+            send(RegEvent::Unregistered).await;
             return;
         }
     };
@@ -147,7 +152,7 @@ async fn run_registration(
         };
         let result = tokio::select! {
             biased;
-            _ = shared.kill.cancelled() => return send(RegEvent::Unregistered),
+            _ = shared.kill.cancelled() => return send(RegEvent::Unregistered).await,
             _ = stop.cancelled() => break,
             _ = shared.hangup_all.cancelled() => break,
             result = attempt => result,
@@ -161,7 +166,7 @@ async fn run_registration(
                 info!(expires = granted, "registered");
                 bound = true;
                 failures = 0;
-                send(RegEvent::Registered { expires: granted });
+                send(RegEvent::Registered { expires: granted }).await;
                 refresh_interval(granted)
             }
             Err((status, reason)) => {
@@ -170,9 +175,10 @@ async fn run_registration(
                     status,
                     reason,
                     retrying: bound,
-                });
+                })
+                .await;
                 if !bound {
-                    send(RegEvent::Unregistered);
+                    send(RegEvent::Unregistered).await;
                     return;
                 }
                 failures += 1;
@@ -181,7 +187,7 @@ async fn run_registration(
         };
         tokio::select! {
             biased;
-            _ = shared.kill.cancelled() => return send(RegEvent::Unregistered),
+            _ = shared.kill.cancelled() => return send(RegEvent::Unregistered).await,
             _ = stop.cancelled() => break,
             _ = shared.hangup_all.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
@@ -195,7 +201,7 @@ async fn run_registration(
             Err(_) => warn!("un-REGISTER timed out"),
         }
     }
-    send(RegEvent::Unregistered);
+    send(RegEvent::Unregistered).await;
 }
 
 /// The registrar's Request-URI (`sip:<domain>`) and our Contact for the user.

@@ -12,6 +12,7 @@ use rsipstack::platform::CancellationToken;
 use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, Method, StatusCode, StatusCodeKind, Version};
 use rsipstack::transaction::{Transaction, TransactionReceiver};
+use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
 
 use crate::dialog::{timer_headers, ALLOW};
@@ -187,8 +188,15 @@ async fn new_invite(shared: &Arc<Shared>, tx: Transaction) {
     }
     match start_inbound(shared, tx, user, source) {
         Ok(call) => {
-            if let Err(refused) = inbound.handler.send(call) {
-                refused.0.handle.reject(480);
+            match inbound.handler.try_send(call) {
+                Ok(()) => {}
+                // The gateway is behind on inbound calls: shed this one.
+                Err(TrySendError::Full(call)) => {
+                    shared.metrics.inbound_rejected("overloaded");
+                    warn!(src = %source, "inbound call queue full: INVITE refused (503)");
+                    call.handle.reject(503);
+                }
+                Err(TrySendError::Closed(call)) => call.handle.reject(480),
             }
         }
         Err(refused) => {
@@ -231,7 +239,7 @@ async fn replacing_invite(
 
 /// `call-id;to-tag=…;from-tag=…` as the dialog id on our side: the to-tag
 /// is our tag, the from-tag the far end's.
-fn parse_replaces(value: &str) -> Option<rsipstack::dialog::DialogId> {
+pub fn parse_replaces(value: &str) -> Option<rsipstack::dialog::DialogId> {
     let mut parts = value.split(';').map(str::trim);
     let call_id = parts.next().filter(|c| !c.is_empty())?.to_string();
     let (mut to_tag, mut from_tag) = (None, None);

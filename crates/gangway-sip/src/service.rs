@@ -13,11 +13,12 @@ use rsipstack::transaction::CallIdFormat;
 use rsipstack::transport::udp::{UdpConnection, UdpInner};
 use rsipstack::transport::{SipAddr, TcpListenerConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 use tokio::sync::Notify;
 use tracing::{info, warn, Instrument};
 
 use crate::call::run_call;
+use crate::dialog::{Events, SipEventTx};
 use crate::metrics::MetricsInspector;
 use crate::router::incoming_loop;
 use crate::shared::{ActiveCall, Inbound, Shared};
@@ -167,11 +168,7 @@ impl SipService {
 
     /// Place an outbound call. Progress goes to `events` as `(call.key, event)`,
     /// ending with [`SipEvent::Ended`]. Must be called within a tokio runtime.
-    pub fn place_call(
-        &self,
-        call: OutboundCall,
-        events: UnboundedSender<(u64, SipEvent)>,
-    ) -> DialogHandle {
+    pub fn place_call(&self, call: OutboundCall, events: SipEventTx) -> DialogHandle {
         let (handle, commands) = DialogHandle::new();
         let refused = if self.shared.stopping.load(Ordering::SeqCst) {
             Some(SipFailure::Stopping)
@@ -187,8 +184,9 @@ impl SipService {
         };
         if let Some(failure) = refused {
             handle.failed(failure.clone());
-            let _ = events.send((call.key, failure.event()));
-            let _ = events.send((call.key, SipEvent::Ended));
+            let events = Events::to(call.key, events, self.shared.metrics.events_dropped.clone());
+            events.fail(&failure);
+            events.send(SipEvent::Ended);
             return handle;
         }
         self.shared.call_started();
@@ -213,7 +211,7 @@ impl SipService {
     pub fn accept_inbound(
         &self,
         allowed_sources: Vec<ipnet::IpNet>,
-        handler: UnboundedSender<IncomingCall>,
+        handler: Sender<IncomingCall>,
     ) {
         let _ = self.shared.inbound.set(Inbound {
             allowed_sources,

@@ -11,7 +11,7 @@ use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::platform::CancellationToken;
 use rsipstack::sip::{Auth, Host, HostWithPort, Scheme, Uri};
 use rsipstack::transaction::Endpoint;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 use tokio::sync::Notify;
 
 use crate::dialog::Events;
@@ -53,7 +53,7 @@ pub(crate) struct Shared {
 /// Who may call in, and who gets the calls.
 pub(crate) struct Inbound {
     pub(crate) allowed_sources: Vec<ipnet::IpNet>,
-    pub(crate) handler: UnboundedSender<IncomingCall>,
+    pub(crate) handler: Sender<IncomingCall>,
 }
 
 impl Shared {

@@ -11,7 +11,7 @@ use gangway_sip::{
     OutboundCall, SipConfig, SipError, SipEvent, SipMetrics, SipService, Transport, Trunk,
 };
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::channel;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -81,7 +81,7 @@ async fn invite_uses_public_ip_and_only_call_data() {
 
     let trunk_sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
     let trunk_port = trunk_sock.local_addr().unwrap().port();
-    let (tx, mut rx) = unbounded_channel();
+    let (tx, mut rx) = channel(64);
     let offer = sdp::offer(public, 42000, &[G711::Pcma], 101, 99);
     let _call = service.place_call(
         OutboundCall {
@@ -342,7 +342,7 @@ async fn config_errors() {
 #[tokio::test]
 async fn invalid_call_data_fails_locally() {
     let service = start(None).await;
-    let (tx, mut rx) = unbounded_channel();
+    let (tx, mut rx) = channel(64);
     let _call = service.place_call(
         OutboundCall {
             key: 9,
@@ -371,7 +371,7 @@ async fn invalid_call_data_fails_locally() {
 
     // After stop, calls fail at once with 503.
     service.stop().await;
-    let (tx, mut rx) = unbounded_channel();
+    let (tx, mut rx) = channel(64);
     let _call = service.place_call(
         OutboundCall {
             key: 10,
@@ -404,7 +404,7 @@ async fn answer_without_sdp_is_refused_with_bye() {
     let service = start(None).await;
     let trunk_sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
     let trunk_port = trunk_sock.local_addr().unwrap().port();
-    let (tx, mut rx) = unbounded_channel();
+    let (tx, mut rx) = channel(64);
     let _call = service.place_call(
         OutboundCall {
             key: 5,
@@ -463,7 +463,7 @@ async fn answer_without_sdp_is_refused_with_bye() {
     service.stop().await;
 }
 
-async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<(u64, SipEvent)>) -> (u64, SipEvent) {
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<(u64, SipEvent)>) -> (u64, SipEvent) {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .expect("event in time")
@@ -514,7 +514,7 @@ async fn session_interval_too_small_is_retried_once_with_its_min_se() {
     let service = start(None).await;
     let trunk_sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
     let trunk_port = trunk_sock.local_addr().unwrap().port();
-    let (tx, mut rx) = unbounded_channel();
+    let (tx, mut rx) = channel(64);
     let _call = service.place_call(
         OutboundCall {
             key: 6,
@@ -584,7 +584,7 @@ async fn session_interval_too_small_is_retried_once_with_its_min_se() {
 #[tokio::test]
 async fn inbound_session_interval_below_90_s_gets_422() {
     let service = start(None).await;
-    let (calls, mut incoming) = unbounded_channel();
+    let (calls, mut incoming) = channel(64);
     service.accept_inbound(vec!["127.0.0.1/32".parse().unwrap()], calls);
     let target = service.local_addr();
     let sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
@@ -615,7 +615,7 @@ async fn inbound_session_interval_below_90_s_gets_422() {
 #[tokio::test]
 async fn in_dialog_requests_are_screened_by_source() {
     let service = start(None).await;
-    let (calls, mut incoming) = unbounded_channel();
+    let (calls, mut incoming) = channel(64);
     service.accept_inbound(vec!["127.0.0.1/32".parse().unwrap()], calls);
     let target = service.local_addr();
     let sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
@@ -634,7 +634,7 @@ async fn in_dialog_requests_are_screened_by_source() {
         .await
         .expect("the INVITE is offered")
         .unwrap();
-    let (events, mut rx) = unbounded_channel();
+    let (events, mut rx) = channel(64);
     call.handle.route_events(9, events);
     let answer = offer.replace("40000", "40002");
     call.handle.answer(answer);
@@ -683,7 +683,7 @@ async fn in_dialog_requests_are_screened_by_source() {
 #[tokio::test]
 async fn a_flooding_outside_source_is_banned() {
     let service = start(None).await;
-    let (calls, _incoming) = unbounded_channel();
+    let (calls, _incoming) = channel(64);
     service.accept_inbound(vec!["127.0.0.1/32".parse().unwrap()], calls);
     let target = service.local_addr();
     let flood = UdpSocket::bind(("127.0.0.2", 0)).await.unwrap();

@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::{channel, Receiver};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -161,7 +161,7 @@ fn call(key: u64, trunk: Trunk, service: &SipService, correlation: &str) -> Outb
 
 struct Events {
     key: u64,
-    rx: UnboundedReceiver<(u64, SipEvent)>,
+    rx: Receiver<(u64, SipEvent)>,
 }
 
 impl Events {
@@ -195,7 +195,7 @@ impl Events {
 }
 
 fn place(service: &SipService, call: OutboundCall) -> (SipCall, Events) {
-    let (tx, rx) = unbounded_channel();
+    let (tx, rx) = channel(64);
     let key = call.key;
     let handle = service.place_call(call, tx);
     (handle, Events { key, rx })

@@ -10,7 +10,7 @@ use gangway_core::fork::{self, Fork, ForkInput, Presence};
 use gangway_signal::CallId;
 use gangway_sip::{InboundSipCall, IncomingCall, SipEvent};
 use tokio::sync::mpsc;
-use tracing::{info, info_span, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use crate::users::{Inbox, InboxTx, Lookup};
 use crate::{Phase, Shared, SIP_CODECS};
@@ -28,7 +28,7 @@ pub(crate) struct Ringing {
     pub sdp_offer: Option<String>,
     pub sip: InboundSipCall,
     claimed: AtomicBool,
-    decisions: mpsc::UnboundedSender<Decision>,
+    decisions: mpsc::Sender<Decision>,
 }
 
 #[derive(Debug)]
@@ -55,17 +55,17 @@ impl Ringing {
     /// After a successful [`Ringing::claim`]: the session now owns the call
     /// (it has routed the SIP events to itself).
     pub fn accepted(&self, session: u64) {
-        let _ = self.decisions.send(Decision::Accepted { session });
+        let _ = self.decisions.try_send(Decision::Accepted { session });
     }
 
     /// After a successful [`Ringing::claim`]: refuse the INVITE with `code`.
     pub fn rejected(&self, code: u16) {
-        let _ = self.decisions.send(Decision::Rejected { code });
+        let _ = self.decisions.try_send(Decision::Rejected { code });
     }
 
     /// The session will not answer (closed, or full).
     pub fn gone(&self, session: u64) {
-        let _ = self.decisions.send(Decision::Gone { session });
+        let _ = self.decisions.try_send(Decision::Gone { session });
     }
 }
 
@@ -77,7 +77,7 @@ fn refuse(call: &IncomingCall, refused: fork::Refused, outcome: &impl Fn(&'stati
 }
 
 /// Takes every inbound INVITE the SIP service accepted.
-pub(crate) async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<IncomingCall>) {
+pub(crate) async fn run(shared: Arc<Shared>, mut calls: mpsc::Receiver<IncomingCall>) {
     while let Some(call) = calls.recv().await {
         let span = info_span!("inbound", sip_call_id = %call.sip_call_id, user = %call.user);
         tokio::spawn(ring(shared.clone(), call).instrument(span));
@@ -107,9 +107,12 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
         return refuse(&call, refused, &outcome);
     }
 
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    // Until a session takes it, the call's events come here; the SIP
+    // side keeps a reserve for the ones that end it.
+    let (events_tx, mut events) = mpsc::channel(gangway_sip::RESERVED_EVENTS + 8);
     call.handle.route_events(0, events_tx);
-    let (decisions_tx, mut decisions) = mpsc::unbounded_channel();
+    // Each session rung decides once, and the coordinator needs only the first.
+    let (decisions_tx, mut decisions) = mpsc::channel(sessions.len() + 1);
     let n = shared.next_peer.fetch_add(1, Ordering::Relaxed);
     let id = CallId::new(format!("in-{:x}-{n}", shared.started_ms))
         .expect("a short ASCII id is a valid call id");
@@ -126,8 +129,14 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
     });
     let mut inboxes: Vec<(u64, InboxTx)> = Vec::new();
     for (session, inbox) in sessions {
-        if inbox.send(Inbox::Incoming(ringing.clone())).is_ok() {
-            inboxes.push((session, inbox));
+        // A session whose inbox is full is far behind: it is not rung.
+        match inbox.try_send(Inbox::Incoming(ringing.clone())) {
+            Ok(()) => inboxes.push((session, inbox)),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                shared.metrics.queue_full("session_inbox");
+                warn!(session, "session's inbox is full: not rung");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
     let mut fork = Fork::new(inboxes.iter().map(|(session, _)| *session));
@@ -177,11 +186,16 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
         }
         for (session, inbox) in &inboxes {
             if Some(*session) != settled.except {
-                let _ = inbox.send(Inbox::Withdrawn {
-                    call: id.clone(),
-                    reason: settled.reason,
-                    code: settled.code,
-                });
+                crate::queues::deliver(
+                    inbox,
+                    Inbox::Withdrawn {
+                        call: id.clone(),
+                        reason: settled.reason,
+                        code: settled.code,
+                    },
+                    "session_inbox",
+                    &shared.metrics,
+                );
             }
         }
         return outcome(settled.outcome);

@@ -10,6 +10,7 @@ mod flows;
 mod http;
 mod inbound;
 mod metrics;
+mod queues;
 mod rate;
 mod resume;
 mod session;
@@ -191,7 +192,7 @@ impl Gateway {
         let http_addr = listener
             .local_addr()
             .map_err(|e| StartError::Http(config.http.listen, e))?;
-        let (inbound_tx, inbound_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(queues::INBOUND_CALLS);
         let users = match sip.as_ref().zip(settings.sip.as_ref()) {
             Some((leg, s)) => {
                 let allowed = inbound_sources(s).await.map_err(StartError::Config)?;

@@ -123,6 +123,9 @@ pub struct Metrics {
     pub front_end_calls: Family<Labels, Counter>,
     /// Requests refused because a client went past a limit, by limit.
     pub limit_refusals: Family<Labels, Counter>,
+    /// Messages that found a queue between tasks full, by queue (see
+    /// `queues`): dropped, refused or left waiting in a task.
+    pub queue_full: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -156,6 +159,7 @@ impl Metrics {
             sip_ws_bindings: Gauge::default(),
             front_end_calls: Family::default(),
             limit_refusals: Family::default(),
+            queue_full: Family::default(),
             registry: Registry::with_prefix("gangway"),
         };
         m.registry
@@ -216,6 +220,14 @@ impl Metrics {
         for limit in LIMITS {
             let _ = m.limit_refusals.get_or_create(&[("limit", limit)]);
         }
+        for queue in crate::queues::NAMES {
+            let _ = m.queue_full.get_or_create(&[("queue", queue)]);
+        }
+        m.registry.register(
+            "queue_full",
+            "Messages that found a queue between the gateway's tasks full, by queue",
+            m.queue_full.clone(),
+        );
         m.registry.register(
             "limit_refusals",
             "Requests refused because a client went past a limit, by limit",
@@ -426,6 +438,11 @@ impl Metrics {
             "Shard commands refused or dropped because the shard's queue was full",
             s.commands_dropped.clone(),
         );
+        m.registry.register(
+            "media_events_dropped",
+            "Leg events (DTMF, candidate complaints) dropped because the session's queue was full",
+            s.events_dropped.clone(),
+        );
         // Pre-create every label so dashboards and alerts see zeros, not gaps.
         for reason in EndReason::ALL {
             let _ = m.calls_ended.get_or_create(&[("reason", reason.as_str())]);
@@ -484,6 +501,10 @@ impl Metrics {
         self.session_resumes
             .get_or_create(&[("outcome", outcome)])
             .inc();
+    }
+
+    pub fn queue_full(&self, queue: &'static str) {
+        self.queue_full.get_or_create(&[("queue", queue)]).inc();
     }
 
     pub fn limit_refused(&self, limit: &'static str) {

@@ -33,7 +33,7 @@ pub(crate) struct Moved {
 }
 
 /// Where a claimed session expects its new socket.
-pub(crate) type Handover = mpsc::UnboundedSender<Moved>;
+pub(crate) type Handover = mpsc::Sender<Moved>;
 
 struct Entry {
     token: String,
@@ -149,8 +149,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn handover() -> (Handover, mpsc::UnboundedReceiver<Moved>) {
-        mpsc::unbounded_channel()
+    fn handover() -> (Handover, mpsc::Receiver<Moved>) {
+        mpsc::channel(crate::queues::HANDOVER)
     }
 
     #[test]

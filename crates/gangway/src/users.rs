@@ -44,7 +44,7 @@ pub(crate) enum Inbox {
     },
 }
 
-pub(crate) type InboxTx = mpsc::UnboundedSender<Inbox>;
+pub(crate) type InboxTx = mpsc::Sender<Inbox>;
 
 /// Who an inbound call for a user should ring.
 pub(crate) enum Lookup {
@@ -81,7 +81,8 @@ enum Command {
 /// Cheap handle to the user table.
 #[derive(Clone)]
 pub(crate) struct Users {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
+    metrics: Arc<Metrics>,
 }
 
 impl Users {
@@ -93,27 +94,38 @@ impl Users {
         password: String,
         by_token: bool,
     ) {
-        let _ = self.commands.send(Command::SignIn {
+        let sign_in = Command::SignIn {
             session,
             inbox,
             user,
             password,
             by_token,
-        });
+        };
+        // Sign-ins in flight are limited per address (`auth`), so the
+        // few that wait for room are bounded too.
+        crate::queues::deliver(&self.commands, sign_in, "user_commands", &self.metrics);
     }
 
     pub(crate) fn sign_out(&self, session: u64) {
-        let _ = self.commands.send(Command::SignOut { session });
+        let sign_out = Command::SignOut { session };
+        crate::queues::deliver(&self.commands, sign_out, "user_commands", &self.metrics);
     }
 
     pub(crate) async fn lookup(&self, user: &str) -> Lookup {
         let (reply, rx) = oneshot::channel();
-        let sent = self.commands.send(Command::Lookup {
+        let lookup = Command::Lookup {
             user: user.to_string(),
             reply,
-        });
-        if sent.is_err() {
-            return Lookup::Unknown;
+        };
+        match self.commands.try_send(lookup) {
+            Ok(()) => {}
+            // Far behind: the inbound call is shed (480) rather than queued.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.queue_full("user_commands");
+                warn!(user, "user table's queue full: inbound call not rung");
+                return Lookup::NoSessions;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Lookup::Unknown,
         }
         rx.await.unwrap_or(Lookup::Unknown)
     }
@@ -157,19 +169,19 @@ struct Table {
     /// Registration key → user, until the registration's last event.
     keys: HashMap<u64, String>,
     next_key: u64,
-    reg_events: mpsc::UnboundedSender<(u64, RegEvent)>,
+    reg_events: gangway_sip::RegEventTx,
     /// For the grace timers; weak, so the task ends with the last `Users`.
-    commands: mpsc::WeakUnboundedSender<Command>,
+    commands: mpsc::WeakSender<Command>,
 }
 
 /// Starts the user table's task.
 pub(crate) fn start(sip: Arc<SipService>, config: UsersConfig, metrics: Arc<Metrics>) -> Users {
-    let (commands, mut rx) = mpsc::unbounded_channel();
-    let (reg_events, mut reg_rx) = mpsc::unbounded_channel();
+    let (commands, mut rx) = mpsc::channel(crate::queues::USER_COMMANDS);
+    let (reg_events, mut reg_rx) = mpsc::channel(crate::queues::REGISTRATION_EVENTS);
     let mut table = Table {
         sip,
         config,
-        metrics,
+        metrics: metrics.clone(),
         users: HashMap::new(),
         keys: HashMap::new(),
         next_key: 1,
@@ -189,7 +201,7 @@ pub(crate) fn start(sip: Arc<SipService>, config: UsersConfig, metrics: Arc<Metr
             table.handle(command);
         }
     });
-    Users { commands }
+    Users { commands, metrics }
 }
 
 impl Table {
@@ -247,21 +259,31 @@ impl Table {
             // Joining a live registration needs the same proof it was made
             // with: the password that the registrar accepted, or a token.
             if !by_token && !constant_time_eq(u.password.as_bytes(), password.as_bytes()) {
-                let _ = inbox.send(Inbox::RegistrationFailed {
-                    user,
-                    code: Some(403),
-                    reason: "credentials do not match this user's registration".into(),
-                    still_signed_in: false,
-                });
+                crate::queues::deliver(
+                    &inbox,
+                    Inbox::RegistrationFailed {
+                        user,
+                        code: Some(403),
+                        reason: "credentials do not match this user's registration".into(),
+                        still_signed_in: false,
+                    },
+                    "session_inbox",
+                    &self.metrics,
+                );
                 self.metrics.registration_failed(Some(403));
                 return;
             }
             u.epoch += 1;
             if let RegState::Registered { expires } = u.state {
-                let _ = inbox.send(Inbox::Registered {
-                    user: user.clone(),
-                    expires,
-                });
+                crate::queues::deliver(
+                    &inbox,
+                    Inbox::Registered {
+                        user: user.clone(),
+                        expires,
+                    },
+                    "session_inbox",
+                    &self.metrics,
+                );
             }
             u.sessions.insert(session, inbox);
             return;
@@ -309,7 +331,7 @@ impl Table {
                 tokio::spawn(async move {
                     tokio::time::sleep(grace).await;
                     if let Some(commands) = commands.upgrade() {
-                        let _ = commands.send(Command::GraceOver { user, epoch });
+                        let _ = commands.send(Command::GraceOver { user, epoch }).await;
                     }
                 });
             }
@@ -331,10 +353,15 @@ impl Table {
                 }
                 u.state = RegState::Registered { expires };
                 for inbox in u.sessions.values() {
-                    let _ = inbox.send(Inbox::Registered {
-                        user: name.clone(),
-                        expires,
-                    });
+                    crate::queues::deliver(
+                        inbox,
+                        Inbox::Registered {
+                            user: name.clone(),
+                            expires,
+                        },
+                        "session_inbox",
+                        &self.metrics,
+                    );
                 }
             }
             RegEvent::Failed {
@@ -347,12 +374,17 @@ impl Table {
                     return;
                 };
                 for inbox in u.sessions.values() {
-                    let _ = inbox.send(Inbox::RegistrationFailed {
-                        user: name.clone(),
-                        code: Some(status),
-                        reason: reason.clone(),
-                        still_signed_in: retrying,
-                    });
+                    crate::queues::deliver(
+                        inbox,
+                        Inbox::RegistrationFailed {
+                            user: name.clone(),
+                            code: Some(status),
+                            reason: reason.clone(),
+                            still_signed_in: retrying,
+                        },
+                        "session_inbox",
+                        &self.metrics,
+                    );
                 }
                 if retrying {
                     if matches!(u.state, RegState::Registered { .. }) {
@@ -393,7 +425,12 @@ impl Table {
                     // Ended without being asked to (the SIP service is stopping).
                     warn!(user = %name, "registration ended");
                     for inbox in u.sessions.values() {
-                        let _ = inbox.send(Inbox::Unregistered { user: name.clone() });
+                        crate::queues::deliver(
+                            inbox,
+                            Inbox::Unregistered { user: name.clone() },
+                            "session_inbox",
+                            &self.metrics,
+                        );
                     }
                 }
             }

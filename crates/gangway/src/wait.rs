@@ -34,3 +34,28 @@ pub(crate) fn idle_deadline(
 ) -> Option<Instant> {
     (holds_nothing && !idle.is_zero()).then(|| last_heard + idle)
 }
+
+/// How long a close frame may take to go out: it is a courtesy, and a
+/// client that does not read must not hold the connection's task.
+const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends `message`; false when the socket failed or did not take it
+/// within `limit` (a client that stopped reading: its TCP window is shut).
+pub(crate) async fn send_within(
+    ws: &mut WebSocket,
+    message: Message,
+    limit: std::time::Duration,
+) -> bool {
+    matches!(
+        tokio::time::timeout(limit, ws.send(message)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Sends a close frame, giving up after a few seconds.
+pub(crate) async fn close_within(
+    ws: &mut WebSocket,
+    frame: Option<axum::extract::ws::CloseFrame>,
+) -> bool {
+    send_within(ws, Message::Close(frame), CLOSE_LIMIT).await
+}

@@ -11,7 +11,9 @@ use std::time::{Instant, SystemTime};
 use gangway_rtc::{AnswerOptions, AudioCodec, PeerId, SetupError};
 use mio::net::UdpSocket;
 use mio::{Interest, Poll};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use super::deliver::LegEventTx;
 use tracing::warn;
 
 use super::peers::{Bridged, Peer, Peers, Sockets};
@@ -73,7 +75,7 @@ impl Shard {
             } => {
                 let event = self.add_peer(id, &offer, route, &events);
                 self.load.queued.fetch_sub(1, Ordering::Relaxed);
-                let _ = events.send((id, event));
+                super::deliver::tell(&events, id, event, &self.metrics.events_dropped);
             }
             Command::AddCandidate { id, candidate } => {
                 if let Err(e) = self.endpoint.add_remote_candidate(id, &candidate) {
@@ -133,7 +135,7 @@ impl Shard {
         id: PeerId,
         offer: &str,
         route: MediaRoute,
-        events: &mpsc::UnboundedSender<(PeerId, LegEvent)>,
+        events: &LegEventTx,
     ) -> LegEvent {
         let sockets = match route {
             MediaRoute::Echo => None,

@@ -13,7 +13,9 @@ use gangway_rtc::{Endpoint, EndpointConfig, PeerId};
 use mio::net::UdpSocket;
 use mio::{Interest, Poll, Waker};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use super::deliver::LegEventTx;
 use tracing::{info, warn};
 
 use super::metrics::ShardMetrics;
@@ -146,7 +148,8 @@ impl ShardHandle {
                 self.dropped.inc();
                 warn!(peer = id.0, "media shard queue full: call refused");
                 let event = LegEvent::NoCapacity(OVERLOADED.into());
-                let _ = events.send((id, event));
+                // A settling event: the reserve of the owner's queue has room.
+                let _ = events.try_send((id, event));
             }
             Command::RemovePeer { .. } | Command::Stop { .. } => {
                 self.overflow
@@ -172,13 +175,7 @@ impl ShardHandle {
 
     /// Sets up a peer from a browser offer. The answer (or failure) and every
     /// later leg event arrive on `events`, tagged with `id`.
-    pub fn add_peer(
-        &self,
-        id: PeerId,
-        offer: String,
-        route: MediaRoute,
-        events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
-    ) {
+    pub fn add_peer(&self, id: PeerId, offer: String, route: MediaRoute, events: LegEventTx) {
         self.load.queued.fetch_add(1, Ordering::Relaxed);
         self.send(Command::AddPeer {
             id,
@@ -281,7 +278,7 @@ mod tests {
         let (handle, inbox, _poll) = handle();
         handle.add_candidate(PeerId(1), "candidate".into());
         // Full from here on.
-        let (events, mut told) = mpsc::unbounded_channel();
+        let (events, mut told) = tokio::sync::mpsc::channel(crate::shard::deliver::RESERVED + 4);
         handle.add_peer(PeerId(2), "offer".into(), MediaRoute::Bridge, events);
         let (id, event) = told.try_recv().expect("refused at once");
         assert_eq!(id, PeerId(2));

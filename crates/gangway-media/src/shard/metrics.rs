@@ -41,6 +41,9 @@ pub struct ShardMetrics {
     /// Commands refused because a shard's queue was full (calls refused
     /// included); see the `shard` module for the policy.
     pub commands_dropped: Counter,
+    /// Leg events dropped because the call owner's queue was full (see
+    /// the `shard` module).
+    pub events_dropped: Counter,
     /// Per bridged call, at its end: packet loss from the SIP leg.
     pub sip_leg_loss_ratio: Histogram,
     /// Per bridged call, at its end: interarrival jitter from the SIP leg.
@@ -97,6 +100,7 @@ impl Default for ShardMetrics {
             rtcp_packets_out: Counter::default(),
             media_timeouts: Counter::default(),
             commands_dropped: Counter::default(),
+            events_dropped: Counter::default(),
             sip_leg_loss_ratio: loss_histogram(),
             webrtc_leg_loss_ratio: Family::new_with_constructor(loss_histogram),
             webrtc_leg_jitter_seconds: Histogram::new([0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16]),

@@ -33,9 +33,13 @@
 //!
 //! Refused and dropped commands count in `ShardMetrics::commands_dropped`.
 //!
+//! Events go back on each owner's bounded queue without waiting; see
+//! [`deliver`] for what is dropped when an owner stops reading.
+//!
 //! [`Tally`]: metrics::Tally
 
 mod commands;
+mod deliver;
 mod handle;
 mod metrics;
 mod peers;
@@ -44,6 +48,7 @@ mod queue;
 mod report;
 mod run;
 
+pub use deliver::{LegEventTx, RESERVED as RESERVED_EVENTS};
 pub use handle::{ShardHandle, ShardStartError};
 pub use metrics::ShardMetrics;
 pub use ports::RtpPorts;

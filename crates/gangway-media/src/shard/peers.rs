@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use gangway_rtc::PeerId;
 use mio::net::UdpSocket;
 use mio::Token;
-use tokio::sync::mpsc;
+use prometheus_client::metrics::counter::Counter;
+
+use super::deliver::LegEventTx;
 
 use crate::bridge::Bridge;
 use crate::types::LegEvent;
@@ -36,15 +38,16 @@ pub(super) struct Bridged {
 /// One call's WebRTC peer.
 pub(super) struct Peer {
     pub(super) id: PeerId,
-    pub(super) events: mpsc::UnboundedSender<(PeerId, LegEvent)>,
+    pub(super) events: LegEventTx,
     /// `None` for the echo line.
     pub(super) bridged: Option<Bridged>,
 }
 
 impl Peer {
-    /// Tells the call; a call that has gone no longer listens.
-    pub(super) fn tell(&self, event: LegEvent) {
-        let _ = self.events.send((self.id, event));
+    /// Tells the call; a call that has gone no longer listens. Never
+    /// waits: see [`super::deliver`] for a full queue.
+    pub(super) fn tell(&self, event: LegEvent, dropped: &Counter) {
+        super::deliver::tell(&self.events, self.id, event, dropped);
     }
 }
 
@@ -138,7 +141,7 @@ mod tests {
     fn peer(id: u64) -> Peer {
         Peer {
             id: PeerId(id),
-            events: mpsc::unbounded_channel().0,
+            events: tokio::sync::mpsc::channel(1).0,
             bridged: None,
         }
     }

@@ -7,9 +7,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use gangway_rtc::PeerId;
-use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::types::{Flow, Law, LegEvent, MediaRoute};
+use super::deliver::LegEventTx;
+
+use crate::types::{Flow, Law, MediaRoute};
 
 /// Commands a shard's queue holds at most.
 pub(super) const QUEUE_CAPACITY: usize = 4096;
@@ -20,7 +22,7 @@ pub(super) enum Command {
         id: PeerId,
         offer: String,
         route: MediaRoute,
-        events: tokio_mpsc::UnboundedSender<(PeerId, LegEvent)>,
+        events: LegEventTx,
     },
     AddCandidate {
         id: PeerId,

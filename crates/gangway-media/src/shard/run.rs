@@ -304,7 +304,7 @@ impl Shard {
                     if event == LegEvent::MediaTimeout {
                         metrics.media_timeouts.inc();
                     }
-                    let _ = events.send((id, event));
+                    super::deliver::tell(events, id, event, &metrics.events_dropped);
                 }
                 Output::Discarded(source, why) => {
                     tally.rtp_dropped += 1;
@@ -342,7 +342,7 @@ impl Shard {
 
     pub(super) fn tell(&self, id: PeerId, event: LegEvent) {
         if let Some(peer) = self.peers.by_id(id) {
-            peer.tell(event);
+            peer.tell(event, &self.metrics.events_dropped);
         }
     }
 }

@@ -11,7 +11,7 @@ use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReas
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::dialog::DialogId;
 use rsipstack::sip::{Response, StatusCodeKind};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::Receiver;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -36,12 +36,12 @@ type InviteResult = Result<rsipstack::Result<(DialogId, Option<Response>)>, toki
 pub(crate) async fn run_call(
     shared: Arc<Shared>,
     call: OutboundCall,
-    events: UnboundedSender<(u64, SipEvent)>,
+    events: crate::SipEventTx,
     handle: DialogHandle,
-    mut commands: UnboundedReceiver<Command>,
+    mut commands: Receiver<Command>,
     _active: ActiveCall,
 ) {
-    let events = Events::to(call.key, events);
+    let events = Events::to(call.key, events, shared.metrics.events_dropped.clone());
     // RFC 4028 §7.4: a 422 names the far end's Min-SE; the INVITE is sent
     // again once, asking for that interval.
     let mut timer = (shared.session_expires, 0);
@@ -71,7 +71,7 @@ struct Attempt<'a> {
     call: &'a OutboundCall,
     events: &'a Events,
     handle: &'a DialogHandle,
-    commands: &'a mut UnboundedReceiver<Command>,
+    commands: &'a mut Receiver<Command>,
 }
 
 impl Attempt<'_> {
@@ -157,7 +157,7 @@ impl Outbound<'_> {
         &mut self,
         invite: impl std::future::Future<Output = InviteResult>,
         mut state_rx: DialogStateReceiver,
-        commands: &mut UnboundedReceiver<Command>,
+        commands: &mut Receiver<Command>,
     ) -> Option<u32> {
         tokio::pin!(invite);
         let mut invite_done = false;

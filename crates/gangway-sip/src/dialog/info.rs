@@ -53,7 +53,7 @@ impl MidCall {
 
 /// The digit of a DTMF INFO body: `application/dtmf-relay` (`Signal=5`, the
 /// de-facto format of Cisco and most PBXs) or `application/dtmf` (just `5`).
-fn info_dtmf_digit(content_type: Option<&str>, body: &[u8]) -> Option<char> {
+pub fn info_dtmf_digit(content_type: Option<&str>, body: &[u8]) -> Option<char> {
     let content_type = content_type?.to_ascii_lowercase();
     let body = std::str::from_utf8(body).ok()?;
     let value = if content_type.contains("application/dtmf-relay") {

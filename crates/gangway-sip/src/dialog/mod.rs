@@ -21,7 +21,12 @@ mod refresh;
 /// Our side of the SDP in a dialog: the RFC 3264 rules live in the core.
 pub(crate) use crate::sdp::DialogSdp;
 pub(crate) use events::Events;
-pub(crate) use refresh::{answer_headers, timer_headers, Expired, TimerConfig};
+pub(crate) use refresh::{answer_headers, Expired, TimerConfig};
+// `pub` for the fuzz targets too (`gangway_sip::fuzzing`).
+pub use events::{SipEventTx, RESERVED as RESERVED_EVENTS};
+pub use info::info_dtmf_digit;
+pub use refer::{refer_target, sipfrag_status, ReferError};
+pub use refresh::timer_headers;
 
 /// Methods we answer (for `Allow`). PRACK: the stack answers the far end's
 /// PRACKs within a dialog, and sends ours for reliable provisionals.

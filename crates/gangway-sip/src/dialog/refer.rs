@@ -108,7 +108,7 @@ impl MidCall {
 }
 
 /// The status code of a `message/sipfrag` body (`SIP/2.0 180 Ringing`).
-fn sipfrag_status(body: &[u8]) -> Option<u16> {
+pub fn sipfrag_status(body: &[u8]) -> Option<u16> {
     let text = std::str::from_utf8(body).ok()?;
     let line = text.lines().next()?.trim();
     let rest = line.strip_prefix("SIP/2.0 ")?;
@@ -117,7 +117,7 @@ fn sipfrag_status(body: &[u8]) -> Option<u16> {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum ReferError {
+pub enum ReferError {
     /// `?Replaces=`: an attended transfer.
     Replaces,
     Unusable,
@@ -125,7 +125,7 @@ enum ReferError {
 
 /// The SIP URI of a `Refer-To` value (`<sip:carol@pbx>`, with or without
 /// a display name). Other schemes and URIs with headers are refused.
-fn refer_target(value: &str) -> Result<String, ReferError> {
+pub fn refer_target(value: &str) -> Result<String, ReferError> {
     let value = value.trim();
     let uri = match (value.find('<'), value.rfind('>')) {
         (Some(start), Some(end)) if start < end => &value[start + 1..end],

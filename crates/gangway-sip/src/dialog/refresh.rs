@@ -102,7 +102,7 @@ impl Default for TimerCell {
 }
 
 /// The timer headers of a message.
-pub(crate) fn timer_headers<'a>(headers: impl IntoIterator<Item = &'a Header>) -> TimerHeaders {
+pub fn timer_headers<'a>(headers: impl IntoIterator<Item = &'a Header>) -> TimerHeaders {
     TimerHeaders::from_pairs(headers.into_iter().map(|h| (h.name(), h.value())))
 }
 

@@ -79,7 +79,7 @@ pub(crate) fn start_inbound(
     let sdp_offer = body_text(&request.body);
 
     let (dialog_handle, commands) = DialogHandle::new();
-    let events = Events::unrouted();
+    let events = Events::unrouted(shared.metrics.events_dropped.clone());
     let handle = InboundSipCall::new(dialog_handle.clone(), events.clone());
     shared.call_started();
     let task = Inbound::new(

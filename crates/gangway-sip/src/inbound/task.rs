@@ -10,7 +10,7 @@ use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReas
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::{Header, StatusCode};
 use rsipstack::transaction::Transaction;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 use tracing::{debug, info, warn};
 
 use crate::dialog::{
@@ -60,7 +60,7 @@ impl Inbound {
         mut self,
         mut tx: Transaction,
         mut state_rx: DialogStateReceiver,
-        mut commands: UnboundedReceiver<Command>,
+        mut commands: Receiver<Command>,
         _active: ActiveCall,
     ) {
         let mut server = self.dialog.clone();

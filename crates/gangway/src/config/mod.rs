@@ -75,7 +75,20 @@ impl Config {
                 }
             }
         }
-        let config: Config = figment.merge(env).extract().map_err(|e| {
+        Self::extract(figment.merge(env))
+    }
+
+    /// The defaults, then `text` as the file, validated: [`Config::load`]
+    /// without the environment. For the fuzz targets in `fuzz/`.
+    #[doc(hidden)]
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::extract(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn extract(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| {
             let key = e.path.join(".");
             let mut e = e;
             // Keep figment's text but drop its path prefix: we print the key ourselves.

@@ -44,6 +44,9 @@ pub struct HttpSection {
     /// A WebSocket with no call and no sign-in that sends nothing this long
     /// is closed (4002); 0 keeps idle sockets.
     pub idle_timeout_secs: u64,
+    /// A WebSocket that does not take a frame the gateway sends within
+    /// this long (a client that stopped reading) is treated as lost.
+    pub write_timeout_secs: u64,
     /// Messages one WebSocket may send per second (twice that in a burst);
     /// 0 turns the limit off.
     pub max_messages_per_second: u32,
@@ -62,6 +65,7 @@ impl Default for HttpSection {
             max_connections_per_address: 500,
             max_connections: 10_000,
             idle_timeout_secs: 120,
+            write_timeout_secs: 10,
             max_messages_per_second: 100,
             trusted_proxies: Vec::new(),
         }

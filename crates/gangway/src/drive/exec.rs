@@ -9,11 +9,10 @@ use std::sync::Arc;
 use gangway_core::calls::{Claim, Input, MediaCommand, Output, SipCommand};
 use gangway_core::sdp::G711;
 use gangway_core::{LegId, MediaPlan, SipLegId};
-use gangway_media::{Flow, Law, LegEvent, MediaRoute};
+use gangway_media::{Flow, Law, MediaRoute};
 use gangway_rtc::PeerId;
 use gangway_signal::CallId;
-use gangway_sip::{CallAuth, DialogHandle, DialogRef, InboundSipCall, OutboundCall, SipEvent};
-use tokio::sync::mpsc;
+use gangway_sip::{CallAuth, DialogHandle, DialogRef, InboundSipCall, OutboundCall};
 use tracing::{info, warn};
 
 use super::{CallDriver, ToClient};
@@ -33,15 +32,12 @@ pub(crate) struct Handles {
     adopting: Option<Arc<Ringing>>,
     /// An INVITE with Replaces, until the core answers or refuses it.
     pub replacement: Option<InboundSipCall>,
-    legs_tx: mpsc::UnboundedSender<(PeerId, LegEvent)>,
-    sip_tx: mpsc::UnboundedSender<(u64, SipEvent)>,
+    legs_tx: gangway_media::LegEventTx,
+    sip_tx: gangway_sip::SipEventTx,
 }
 
 impl Handles {
-    pub fn new(
-        legs_tx: mpsc::UnboundedSender<(PeerId, LegEvent)>,
-        sip_tx: mpsc::UnboundedSender<(u64, SipEvent)>,
-    ) -> Self {
+    pub fn new(legs_tx: gangway_media::LegEventTx, sip_tx: gangway_sip::SipEventTx) -> Self {
         Handles {
             shards: HashMap::new(),
             dialogs: HashMap::new(),

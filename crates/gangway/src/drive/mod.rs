@@ -37,8 +37,8 @@ pub(crate) enum ToClient {
 /// Where a connection's legs report: created with the driver, polled by
 /// the connection's loop.
 pub(crate) struct LegEvents {
-    pub media: mpsc::UnboundedReceiver<(PeerId, LegEvent)>,
-    pub sip: mpsc::UnboundedReceiver<(u64, SipEvent)>,
+    pub media: mpsc::Receiver<(PeerId, LegEvent)>,
+    pub sip: mpsc::Receiver<(u64, SipEvent)>,
 }
 
 pub(crate) struct CallDriver {
@@ -68,8 +68,8 @@ impl CallDriver {
         front_end: &'static str,
         peer_ip: IpAddr,
     ) -> (CallDriver, LegEvents) {
-        let (legs_tx, media) = mpsc::unbounded_channel();
-        let (sip_tx, sip) = mpsc::unbounded_channel();
+        let (legs_tx, media) = mpsc::channel(crate::queues::LEG_EVENTS);
+        let (sip_tx, sip) = mpsc::channel(crate::queues::SIP_EVENTS);
         let driver = CallDriver {
             calls: Calls::new(settings, number as u32),
             handles: Handles::new(legs_tx, sip_tx),

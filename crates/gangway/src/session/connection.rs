@@ -58,12 +58,14 @@ pub(super) fn connection_lost(e: &axum::Error) -> bool {
 
 /// Closes a connection whose session moved to a newer one.
 pub(super) async fn close_superseded(mut ws: WebSocket) {
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
+    let _ = crate::wait::close_within(
+        &mut ws,
+        Some(CloseFrame {
             code: CLOSE_RESUMED_ELSEWHERE,
             reason: "session resumed on another connection".into(),
-        })))
-        .await;
+        }),
+    )
+    .await;
 }
 
 pub(super) fn unknown_session() -> ApiError {
@@ -125,12 +127,10 @@ impl Session {
     pub(super) async fn flush(&mut self, socket: &mut WebSocket) -> bool {
         let mut sent = 0;
         let mut ok = true;
+        let limit = std::time::Duration::from_secs(self.shared.config.http.write_timeout_secs);
         for message in &self.outbox {
-            if socket
-                .send(Message::Text(encode(message).into()))
-                .await
-                .is_err()
-            {
+            let frame = Message::Text(encode(message).into());
+            if !crate::wait::send_within(socket, frame, limit).await {
                 ok = false;
                 break;
             }

@@ -116,8 +116,8 @@ async fn serve(
     peer_ip: IpAddr,
     preface: Vec<ServerMessage>,
 ) {
-    let (inbox, mut inbox_rx) = mpsc::unbounded_channel();
-    let (handover, mut handover_rx) = mpsc::unbounded_channel();
+    let (inbox, mut inbox_rx) = mpsc::channel(crate::queues::INBOX);
+    let (handover, mut handover_rx) = mpsc::channel(crate::queues::HANDOVER);
     let mut phase = shared.phase.subscribe();
     let grace = shared.config.calls.resume_grace_secs;
     let token = if grace > 0 {
@@ -179,12 +179,14 @@ async fn serve(
                 s.feed(Input::Shutdown);
                 if let Some(mut ws) = socket.take() {
                     s.flush(&mut ws).await;
-                    let _ = ws
-                        .send(Message::Close(Some(CloseFrame {
+                    let _ = crate::wait::close_within(
+                        &mut ws,
+                        Some(CloseFrame {
                             code: CLOSE_GOING_AWAY,
                             reason: "gateway shutting down".into(),
-                        })))
-                        .await;
+                        }),
+                    )
+                    .await;
                     s.shared.metrics.ws_active.dec();
                 }
                 break;
@@ -204,12 +206,10 @@ async fn serve(
             _ = sleep_until(idle_at), if socket.is_some() => {
                 debug!("idle socket: no call, no sign-in, nothing sent");
                 if let Some(mut ws) = socket.take() {
-                    let _ = ws
-                        .send(Message::Close(Some(CloseFrame {
+                    let _ = crate::wait::close_within(&mut ws, Some(CloseFrame {
                             code: CLOSE_IDLE,
                             reason: "idle".into(),
-                        })))
-                        .await;
+                        })).await;
                     s.shared.metrics.ws_active.dec();
                 }
                 break;
@@ -284,13 +284,19 @@ async fn serve(
                                 outbox: std::mem::take(&mut s.outbox),
                                 peer_ip: s.peer_ip,
                             };
-                            match target.send(moved) {
+                            match target.try_send(moved) {
                                 Ok(()) => {
                                     debug!("connection handed to the resumed session");
                                     s.shared.metrics.ws_active.dec();
                                     break;
                                 }
-                                Err(mpsc::error::SendError(moved)) => {
+                                // Gone, or other sockets are already queued
+                                // for it: this resume is refused.
+                                Err(refused) => {
+                                    if matches!(refused, mpsc::error::TrySendError::Full(_)) {
+                                        s.shared.metrics.queue_full("handover");
+                                    }
+                                    let moved = refused.into_inner();
                                     socket = Some(moved.socket);
                                     s.outbox = moved.outbox;
                                     s.resume_refused();
@@ -330,12 +336,14 @@ async fn serve(
                         // The transport refused the frame (over the hard size
                         // limit, or broken framing): a misbehaving client.
                         s.shared.metrics.api_error(ErrorCode::MessageTooLarge);
-                        let _ = ws
-                            .send(Message::Close(Some(CloseFrame {
+                        let _ = crate::wait::close_within(
+                            ws,
+                            Some(CloseFrame {
                                 code: CLOSE_TOO_BIG,
                                 reason: "frame too large or malformed".into(),
-                            })))
-                            .await;
+                            }),
+                        )
+                        .await;
                         Gone::Closed
                     }
                 };

@@ -135,7 +135,8 @@ impl Flow {
                     min_expires: a.min_expires,
                     expires: a.expires,
                 };
-                let _ = answers.send((id, answer));
+                // Only this relay waits; REGISTERs are rate-limited per socket.
+                let _ = answers.send((id, answer)).await;
             }
             .in_current_span(),
         );

@@ -55,7 +55,7 @@ pub(crate) struct Moved {
 }
 
 /// Where a parked flow takes a socket over.
-pub(crate) type Handover = mpsc::UnboundedSender<Moved>;
+pub(crate) type Handover = mpsc::Sender<Moved>;
 
 pub async fn run(socket: WebSocket, shared: Arc<Shared>, peer: SocketAddr, host: String) {
     shared.metrics.sip_ws_total.inc();
@@ -84,7 +84,7 @@ struct Flow {
     front: SipWsFront,
     driver: CallDriver,
     inbox: crate::users::InboxTx,
-    register_tx: mpsc::UnboundedSender<(u64, RegisterAnswer)>,
+    register_tx: mpsc::Sender<(u64, RegisterAnswer)>,
     /// This flow's hand-over address, recorded with its bindings.
     handover: Handover,
     outbox: Vec<Message>,
@@ -122,9 +122,9 @@ async fn serve(
 ) {
     debug!(%peer, "SIP over WebSocket flow open");
     shared.metrics.sip_ws_active.inc();
-    let (inbox, mut inbox_rx) = mpsc::unbounded_channel();
-    let (register_tx, mut registers) = mpsc::unbounded_channel();
-    let (handover, mut handover_rx) = mpsc::unbounded_channel();
+    let (inbox, mut inbox_rx) = mpsc::channel(crate::queues::INBOX);
+    let (register_tx, mut registers) = mpsc::channel(crate::queues::REGISTER_ANSWERS);
+    let (handover, mut handover_rx) = mpsc::channel(crate::queues::HANDOVER);
     let mut settings = shared.call_settings.clone();
     // The core's own grace is the JSON API's resume; a parked flow keeps
     // its calls itself (see the module docs).
@@ -156,13 +156,14 @@ async fn serve(
     flow.adopt(adopted);
     let mut socket = Some(socket);
     let idle = Duration::from_secs(shared.config.http.idle_timeout_secs);
+    let write_limit = Duration::from_secs(shared.config.http.write_timeout_secs);
     let mut last_heard = Instant::now();
     let mut phase = shared.phase.subscribe();
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     loop {
         if let Some(ws) = socket.as_mut() {
-            if !flush(ws, &mut flow.outbox).await {
+            if !flush(ws, &mut flow.outbox, write_limit).await {
                 debug!("sending failed: the socket is lost");
                 socket = None;
                 shared.metrics.sip_ws_active.dec();
@@ -170,7 +171,7 @@ async fn serve(
                     break;
                 }
             } else if let Some(frame) = flow.close.take() {
-                let _ = ws.send(Message::Close(Some(frame))).await;
+                let _ = crate::wait::close_within(ws, Some(frame)).await;
                 break;
             } else if let Some(target) = flow.moving_to.take() {
                 let moved = Moved {
@@ -178,14 +179,19 @@ async fn serve(
                     peer: flow.peer,
                     bindings: flow.front.bindings().to_vec(),
                 };
-                match target.send(moved) {
+                match target.try_send(moved) {
                     Ok(()) => {
                         info!("the browser came back: its socket moves to its parked flow");
                         shared.metrics.sip_ws_active.dec();
                         return flow.moved_away();
                     }
-                    // The parked flow ended just now: this one binds.
-                    Err(mpsc::error::SendError(moved)) => {
+                    // The parked flow ended just now, or other sockets are
+                    // already queued for it: this one binds.
+                    Err(refused) => {
+                        if matches!(refused, mpsc::error::TrySendError::Full(_)) {
+                            shared.metrics.queue_full("handover");
+                        }
+                        let moved = refused.into_inner();
                         socket = Some(moved.socket);
                         flow.adopt(moved.bindings);
                     }
@@ -205,13 +211,15 @@ async fn serve(
                 flow.driver.feed(Input::Shutdown);
                 flow.pump();
                 if let Some(mut ws) = socket.take() {
-                    flush(&mut ws, &mut flow.outbox).await;
-                    let _ = ws
-                        .send(Message::Close(Some(CloseFrame {
+                    flush(&mut ws, &mut flow.outbox, write_limit).await;
+                    let _ = crate::wait::close_within(
+                        &mut ws,
+                        Some(CloseFrame {
                             code: CLOSE_GOING_AWAY,
                             reason: "gateway shutting down".into(),
-                        })))
-                        .await;
+                        }),
+                    )
+                    .await;
                     shared.metrics.sip_ws_active.dec();
                 }
                 break;
@@ -355,10 +363,11 @@ async fn serve(
     }
 }
 
-/// Sends what is queued; false when the socket failed.
-async fn flush(ws: &mut WebSocket, outbox: &mut Vec<Message>) -> bool {
+/// Sends what is queued; false when the socket failed or stopped taking
+/// frames for `limit`.
+async fn flush(ws: &mut WebSocket, outbox: &mut Vec<Message>, limit: Duration) -> bool {
     for message in std::mem::take(outbox) {
-        if ws.send(message).await.is_err() {
+        if !crate::wait::send_within(ws, message, limit).await {
             return false;
         }
     }
