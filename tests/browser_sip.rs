@@ -28,6 +28,7 @@ use gangway_tests::gateway::{
 };
 use gangway_tests::impair::LossyProxy;
 use gangway_tests::kamailio::{Kamailio, KamailioOptions};
+use gangway_tests::sip_flood::{alive_tasks, flood, open_fds, KINDS};
 use gangway_tests::sip_peers::{
     Baresip, BaresipOptions, Sipp, ANSWER_MEDIA_TONE_HZ, EARLY_MEDIA_TONE_HZ, PCMA_TONE_HZ,
 };
@@ -743,6 +744,83 @@ async fn opus_browser_hears_pcma(t: &'static str, scenario: &'static str) {
     assert!(
         sipp.0.messages().contains("PCMU/8000") && !sipp.0.messages().contains("opus"),
         "the SIP leg never offers Opus"
+    );
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Thousands of SIP requests a second, garbage and valid-looking, from an
+/// address in `sip.inbound_allow` and one outside it, while a browser
+/// calls baresip: the call connects with audio both ways, the allowed
+/// source's requests are answered, the forbidden one is banned after a
+/// handful, and afterwards the process's fds and tasks and the gateway's
+/// RTP ports are back where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_flood_while_a_browser_calls_baresip() {
+    const T: &str = "flood";
+    const PER_SECOND: u32 = 1_000;
+    const FLOOD: Duration = Duration::from_secs(10);
+    let _serial = serial().await;
+    let bob = tokio::task::spawn_blocking(start_bob).await.unwrap();
+    let gw = start_sip_gateway(bob.sip_addr().port(), "127.0.0.1", |c| {
+        c.sip.inbound_allow = vec!["127.0.0.1/32".into()];
+    })
+    .await;
+    let sip = gw.sip_addr().expect("the SIP leg listens");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (fds_before, tasks_before) = (open_fds(), alive_tasks());
+
+    let allowed = tokio::spawn(flood("127.0.0.1".parse().unwrap(), sip, PER_SECOND, FLOOD));
+    let forbidden = tokio::spawn(flood("127.0.0.2".parse().unwrap(), sip, PER_SECOND, FLOOD));
+    call_bob_and_check_tones(T, &gw, bob, "PCMU", 0.90, 0).await;
+    let (allowed, forbidden) = (allowed.await.unwrap(), forbidden.await.unwrap());
+    println!("[{T}] allowed source: {allowed:?}");
+    println!("[{T}] forbidden source: {forbidden:?}");
+
+    let expected = u64::from(PER_SECOND) * FLOOD.as_secs() * 9 / 10;
+    assert!(
+        allowed.sent >= expected && forbidden.sent >= expected,
+        "[{T}] the flood ran at its rate: {} and {} sent",
+        allowed.sent,
+        forbidden.sent
+    );
+    // One request in ten is each of: OPTIONS (200), a request without
+    // Call-ID and CSeq (400), an INVITE to a user nobody has (404), a BYE
+    // outside a dialog (481), an INVITE with Max-Forwards 0 (483), SIP/3.0
+    // (505).
+    for status in [200, 400, 404, 481, 483, 505] {
+        assert!(
+            allowed.count(status) >= allowed.sent / KINDS / 2,
+            "[{T}] the allowed source got {status} for half its such requests at least: {allowed:?}"
+        );
+    }
+    // The first second's ten requests are answered (one 403 per INVITE,
+    // never retransmitted), then nothing at all, CANCELs included.
+    assert!(
+        forbidden.answered() <= 20,
+        "[{T}] the forbidden source was banned after a handful: {forbidden:?}"
+    );
+    let banned = scrape_metric(&gw, "gangway_sip_inbound_rejected_total{reason=\"banned\"}").await;
+    assert!(
+        banned as u64 >= forbidden.sent / 2,
+        "[{T}] the ban dropped the forbidden flood: {banned}"
+    );
+
+    // Transactions the flood opened end within 32 s (RFC 3261 timer H/J).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut fds, mut tasks) = (open_fds(), alive_tasks());
+    while (fds > fds_before || tasks > tasks_before) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (fds, tasks) = (open_fds(), alive_tasks());
+    }
+    println!("[{T}] fds {fds_before} -> {fds}, tasks {tasks_before} -> {tasks}");
+    assert!(
+        fds <= fds_before,
+        "[{T}] file descriptors left: {fds_before} -> {fds}"
+    );
+    assert!(
+        tasks <= tasks_before,
+        "[{T}] tasks left: {tasks_before} -> {tasks}"
     );
     assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::from_secs(1)).await;

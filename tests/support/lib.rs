@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod impair;
 pub mod kamailio;
 pub mod rtc_client;
+pub mod sip_flood;
 pub mod sip_peers;
 pub mod sipws_page;
 pub mod sipws_rig;

@@ -91,6 +91,7 @@ mod metrics;
 mod register;
 mod relay;
 mod router;
+mod screen;
 mod service;
 mod shared;
 mod trunk;

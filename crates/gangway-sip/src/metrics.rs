@@ -47,6 +47,9 @@ pub struct SipMetrics {
     /// Call events an owner missed because its queue was full (progress,
     /// DTMF; never an end): see `SipEventTx`.
     pub events_dropped: Counter,
+    /// Requests dropped or answered 400 because they lacked a mandatory
+    /// header, by `header`.
+    pub malformed: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl SipMetrics {
@@ -104,6 +107,14 @@ impl SipMetrics {
             "Calls ended by the SIP session timer, by cause (refresh_failed, not_refreshed)",
             self.session_timer_ended.clone(),
         );
+        for header in ["Via", "From", "To", "Call-ID", "CSeq"] {
+            let _ = self.malformed.get_or_create(&[("header", header)]);
+        }
+        registry.register(
+            "sip_malformed",
+            "Requests without a mandatory header (400, or dropped without a Via), by header",
+            self.malformed.clone(),
+        );
         registry.register(
             "sip_events_dropped",
             "Call events (progress, DTMF) dropped because the owner's queue was full",
@@ -125,6 +136,10 @@ impl SipMetrics {
 
     pub(crate) fn trunk_probe(&self, result: &'static str) {
         self.trunk_probes.get_or_create(&[("result", result)]).inc();
+    }
+
+    pub(crate) fn malformed(&self, header: &'static str) {
+        self.malformed.get_or_create(&[("header", header)]).inc();
     }
 
     pub(crate) fn inbound_rejected(&self, reason: &'static str) {

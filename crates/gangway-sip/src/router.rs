@@ -42,15 +42,7 @@ pub(crate) async fn incoming_loop(
 
 async fn handle_incoming(shared: Arc<Shared>, mut tx: Transaction) {
     let method = tx.original.method;
-    if let (Some(inbound), Some(source)) = (shared.inbound.get(), request_source(&tx)) {
-        let outside = !source_allowed(&inbound.allowed_sources, source.ip());
-        if outside && !shared.bans.admit(source.ip(), std::time::Instant::now()) {
-            // Dropped unanswered: an answer is what a flood wants.
-            debug!(%method, src = %source, "request from a banned source dropped");
-            shared.metrics.inbound_rejected("banned");
-            return;
-        }
-    }
+    // Banned sources never get here: see `screen`.
     if tx.original.version != Version::V2 {
         // Answered once, in our version (RFC 3261 §8.2.2.1 allows no other).
         debug!(version = %tx.original.version, "request in another SIP version: 505");
@@ -164,6 +156,17 @@ async fn new_invite(shared: &Arc<Shared>, tx: Transaction) {
     };
     if shared.stopping.load(Ordering::SeqCst) {
         return refuse_invite(tx, StatusCode::ServiceUnavailable).await;
+    }
+    // A B2BUA forwards the call: one that may take no more hops ends here
+    // (RFC 3261 §16.3 step 3), which also stops a loop through us.
+    let hops_left = tx
+        .original
+        .max_forwards_header()
+        .ok()
+        .and_then(|m| m.value().trim().parse::<u32>().ok());
+    if hops_left == Some(0) {
+        info!(src = %source, "INVITE with Max-Forwards: 0 refused (483)");
+        return refuse_invite(tx, StatusCode::TooManyHops).await;
     }
     let user = tx
         .original

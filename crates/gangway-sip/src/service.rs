@@ -84,6 +84,12 @@ impl SipService {
             .map_err(|e| SipError::Stack(e.to_string()))?;
         transport_layer.add_transport(tcp.into());
 
+        let inbound = Arc::new(OnceLock::new());
+        let screen = crate::screen::Screen {
+            inbound: inbound.clone(),
+            bans: Default::default(),
+            metrics: metrics.clone(),
+        };
         let endpoint = EndpointBuilder::new()
             // Plain UUID Call-IDs: the default carries the library's domain.
             .with_option(EndpointOption {
@@ -94,6 +100,7 @@ impl SipService {
             .with_transport_layer(transport_layer)
             .with_user_agent(&config.user_agent)
             .with_inspector(Box::new(MetricsInspector(metrics.clone())))
+            .with_transport_inspector(Box::new(screen))
             .with_allows(vec![
                 Method::Invite,
                 Method::Ack,
@@ -121,7 +128,7 @@ impl SipService {
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             idle: Notify::new(),
-            inbound: OnceLock::new(),
+            inbound,
             trunk_health: OnceLock::new(),
             prack: config.prack,
             session_expires: match config.session_expires {
@@ -129,7 +136,6 @@ impl SipService {
                 secs => secs.max(crate::session_timer::MIN_SE),
             },
             metrics,
-            bans: Default::default(),
             replaceable: Default::default(),
         });
 

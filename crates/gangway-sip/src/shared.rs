@@ -34,7 +34,7 @@ pub(crate) struct Shared {
     pub(crate) active: AtomicUsize,
     pub(crate) idle: Notify,
     /// Set once by [`crate::SipService::accept_inbound`].
-    pub(crate) inbound: OnceLock<Inbound>,
+    pub(crate) inbound: Arc<OnceLock<Inbound>>,
     /// Set once by [`crate::SipService::start_keepalive`].
     pub(crate) trunk_health: OnceLock<Arc<TrunkHealth>>,
     /// `SipConfig::prack`.
@@ -42,8 +42,6 @@ pub(crate) struct Shared {
     /// `SipConfig::session_expires` (0, or at least 90).
     pub(crate) session_expires: u32,
     pub(crate) metrics: SipMetrics,
-    /// Sources outside the allow-list that flood are dropped for a while.
-    pub(crate) bans: crate::bans::Bans,
     /// Established dialogs by id, for an INVITE with Replaces (RFC 3891):
     /// the events of the call it would replace.
     pub(crate) replaceable:
