@@ -42,7 +42,7 @@ pub struct ReceiveStats {
     received_prior: u32,
     /// Interarrival jitter in timestamp units, scaled by 16 as in A.8.
     jitter_q4: u32,
-    last_transit: Option<i64>,
+    last_transit: Option<u32>,
     /// Middle 32 bits of the far end's last SR NTP time, and when it came.
     last_sr: Option<(u32, Instant)>,
 }
@@ -70,14 +70,15 @@ impl ReceiveStats {
             }
         }
         self.received += 1;
-        let transit = arrival as i64 - i64::from(ts);
+        // In 32 bits, as in A.8: the difference of two transit times is
+        // then right across a wrap of the timestamps.
+        let transit = (arrival as u32).wrapping_sub(ts);
         if let Some(last) = self.last_transit {
-            let d = (transit - last).unsigned_abs() as u32;
-            // J += (|D| - J) / 16, kept scaled by 16.
-            self.jitter_q4 = self
-                .jitter_q4
-                .wrapping_add(d)
-                .wrapping_sub((self.jitter_q4 + 8) >> 4);
+            let d = u64::from((transit.wrapping_sub(last) as i32).unsigned_abs());
+            // J += (|D| - J) / 16, kept scaled by 16; in 64 bits, so that a
+            // jump of the far end's timestamps cannot overflow it.
+            let j = u64::from(self.jitter_q4);
+            self.jitter_q4 = u32::try_from(j + d - ((j + 8) >> 4)).unwrap_or(u32::MAX);
         }
         self.last_transit = Some(transit);
     }
@@ -382,6 +383,23 @@ mod tests {
             s.on_packet(1, i as u16, i * 160, u64::from(i * 160 + wobble));
         }
         assert!((30..=40).contains(&s.jitter()), "jitter {}", s.jitter());
+    }
+
+    #[test]
+    fn jitter_stays_small_across_a_timestamp_wrap() {
+        // Found by fuzz/rtp_rtcp: the wrap made |D| about 2^32, which
+        // overflowed (a panic with overflow checks, garbage without).
+        let mut s = ReceiveStats::default();
+        let ts = [4_294_967_000u32, 4_294_967_089, 24, 184, 344, 504];
+        for (i, ts) in ts.into_iter().enumerate() {
+            s.on_packet(
+                0x1122_3344,
+                65533u16.wrapping_add(i as u16),
+                ts,
+                160 * (i as u64 + 1),
+            );
+        }
+        assert!(s.jitter() < 20, "jitter {}", s.jitter());
     }
 
     #[test]
