@@ -285,7 +285,8 @@ async fn duplicate_ids_limits_and_candidates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_calls_leave_no_calls_peers_or_tasks_behind() {
-    let gw = start_gateway().await;
+    // A hundred in a row from one address: past the new-call rate.
+    let gw = start_gateway_with(|c| c.calls.max_new_per_second_per_address = 0).await;
     let runtime = tokio::runtime::Handle::current().metrics();
     // Baseline once the server has run: axum spawns its shutdown-signal task
     // lazily, and counting before that would report it as a leak.
@@ -667,6 +668,44 @@ async fn calls_per_address_are_limited_across_sockets() {
         }
         assert_ne!(m["type"], "error", "{m}");
     }
+    gw.shutdown(Duration::ZERO).await;
+}
+
+/// Past `calls.max_new_per_second_per_address` (two seconds' worth in a
+/// burst) a new call gets `too_many_calls` (counted), across the address's
+/// sockets, while another address still calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_calls_per_second_per_address_are_limited() {
+    let gw = start_gateway_with(|c| c.calls.max_new_per_second_per_address = 1).await;
+    let mut a = ApiClient::connect(&gw).await;
+    let mut b = ApiClient::connect(&gw).await;
+    a.call("a1", "echo", &offer().await).await;
+    a.expect("answer").await;
+    b.call("b1", "echo", &offer().await).await;
+    b.expect("answer").await;
+    b.call("b2", "echo", &offer().await).await;
+    let e = loop {
+        let m = b.recv().await;
+        if m["type"] == "error" {
+            break m;
+        }
+    };
+    assert_eq!(e["code"], "too_many_calls", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("per second"), "{e}");
+    assert_eq!(
+        scrape_metric(
+            &gw,
+            "gangway_limit_refusals_total{limit=\"new_calls_per_address\"}"
+        )
+        .await,
+        1.0
+    );
+    let mut other = connect_from(&gw, "127.0.0.2").await;
+    call_from(&mut other, "o1").await;
+    // A second later the address has a new token.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    b.call("b3", "echo", &offer().await).await;
+    b.expect("answer").await;
     gw.shutdown(Duration::ZERO).await;
 }
 

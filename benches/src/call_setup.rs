@@ -135,6 +135,9 @@ async fn main() {
         .env("GANGWAY_HTTP__LISTEN", &http)
         .env("GANGWAY_WEBRTC__LISTEN", "127.0.0.1:0")
         .env("GANGWAY_LOG__LEVEL", "warn")
+        // One address placing calls as fast as it can: no call rates.
+        .env("GANGWAY_CALLS__MAX_NEW_PER_SECOND_PER_ADDRESS", "0")
+        .env("GANGWAY_SIP__MAX_CALLS_PER_SECOND", "0")
         .env("GANGWAY_SIP__ENABLED", "true")
         .env("GANGWAY_SIP__LISTEN", "127.0.0.1:0")
         .env("GANGWAY_SIP__RTP_PORT_MIN", rtp.to_string())

@@ -11,6 +11,7 @@
 
 pub mod calls;
 pub mod fork;
+pub mod rate;
 pub mod sdp;
 
 mod call;

@@ -105,6 +105,9 @@ pub enum SipFailure {
     /// The call's trunk is down by the OPTIONS keepalive: no INVITE was
     /// sent.
     TrunkDown,
+    /// More calls per second than `SipConfig::max_calls_per_second`: no
+    /// INVITE was sent.
+    RateLimited,
     /// The service is stopping or stopped.
     Stopping,
     /// Outbound: the far end answered 2xx without an SDP answer (we end
@@ -156,9 +159,10 @@ impl SipFailure {
                 StatusCode::NOT_ACCEPTABLE_HERE
             }
             SipFailure::InvalidCall(_) | SipFailure::Stack(_) => StatusCode::SERVER_INTERNAL_ERROR,
-            SipFailure::Transport(_) | SipFailure::TrunkDown | SipFailure::Stopping => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            SipFailure::Transport(_)
+            | SipFailure::TrunkDown
+            | SipFailure::RateLimited
+            | SipFailure::Stopping => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -173,6 +177,7 @@ impl SipFailure {
             SipFailure::CallerCancelled => "cancelled by the caller".into(),
             SipFailure::Transport(detail) => format!("transport error: {detail}"),
             SipFailure::TrunkDown => "trunk down (no response to OPTIONS keepalive)".into(),
+            SipFailure::RateLimited => "too many calls per second towards the trunk".into(),
             SipFailure::Stopping => "SIP service stopped".into(),
             SipFailure::AnswerWithoutSdp => "2xx without SDP answer".into(),
             SipFailure::AckWithoutSdp => "ACK without SDP answer".into(),
@@ -241,6 +246,11 @@ mod tests {
                 SipFailure::TrunkDown,
                 503,
                 "trunk down (no response to OPTIONS keepalive)",
+            ),
+            (
+                SipFailure::RateLimited,
+                503,
+                "too many calls per second towards the trunk",
             ),
             (SipFailure::Stopping, 503, "SIP service stopped"),
         ];

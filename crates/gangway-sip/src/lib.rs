@@ -94,6 +94,7 @@ mod router;
 mod screen;
 mod service;
 mod shared;
+mod tcp_caps;
 mod trunk;
 
 use std::net::{IpAddr, SocketAddr};
@@ -107,6 +108,7 @@ pub use metrics::{SipLabels, SipMetrics};
 pub use register::{RegEvent, RegEventTx, RegistrationHandle, RegistrationRequest};
 pub use relay::{RelayedAnswer, RelayedRegister};
 pub use service::SipService;
+pub use tcp_caps::TcpLimits;
 
 /// How the SIP endpoint listens.
 #[derive(Clone, Debug)]
@@ -130,6 +132,12 @@ pub struct SipConfig {
     /// `Supported: timer`; a far end that asks for a timer is still
     /// honoured either way.
     pub session_expires: u32,
+    /// INVITEs that may go out per second (twice that in a burst), calls
+    /// and transfers together; more fail with 503 before any INVITE
+    /// ([`SipFailure::RateLimited`]). 0: no limit.
+    pub max_calls_per_second: u32,
+    /// Caps on SIP over TCP connections.
+    pub tcp: TcpLimits,
 }
 
 /// SIP transport towards a trunk.

@@ -47,6 +47,11 @@ pub struct SipMetrics {
     /// Call events an owner missed because its queue was full (progress,
     /// DTMF; never an end): see `SipEventTx`.
     pub events_dropped: Counter,
+    /// SIP over TCP connections open (both directions).
+    pub tcp_connections: Gauge,
+    /// SIP over TCP connections closed at once because a cap was reached,
+    /// by `limit` (`connections`, `connections_per_address`).
+    pub tcp_refused: Family<[(&'static str, &'static str); 1], Counter>,
     /// Requests dropped or answered 400 because they lacked a mandatory
     /// header, by `header`.
     pub malformed: Family<[(&'static str, &'static str); 1], Counter>,
@@ -114,6 +119,19 @@ impl SipMetrics {
             "sip_malformed",
             "Requests without a mandatory header (400, or dropped without a Via), by header",
             self.malformed.clone(),
+        );
+        registry.register(
+            "sip_tcp_connections",
+            "SIP over TCP connections open",
+            self.tcp_connections.clone(),
+        );
+        for limit in crate::tcp_caps::LIMITS {
+            let _ = self.tcp_refused.get_or_create(&[("limit", limit)]);
+        }
+        registry.register(
+            "sip_tcp_refused",
+            "SIP over TCP connections closed at once because a cap was reached, by limit",
+            self.tcp_refused.clone(),
         );
         registry.register(
             "sip_events_dropped",

@@ -8,7 +8,8 @@
 //! - a request missing a header a transaction needs (Via, From, To,
 //!   Call-ID, CSeq) gets one stateless `400` naming it (RFC 3261 §8.2.2.1
 //!   asks for none retransmitted), or is dropped when it has no Via to
-//!   answer along or is an ACK.
+//!   answer along or is an ACK;
+//! - a new TCP connection over a cap ([`crate::tcp_caps`]) is closed at once.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -19,11 +20,12 @@ use rsipstack::sip::{
 };
 use rsipstack::transaction::endpoint::TransportEventInspector;
 use rsipstack::transport::{SipAddr, SipConnection, TransportEvent};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::bans::Bans;
 use crate::inbound::source_allowed;
 use crate::shared::Inbound;
+use crate::tcp_caps::TcpCaps;
 use crate::SipMetrics;
 
 /// See the module documentation.
@@ -34,6 +36,10 @@ pub(crate) struct Screen {
     /// Sources outside the allow-list that flood are dropped for a while.
     pub(crate) bans: Bans,
     pub(crate) metrics: SipMetrics,
+    pub(crate) tcp: TcpCaps,
+    /// When a refused TCP connection was last logged: a connection flood
+    /// gets a warning every few seconds, not one per connection.
+    pub(crate) last_tcp_warning: std::sync::Mutex<Option<Instant>>,
 }
 
 /// The first mandatory header a request lacks (RFC 3261 §8.1.1; a missing
@@ -84,6 +90,29 @@ fn bad_request(request: &Request, missing: &str) -> Response {
 }
 
 impl Screen {
+    fn refused_tcp(&self, connection: &SipConnection, limit: &'static str) {
+        self.metrics
+            .tcp_refused
+            .get_or_create(&[("limit", limit)])
+            .inc();
+        let remote = connection.get_remote_addr().map(|a| a.to_string());
+        let now = Instant::now();
+        let mut last = self
+            .last_tcp_warning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10)) {
+            *last = Some(now);
+            warn!(
+                ?remote,
+                limit,
+                "SIP TCP connection over the cap closed (further ones for 10 s only counted)"
+            );
+        } else {
+            debug!(?remote, limit, "SIP TCP connection over the cap closed");
+        }
+    }
+
     /// False: the request goes no further.
     async fn admit(&self, request: &Request, connection: &SipConnection, from: &SipAddr) -> bool {
         let source = from.get_socketaddr().ok();
@@ -119,6 +148,25 @@ impl TransportEventInspector for Screen {
             if !self.admit(request, connection, from).await {
                 return None;
             }
+        }
+        match &event {
+            TransportEvent::New(connection) if connection.is_reliable() => {
+                match self.tcp.admit(connection) {
+                    Ok(open) => {
+                        self.metrics.tcp_connections.set(open as i64);
+                    }
+                    Err(limit) => {
+                        self.refused_tcp(connection, limit);
+                        let _ = connection.close().await;
+                        return None;
+                    }
+                }
+            }
+            TransportEvent::Closed(connection) if connection.is_reliable() => {
+                let open = self.tcp.closed(connection);
+                self.metrics.tcp_connections.set(open as i64);
+            }
+            _ => {}
         }
         Some(event)
     }

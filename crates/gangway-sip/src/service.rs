@@ -25,6 +25,7 @@ use crate::shared::{ActiveCall, Inbound, Shared};
 use crate::{
     DialogHandle, IncomingCall, OutboundCall, SipConfig, SipError, SipEvent, SipFailure, SipMetrics,
 };
+use gangway_core::rate::TokenBucket;
 
 /// How long [`SipService::stop`] lets calls hang up cleanly before it drops them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -63,6 +64,7 @@ impl SipService {
 
         let root = CancellationToken::new();
         let transport_layer = TransportLayer::new(root.child_token());
+        transport_layer.set_stream_idle_timeout(config.tcp.idle_timeout);
 
         let udp_socket =
             tokio::net::UdpSocket::from_std(udp_socket).map_err(|source| SipError::Bind {
@@ -89,6 +91,8 @@ impl SipService {
             inbound: inbound.clone(),
             bans: Default::default(),
             metrics: metrics.clone(),
+            tcp: crate::tcp_caps::TcpCaps::new(config.tcp.clone()),
+            last_tcp_warning: Default::default(),
         };
         let endpoint = EndpointBuilder::new()
             // Plain UUID Call-IDs: the default carries the library's domain.
@@ -136,6 +140,11 @@ impl SipService {
                 secs => secs.max(crate::session_timer::MIN_SE),
             },
             metrics,
+            call_rate: (config.max_calls_per_second > 0).then(|| {
+                let bucket =
+                    TokenBucket::new(config.max_calls_per_second, std::time::Instant::now());
+                std::sync::Mutex::new(bucket)
+            }),
             replaceable: Default::default(),
         });
 
@@ -178,6 +187,9 @@ impl SipService {
         let (handle, commands) = DialogHandle::new();
         let refused = if self.shared.stopping.load(Ordering::SeqCst) {
             Some(SipFailure::Stopping)
+        } else if !self.shared.admit_call() {
+            warn!(call = %call.correlation_id, "calls per second towards the trunk over the limit: call failed with 503, no INVITE sent");
+            Some(SipFailure::RateLimited)
         } else if self.shared.trunk_down(&call.trunk) {
             info!(
                 call = %call.correlation_id,

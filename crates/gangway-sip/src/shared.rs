@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     /// `SipConfig::session_expires` (0, or at least 90).
     pub(crate) session_expires: u32,
     pub(crate) metrics: SipMetrics,
+    /// `SipConfig::max_calls_per_second`; `None` without a limit.
+    pub(crate) call_rate: Option<std::sync::Mutex<gangway_core::rate::TokenBucket>>,
     /// Established dialogs by id, for an INVITE with Replaces (RFC 3891):
     /// the events of the call it would replace.
     pub(crate) replaceable:
@@ -55,6 +57,14 @@ pub(crate) struct Inbound {
 }
 
 impl Shared {
+    /// Takes one INVITE from `call_rate`: false when over the limit.
+    pub(crate) fn admit_call(&self) -> bool {
+        self.call_rate.as_ref().is_none_or(|rate| {
+            let mut rate = rate.lock().unwrap_or_else(|e| e.into_inner());
+            rate.allow(std::time::Instant::now())
+        })
+    }
+
     /// An established dialog an INVITE with Replaces may take over.
     pub(crate) fn register_replaceable(&self, id: rsipstack::dialog::DialogId, events: Events) {
         let mut map = self.replaceable.lock().unwrap_or_else(|e| e.into_inner());

@@ -23,6 +23,8 @@ async fn start(public_ip: Option<IpAddr>) -> SipService {
             user_agent: "Gangway-test/0.1".into(),
             prack: true,
             session_expires: 1800,
+            max_calls_per_second: 0,
+            tcp: Default::default(),
         },
         SipMetrics::default(),
     )
@@ -313,6 +315,8 @@ async fn config_errors() {
             user_agent: "x".into(),
             prack: true,
             session_expires: 1800,
+            max_calls_per_second: 0,
+            tcp: Default::default(),
         },
         SipMetrics::default(),
     )
@@ -330,6 +334,8 @@ async fn config_errors() {
             user_agent: "x".into(),
             prack: true,
             session_expires: 1800,
+            max_calls_per_second: 0,
+            tcp: Default::default(),
         },
         SipMetrics::default(),
     )

@@ -122,6 +122,8 @@ async fn start_service_with_metrics(metrics: SipMetrics) -> SipService {
             user_agent: "Gangway-test/0.1".into(),
             prack: true,
             session_expires: 1800,
+            max_calls_per_second: 0,
+            tcp: Default::default(),
         },
         metrics,
     )

@@ -6,6 +6,7 @@ mod auth;
 pub mod config;
 mod connections;
 mod drive;
+pub mod fd_limit;
 mod flows;
 mod http;
 mod inbound;
@@ -86,6 +87,7 @@ pub(crate) struct Shared {
     connections: Arc<connections::Connections>,
     /// Calls per source address.
     calls_per_address: connections::CallsPerAddress,
+    new_call_rate: rate::NewCallRate,
     /// Proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
     trusted_proxies: Vec<gangway_sip::ipnet::IpNet>,
     phase: watch::Sender<Phase>,
@@ -237,6 +239,7 @@ impl Gateway {
             log_prefix: format!("{started_ms:x}"),
         };
         let calls_max_per_address = config.calls.max_per_address;
+        let new_calls_per_second = config.calls.max_new_per_second_per_address;
         // Checked with the rest of the configuration.
         let trusted_proxies =
             config::networks("http.trusted_proxies", &config.http.trusted_proxies)
@@ -263,6 +266,7 @@ impl Gateway {
             flows: flows::Flows::default(),
             connections,
             calls_per_address: connections::CallsPerAddress::new(calls_max_per_address),
+            new_call_rate: rate::NewCallRate::new(new_calls_per_second),
             trusted_proxies,
             phase,
             next_peer: AtomicU64::new(1),

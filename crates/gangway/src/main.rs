@@ -35,6 +35,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
+    match gangway::fd_limit::raise() {
+        Some(limit) if limit < gangway::fd_limit::needed(&config) => warn!(
+            limit,
+            needed = gangway::fd_limit::needed(&config),
+            "the open-file limit is below what the connection caps allow: raise it (ulimit -n, LimitNOFILE) or lower http.max_connections / sip.max_tcp_connections"
+        ),
+        Some(limit) => info!(limit, "open-file limit"),
+        None => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -150,12 +159,15 @@ fn init_logging(config: &Config) {
 
 /// rsipstack logs every SIP message whole at `info` (4-9 KB per INVITE):
 /// it stays at `warn` unless the filter names it (`rsipstack=debug` to
-/// trace SIP; a capture is the better way).
+/// trace SIP; a capture is the better way). Its TCP accept loop retries at
+/// once when accept fails, with a warning each time: out of descriptors
+/// that is millions of lines, so that one module only logs errors (the
+/// gateway keeps descriptors in reserve instead: `fd_limit`).
 fn quiet_sip_stack(directives: &str) -> String {
     if directives.contains("rsipstack") {
         directives.to_string()
     } else {
-        format!("{directives},rsipstack=warn")
+        format!("{directives},rsipstack=warn,rsipstack::transport::tcp_listener=error")
     }
 }
 
@@ -169,7 +181,10 @@ mod tests {
 
     #[test]
     fn the_sip_stack_is_quiet_unless_named() {
-        assert_eq!(quiet_sip_stack("info"), "info,rsipstack=warn");
+        assert_eq!(
+            quiet_sip_stack("info"),
+            "info,rsipstack=warn,rsipstack::transport::tcp_listener=error"
+        );
         assert_eq!(
             quiet_sip_stack("info,rsipstack=debug"),
             "info,rsipstack=debug"

@@ -71,9 +71,10 @@ const SIP_WS_REJECTS: [&str; 19] = [
 ];
 
 /// `limit` label values of `gangway_limit_refusals_total`.
-const LIMITS: [&str; 5] = [
+const LIMITS: [&str; 6] = [
     "candidates",
     "calls_per_address",
+    "new_calls_per_address",
     "connections_per_address",
     "connections",
     "messages",

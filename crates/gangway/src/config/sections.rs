@@ -132,6 +132,9 @@ pub struct CallsSection {
     pub max_per_session: usize,
     /// Concurrent calls one source address may hold, across its sockets.
     pub max_per_address: usize,
+    /// New calls one source address may start per second (twice that in a
+    /// burst), across its sockets; 0 turns the limit off.
+    pub max_new_per_second_per_address: u32,
     /// Remote ICE candidates one call may add (each costs the media shard
     /// work for every check it runs).
     pub max_candidates: usize,
@@ -147,6 +150,7 @@ impl Default for CallsSection {
             setup_timeout_secs: 30,
             max_per_session: 8,
             max_per_address: 250,
+            max_new_per_second_per_address: 10,
             max_candidates: 32,
             resume_grace_secs: 30,
         }
@@ -203,6 +207,17 @@ pub struct SipSection {
     /// callers (at least 90). 0: do not ask for timers, but still honour
     /// the far end's.
     pub session_expires_secs: u32,
+    /// SIP over TCP connections open at once, in all (both directions).
+    pub max_tcp_connections: usize,
+    /// SIP over TCP connections one address may hold; more are closed at once.
+    pub max_tcp_connections_per_address: usize,
+    /// A SIP over TCP connection that receives nothing this long is closed;
+    /// 0 keeps idle connections.
+    pub tcp_idle_timeout_secs: u64,
+    /// INVITEs the gateway may send towards the trunk per second (twice
+    /// that in a burst), for every front end together; more calls fail
+    /// with 503 before any INVITE. 0 turns the limit off.
+    pub max_calls_per_second: u32,
     pub trunk: TrunkSection,
     pub registrar: RegistrarSection,
 }
@@ -226,6 +241,10 @@ impl Default for SipSection {
             keepalive_failures: 2,
             prack: true,
             session_expires_secs: 1800,
+            max_tcp_connections: 1024,
+            max_tcp_connections_per_address: 32,
+            tcp_idle_timeout_secs: 120,
+            max_calls_per_second: 50,
             trunk: TrunkSection::default(),
             registrar: RegistrarSection::default(),
         }

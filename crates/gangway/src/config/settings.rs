@@ -267,6 +267,12 @@ fn calls(c: &CallsSection) -> Result<Option<String>, ConfigError> {
         "must be between 1 and 100000",
     )?;
     within(
+        "calls.max_new_per_second_per_address",
+        c.max_new_per_second_per_address,
+        0..=100_000,
+        "must be between 0 and 100000",
+    )?;
+    within(
         "calls.max_candidates",
         c.max_candidates,
         1..=1000,

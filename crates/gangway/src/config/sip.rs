@@ -97,6 +97,7 @@ pub(super) fn sip(s: &SipSection, auth: &AuthSection) -> Result<SipSettings, Con
     }
     let registrar = registrar(&s.registrar, &trunk)?;
     check_auth(auth)?;
+    let tcp = tcp_limits(s)?;
     Ok(SipSettings {
         endpoint: SipConfig {
             listen: s.listen,
@@ -104,6 +105,8 @@ pub(super) fn sip(s: &SipSection, auth: &AuthSection) -> Result<SipSettings, Con
             user_agent: s.user_agent.clone(),
             prack: s.prack,
             session_expires: s.session_expires_secs,
+            max_calls_per_second: s.max_calls_per_second,
+            tcp,
         },
         rtp_ports: s.rtp_port_min..=s.rtp_port_max,
         trunk,
@@ -112,6 +115,40 @@ pub(super) fn sip(s: &SipSection, auth: &AuthSection) -> Result<SipSettings, Con
         inbound_allow,
         keepalive,
         registrar,
+    })
+}
+
+/// `max_tcp_connections`, `max_tcp_connections_per_address`,
+/// `tcp_idle_timeout_secs`.
+fn tcp_limits(s: &SipSection) -> Result<gangway_sip::TcpLimits, ConfigError> {
+    within(
+        "sip.max_tcp_connections",
+        s.max_tcp_connections,
+        1..=1_000_000,
+        "must be between 1 and 1000000",
+    )?;
+    within(
+        "sip.max_tcp_connections_per_address",
+        s.max_tcp_connections_per_address,
+        1..=s.max_tcp_connections,
+        "must be between 1 and sip.max_tcp_connections",
+    )?;
+    within(
+        "sip.max_calls_per_second",
+        s.max_calls_per_second,
+        0..=100_000,
+        "must be between 0 and 100000",
+    )?;
+    within(
+        "sip.tcp_idle_timeout_secs",
+        s.tcp_idle_timeout_secs,
+        0..=86_400,
+        "must be between 0 and 86400",
+    )?;
+    Ok(gangway_sip::TcpLimits {
+        max_connections: s.max_tcp_connections,
+        max_per_address: s.max_tcp_connections_per_address,
+        idle_timeout: std::time::Duration::from_secs(s.tcp_idle_timeout_secs),
     })
 }
 

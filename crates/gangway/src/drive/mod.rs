@@ -86,6 +86,20 @@ impl CallDriver {
     /// Hands one input to the core and carries out what it asks for.
     pub fn feed(&mut self, input: Input<CallId>) {
         if let Input::Request(Request::Call { call, .. }) = &input {
+            if !self
+                .shared
+                .new_call_rate
+                .allow(self.peer_ip, Instant::now())
+            {
+                self.shared.metrics.limit_refused("new_calls_per_address");
+                let max = self.shared.config.calls.max_new_per_second_per_address;
+                self.to_client.push(ToClient::Refuse(Refusal {
+                    call: Some(call.clone()),
+                    problem: Problem::TooManyCalls,
+                    message: format!("at most {max} new calls per second per address"),
+                }));
+                return;
+            }
             if !self.shared.calls_per_address.has_room(self.peer_ip) {
                 // Counted across the address's sockets, which the core's
                 // table (one connection) cannot see.

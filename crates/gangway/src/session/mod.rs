@@ -51,7 +51,7 @@ struct Session {
     /// failure limit until its outcome is known.
     sign_in_pending: bool,
     /// Messages per second from the client.
-    rate: crate::rate::MessageRate,
+    rate: gangway_core::rate::TokenBucket,
     /// The calls: the core and the I/O it commands.
     driver: CallDriver,
     outbox: Vec<ServerMessage>,
@@ -137,8 +137,10 @@ async fn serve(
         settings.resume_grace = None;
     }
     let (driver, mut legs) = CallDriver::new(shared.clone(), number, settings, "json", peer_ip);
-    let rate =
-        crate::rate::MessageRate::new(shared.config.http.max_messages_per_second, Instant::now());
+    let rate = gangway_core::rate::TokenBucket::new(
+        shared.config.http.max_messages_per_second,
+        Instant::now(),
+    );
     let mut s = Session {
         driver,
         shared,

@@ -102,7 +102,7 @@ struct Flow {
     /// The last REGISTER relayed for each flow token.
     relayed: HashMap<String, RelayedRegister>,
     /// Messages per second from the browser.
-    rate: crate::rate::MessageRate,
+    rate: gangway_core::rate::TokenBucket,
 }
 
 /// What ended a flow's wait for input.
@@ -148,7 +148,7 @@ async fn serve(
         parked_until: None,
         moving_to: None,
         relayed: HashMap::new(),
-        rate: crate::rate::MessageRate::new(
+        rate: gangway_core::rate::TokenBucket::new(
             shared.config.http.max_messages_per_second,
             Instant::now(),
         ),
