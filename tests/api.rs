@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use gangway_tests::api_client::{ApiClient, Closed};
-use gangway_tests::gateway::{scrape_metric, start_gateway, start_gateway_with, wait_metric};
+use gangway_tests::gateway::{
+    readyz, scrape_metric, start_gateway, start_gateway_with, wait_metric,
+};
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -668,6 +670,46 @@ async fn calls_per_address_are_limited_across_sockets() {
         }
         assert_ne!(m["type"], "error", "{m}");
     }
+    gw.shutdown(Duration::ZERO).await;
+}
+
+/// A client that sends its request headers too slowly (slowloris) loses
+/// its connection after `http.header_read_timeout_secs`, and a prompt one
+/// on another connection is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_headers_lose_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start_gateway_with(|c| c.http.header_read_timeout_secs = 1).await;
+    let mut slow = tokio::net::TcpStream::connect(gw.http_addr())
+        .await
+        .unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let (status, _) = readyz(&gw).await;
+    assert_eq!(status, 200, "a prompt client is served meanwhile");
+    let mut buf = [0u8; 512];
+    let closed = loop {
+        // A byte every 300 ms keeps the headers coming, never finishing.
+        match tokio::time::timeout(Duration::from_millis(300), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(_)) => continue,
+            Err(_) if t0.elapsed() > Duration::from_secs(10) => break false,
+            Err(_) => {
+                if slow.write_all(b"X").await.is_err() {
+                    break true;
+                }
+            }
+        }
+    };
+    let took = t0.elapsed();
+    println!("slow headers: closed {closed} after {took:?}");
+    assert!(closed, "the slow connection was closed");
+    assert!(
+        took < Duration::from_secs(5),
+        "within the timeout's reach: {took:?}"
+    );
     gw.shutdown(Duration::ZERO).await;
 }
 

@@ -14,6 +14,7 @@ mod metrics;
 mod queues;
 mod rate;
 mod resume;
+mod serve;
 mod session;
 mod sip_ws;
 mod users;
@@ -24,7 +25,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::serve::ListenerExt;
 use gangway_core::calls::{DtmfRoute, Settings as CallSettings};
 use gangway_core::{Router, SipRouting};
 use gangway_media::{CodecPolicy, MediaPolicy, OpusSettings, RtpPorts, ShardHandle};
@@ -273,26 +273,15 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             started_ms,
         });
-        // Small API events (`ringing`, then `answered` moments later) must not
-        // wait for Nagle's algorithm to meet the client's delayed ACK (~40 ms).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                warn!("cannot set TCP_NODELAY on an API connection: {e}");
-            }
-        });
         tokio::spawn(inbound::run(shared.clone(), inbound_rx));
-        let app = http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = http::router(shared.clone());
+        let header_timeout = Duration::from_secs(shared.config.http.header_read_timeout_secs);
         let mut phase_rx = shared.phase.subscribe();
         let server = tokio::spawn(async move {
             let stop = async move {
                 let _ = phase_rx.wait_for(|p| *p == Phase::Terminating).await;
             };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                warn!("http server failed: {e}");
-            }
+            serve::serve(listener, app, header_timeout, stop).await;
         });
         let webrtc: Vec<String> = shared
             .shards

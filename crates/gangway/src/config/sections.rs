@@ -47,6 +47,9 @@ pub struct HttpSection {
     /// A WebSocket that does not take a frame the gateway sends within
     /// this long (a client that stopped reading) is treated as lost.
     pub write_timeout_secs: u64,
+    /// An HTTP request whose headers have not all arrived this long after
+    /// its first byte ends its connection (slow clients hold no socket).
+    pub header_read_timeout_secs: u64,
     /// Messages one WebSocket may send per second (twice that in a burst);
     /// 0 turns the limit off.
     pub max_messages_per_second: u32,
@@ -66,6 +69,7 @@ impl Default for HttpSection {
             max_connections: 10_000,
             idle_timeout_secs: 120,
             write_timeout_secs: 10,
+            header_read_timeout_secs: 10,
             max_messages_per_second: 100,
             trusted_proxies: Vec::new(),
         }

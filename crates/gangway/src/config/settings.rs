@@ -161,6 +161,12 @@ fn check_http(h: &HttpSection) -> Result<(), ConfigError> {
         "must be between 0 and 86400",
     )?;
     within(
+        "http.header_read_timeout_secs",
+        h.header_read_timeout_secs,
+        1..=600,
+        "must be between 1 and 600",
+    )?;
+    within(
         "http.write_timeout_secs",
         h.write_timeout_secs,
         1..=600,
