@@ -1,9 +1,15 @@
 //! Shared pieces of the load generators: the gateway as a child process and
 //! its CPU and memory, read from /proc.
 
+pub mod churn;
+pub mod probe;
+pub mod relay;
+pub mod report;
+pub mod sample;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// utime + stime of a process (`self` for this one), in seconds.
@@ -38,10 +44,26 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `binary` with HTTP on `http` plus `env` overrides and waits for `/healthz`.
     pub fn start(binary: &Path, http: SocketAddr, env: &[(&str, String)]) -> GatewayProcess {
+        Self::start_logged(binary, http, env, None)
+    }
+
+    /// Like [`GatewayProcess::start`], with the gateway's log (its stdout
+    /// and stderr) written to the file `log`.
+    pub fn start_logged(
+        binary: &Path,
+        http: SocketAddr,
+        env: &[(&str, String)],
+        log: Option<&Path>,
+    ) -> GatewayProcess {
         let mut cmd = Command::new(binary);
         cmd.env("GANGWAY_HTTP__LISTEN", http.to_string())
             .env("GANGWAY_LOG__LEVEL", "warn")
             .stdout(Stdio::null());
+        if let Some(log) = log {
+            let file = std::fs::File::create(log).expect("create the gateway log");
+            cmd.stdout(file.try_clone().expect("clone the log file"))
+                .stderr(file);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -58,6 +80,26 @@ impl GatewayProcess {
 
     pub fn pid(&self) -> String {
         self.child.id().to_string()
+    }
+
+    /// Sends SIGTERM (the start of a graceful drain).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid()]).status();
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still
+    /// running (it is killed on drop).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -102,4 +144,21 @@ pub async fn measure_media_phase<T>(
         busy_rss_kib,
     };
     (phase, results)
+}
+
+/// 50 frames (1 s) of a 1 kHz tone as a browser would send it: 48 kHz Opus, 20 ms.
+pub fn opus_frames() -> Vec<Vec<u8>> {
+    let mut enc =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    (0..50)
+        .map(|f| {
+            let pcm: Vec<i16> = (0..960)
+                .map(|i| {
+                    let t = (f * 960 + i) as f64 / 48_000.0;
+                    (0.3 * 32767.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16
+                })
+                .collect();
+            enc.encode_vec(&pcm, 400).unwrap()
+        })
+        .collect()
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use gangway_benches::{measure_media_phase, rss_kib, GatewayProcess};
+use gangway_benches::{measure_media_phase, opus_frames, rss_kib, GatewayProcess};
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
 use gangway_tests::sip_peers::{free_udp_port, free_udp_range, Sipp};
@@ -29,23 +29,6 @@ struct Args {
     calls: usize,
     #[arg(long, default_value_t = 20)]
     seconds: u64,
-}
-
-/// 50 frames (1 s) of a 1 kHz tone as a browser would send it: 48 kHz Opus, 20 ms.
-fn opus_frames() -> Vec<Vec<u8>> {
-    let mut enc =
-        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
-    (0..50)
-        .map(|f| {
-            let pcm: Vec<i16> = (0..960)
-                .map(|i| {
-                    let t = (f * 960 + i) as f64 / 48_000.0;
-                    (0.3 * 32767.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16
-                })
-                .collect();
-            enc.encode_vec(&pcm, 400).unwrap()
-        })
-        .collect()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
