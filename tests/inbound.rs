@@ -491,6 +491,67 @@ async fn a_burst_of_bad_sign_ins_is_held_to_the_failure_limit() {
     gw.shutdown(Duration::ZERO).await;
 }
 
+/// Bad passwords for one user from many addresses at once, each address
+/// within its own limit: the per-user count (`auth.max_failures_per_user`)
+/// holds what reaches the registrar to that limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sign_ins_for_one_user_from_many_addresses_are_held_per_user() {
+    const ADDRESSES: usize = 5;
+    const EACH: usize = 3;
+    const PER_USER: usize = 4;
+    let kam = start_kamailio(USERS, DOMAIN).await;
+    let gw = gateway_to(&kam, |c| {
+        c.auth.max_failures = EACH as u32;
+        c.auth.max_failures_per_user = PER_USER as u32;
+    })
+    .await;
+    let mut sockets = Vec::new();
+    for a in 0..ADDRESSES {
+        for _ in 0..EACH {
+            sockets.push(ApiClient::connect_from(&gw, &format!("127.0.0.{}", a + 2)).await);
+        }
+    }
+    for api in sockets.iter_mut() {
+        api.send(json!({"type": "register", "user": "alice", "password": "wrong"}))
+            .await;
+    }
+    let (mut failed, mut limited) = (0, 0);
+    for api in sockets.iter_mut() {
+        let reply = api.recv().await;
+        match (reply["type"].as_str(), reply["code"].as_str()) {
+            (Some("registration_failed"), _) => failed += 1,
+            (Some("error"), Some("rate_limited")) => {
+                assert!(
+                    reply["message"].as_str().unwrap().contains("this user"),
+                    "{reply}"
+                );
+                limited += 1
+            }
+            _ => panic!("unexpected reply {reply}"),
+        }
+    }
+    println!("{failed} sign-ins for alice reached the registrar, {limited} were rate limited");
+    assert!(
+        failed <= PER_USER,
+        "at most the per-user limit went out: {failed}"
+    );
+    assert_eq!(failed + limited, ADDRESSES * EACH);
+    assert!(
+        kam.challenges(401, "REGISTER") <= 2 * PER_USER,
+        "kamailio saw {} challenges",
+        kam.challenges(401, "REGISTER")
+    );
+    // Another user is not held by alice's failures.
+    let mut bob = ApiClient::connect_from(&gw, "127.0.0.9").await;
+    bob.send(json!({"type": "register", "user": "bob", "password": "wrong"}))
+        .await;
+    assert_eq!(bob.recv().await["type"], "registration_failed");
+    for api in sockets {
+        api.close().await;
+    }
+    gw.shutdown(Duration::ZERO).await;
+}
+
 /// Sends one INVITE from `from` to `gateway` and never ACKs; counts the
 /// final responses that arrive within 2.5 s (Timer G would have
 /// retransmitted a kept 403 at 0.5, 1.5 s).

@@ -35,6 +35,23 @@ impl ApiClient {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
+        Self::greeted(ws).await
+    }
+
+    /// Connects from the loopback address `ip` (e.g. `127.0.0.2`), for the
+    /// per-address limits.
+    pub async fn connect_from(gw: &Gateway, ip: &str) -> ApiClient {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(gw.http_addr()).await.expect("TCP connects");
+        let url = format!("ws://{}/ws", gw.http_addr());
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("websocket connects");
+        Self::greeted(ws).await
+    }
+
+    async fn greeted(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> ApiClient {
         let mut c = ApiClient {
             ws,
             hello: Value::Null,

@@ -2,6 +2,7 @@
 //! verification and the per-address limit on failed attempts.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -28,17 +29,18 @@ pub(crate) fn verify_token(secret: &str, token: &str) -> Result<String, String> 
     Ok(data.claims.sub)
 }
 
-/// Counts failed sign-ins per source address in a sliding window, and the
-/// attempts still in flight: a burst of parallel sign-ins could otherwise
-/// all pass the check before the first failure is known.
-pub(crate) struct FailureLimiter {
+/// Counts failed sign-ins per key (a source address, or a user) in a
+/// sliding window, and the attempts still in flight: a burst of parallel
+/// sign-ins could otherwise all pass the check before the first failure is
+/// known.
+pub(crate) struct FailureLimiter<K = IpAddr> {
     max: usize,
     window: Duration,
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
-    in_flight: Mutex<HashMap<IpAddr, usize>>,
+    failures: Mutex<HashMap<K, VecDeque<Instant>>>,
+    in_flight: Mutex<HashMap<K, usize>>,
 }
 
-impl FailureLimiter {
+impl<K: Hash + Eq + Clone> FailureLimiter<K> {
     pub(crate) fn new(max: u32, window: Duration) -> Self {
         FailureLimiter {
             max: max as usize,
@@ -51,13 +53,13 @@ impl FailureLimiter {
     /// Starts an attempt whose outcome comes later (a REGISTER): false
     /// when the failures so far and the attempts in flight reach the
     /// limit. Every `true` is followed by one [`Self::end`].
-    pub(crate) fn begin(&self, ip: IpAddr, now: Instant) -> bool {
-        let failures = self.failures_in_window(ip, now);
+    pub(crate) fn begin(&self, key: &K, now: Instant) -> bool {
+        let failures = self.failures_in_window(key, now);
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = in_flight.entry(ip).or_default();
+        let pending = in_flight.entry(key.clone()).or_default();
         if failures + *pending >= self.max {
             if *pending == 0 {
-                in_flight.remove(&ip);
+                in_flight.remove(key);
             }
             return false;
         }
@@ -66,24 +68,24 @@ impl FailureLimiter {
     }
 
     /// The attempt [`Self::begin`] started is over; `failed` counts it.
-    pub(crate) fn end(&self, ip: IpAddr, failed: bool, now: Instant) {
+    pub(crate) fn end(&self, key: &K, failed: bool, now: Instant) {
         {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(pending) = in_flight.get_mut(&ip) {
+            if let Some(pending) = in_flight.get_mut(key) {
                 *pending = pending.saturating_sub(1);
                 if *pending == 0 {
-                    in_flight.remove(&ip);
+                    in_flight.remove(key);
                 }
             }
         }
         if failed {
-            self.record_failure(ip, now);
+            self.record_failure(key, now);
         }
     }
 
-    fn failures_in_window(&self, ip: IpAddr, now: Instant) -> usize {
+    fn failures_in_window(&self, key: &K, now: Instant) -> usize {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(times) = map.get_mut(&ip) else {
+        let Some(times) = map.get_mut(key) else {
             return 0;
         };
         while times
@@ -93,17 +95,17 @@ impl FailureLimiter {
             times.pop_front();
         }
         if times.is_empty() {
-            map.remove(&ip);
+            map.remove(key);
         }
-        map.get(&ip).map_or(0, VecDeque::len)
+        map.get(key).map_or(0, VecDeque::len)
     }
 
-    /// Whether `ip` has used up its failed attempts.
-    pub(crate) fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
-        self.failures_in_window(ip, now) >= self.max
+    /// Whether `key` has used up its failed attempts.
+    pub(crate) fn is_blocked(&self, key: &K, now: Instant) -> bool {
+        self.failures_in_window(key, now) >= self.max
     }
 
-    pub(crate) fn record_failure(&self, ip: IpAddr, now: Instant) {
+    pub(crate) fn record_failure(&self, key: &K, now: Instant) {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         // Old entries of other addresses go when the map grows, so a scan of
         // many addresses cannot grow it without bound.
@@ -114,7 +116,7 @@ impl FailureLimiter {
                     .is_some_and(|t| now.duration_since(*t) < self.window)
             });
         }
-        let times = map.entry(ip).or_default();
+        let times = map.entry(key.clone()).or_default();
         times.push_back(now);
         if times.len() > self.max {
             times.pop_front();
@@ -181,14 +183,14 @@ mod tests {
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..2 {
-            limiter.record_failure(ip, t0);
+            limiter.record_failure(&ip, t0);
         }
-        assert!(!limiter.is_blocked(ip, t0));
-        limiter.record_failure(ip, t0);
-        assert!(limiter.is_blocked(ip, t0));
-        assert!(!limiter.is_blocked(other, t0), "limits are per address");
-        assert!(limiter.is_blocked(ip, t0 + Duration::from_secs(59)));
-        assert!(!limiter.is_blocked(ip, t0 + Duration::from_secs(60)));
+        assert!(!limiter.is_blocked(&ip, t0));
+        limiter.record_failure(&ip, t0);
+        assert!(limiter.is_blocked(&ip, t0));
+        assert!(!limiter.is_blocked(&other, t0), "limits are per address");
+        assert!(limiter.is_blocked(&ip, t0 + Duration::from_secs(59)));
+        assert!(!limiter.is_blocked(&ip, t0 + Duration::from_secs(60)));
     }
 
     #[test]
@@ -197,20 +199,20 @@ mod tests {
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         let now = Instant::now();
         // A burst: three may go out, the fourth waits for their outcome.
-        assert!(limiter.begin(ip, now));
-        assert!(limiter.begin(ip, now));
-        assert!(limiter.begin(ip, now));
-        assert!(!limiter.begin(ip, now));
+        assert!(limiter.begin(&ip, now));
+        assert!(limiter.begin(&ip, now));
+        assert!(limiter.begin(&ip, now));
+        assert!(!limiter.begin(&ip, now));
         // One succeeds: its slot is free again; two fail and stay counted.
-        limiter.end(ip, false, now);
-        limiter.end(ip, true, now);
-        limiter.end(ip, true, now);
-        assert!(limiter.begin(ip, now));
-        assert!(!limiter.begin(ip, now));
-        limiter.end(ip, true, now);
-        assert!(limiter.is_blocked(ip, now));
+        limiter.end(&ip, false, now);
+        limiter.end(&ip, true, now);
+        limiter.end(&ip, true, now);
+        assert!(limiter.begin(&ip, now));
+        assert!(!limiter.begin(&ip, now));
+        limiter.end(&ip, true, now);
+        assert!(limiter.is_blocked(&ip, now));
         // Other addresses are not held up, and the window forgets.
-        assert!(limiter.begin("192.0.2.8".parse().unwrap(), now));
-        assert!(limiter.begin(ip, now + Duration::from_secs(301)));
+        assert!(limiter.begin(&"192.0.2.8".parse().unwrap(), now));
+        assert!(limiter.begin(&ip, now + Duration::from_secs(301)));
     }
 }

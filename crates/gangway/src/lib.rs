@@ -78,6 +78,7 @@ pub(crate) struct Shared {
     users: Option<users::Users>,
     /// Failed sign-ins per source address.
     sign_in_failures: auth::FailureLimiter,
+    sign_in_failures_by_user: auth::FailureLimiter<String>,
     /// Resume tokens of live sessions.
     tokens: resume::Tokens,
     /// SIP over WebSocket: what every flow shares, and the bindings.
@@ -212,10 +213,10 @@ impl Gateway {
             }
             None => None,
         };
-        let sign_in_failures = auth::FailureLimiter::new(
-            config.auth.max_failures,
-            Duration::from_secs(config.auth.failure_window_secs),
-        );
+        let failure_window = Duration::from_secs(config.auth.failure_window_secs);
+        let sign_in_failures = auth::FailureLimiter::new(config.auth.max_failures, failure_window);
+        let sign_in_failures_by_user =
+            auth::FailureLimiter::new(config.auth.max_failures_per_user, failure_window);
         let (phase, _) = watch::channel(Phase::Running);
         let started_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -261,6 +262,7 @@ impl Gateway {
             sip,
             users,
             sign_in_failures,
+            sign_in_failures_by_user,
             tokens: resume::Tokens::default(),
             sip_ws,
             flows: flows::Flows::default(),

@@ -22,7 +22,7 @@ pub use sections::{
     LogSection, MediaSection, RegistrarSection, ShutdownSection, SipSection, TrunkSection,
     WebRtcSection,
 };
-pub use settings::{MediaSettings, Settings};
+pub use settings::{log_filter, MediaSettings, Settings};
 pub use sip::{RegistrarSettings, SipSettings};
 
 /// The hard WebSocket frame limit; beyond it the socket is closed with 1009.

@@ -390,6 +390,9 @@ pub struct AuthSection {
     /// Failed sign-ins from one address within `failure_window_secs` after
     /// which that address gets `rate_limited` until the window passes.
     pub max_failures: u32,
+    /// The same for one user, from any addresses (a password guessed from
+    /// many places), with the same window.
+    pub max_failures_per_user: u32,
     pub failure_window_secs: u64,
 }
 
@@ -399,6 +402,7 @@ impl Default for AuthSection {
             token_secret: None,
             users: Default::default(),
             max_failures: 5,
+            max_failures_per_user: 20,
             failure_window_secs: 300,
         }
     }

@@ -15,6 +15,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use gangway_rtc::AudioCodec;
+use tracing_subscriber::filter::{EnvFilter, ParseError};
 
 use super::sections::{
     CallsSection, CodecPolicySetting, Config, HttpSection, LogSection, MediaSection,
@@ -202,8 +203,16 @@ fn check_http(h: &HttpSection) -> Result<(), ConfigError> {
     }
 }
 
+/// A `log.level` (or `RUST_LOG`) filter. Field values in its directives
+/// are matched literally, not as regular expressions: the automaton of a
+/// pattern can take minutes and gigabytes to build (found by the config
+/// fuzz target), and no log filter of the gateway needs one.
+pub fn log_filter(directives: &str) -> Result<EnvFilter, ParseError> {
+    EnvFilter::builder().with_regex(false).parse(directives)
+}
+
 fn check_log(l: &LogSection) -> Result<(), ConfigError> {
-    tracing_subscriber::EnvFilter::try_new(&l.level)
+    log_filter(&l.level)
         .map(drop)
         .map_err(|e| problem("log.level", format!("not a valid filter: {e}")))
 }
@@ -481,5 +490,21 @@ mod tests {
         c.media.opus_complexity = 11;
         c.calls.max_per_session = 0;
         assert_eq!(err(&c).key, "calls.max_per_session");
+    }
+
+    #[test]
+    fn a_log_filter_is_not_compiled_as_a_regular_expression() {
+        // Found by fuzz/config: as a pattern, this field value took minutes
+        // and more than 2 GB to build.
+        let text = "[log]\nformat = \"human\"\nlevel = \"iRKRRRRRRr}RRRR[{u](f.=..+p.......................trruffffffffffnf;}}})}}}}}}}}}}}}}}}}}}}}};o\"\n";
+        let start = std::time::Instant::now();
+        let _ = Config::from_toml(text);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        // A field value is still a filter, matched literally.
+        assert!(log_filter("info,[span{user=alice}]=debug").is_ok());
     }
 }

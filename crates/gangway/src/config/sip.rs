@@ -299,6 +299,12 @@ fn check_auth(a: &AuthSection) -> Result<(), ConfigError> {
             "max_failures and failure_window_secs must be positive",
         ));
     }
+    if a.max_failures_per_user < a.max_failures {
+        return Err(problem(
+            "auth.max_failures_per_user",
+            "must be at least auth.max_failures (one address alone must not lock a user out first)",
+        ));
+    }
     Ok(())
 }
 

@@ -49,7 +49,8 @@ struct Session {
     user: Option<String>,
     /// A sign-in whose REGISTER is out: it counts against the address's
     /// failure limit until its outcome is known.
-    sign_in_pending: bool,
+    /// The user whose sign-in is out (counted in the failure limits).
+    sign_in_pending: Option<String>,
     /// Messages per second from the client.
     rate: gangway_core::rate::TokenBucket,
     /// The calls: the core and the I/O it commands.
@@ -149,7 +150,7 @@ async fn serve(
         peer_ip,
         inbox,
         user: None,
-        sign_in_pending: false,
+        sign_in_pending: None,
         rate,
         outbox: std::iter::once(hello).chain(preface).collect(),
         token,

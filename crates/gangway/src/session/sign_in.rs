@@ -28,7 +28,7 @@ impl Session {
             ));
         };
         let now = Instant::now();
-        if self.shared.sign_in_failures.is_blocked(self.peer_ip, now) {
+        if self.shared.sign_in_failures.is_blocked(&self.peer_ip, now) {
             return self.reject(ApiError::new(
                 ErrorCode::RateLimited,
                 None,
@@ -77,15 +77,26 @@ impl Session {
                 "this connection is signed in as another user; unregister first",
             ));
         }
-        if !self.sign_in_pending {
-            if !self.shared.sign_in_failures.begin(self.peer_ip, now) {
+        if self.sign_in_pending.is_none() {
+            let shared = &self.shared;
+            if !shared.sign_in_failures.begin(&self.peer_ip, now) {
                 return self.reject(ApiError::new(
                     ErrorCode::RateLimited,
                     None,
                     "too many sign-ins from this address in flight or failed; try again later",
                 ));
             }
-            self.sign_in_pending = true;
+            // Guessing one user's password from many addresses: counted per
+            // user too, so the registrar never sees a brute force.
+            if !shared.sign_in_failures_by_user.begin(&user, now) {
+                shared.sign_in_failures.end(&self.peer_ip, false, now);
+                return self.reject(ApiError::new(
+                    ErrorCode::RateLimited,
+                    None,
+                    "too many sign-ins for this user in flight or failed; try again later",
+                ));
+            }
+            self.sign_in_pending = Some(user.clone());
         }
         info!(%user, by_token, "sign-in requested");
         self.user = Some(user.clone());
@@ -95,10 +106,10 @@ impl Session {
     /// The pending sign-in's outcome is known (`failed`: the registrar
     /// refused the credentials).
     fn sign_in_settled(&mut self, failed: bool) {
-        if std::mem::take(&mut self.sign_in_pending) {
-            self.shared
-                .sign_in_failures
-                .end(self.peer_ip, failed, Instant::now());
+        if let Some(user) = self.sign_in_pending.take() {
+            let now = Instant::now();
+            self.shared.sign_in_failures.end(&self.peer_ip, failed, now);
+            self.shared.sign_in_failures_by_user.end(&user, failed, now);
         }
     }
 
@@ -106,7 +117,7 @@ impl Session {
         info!(%user, ?code, %reason, "sign-in refused");
         self.shared
             .sign_in_failures
-            .record_failure(self.peer_ip, Instant::now());
+            .record_failure(&self.peer_ip, Instant::now());
         self.shared.metrics.registration_failed(code);
         self.outbox
             .push(ServerMessage::RegistrationFailed { user, code, reason });
@@ -158,12 +169,12 @@ impl Session {
                 if !still_signed_in {
                     self.user = None;
                     let refused = matches!(code, Some(401 | 403 | 407));
-                    if self.sign_in_pending {
+                    if self.sign_in_pending.is_some() {
                         self.sign_in_settled(refused);
                     } else if refused {
                         self.shared
                             .sign_in_failures
-                            .record_failure(self.peer_ip, Instant::now());
+                            .record_failure(&self.peer_ip, Instant::now());
                     }
                 }
                 self.outbox

@@ -27,7 +27,7 @@ impl Flow {
                 .users
                 .clone()
                 .ok_or("registration needs the SIP leg")?;
-            if shared.sign_in_failures.is_blocked(self.peer.ip(), now) {
+            if shared.sign_in_failures.is_blocked(&self.peer.ip(), now) {
                 return Err("too many failed sign-ins from this address");
             }
             let secret = shared
@@ -80,7 +80,7 @@ impl Flow {
             }
             Err(why) => {
                 info!(%user, why, "token sign-in refused");
-                shared.sign_in_failures.record_failure(self.peer.ip(), now);
+                shared.sign_in_failures.record_failure(&self.peer.ip(), now);
                 shared.metrics.registration_failed(None);
                 self.front.handle_register_answer(id, refused(why));
             }
