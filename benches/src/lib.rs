@@ -58,6 +58,10 @@ impl GatewayProcess {
         let mut cmd = Command::new(binary);
         cmd.env("GANGWAY_HTTP__LISTEN", http.to_string())
             .env("GANGWAY_LOG__LEVEL", "warn")
+            // A load generator is one address placing calls as fast as it
+            // can: the per-address and trunk call rates would refuse it.
+            .env("GANGWAY_CALLS__MAX_NEW_PER_SECOND_PER_ADDRESS", "0")
+            .env("GANGWAY_SIP__MAX_CALLS_PER_SECOND", "0")
             .stdout(Stdio::null());
         if let Some(log) = log {
             let file = std::fs::File::create(log).expect("create the gateway log");
