@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use gangway_tests::api_client::ApiClient;
-use gangway_tests::gateway::{metric_or_zero, start_sip_gateway};
+use gangway_tests::gateway::{metric_or_zero, start_sip_gateway, wait_metric};
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
@@ -90,6 +90,7 @@ async fn sip_tcp_connections_over_the_per_address_cap_are_closed() {
     let gw = start_sip_gateway(9, "127.0.0.1", |c| {
         c.sip.max_tcp_connections_per_address = CAP;
         c.sip.inbound_allow = vec!["127.0.0.1/32".into()];
+        c.sip.tcp_idle_timeout_secs = 4;
     })
     .await;
     let sip = gw.sip_addr().unwrap();
@@ -99,12 +100,15 @@ async fn sip_tcp_connections_over_the_per_address_cap_are_closed() {
         // One at a time, so which ones are over the cap is known.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut closed = 0;
-    for stream in held.iter_mut() {
-        if closed_by_peer(stream, Duration::from_millis(300)).await {
-            closed += 1;
-        }
-    }
+    // All at once: the admitted ones must not reach their idle timeout here.
+    let checks = held
+        .iter_mut()
+        .map(|stream| closed_by_peer(stream, Duration::from_millis(500)));
+    let closed = futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .filter(|closed| *closed)
+        .count();
     assert_eq!(closed, 5, "the connections over the cap were closed");
     let refused = metric_or_zero(
         &gw,
@@ -133,6 +137,29 @@ async fn sip_tcp_connections_over_the_per_address_cap_are_closed() {
         metric_or_zero(&gw, "gangway_sip_tcp_connections").await,
         (CAP + 1) as f64,
         "the admitted ones are counted"
+    );
+    // Silent connections are closed after sip.tcp_idle_timeout_secs, and
+    // the count comes back to zero (a closed one frees its place).
+    let t0 = Instant::now();
+    for stream in held.iter_mut().chain(std::iter::once(&mut other)) {
+        assert!(
+            closed_by_peer(stream, Duration::from_secs(10)).await,
+            "an idle connection is closed"
+        );
+    }
+    println!("idle SIP TCP connections closed after {:?}", t0.elapsed());
+    let open = wait_metric(
+        &gw,
+        "gangway_sip_tcp_connections",
+        0.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(open, 0.0, "no connection is counted once closed");
+    let mut again = connect_from("127.0.0.2", sip).await;
+    assert!(
+        !closed_by_peer(&mut again, Duration::from_millis(300)).await,
+        "the address has its places back"
     );
     drop(held);
     drop(other);
