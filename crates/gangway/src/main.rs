@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use gangway::config::log_filter;
 use gangway::{Config, Gateway, LogFormat};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -146,10 +147,10 @@ impl Signals {
 fn init_logging(config: &Config) {
     let directives = std::env::var("RUST_LOG")
         .ok()
-        .filter(|d| EnvFilter::try_new(d).is_ok())
+        .filter(|d| log_filter(d).is_ok())
         .unwrap_or_else(|| config.log.level.clone());
     let filter =
-        EnvFilter::try_new(quiet_sip_stack(&directives)).unwrap_or_else(|_| EnvFilter::new("info"));
+        log_filter(&quiet_sip_stack(&directives)).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log.format {
         LogFormat::Human => builder.init(),
