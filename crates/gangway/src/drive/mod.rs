@@ -86,35 +86,40 @@ impl CallDriver {
     /// Hands one input to the core and carries out what it asks for.
     pub fn feed(&mut self, input: Input<CallId>) {
         if let Input::Request(Request::Call { call, .. }) = &input {
-            if !self
-                .shared
-                .new_call_rate
-                .allow(self.peer_ip, Instant::now())
-            {
-                self.shared.metrics.limit_refused("new_calls_per_address");
-                let max = self.shared.config.calls.max_new_per_second_per_address;
+            if let Some((limit, message)) = self.over_address_limit() {
+                self.shared.metrics.limit_refused(limit);
                 self.to_client.push(ToClient::Refuse(Refusal {
                     call: Some(call.clone()),
                     problem: Problem::TooManyCalls,
-                    message: format!("at most {max} new calls per second per address"),
-                }));
-                return;
-            }
-            if !self.shared.calls_per_address.has_room(self.peer_ip) {
-                // Counted across the address's sockets, which the core's
-                // table (one connection) cannot see.
-                self.shared.metrics.limit_refused("calls_per_address");
-                let max = self.shared.config.calls.max_per_address;
-                self.to_client.push(ToClient::Refuse(Refusal {
-                    call: Some(call.clone()),
-                    problem: Problem::TooManyCalls,
-                    message: format!("at most {max} concurrent calls per address"),
+                    message,
                 }));
                 return;
             }
         }
         self.calls.handle(Instant::now(), input);
         self.run_outputs();
+    }
+
+    /// The per-address limit a new call from this client would pass, if
+    /// any. Counted across the address's sockets, which the core's table
+    /// (one connection) cannot see.
+    fn over_address_limit(&self) -> Option<(&'static str, String)> {
+        let calls = &self.shared.config.calls;
+        if !self
+            .shared
+            .new_call_rate
+            .allow(self.peer_ip, Instant::now())
+        {
+            let max = calls.max_new_per_second_per_address;
+            let message = format!("at most {max} new calls per second per address");
+            return Some(("new_calls_per_address", message));
+        }
+        if !self.shared.calls_per_address.has_room(self.peer_ip) {
+            let max = calls.max_per_address;
+            let message = format!("at most {max} concurrent calls per address");
+            return Some(("calls_per_address", message));
+        }
+        None
     }
 
     /// The core's timer fired.
