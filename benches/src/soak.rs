@@ -395,5 +395,7 @@ async fn main() {
     let (csv, log) = (csv_path.display(), log.display());
     println!("figures: {csv}; gateway log: {log}");
     drop(t);
+    // process::exit runs no destructors: stop the gateway first.
+    drop(gateway);
     std::process::exit(exit);
 }
