@@ -141,7 +141,7 @@ pub fn sipp_stats(path: &std::path::Path) -> HashMap<String, String> {
     let Some(header) = lines.next() else {
         return HashMap::new();
     };
-    let Some(last) = lines.last() else {
+    let Some(last) = lines.next_back() else {
         return HashMap::new();
     };
     header
