@@ -320,6 +320,111 @@ async fn jssip_hold_resume_and_dtmf() {
     rig.gw.shutdown(Duration::ZERO).await;
 }
 
+/// bob (the PBX side) holds the call and resumes it. JsSIP learns it from
+/// the gateway's re-INVITEs (`hold`/`unhold` by the remote party), its
+/// transceiver goes `recvonly` and it stops sending; after the resume,
+/// audio flows both ways again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bob_holds_and_resumes_the_jssip_call() {
+    let _serial = serial().await;
+    let t = "bob holds";
+    let rig = Rig::start().await;
+    let phone = rig.alice("jssip").await;
+    alice_calls_bob(&rig, &phone, t, json!("pcmu")).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let sending = |s: &Value| s["stats"]["outbound"]["packetsSent"].as_u64().unwrap_or(0);
+
+    bob_command(&rig, "hold").await;
+    let held = wait_page_event(&phone, &rig, t, "hold (remote)").await;
+    assert_eq!(
+        held["stats"]["direction"], "recvonly",
+        "[{t}] {}",
+        held["stats"]
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = sending(&snapshot(&phone).await);
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let during = sending(&snapshot(&phone).await) - before;
+
+    bob_command(&rig, "resume").await;
+    let resumed = wait_page_event(&phone, &rig, t, "unhold (remote)").await;
+    let _ = page(&phone, "mark", json!(["resumed"])).await;
+    assert_eq!(
+        resumed["stats"]["direction"], "sendrecv",
+        "[{t}] {}",
+        resumed["stats"]
+    );
+    let before = sending(&snapshot(&phone).await);
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let after = sending(&snapshot(&phone).await) - before;
+    println!("[{t}] packets the browser sent in 2 s: {during} held, {after} resumed");
+    assert!(
+        during <= 5,
+        "[{t}] the browser kept sending while held: {during} packets in 2 s"
+    );
+    assert!(
+        after >= 50,
+        "[{t}] the browser sent only {after} packets in 2 s after the resume"
+    );
+
+    tokio::time::sleep(TALK).await;
+    page(&phone, "hangup", json!([]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] hanging up: {e}{}", rig.context()));
+    rig.bob_event("CALL_CLOSED").await;
+    let rec = take_recording(&phone, &rig, t).await;
+    assert_browser_heard_bob(&format!("{t}, after the resume"), &rec, "resumed", "hangup");
+    let (heard, rate) = bob_heard(&rig);
+    let tail = &heard[heard.len().saturating_sub(rate as usize * 2)..];
+    assert!(
+        tone_coverage(tail, rate, BROWSER_TONE_HZ) >= 0.9,
+        "[{t}] bob heard the browser after the resume: {}{}",
+        timeline(&heard, rate, BROWSER_TONE_HZ),
+        rig.context()
+    );
+    assert_no_leftovers(&rig.gw).await;
+    rig.gw.shutdown(Duration::ZERO).await;
+}
+
+/// A baresip menu command for bob, off the async runtime.
+async fn bob_command(rig: &Rig, command: &'static str) {
+    let bob = rig.bob.clone();
+    tokio::task::spawn_blocking(move || bob.command(command, ""))
+        .await
+        .expect("baresip command task")
+        .unwrap_or_else(|e| panic!("bob {command}: {e}"));
+}
+
+async fn snapshot(phone: &Arc<SipPhone>) -> Value {
+    page(phone, "snapshot", json!([]))
+        .await
+        .unwrap_or_else(|e| panic!("the page's snapshot: {e}"))
+}
+
+/// Waits (up to the signaling timeout) for the page to log `event` and
+/// its connection to be stable again (the library logs a re-INVITE's hold
+/// before it has answered it); returns that snapshot.
+async fn wait_page_event(phone: &Arc<SipPhone>, rig: &Rig, t: &str, event: &str) -> Value {
+    let deadline = Instant::now() + SIGNALING_TIMEOUT;
+    loop {
+        let snap = snapshot(phone).await;
+        let seen = snap["events"].as_array().is_some_and(|evs| {
+            evs.iter()
+                .any(|e| e.as_str().is_some_and(|e| e.ends_with(event)))
+        });
+        if seen && snap["stats"]["signalingState"] == "stable" {
+            return snap;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "[{t}] the page never logged {event:?}: {}{}",
+            page_context(phone).await,
+            rig.context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The page's WebSocket is cut; JsSIP reconnects and registers again
 /// through the gateway, and bob's next call reaches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

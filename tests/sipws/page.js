@@ -146,7 +146,8 @@ function toBase64Int16(chunks) {
 async function stats(pc) {
   if (!pc) return null;
   const out = { signalingState: pc.signalingState, iceConnectionState: pc.iceConnectionState,
-    connectionState: pc.connectionState };
+    connectionState: pc.connectionState,
+    direction: pc.getTransceivers().find((t) => t.receiver.track?.kind === 'audio')?.currentDirection ?? null };
   try {
     const report = await pc.getStats();
     const codecs = {};

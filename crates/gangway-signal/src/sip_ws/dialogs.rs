@@ -7,10 +7,11 @@
 //! §13.2.1, a delayed offer; JsSIP and SIP.js both take it).
 
 use gangway_core::calls::{Caller, Notification, Request};
-use gangway_core::{valid_sip_user, EndReason};
+use gangway_core::{valid_sip_user, EndReason, HoldParty};
 use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::Response;
 
+use super::far_hold::FarHold;
 use super::wire::{self, Incoming, Reply, ALLOW};
 use super::{credentials_of, reason_phrase, FrontOutput, SipWsFront};
 use crate::CallId;
@@ -56,11 +57,13 @@ pub(super) struct Dialog {
     /// We CANCELled our INVITE: the dialog waits for its final response
     /// to ACK it.
     pub cancelled: bool,
+    /// Hold by the far end, as told to the browser.
+    pub far_hold: FarHold,
 }
 
 impl Dialog {
     /// A request of ours in this dialog, to the browser's Contact.
-    fn request(
+    pub(super) fn request(
         &self,
         method: &str,
         via: &str,
@@ -145,6 +148,7 @@ impl SipWsFront {
             referring: false,
             held: false,
             cancelled: false,
+            far_hold: FarHold::default(),
         };
         self.dialogs.insert(call.clone(), dialog);
         self.respond_invite(&call, 100, None);
@@ -204,11 +208,20 @@ impl SipWsFront {
     }
 
     pub(super) fn on_notification(&mut self, call: CallId, n: Notification) {
+        self.notified(&call, n);
+        // Whatever closed (an answer sent, a re-offer answered) may let a
+        // far-end hold through to the browser.
+        self.offer_far_hold(&call);
+    }
+
+    fn notified(&mut self, call: &CallId, n: Notification) {
+        let call = call.clone();
         let Some(d) = self.dialogs.get_mut(&call) else {
             return;
         };
         match n {
             Notification::Answer { sdp } => {
+                let sdp = d.far_hold.versioned(&sdp);
                 d.answer = Some(sdp.clone());
                 if let Some((_, reply)) = d.reoffer.take() {
                     let msg = self.ok_with_sdp(&call, &reply, &sdp);
@@ -243,8 +256,14 @@ impl SipWsFront {
                     self.notify_refer(&call, status, done);
                 }
             }
-            // The media path carries these (RFC 4733 digits, hold by the
-            // far end); the browser's own re-offers drive its state.
+            Notification::Held {
+                by: HoldParty::Remote,
+            } => self.far_hold(&call, true),
+            Notification::Resumed {
+                by: HoldParty::Remote,
+            } => self.far_hold(&call, false),
+            // The media path carries digits (RFC 4733); the browser's own
+            // re-offers drive its hold.
             Notification::Held { .. }
             | Notification::Resumed { .. }
             | Notification::Transferred { .. }
@@ -354,6 +373,7 @@ impl SipWsFront {
             referring: false,
             held: false,
             cancelled: false,
+            far_hold: FarHold::default(),
         };
         let msg = dialog.request(
             "INVITE",
@@ -382,13 +402,21 @@ impl SipWsFront {
         let is_invite = resp
             .header_value("CSeq")
             .is_some_and(|c| c.trim_end().ends_with("INVITE"));
+        let status = resp.status_code.code();
+        let cseq_number = resp
+            .header_value("CSeq")
+            .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok());
+        if let Some(n) = cseq_number.filter(|_| is_invite) {
+            if self.on_far_hold_response(&call, n, status, resp.header_value("Contact")) {
+                return;
+            }
+        }
         let Some(d) = self.dialogs.get_mut(&call) else {
             return;
         };
         let Some((via, cseq)) = d.our_invite.clone().filter(|_| is_invite) else {
             return;
         };
-        let status = resp.status_code.code();
         if status < 200 {
             return;
         }
@@ -445,7 +473,7 @@ impl SipWsFront {
         }
     }
 
-    fn send_ack(&mut self, call: &CallId, cseq: u32, sdp: Option<&str>) {
+    pub(super) fn send_ack(&mut self, call: &CallId, cseq: u32, sdp: Option<&str>) {
         let via = self.our_via();
         let Some(d) = self.dialogs.get(call) else {
             return;

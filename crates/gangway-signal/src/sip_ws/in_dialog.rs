@@ -77,6 +77,10 @@ impl SipWsFront {
         if content_type != "application/sdp" {
             return self.reply(&req, 415, &[("Accept", "application/sdp".into())]);
         }
+        if self.dialogs[&call].far_hold.offering() {
+            // Our own offer is out (RFC 3261 §14.2).
+            return self.reply(&req, 491, &[]);
+        }
         let hold = wire::offer_holds(&offer);
         let Some(d) = self.dialogs.get_mut(&call) else {
             return;

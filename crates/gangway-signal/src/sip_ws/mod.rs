@@ -14,9 +14,11 @@
 //! - `register.rs`: REGISTER relayed to the registrar with the browser's
 //!   own credentials; our Contact upstream carries a flow token;
 //! - `dialogs.rs`: calls the browser places and calls offered to it;
-//! - `in_dialog.rs`: BYE, CANCEL, re-INVITE/UPDATE, INFO, REFER.
+//! - `in_dialog.rs`: BYE, CANCEL, re-INVITE/UPDATE, INFO, REFER;
+//! - `far_hold.rs`: the far end's hold and resume, re-offered to the browser.
 
 mod dialogs;
+mod far_hold;
 mod in_dialog;
 mod register;
 #[cfg(test)]
@@ -169,15 +171,21 @@ impl SipWsFront {
     }
 
     /// When [`Self::handle_timeout`] is due: the first session timer
-    /// (RFC 4028) of a call the browser stopped refreshing.
+    /// (RFC 4028) of a call the browser stopped refreshing, or the retry of
+    /// a far-end hold the browser answered with `491`.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.dialogs.values().filter_map(|d| d.expires_at).min()
+        self.dialogs
+            .values()
+            .flat_map(|d| [d.expires_at, d.far_hold.retry_at()])
+            .flatten()
+            .min()
     }
 
     /// Ends the calls whose session timer ran out: the browser, as the
     /// refresher, sent no refresh in time (RFC 4028 §10).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        self.retry_far_holds(now);
         let expired: Vec<CallId> = self
             .dialogs
             .iter()

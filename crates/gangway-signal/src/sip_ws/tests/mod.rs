@@ -96,6 +96,7 @@ fn call1() -> CallId {
 }
 
 mod calls;
+mod far_hold;
 
 #[test]
 fn register_is_relayed_and_the_browser_gets_its_own_contact_back() {
