@@ -412,10 +412,10 @@ async fn start_sip(s: &config::SipSettings, metrics: &Metrics) -> Result<SipLeg,
             .start_keepalive(keepalive.clone())
             // Only the trunk's host, domain or From user can be refused here.
             .map_err(|e| {
-                StartError::Config(ConfigError {
-                    key: "sip.trunk".into(),
-                    problem: format!("{e} (needed for the OPTIONS keepalive)"),
-                })
+                StartError::Config(ConfigError::new(
+                    "sip.trunk",
+                    format!("{e} (needed for the OPTIONS keepalive)"),
+                ))
             })?;
     }
     Ok(SipLeg {
@@ -448,10 +448,10 @@ async fn inbound_sources(
     nets.sort();
     nets.dedup();
     if nets.is_empty() {
-        return Err(ConfigError {
-            key: "sip.inbound_allow".into(),
-            problem: "empty, and neither the trunk nor the registrar host resolves".into(),
-        });
+        return Err(ConfigError::new(
+            "sip.inbound_allow",
+            "empty, and neither the trunk nor the registrar host resolves",
+        ));
     }
     Ok(nets)
 }

@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,15 +10,33 @@ use tracing_subscriber::EnvFilter;
 
 /// Gangway: a WebRTC-to-SIP gateway.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, after_help = AFTER_HELP)]
 struct Cli {
     /// Configuration file [default: config/gangway.toml if present]
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Validate the configuration, print the effective values as JSON and exit.
+    /// Validate the configuration, print the effective values as JSON
+    /// (passwords and secrets shown as "<redacted>") and exit.
     #[arg(long)]
     check_config: bool,
 }
+
+const AFTER_HELP: &str = "\
+Configuration, later sources winning:
+  1. built-in defaults (config/gangway.toml in the source tree shows them all)
+  2. the file given with --config, else config/gangway.toml in the current
+     directory if it exists
+  3. environment variables GANGWAY_<SECTION>__<KEY>, nested tables with more
+     `__`, e.g. GANGWAY_HTTP__LISTEN=0.0.0.0:8080,
+     GANGWAY_SIP__ENABLED=true, GANGWAY_SIP__TRUNK__HOST=pbx.example.com
+  RUST_LOG, when set and valid, replaces log.level.
+
+Signals: SIGTERM or SIGINT drains calls (up to shutdown.drain_timeout_secs)
+and exits 0; a second one ends every call at once and exits 3.
+Exit status 2: the configuration is invalid (the message names the key and
+the file or variable it came from).
+
+Reference: docs/operations.md (every key, metric and endpoint).";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,11 +48,16 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        match effective_config_json(&config) {
-            Ok(text) => println!("{text}"),
-            Err(e) => eprintln!("gangway: configuration is valid but cannot be printed: {e}"),
-        }
-        return ExitCode::SUCCESS;
+        return match effective_config_json(&config) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gangway: configuration is valid but cannot be printed: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     init_logging(&config);
     match gangway::fd_limit::raise() {
@@ -151,7 +175,12 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|| config.log.level.clone());
     let filter =
         log_filter(&quiet_sip_stack(&directives)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only for a person at a terminal: never into files,
+    // pipes or journald, and never when NO_COLOR is set.
+    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match config.log.format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -173,7 +202,7 @@ fn quiet_sip_stack(directives: &str) -> String {
 }
 
 fn effective_config_json(config: &Config) -> Result<String, serde_json::Error> {
-    serde_json::to_string_pretty(config)
+    serde_json::to_string_pretty(&gangway::config::redacted(config)?)
 }
 
 #[cfg(test)]

@@ -12,11 +12,13 @@ use std::path::Path;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
+mod redact;
 mod sections;
 mod settings;
 mod sip;
 pub(crate) use sip::networks;
 
+pub use redact::{redacted, REDACTED};
 pub use sections::{
     AuthSection, CallsSection, CodecPolicySetting, Config, DtmfMode, HttpSection, LogFormat,
     LogSection, MediaSection, RegistrarSection, ShutdownSection, SipSection, TrunkSection,
@@ -28,19 +30,38 @@ pub use sip::{RegistrarSettings, SipSettings};
 /// The hard WebSocket frame limit; beyond it the socket is closed with 1009.
 pub const MAX_WS_FRAME_BYTES: usize = 1024 * 1024;
 
-/// A configuration problem, naming the key and what is wrong with it.
+/// A configuration problem, naming the key, where its value came from and
+/// what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub key: String,
     pub problem: String,
+    /// The file (path) or environment variable the value came from; `None`
+    /// for a default.
+    pub origin: Option<String>,
+}
+
+impl ConfigError {
+    pub fn new(key: &str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            problem: problem.into(),
+            origin: None,
+        }
+    }
 }
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "configuration: {}", self.problem)
-        } else {
-            write!(f, "configuration key `{}`: {}", self.key, self.problem)
+        match (self.key.is_empty(), &self.origin) {
+            (true, None) => write!(f, "configuration: {}", self.problem),
+            (true, Some(origin)) => write!(f, "configuration ({origin}): {}", self.problem),
+            (false, None) => write!(f, "configuration key `{}`: {}", self.key, self.problem),
+            (false, Some(origin)) => write!(
+                f,
+                "configuration key `{}` ({origin}): {}",
+                self.key, self.problem
+            ),
         }
     }
 }
@@ -48,9 +69,20 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn problem(key: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.into(),
-        problem: problem.into(),
+    ConfigError::new(key, problem)
+}
+
+/// Where a value came from, in words an operator can act on: the file, or
+/// the exact environment variable (`key` with its dots as `__`).
+fn origin(metadata: &figment::Metadata, key: &str) -> Option<String> {
+    match &metadata.source {
+        Some(figment::Source::File(path)) => Some(format!("in {}", path.display())),
+        _ if metadata.name.contains("environment") && !key.is_empty() => Some(format!(
+            "from GANGWAY_{}",
+            key.replace('.', "__").to_ascii_uppercase()
+        )),
+        _ if metadata.name.contains("environment") => Some("from GANGWAY_* variables".into()),
+        _ => None,
     }
 }
 
@@ -88,15 +120,22 @@ impl Config {
     }
 
     fn extract(figment: Figment) -> Result<Config, ConfigError> {
-        let config: Config = figment.extract().map_err(|e| {
+        let config: Config = figment.extract().map_err(|mut e| {
             let key = e.path.join(".");
-            let mut e = e;
-            // Keep figment's text but drop its path prefix: we print the key ourselves.
+            // Keep figment's text but drop its path and source: we print
+            // the key and where it came from ourselves.
             e.path.clear();
-            let text = e.to_string();
-            problem(&key, text)
+            let source = e.metadata.take();
+            let mut error = problem(&key, e.to_string().trim_end().to_string());
+            error.origin = source.and_then(|m| origin(&m, &key));
+            error
         })?;
-        config.validate()?;
+        config.validate().map_err(|mut e| {
+            if let Some(m) = figment.find_metadata(&e.key) {
+                e.origin = origin(m, &e.key);
+            }
+            e
+        })?;
         Ok(config)
     }
 
@@ -201,6 +240,60 @@ mod tests {
 
         let e = load_str("[calls]\nunknown_key = 1\n").unwrap_err();
         assert!(e.to_string().contains("unknown_key"), "{e}");
+    }
+
+    #[test]
+    fn errors_say_where_the_value_came_from() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"[calls]\nsetup_timeout_secs = 0\n").unwrap();
+        let path = f.path().display().to_string();
+        let e = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(e.origin, Some(format!("in {path}")), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("configuration key `calls.setup_timeout_secs` (in {path}): must be between 1 and 300")
+        );
+
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"[http\nlisten = 1\n").unwrap();
+        let e = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "configuration (in {}): TOML parse error at line 1",
+                f.path().display()
+            )),
+            "{text}"
+        );
+
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"[http]\nlisten = \"nonsense\"\n").unwrap();
+        let e = Config::load_with_env(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(e.key, "http.listen");
+        assert_eq!(e.origin, Some(format!("in {}", f.path().display())), "{e}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
+    fn an_environment_error_names_the_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("GANGWAY_CALLS__SETUP_TIMEOUT_SECS", "0");
+            let e = Config::load(None).unwrap_err();
+            assert_eq!(
+                e.origin.as_deref(),
+                Some("from GANGWAY_CALLS__SETUP_TIMEOUT_SECS"),
+                "{e}"
+            );
+            jail.set_env("GANGWAY_CALLS__SETUP_TIMEOUT_SECS", "30");
+            jail.set_env("GANGWAY_HTTP__LISTEN", "zz");
+            let e = Config::load(None).unwrap_err();
+            assert_eq!(
+                e.origin.as_deref(),
+                Some("from GANGWAY_HTTP__LISTEN"),
+                "{e}"
+            );
+            Ok(())
+        });
     }
 
     #[test]
