@@ -169,6 +169,71 @@ async fn sipjs_answers_baresip() {
     bob_calls("sipjs").await;
 }
 
+/// alice is signed in from two browsers: two flows, two bindings at
+/// kamailio, which forks bob's call to both through the gateway. The
+/// browser that answers gets the call with audio both ways; the other is
+/// cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bobs_call_rings_both_of_alices_browsers_and_the_answer_wins() {
+    let _serial = serial().await;
+    let t = "fork";
+    let rig = Rig::start().await;
+    let first = rig.alice("jssip").await;
+    let second = rig.alice("jssip").await;
+    let deadline = Instant::now() + SIGNALING_TIMEOUT;
+    loop {
+        let bindings = rig.kam.location().unwrap_or_default();
+        let alice = bindings.iter().filter(|r| r.aor == "alice").count();
+        if alice == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "[{t}] two bindings for alice: {bindings:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for phone in [&first, &second] {
+        page(phone, "setAutoAnswer", json!([false])).await.unwrap();
+    }
+    rig.bob
+        .dial(&format!("sip:alice@127.0.0.1:{}", rig.kam.port()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for phone in [&first, &second] {
+        let ringing = page(phone, "waitRinging", json!([15_000]))
+            .await
+            .unwrap_or_else(|e| panic!("[{t}] ringing: {e}{}", rig.context()));
+        assert!(
+            ringing["from"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("sip:bob@")),
+            "[{t}] {ringing}"
+        );
+    }
+    page(&second, "answer", json!([15_000]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] answering: {e}{}", rig.context()));
+    let other = page(&first, "waitEnded", json!([10_000]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] the other browser: {e}{}", rig.context()));
+    println!("[{t}] the browser that did not answer: {other}");
+    assert_eq!(other["by"], "remote", "[{t}] {other}");
+    assert_eq!(other["cause"], "Canceled", "[{t}] {other}");
+    let est = rig.bob_event("CALL_ESTABLISHED").await;
+    assert_eq!(est["direction"], "outgoing", "[{t}] {est}");
+
+    tokio::time::sleep(TALK).await;
+    page(&second, "hangup", json!([]))
+        .await
+        .unwrap_or_else(|e| panic!("[{t}] hanging up: {e}{}", rig.context()));
+    rig.bob_event("CALL_CLOSED").await;
+    let rec = take_recording(&second, &rig, t).await;
+    assert_browser_heard_bob(t, &rec, "established", "ended");
+    assert_bob_heard_browser(t, &rig, 2.5);
+    assert_no_leftovers(&rig.gw).await;
+    rig.gw.shutdown(Duration::ZERO).await;
+}
+
 const TOKEN_SECRET: &str = "gangway-sip-ws-token-secret-0123456789";
 
 /// JsSIP's `authorization_jwt`: the page holds a token, not a password.

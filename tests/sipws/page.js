@@ -10,6 +10,9 @@ const T = window.T = {
   registrations: 0, unregistrations: 0, regWaiters: [],
   call: null, incoming: [], incomingWaiters: [],
   rec: null, ctx: null,
+  // Incoming calls are answered at once unless a test turns this off
+  // (then T.answer picks one).
+  autoAnswer: true,
 };
 const now = () => Math.round(performance.now() - T.t0);
 const log = T.log = (what) => T.events.push(`${now()}ms ${what}`);
@@ -283,12 +286,12 @@ const jssip = {
     c.request = { from: s.remote_identity.uri.toString(), hasSdp: !!request.body };
     log(`incoming call from ${c.request.from}, INVITE ${c.request.hasSdp ? 'with' : 'without'} SDP`);
     jssip.wire(c, s);
-    T.gotIncoming(c);
-    microphone().then((mic) => {
+    c.answer = () => microphone().then((mic) => {
       s.answer({ mediaStream: mic, pcConfig: { iceServers: [] } });
       log('answer()');
       if (s.connection) c.watchPc(s.connection);
     }).catch((e) => log(`answering failed: ${e}`));
+    T.gotIncoming(c);
   },
   hold: (c) => new Promise((ok, fail) => { if (!c.session.hold({}, ok)) fail(new Error('hold() refused')); }),
   unhold: (c) => new Promise((ok, fail) => { if (!c.session.unhold({}, ok)) fail(new Error('unhold() refused')); }),
@@ -378,10 +381,10 @@ const sipjs = {
     c.request = { from: inv.remoteIdentity.uri.toString(), hasSdp: !!inv.body };
     log(`incoming call from ${c.request.from}, INVITE ${c.request.hasSdp ? 'with' : 'without'} SDP`);
     sipjs.wire(c, inv);
-    T.gotIncoming(c);
-    inv.accept({ sessionDescriptionHandlerOptions: sipjs.sdhOptions(),
+    c.answer = () => inv.accept({ sessionDescriptionHandlerOptions: sipjs.sdhOptions(),
       sessionDescriptionHandlerModifiers: sipjs.modifiers() })
       .then(() => log('accept() resolved'), (e) => log(`accept() failed: ${e}`));
+    T.gotIncoming(c);
   },
   hold: () => Promise.reject(new Error('hold is only driven through JsSIP here')),
   unhold: () => Promise.reject(new Error('hold is only driven through JsSIP here')),
@@ -404,6 +407,8 @@ T.gotIncoming = (c) => {
   T.call = c;
   T.rec = null;
   T.incomingWaiters.splice(0).forEach((w) => w(c));
+  if (T.autoAnswer) c.answer();
+  else log('ringing, not answered');
 };
 
 // --- The API the Rust side calls (each returns a promise).
@@ -428,6 +433,24 @@ T.dial = async (o) => {
   return { established: true, events: T.events };
 };
 
+T.setAutoAnswer = (on) => { T.autoAnswer = on; return {}; };
+// Waits for an incoming call to ring (not answered: autoAnswer off).
+T.waitRinging = async (ms) => {
+  const c = T.incoming.find((x) => !x.taken) ?? await withTimeout(
+    new Promise((ok) => T.incomingWaiters.push(ok)), ms, 'an incoming call');
+  return { from: c.request.from, inviteHadSdp: c.request.hasSdp };
+};
+// Answers the ringing call and waits until it is established and recording.
+T.answer = async (ms) => {
+  const c = T.incoming.find((x) => !x.taken && !x.endInfo);
+  if (!c) throw new Error('no call is ringing');
+  c.taken = true;
+  c.answer();
+  await withTimeout(c.established.promise, ms, 'the answered call to be established');
+  await ensureRecorder(c);
+  mark('established');
+  return { events: T.events };
+};
 // Waits for an incoming call to be answered (auto-answer) and recording.
 T.waitIncoming = async (ms) => {
   const c = T.incoming.find((x) => !x.taken) ?? await withTimeout(
