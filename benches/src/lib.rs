@@ -1,11 +1,16 @@
 //! Shared pieces of the load generators: the gateway as a child process and
 //! its CPU and memory, read from /proc.
 
+pub mod bencode;
 pub mod churn;
+pub mod codec_floor;
+pub mod plain_calls;
 pub mod probe;
 pub mod relay;
 pub mod report;
+pub mod rtpengine;
 pub mod sample;
+pub mod transcode;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,53 @@
+//! The codec's own cost per transcoded call-second, at the gateway's
+//! settings: libopus decoding the browser's 50 frames to 8 kHz and encoding
+//! 50 frames of 8 kHz audio back (VoIP, the configured complexity and
+//! bitrate, in-band FEC at 5 % expected loss), plus G.711 both ways. What a
+//! transcoding gateway cannot go below without changing codec settings.
+
+use std::time::Instant;
+
+use crate::opus_frames;
+
+/// CPU seconds of this thread (utime + stime, 10 ms ticks).
+fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// CPU seconds per call-second, over `call_seconds` of audio (a few
+/// hundred for the 10 ms clock to be precise); also the wall seconds it
+/// took.
+pub fn opus_floor(complexity: i32, bitrate: i32, call_seconds: usize) -> (f64, f64) {
+    use opus::{Application, Bitrate, Channels, Decoder, Encoder};
+    let frames = opus_frames();
+    let mut decoder = Decoder::new(8000, Channels::Mono).unwrap();
+    let mut encoder = Encoder::new(8000, Channels::Mono, Application::Voip).unwrap();
+    encoder.set_complexity(complexity).unwrap();
+    encoder.set_bitrate(Bitrate::Bits(bitrate)).unwrap();
+    encoder.set_inband_fec(true).unwrap();
+    encoder.set_packet_loss_perc(5).unwrap();
+    let mut pcm = vec![0i16; 960];
+    let mut out = vec![0u8; 1500];
+    let mut ulaw = vec![0u8; 160];
+    let mut sink = 0usize;
+    let (cpu0, wall0) = (thread_cpu_seconds(), Instant::now());
+    for n in 0..call_seconds * 50 {
+        let got = decoder
+            .decode(&frames[n % frames.len()], &mut pcm, false)
+            .unwrap();
+        for (u, s) in ulaw.iter_mut().zip(&pcm[..got]) {
+            *u = gangway_media::g711::linear_to_ulaw(*s);
+        }
+        for (s, u) in pcm.iter_mut().zip(&ulaw) {
+            *s = gangway_media::g711::ulaw_to_linear(*u);
+        }
+        sink += encoder.encode(&pcm[..160], &mut out).unwrap();
+    }
+    std::hint::black_box(sink);
+    let cpu = thread_cpu_seconds() - cpu0;
+    (cpu / call_seconds as f64, wall0.elapsed().as_secs_f64())
+}
