@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use crate::opus_frames;
+use crate::BrowserOpus;
 
 /// CPU seconds of this thread (utime + stime, 10 ms ticks).
 fn thread_cpu_seconds() -> f64 {
@@ -18,12 +18,18 @@ fn thread_cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
-/// CPU seconds per call-second, over `call_seconds` of audio (a few
+/// CPU seconds per call-second with the browser sending `opus`, over
+/// `call_seconds` of audio (a few
 /// hundred for the 10 ms clock to be precise); also the wall seconds it
 /// took.
-pub fn opus_floor(complexity: i32, bitrate: i32, call_seconds: usize) -> (f64, f64) {
+pub fn opus_floor(
+    opus: BrowserOpus,
+    complexity: i32,
+    bitrate: i32,
+    call_seconds: usize,
+) -> (f64, f64) {
     use opus::{Application, Bitrate, Channels, Decoder, Encoder};
-    let frames = opus_frames();
+    let frames = opus.frames();
     let mut decoder = Decoder::new(8000, Channels::Mono).unwrap();
     let mut encoder = Encoder::new(8000, Channels::Mono, Application::Voip).unwrap();
     encoder.set_complexity(complexity).unwrap();

@@ -155,19 +155,60 @@ pub async fn measure_media_phase<T>(
     (phase, results)
 }
 
-/// 50 frames (1 s) of a 1 kHz tone as a browser would send it: 48 kHz Opus, 20 ms.
-pub fn opus_frames() -> Vec<Vec<u8>> {
-    let mut enc =
-        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
-    (0..50)
-        .map(|f| {
-            let pcm: Vec<i16> = (0..960)
-                .map(|i| {
-                    let t = (f * 960 + i) as f64 / 48_000.0;
-                    (0.3 * 32767.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16
-                })
-                .collect();
-            enc.encode_vec(&pcm, 400).unwrap()
-        })
-        .collect()
+/// The Opus a generator's browsers send: 50 frames (1 s) of a 1 kHz tone,
+/// 20 ms each, at 48 kHz as RTP counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrowserOpus {
+    /// What Chromium sends once told `maxplaybackrate=8000` (the gateway's
+    /// answer on bridged calls): narrowband SILK (maximum bandwidth NB),
+    /// 12 kb/s, in-band FEC, complexity 9 (WebRTC's defaults for a
+    /// narrowband playback rate on desktop).
+    Narrowband,
+    /// libopus at its defaults (VoIP): full-band CELT/hybrid, as the
+    /// generators sent before 2026-12-02 and the soak still does.
+    Fullband,
+}
+
+impl BrowserOpus {
+    pub fn frames(self) -> Vec<Vec<u8>> {
+        use opus::{Application, Bandwidth, Bitrate, Channels, Encoder};
+        let mut enc = Encoder::new(48_000, Channels::Mono, Application::Voip).unwrap();
+        if self == BrowserOpus::Narrowband {
+            enc.set_max_bandwidth(Bandwidth::Narrowband).unwrap();
+            enc.set_bitrate(Bitrate::Bits(12_000)).unwrap();
+            enc.set_inband_fec(true).unwrap();
+            enc.set_complexity(9).unwrap();
+        }
+        (0..50)
+            .map(|f| {
+                let pcm: Vec<i16> = (0..960)
+                    .map(|i| {
+                        let t = (f * 960 + i) as f64 / 48_000.0;
+                        (0.3 * 32767.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16
+                    })
+                    .collect();
+                enc.encode_vec(&pcm, 400).unwrap()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BrowserOpus;
+
+    #[test]
+    fn narrowband_frames_are_narrowband() {
+        for (kind, want) in [
+            (BrowserOpus::Narrowband, opus::Bandwidth::Narrowband),
+            (BrowserOpus::Fullband, opus::Bandwidth::Fullband),
+        ] {
+            let frames = kind.frames();
+            assert_eq!(frames.len(), 50);
+            // The first frames may still be settling; the rest must be it.
+            for f in &frames[5..] {
+                assert_eq!(opus::packet::get_bandwidth(f).unwrap(), want, "{kind:?}");
+            }
+        }
+    }
 }

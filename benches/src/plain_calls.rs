@@ -1,6 +1,6 @@
 //! The transcoded-call workload through rtpengine, as close to
 //! [`crate::transcode`]'s as a plain-RTP media proxy allows: per call an
-//! Opus caller (the same pre-encoded 48 kHz frames, 20 ms, PT 111) and a
+//! Opus caller (the same pre-encoded frames, 20 ms, PT 111) and a
 //! PCMU callee that echoes what it gets, as sipp `-rtp_echo` does for the
 //! gateway. rtpengine is told to offer the callee PCMU only and to keep
 //! taking Opus from the caller (`codec: {transcode: [PCMU], mask: [opus]}`),
@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 
 use crate::bencode::Value;
 use crate::rtpengine::{audio_port, RtpEngine};
-use crate::{cpu_seconds, opus_frames, rss_kib};
+use crate::{cpu_seconds, rss_kib, BrowserOpus};
 use gangway_tests::sip_peers::free_udp_range;
 
 /// What one run measured.
@@ -65,14 +65,14 @@ fn is_rtp(packet: &[u8], pt: u8) -> bool {
 }
 
 /// Runs `calls` transcoded calls for `seconds` through a fresh rtpengine
-/// with `threads` worker threads.
-pub async fn run(calls: usize, seconds: u64, threads: usize) -> EngineRun {
+/// with `threads` worker threads, the caller sending `opus`.
+pub async fn run(calls: usize, seconds: u64, threads: usize, opus: BrowserOpus) -> EngineRun {
     let span = (calls * 4 + 16) as u16;
     let low = free_udp_range(span);
     let mut engine = RtpEngine::start((low, low + span - 1), threads);
     let pid = engine.pid();
     let idle_rss_kib = rss_kib(&pid);
-    let frames = Arc::new(opus_frames());
+    let frames = Arc::new(opus.frames());
     let mut legs = Vec::new();
     for i in 0..calls {
         let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();

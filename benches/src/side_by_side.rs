@@ -1,6 +1,7 @@
 //! Gangway and rtpengine side by side, in one sitting, on the same
 //! transcoding workload (Opus caller ⇄ PCMU callee that echoes, every packet
-//! transcoded twice), alternating `--rounds` times so drift on a shared
+//! transcoded twice; by default the Opus Chromium sends after the gateway
+//! answers, narrowband), alternating `--rounds` times so drift on a shared
 //! machine hits both; plus libopus's own cost at the gateway's settings
 //! (the floor). Prints CPU per call for each, their ratio, loss and memory.
 //! Installs `rtpengine-daemon` when missing (root; not part of CI).
@@ -11,7 +12,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use gangway_benches::{codec_floor, plain_calls, rtpengine, transcode};
+use gangway_benches::{codec_floor, plain_calls, rtpengine, transcode, BrowserOpus};
 
 #[derive(Parser)]
 struct Args {
@@ -33,6 +34,9 @@ struct Args {
     complexity: i32,
     #[arg(long, default_value_t = 24_000)]
     bitrate: i32,
+    /// What the callers send (narrowband: as Chromium after our answer).
+    #[arg(long, value_enum, default_value_t = BrowserOpus::Narrowband)]
+    browser_opus: BrowserOpus,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +46,13 @@ async fn main() {
     let mut rows = Vec::new();
     let (mut gw_sum, mut rtpe_sum) = (0.0, 0.0);
     for round in 1..=args.rounds {
-        let e = plain_calls::run(args.calls, args.seconds, args.rtpengine_threads).await;
+        let e = plain_calls::run(
+            args.calls,
+            args.seconds,
+            args.rtpengine_threads,
+            args.browser_opus,
+        )
+        .await;
         rows.push(format!(
             "| {round} | rtpengine | {:.3} | {:.3} | {:.1} | {:.1} |",
             e.cpu_per_call_pct(),
@@ -51,7 +61,7 @@ async fn main() {
             100.0 * e.generator_cpu / e.seconds
         ));
         rtpe_sum += e.cpu_per_call_pct();
-        let g = transcode::run(&args.gateway, args.calls, args.seconds).await;
+        let g = transcode::run(&args.gateway, args.calls, args.seconds, args.browser_opus).await;
         rows.push(format!(
             "| {round} | Gangway | {:.3} | {:.3} | {:.1} | {:.1} |",
             g.cpu_per_call_pct(),
@@ -67,13 +77,14 @@ async fn main() {
             ));
         }
     }
-    let (floor, wall) = codec_floor::opus_floor(args.complexity, args.bitrate, 400);
+    let (floor, wall) =
+        codec_floor::opus_floor(args.browser_opus, args.complexity, args.bitrate, 400);
     let floor_pct = 100.0 * floor;
     let (gw, rtpe) = (gw_sum / args.rounds as f64, rtpe_sum / args.rounds as f64);
     println!(
-        "{} transcoded calls, {} s of media each, {} rounds (Opus 48 kHz frames in, \
-         PCMU echoed back)\n",
-        args.calls, args.seconds, args.rounds
+        "{} transcoded calls, {} s of media each, {} rounds ({:?} Opus in, PCMU echoed \
+         back)\n",
+        args.calls, args.seconds, args.rounds, args.browser_opus
     );
     println!("| round | system | CPU per call (% of a core) | round-trip loss % | RSS per call KiB | generator CPU % |");
     println!("|---|---|---:|---:|---:|---:|");

@@ -32,7 +32,7 @@ use gangway_benches::report::{
     chaos_notes, fill_calls, join_all, media_line, quiet_panics, relay_line, tally_lines, Points,
 };
 use gangway_benches::sample::Sample;
-use gangway_benches::{opus_frames, GatewayProcess};
+use gangway_benches::{BrowserOpus, GatewayProcess};
 use gangway_tests::sip_peers::{free_udp_port, free_udp_range, Sipp};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -193,7 +193,7 @@ async fn main() {
         hold,
         pbx_share: a.pbx_hangup_pct / 100.0,
         seed: a.seed,
-        frames: Arc::new(opus_frames()),
+        frames: Arc::new(BrowserOpus::Fullband.frames()),
     });
     let t0 = Instant::now();
     let total = Duration::from_secs_f64(a.minutes * 60.0);

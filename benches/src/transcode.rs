@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::{measure_media_phase, opus_frames, rss_kib, GatewayProcess};
+use crate::{measure_media_phase, rss_kib, BrowserOpus, GatewayProcess};
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
 use gangway_tests::sip_peers::{free_udp_port, free_udp_range, Sipp};
@@ -48,8 +48,9 @@ impl TranscodeRun {
     }
 }
 
-/// Runs `calls` transcoded calls for `seconds` through `gateway`.
-pub async fn run(gateway: &Path, calls: usize, seconds: u64) -> TranscodeRun {
+/// Runs `calls` transcoded calls for `seconds` through `gateway`, the
+/// browsers sending `opus`.
+pub async fn run(gateway: &Path, calls: usize, seconds: u64, opus: BrowserOpus) -> TranscodeRun {
     let calls_text = calls.to_string();
     let sipp = Sipp::uas(
         "uas_answer_wait_bye.xml",
@@ -77,7 +78,7 @@ pub async fn run(gateway: &Path, calls: usize, seconds: u64) -> TranscodeRun {
         ],
     );
     let pid = gateway.pid();
-    let frames = Arc::new(opus_frames());
+    let frames = Arc::new(opus.frames());
     let idle_rss_kib = rss_kib(&pid);
     let per_call = (seconds * 50) as usize;
     let connected = Arc::new(tokio::sync::Barrier::new(calls + 1));

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use gangway_benches::transcode;
+use gangway_benches::{transcode, BrowserOpus};
 
 #[derive(Parser)]
 struct Args {
@@ -18,15 +18,18 @@ struct Args {
     calls: usize,
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// What the browsers send (narrowband: as Chromium after our answer).
+    #[arg(long, value_enum, default_value_t = BrowserOpus::Narrowband)]
+    browser_opus: BrowserOpus,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
-    let r = transcode::run(&args.gateway, args.calls, args.seconds).await;
+    let r = transcode::run(&args.gateway, args.calls, args.seconds, args.browser_opus).await;
     println!(
-        "transcoded calls          {} (Opus browser <-> PCMU, echoed by sipp)",
-        r.calls
+        "transcoded calls          {} (Opus browser <-> PCMU, echoed by sipp; {:?} Opus)",
+        r.calls, args.browser_opus
     );
     println!("connect failures          {}", r.failed);
     println!(
