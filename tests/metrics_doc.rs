@@ -42,5 +42,24 @@ async fn a_fresh_gateway_exports_exactly_the_documented_families() {
         undocumented.is_empty(),
         "exported but missing from the metrics table of docs/operations.md: {undocumented:?}"
     );
-    println!("{} families, documented and exported", documented.len());
+    // Which build runs: the workspace version, and a commit or `unknown`.
+    let prefix = format!(
+        "gangway_build_info{{version=\"{}\",revision=\"",
+        env!("CARGO_PKG_VERSION")
+    );
+    let info = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{prefix}…\"}} 1 in /metrics:\n{text}"));
+    let (revision, value) = info.split_once("\"} ").expect("a build_info sample");
+    assert_eq!(value, "1");
+    assert!(
+        revision == "unknown"
+            || (revision.len() >= 7 && revision.chars().all(|c| c.is_ascii_hexdigit())),
+        "revision {revision:?}"
+    );
+    println!(
+        "{} families, documented and exported; revision {revision}",
+        documented.len()
+    );
 }

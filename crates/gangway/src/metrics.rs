@@ -170,9 +170,13 @@ impl Metrics {
         m.registry
             .register_collector(Box::new(crate::process_metrics::ProcessCollector));
         let r = m.registry.sub_registry_with_prefix("gangway");
-        let build_info = Family::<Labels, Gauge>::default();
+        let build_info = Family::<[(&'static str, &'static str); 2], Gauge>::default();
         build_info
-            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .get_or_create(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                // Set by build.rs: git, BUILD_GIT_REVISION, or `unknown`.
+                ("revision", env!("BUILD_GIT_REVISION")),
+            ])
             .set(1);
         r.register(
             "build_info",
