@@ -69,8 +69,22 @@ pub fn documented_families(doc: &str) -> BTreeMap<String, String> {
     families
 }
 
-/// Family name → type, from the `# TYPE` lines of an OpenMetrics scrape.
+/// Family name → type, from the `# TYPE` lines of an OpenMetrics scrape,
+/// for the families with at least one sample: an empty family still gets
+/// its `# TYPE` line, but a dashboard finds nothing in it.
 pub fn exported_families(scrape: &str) -> BTreeMap<String, String> {
+    let samples: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let has_samples = |family: &str| {
+        [
+            "", "_total", "_bucket", "_count", "_sum", "_created", "_info",
+        ]
+        .iter()
+        .any(|suffix| samples.contains(format!("{family}{suffix}").as_str()))
+    };
     scrape
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -78,5 +92,6 @@ pub fn exported_families(scrape: &str) -> BTreeMap<String, String> {
             let (name, kind) = l.split_once(' ')?;
             Some((name.to_string(), kind.to_string()))
         })
+        .filter(|(name, _)| has_samples(name))
         .collect()
 }
