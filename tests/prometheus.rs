@@ -189,6 +189,15 @@ async fn dashboard_and_alert_rules_work_against_a_real_prometheus() {
             ),
             ("sum(increase(gangway_call_mos_count[1m]))", "MOS observed"),
             ("sum(increase(process_cpu_seconds_total[1m]))", "CPU used"),
+            // Scraped while the calls were up, not only after.
+            (
+                "max_over_time(gangway_calls_active[1m])",
+                "a call in progress",
+            ),
+            (
+                "max_over_time(gangway_rtp_ports_active[1m])",
+                "a SIP call in progress",
+            ),
         ] {
             let v = prom
                 .query(expr)
