@@ -2,7 +2,8 @@
 //! scrapes a gateway while an echo call and a SIP call (sipp) run, loads
 //! deploy/prometheus/alerts.yml (which promtool must pass), and answers
 //! every panel query of deploy/grafana/gangway.json with data; every alert
-//! rule's expression must parse and evaluate.
+//! rule's expression must parse and evaluate, and the rules pass their
+//! promtool unit tests (deploy/prometheus/alerts_test.yml).
 
 use std::process::Command;
 use std::time::Duration;
@@ -110,6 +111,26 @@ fn promtool_check_rules(rules: &std::path::Path) -> usize {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("rule count in promtool's output:\n{text}"))
+}
+
+/// deploy/prometheus/alerts_test.yml: alerts fire on made-up series that
+/// should fire them, after their `for:`, with their annotations filled in,
+/// and stay quiet otherwise.
+#[test]
+fn alert_rules_pass_their_promtool_unit_tests() {
+    let out = Command::new("promtool")
+        .arg("test")
+        .arg("rules")
+        .arg(repo_file("deploy/prometheus/alerts_test.yml"))
+        .output()
+        .expect("run promtool (scripts/deps.sh test installs the `prometheus` package)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool test rules:\n{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
