@@ -5,7 +5,7 @@
 set -euo pipefail
 
 build_pkgs=(build-essential cmake pkg-config)
-test_pkgs=(chromium chromium-driver sip-tester baresip kamailio)
+test_pkgs=(chromium chromium-driver sip-tester baresip kamailio prometheus)
 
 want=("${build_pkgs[@]}")
 if [[ "${1:-build}" == "test" ]]; then

@@ -8,6 +8,8 @@ pub mod browser_call;
 pub mod gateway;
 pub mod impair;
 pub mod kamailio;
+pub mod metrics_doc;
+pub mod prometheus;
 pub mod rtc_client;
 pub mod sip_flood;
 pub mod sip_peers;

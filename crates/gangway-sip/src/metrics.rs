@@ -13,6 +13,16 @@ use rsipstack::transport::SipAddr;
 /// Two label pairs: `direction` (`sent`/`received`) and `method` or `status`.
 pub type SipLabels = [(&'static str, &'static str); 2];
 
+/// `method` label values of `sip_requests` exported before they are seen.
+const PRECREATED_METHODS: [&str; 10] = [
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO", "REFER",
+];
+
+/// `status` label values of `sip_responses` exported before they are seen.
+const PRECREATED_STATUSES: [&str; 9] = [
+    "100", "180", "183", "200", "401", "407", "486", "487", "503",
+];
+
 /// SIP message counters. Clones share the same counters.
 ///
 /// Every message handed to or received from the network by the stack is
@@ -61,6 +71,20 @@ impl SipMetrics {
     /// Register the counters as `sip_requests` and `sip_responses`
     /// (exposed with the `_total` suffix).
     pub fn register(&self, registry: &mut Registry) {
+        // The common methods and statuses from the start, so both families
+        // are exported before the first SIP message; others appear as seen.
+        for direction in ["sent", "received"] {
+            for method in PRECREATED_METHODS {
+                let _ = self
+                    .requests
+                    .get_or_create(&[("direction", direction), ("method", method)]);
+            }
+            for status in PRECREATED_STATUSES {
+                let _ = self
+                    .responses
+                    .get_or_create(&[("direction", direction), ("status", status)]);
+            }
+        }
         registry.register(
             "sip_requests",
             "SIP requests, by direction and method",

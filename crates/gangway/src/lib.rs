@@ -11,6 +11,8 @@ mod flows;
 mod http;
 mod inbound;
 mod metrics;
+#[cfg(target_os = "linux")]
+mod process_metrics;
 mod queues;
 mod rate;
 mod resume;

@@ -48,7 +48,7 @@ const REGISTRATION_FAILURE_CODES: [&str; 8] =
 
 /// `why` label values of `gangway_sip_ws_rejected_total`: the front end's
 /// and the endpoint's own (`origin`, `subprotocol`, `not_utf8`, `too_large`).
-const SIP_WS_REJECTS: [&str; 19] = [
+const SIP_WS_REJECTS: [&str; 20] = [
     "unparseable",
     "missing_header",
     "version",
@@ -68,6 +68,7 @@ const SIP_WS_REJECTS: [&str; 19] = [
     "subprotocol",
     "session_expired",
     "too_many",
+    "far_hold_refused",
 ];
 
 /// `limit` label values of `gangway_limit_refusals_total`.
@@ -161,51 +162,69 @@ impl Metrics {
             front_end_calls: Family::default(),
             limit_refusals: Family::default(),
             queue_full: Family::default(),
-            registry: Registry::with_prefix("gangway"),
+            registry: Registry::default(),
         };
+        // The process's own families keep the names client libraries give
+        // them (`process_*`); the gateway's get the `gangway_` prefix.
+        #[cfg(target_os = "linux")]
         m.registry
-            .register("calls_active", "Calls in progress", m.calls_active.clone());
-        m.registry.register(
+            .register_collector(Box::new(crate::process_metrics::ProcessCollector));
+        let r = m.registry.sub_registry_with_prefix("gangway");
+        let build_info = Family::<[(&'static str, &'static str); 2], Gauge>::default();
+        build_info
+            .get_or_create(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                // Set by build.rs: git, BUILD_GIT_REVISION, or `unknown`.
+                ("revision", env!("BUILD_GIT_REVISION")),
+            ])
+            .set(1);
+        r.register(
+            "build_info",
+            "Always 1; the labels say which build runs",
+            build_info,
+        );
+        r.register("calls_active", "Calls in progress", m.calls_active.clone());
+        r.register(
             "calls_started",
             "Calls whose media leg was set up, by route",
             m.calls_started.clone(),
         );
-        m.registry.register(
+        r.register(
             "calls_ended",
             "Calls ended, by reason",
             m.calls_ended.clone(),
         );
-        m.registry.register(
+        r.register(
             "ws_connections_active",
             "Open API WebSocket connections",
             m.ws_active.clone(),
         );
-        m.registry.register(
+        r.register(
             "ws_connections",
             "API WebSocket connections accepted",
             m.ws_total.clone(),
         );
-        m.registry.register(
+        r.register(
             "sip_ws_connections_active",
             "Open SIP over WebSocket (/sip) connections",
             m.sip_ws_active.clone(),
         );
-        m.registry.register(
+        r.register(
             "sip_ws_connections",
             "SIP over WebSocket (/sip) connections accepted",
             m.sip_ws_total.clone(),
         );
-        m.registry.register(
+        r.register(
             "sip_ws_rejected",
             "SIP over WebSocket messages refused (answered 4xx/5xx or closed), by why",
             m.sip_ws_rejected.clone(),
         );
-        m.registry.register(
+        r.register(
             "sip_ws_registers",
             "REGISTERs relayed for SIP over WebSocket clients, by the registrar's status class",
             m.sip_ws_registers.clone(),
         );
-        m.registry.register(
+        r.register(
             "sip_ws_bindings_active",
             "SIP over WebSocket registrations whose flow (WebSocket) is open",
             m.sip_ws_bindings.clone(),
@@ -213,7 +232,7 @@ impl Metrics {
         for front_end in ["json", "sip_ws"] {
             let _ = m.front_end_calls.get_or_create(&[("front_end", front_end)]);
         }
-        m.registry.register(
+        r.register(
             "front_end_calls",
             "Calls placed or taken, by front end (json: /ws, sip_ws: /sip)",
             m.front_end_calls.clone(),
@@ -224,12 +243,12 @@ impl Metrics {
         for queue in crate::queues::NAMES {
             let _ = m.queue_full.get_or_create(&[("queue", queue)]);
         }
-        m.registry.register(
+        r.register(
             "queue_full",
             "Messages that found a queue between the gateway's tasks full, by queue",
             m.queue_full.clone(),
         );
-        m.registry.register(
+        r.register(
             "limit_refusals",
             "Requests refused because a client went past a limit, by limit",
             m.limit_refusals.clone(),
@@ -240,12 +259,12 @@ impl Metrics {
         for class in STATUS_CLASSES {
             let _ = m.sip_ws_registers.get_or_create(&[("class", class)]);
         }
-        m.registry.register(
+        r.register(
             "api_errors",
             "API error messages sent, by code",
             m.api_errors.clone(),
         );
-        m.registry.register(
+        r.register(
             "sessions_parked",
             "Sessions whose socket was lost and whose calls wait for resume_session",
             m.sessions_parked.clone(),
@@ -253,33 +272,33 @@ impl Metrics {
         for outcome in RESUME_OUTCOMES {
             let _ = m.session_resumes.get_or_create(&[("outcome", outcome)]);
         }
-        m.registry.register(
+        r.register(
             "session_resumes",
             "Session resumption by outcome (resumed; refused: unknown or used token; expired: grace period over)",
             m.session_resumes.clone(),
         );
-        m.registry.register(
+        r.register(
             "webrtc_connect_seconds",
             "Time from the API call request to ICE and DTLS connected",
             m.webrtc_connect_seconds.clone(),
         );
-        m.registry.register(
+        r.register(
             "call_answer_seconds",
             "Time from the API call request to the far end's answer",
             m.call_answer_seconds.clone(),
         );
-        m.registry.register(
+        r.register(
             "sip_invite_seconds",
             "Time from the API call request to the INVITE being sent",
             m.sip_invite_seconds.clone(),
         );
-        m.sip.register(&mut m.registry);
-        m.registry.register(
+        m.sip.register(r);
+        r.register(
             "registrations_active",
             "SIP users registered by this instance",
             m.registrations_active.clone(),
         );
-        m.registry.register(
+        r.register(
             "registrations_failed",
             "Failed registrations and refused sign-ins, by SIP status",
             m.registrations_failed.clone(),
@@ -290,7 +309,7 @@ impl Metrics {
         for code in REGISTRATION_FAILURE_CODES {
             let _ = m.registrations_failed.get_or_create(&[("code", code)]);
         }
-        m.registry.register(
+        r.register(
             "inbound_calls",
             "Inbound calls by outcome (answered, rejected, cancelled, no_answer, not_found, unavailable, incompatible, failed, shutting_down)",
             m.inbound_calls.clone(),
@@ -298,148 +317,148 @@ impl Metrics {
         for event in MID_CALL_EVENTS {
             let _ = m.mid_call.get_or_create(&[("event", event)]);
         }
-        m.registry.register(
+        r.register(
             "mid_call_events",
             "Holds and resumes by side, refused holds, and transfers by direction (out: the browser's REFER; in: the PBX's) and outcome",
             m.mid_call.clone(),
         );
         let s = &m.shard;
-        m.registry.register(
+        r.register(
             "webrtc_peers_active",
             "WebRTC peers held by media shards",
             s.peers.clone(),
         );
-        m.registry.register(
+        r.register(
             "webrtc_packets_received",
             "UDP datagrams received on the WebRTC port",
             s.packets_in.clone(),
         );
-        m.registry.register(
+        r.register(
             "webrtc_packets_sent",
             "UDP datagrams sent from the WebRTC port",
             s.packets_out.clone(),
         );
-        m.registry.register(
+        r.register(
             "webrtc_bytes_received",
             "Bytes received on the WebRTC port",
             s.bytes_in.clone(),
         );
-        m.registry.register(
+        r.register(
             "webrtc_bytes_sent",
             "Bytes sent from the WebRTC port",
             s.bytes_out.clone(),
         );
-        m.registry.register(
+        r.register(
             "webrtc_unmatched_datagrams",
             "Datagrams on the WebRTC port that belonged to no peer",
             s.unmatched.clone(),
         );
-        m.registry.register(
+        r.register(
             "webrtc_send_drops",
             "Datagrams the WebRTC socket could not send",
             s.send_drops.clone(),
         );
-        m.registry.register(
+        r.register(
             "rtp_ports_active",
             "RTP ports held by SIP legs",
             s.rtp_ports.clone(),
         );
-        m.registry.register(
+        r.register(
             "rtp_packets_received",
             "RTP datagrams received from SIP legs",
             s.rtp_packets_in.clone(),
         );
-        m.registry.register(
+        r.register(
             "rtp_packets_sent",
             "RTP datagrams sent to SIP legs",
             s.rtp_packets_out.clone(),
         );
-        m.registry.register(
+        r.register(
             "rtp_bytes_received",
             "RTP bytes received from SIP legs",
             s.rtp_bytes_in.clone(),
         );
-        m.registry.register(
+        r.register(
             "rtp_bytes_sent",
             "RTP bytes sent to SIP legs",
             s.rtp_bytes_out.clone(),
         );
-        m.registry.register(
+        r.register(
             "rtp_dropped",
             "RTP datagrams not passed on (not RTP, payload type not bridged, unexpected source)",
             s.rtp_dropped.clone(),
         );
-        m.registry.register(
+        r.register(
             "sip_leg_loss_ratio",
             "Per SIP call at its end: share of the far end's RTP packets lost",
             s.sip_leg_loss_ratio.clone(),
         );
-        m.registry.register(
+        r.register(
             "sip_leg_jitter_seconds",
             "Per SIP call at its end: interarrival jitter of the far end's RTP",
             s.sip_leg_jitter_seconds.clone(),
         );
-        m.registry.register(
+        r.register(
             "webrtc_leg_loss_ratio",
             "Per SIP call at its end: share of packets lost on the WebRTC leg (from RTCP), by direction",
             s.webrtc_leg_loss_ratio.clone(),
         );
-        m.registry.register(
+        r.register(
             "webrtc_leg_jitter_seconds",
             "Per SIP call at its end: interarrival jitter of the browser's RTP",
             s.webrtc_leg_jitter_seconds.clone(),
         );
-        m.registry.register(
+        r.register(
             "webrtc_leg_rtt_seconds",
             "Per SIP call at its end: round-trip time to the browser (RTCP)",
             s.webrtc_leg_rtt_seconds.clone(),
         );
-        m.registry.register(
+        r.register(
             "concealed_frames",
             "20 ms frames lost and filled in by the transcoder (FEC, PLC or fading repeat), by the leg that lost them",
             s.concealed_frames.clone(),
         );
-        m.registry.register(
+        r.register(
             "sip_leg_rtt_seconds",
             "Per SIP call at its end: round-trip time to the far end from its RTCP reports (RFC 3550), when measured",
             s.sip_leg_rtt_seconds.clone(),
         );
-        m.registry.register(
+        r.register(
             "browser_opus_packets",
             "Opus packets from browsers on transcoded calls, by coded audio bandwidth (narrow: 4 kHz, as asked for; wide: anything more)",
             s.browser_opus_packets.clone(),
         );
-        m.registry.register(
+        r.register(
             "call_mos",
             "Per SIP call at its end: estimated MOS (E-model) over both legs' loss, delay and jitter",
             s.call_mos.clone(),
         );
-        m.registry.register(
+        r.register(
             "media_timeouts",
             "Answered SIP calls ended because a leg sent no media for media.timeout_secs",
             s.media_timeouts.clone(),
         );
-        m.registry.register(
+        r.register(
             "rtcp_packets_received",
             "RTCP packets received from SIP legs",
             s.rtcp_packets_in.clone(),
         );
-        m.registry.register(
+        r.register(
             "rtcp_packets_sent",
             "RTCP reports sent to SIP legs",
             s.rtcp_packets_out.clone(),
         );
-        m.registry.register(
+        r.register(
             "rtp_port_exhausted",
             "Bridged calls refused because no RTP port was free",
             s.rtp_port_exhausted.clone(),
         );
-        m.registry.register(
+        r.register(
             "media_commands_dropped",
             "Shard commands refused or dropped because the shard's queue was full",
             s.commands_dropped.clone(),
         );
-        m.registry.register(
+        r.register(
             "media_events_dropped",
             "Leg events (DTMF, candidate complaints) dropped because the session's queue was full",
             s.events_dropped.clone(),

@@ -81,7 +81,7 @@ fn loss_histogram() -> Histogram {
 
 impl Default for ShardMetrics {
     fn default() -> Self {
-        ShardMetrics {
+        let m = ShardMetrics {
             peers: Gauge::default(),
             packets_in: Counter::default(),
             packets_out: Counter::default(),
@@ -112,7 +112,23 @@ impl Default for ShardMetrics {
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8,
             ]),
             browser_opus_packets: Family::default(),
+        };
+        // Every label value from the start, so each family is exported
+        // (with zeros) before the first call.
+        for direction in ["from_browser", "to_browser"] {
+            let _ = m
+                .webrtc_leg_loss_ratio
+                .get_or_create(&DirectionLabel { direction });
         }
+        for leg in ["webrtc", "sip"] {
+            let _ = m.concealed_frames.get_or_create(&LegLabel { leg });
+        }
+        for bandwidth in ["narrow", "wide"] {
+            let _ = m
+                .browser_opus_packets
+                .get_or_create(&[("bandwidth", bandwidth)]);
+        }
+        m
     }
 }
 
