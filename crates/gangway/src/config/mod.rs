@@ -12,11 +12,13 @@ use std::path::Path;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
+mod cdr;
 mod sections;
 mod settings;
 mod sip;
 pub(crate) use sip::networks;
 
+pub use cdr::{CdrRotation, CdrSection, WebhookUrl};
 pub use sections::{
     AuthSection, CallsSection, CodecPolicySetting, Config, DtmfMode, HttpSection, LogFormat,
     LogSection, MediaSection, RegistrarSection, ShutdownSection, SipSection, TrunkSection,
