@@ -90,7 +90,7 @@ async fn serve(mut stream: TcpStream, key: hmac::Key, state: Arc<Mutex<Received>
         let mut s = state.lock().unwrap();
         let ok = signature
             .strip_prefix("sha256=")
-            .and_then(|hex| decode_hex(hex))
+            .and_then(decode_hex)
             .is_some_and(|tag| hmac::verify(&key, body, &tag).is_ok());
         if !ok || record["id"] != id.as_str() || !head.starts_with("POST /cdr HTTP/1.1") {
             s.bad
@@ -117,7 +117,7 @@ async fn serve(mut stream: TcpStream, key: hmac::Key, state: Arc<Mutex<Received>
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
