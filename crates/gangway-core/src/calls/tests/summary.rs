@@ -78,3 +78,18 @@ fn a_call_that_never_routed_has_no_media_leg() {
     assert!(!s.media_leg);
     assert!(s.sip_legs.is_empty());
 }
+
+#[test]
+fn an_incoming_call_is_summed_up_with_its_caller() {
+    let mut h = Harness::new();
+    let (leg, sip_leg) = super::inbound::accepted(&mut h, "in1", None);
+    h.advance(Duration::from_secs(1));
+    h.calls
+        .handle(h.now, Input::Request(Request::Hangup { call: id("in1") }));
+    let s = summary(&h.drain_all());
+    assert!(s.inbound);
+    assert_eq!(s.from.as_deref(), Some("sip:alice@pbx.test"));
+    assert_eq!(s.to, "sip:bob@gw.test");
+    assert_eq!((s.leg, s.sip_legs), (leg, vec![sip_leg]));
+    assert_eq!((s.reason, s.answered), (EndReason::Hangup, None));
+}
