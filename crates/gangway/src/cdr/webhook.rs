@@ -125,10 +125,15 @@ impl Webhook {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let host = if u.port == 80 {
-            u.host.clone()
+        let name = if u.host.contains(':') {
+            format!("[{}]", u.host)
         } else {
-            format!("{}:{}", u.host, u.port)
+            u.host.clone()
+        };
+        let host = if u.port == 80 {
+            name
+        } else {
+            format!("{name}:{}", u.port)
         };
         let request = Request::post(u.path.as_str())
             .header(header::HOST, host)
