@@ -17,3 +17,4 @@ pub mod sipws_page;
 pub mod sipws_rig;
 pub mod tcp_proxy;
 pub mod webdriver;
+pub mod webhook;

@@ -18,7 +18,8 @@ mod types;
 
 pub use bridge::LegSummary;
 pub use shard::{
-    LegEventTx, RtpPorts, ShardHandle, ShardMetrics, ShardStartError, RESERVED_EVENTS,
+    LegEventTx, MediaReport, MediaReportTx, RtpPorts, ShardHandle, ShardMetrics, ShardStartError,
+    RESERVED_EVENTS,
 };
 pub use types::{CodecPolicy, Flow, Law, LegEvent, MediaPolicy, MediaRoute, OpusSettings};
 pub mod dtmf;

@@ -105,6 +105,14 @@ pub enum Law {
 }
 
 impl Law {
+    /// The codec's SDP name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Law::Pcmu => "PCMU",
+            Law::Pcma => "PCMA",
+        }
+    }
+
     pub fn codec(self) -> AudioCodec {
         match self {
             Law::Pcmu => AudioCodec::Pcmu,

@@ -46,6 +46,8 @@ struct Control {
     dialog: OnceLock<DialogRef>,
     /// Why the call failed, set before `SipEvent::Failed` is sent.
     failure: OnceLock<SipFailure>,
+    /// The INVITE's Call-ID.
+    call_id: OnceLock<String>,
 }
 
 /// Mid-call commands for one SIP dialog, whichever side placed the call:
@@ -69,6 +71,7 @@ impl DialogHandle {
             commands,
             dialog: OnceLock::new(),
             failure: OnceLock::new(),
+            call_id: OnceLock::new(),
         };
         let handle = DialogHandle {
             control: Arc::new(control),
@@ -94,6 +97,17 @@ impl DialogHandle {
     /// The task: the dialog is established.
     pub(crate) fn established(&self, dialog: &InviteDialog) {
         let _ = self.control.dialog.set(DialogRef::of(dialog));
+    }
+
+    /// The task: the INVITE's Call-ID is known (the first one sticks).
+    pub(crate) fn set_call_id(&self, call_id: &str) {
+        let _ = self.control.call_id.set(call_id.to_string());
+    }
+
+    /// The SIP Call-ID of the call's INVITE, once it was sent or received
+    /// (`None` for a call refused before any INVITE left).
+    pub fn call_id(&self) -> Option<String> {
+        self.control.call_id.get().cloned()
     }
 
     /// The task: the call failed (before reporting `SipEvent::Failed`).

@@ -3,6 +3,7 @@
 //! `gangway-*` crates; this crate only connects them.
 
 mod auth;
+mod cdr;
 pub mod config;
 mod connections;
 mod drive;
@@ -97,6 +98,8 @@ pub(crate) struct Shared {
     next_peer: AtomicU64,
     next_session: AtomicU64,
     started_ms: u128,
+    /// Call detail records (`[cdr]`).
+    cdr: cdr::Cdr,
 }
 
 impl Shared {
@@ -124,6 +127,7 @@ pub enum StartError {
     Http(SocketAddr, std::io::Error),
     Media(gangway_media::ShardStartError),
     Sip(gangway_sip::SipError),
+    Cdr(String, std::io::Error),
 }
 
 impl std::fmt::Display for StartError {
@@ -133,6 +137,7 @@ impl std::fmt::Display for StartError {
             StartError::Http(a, e) => write!(f, "cannot listen on {a} (http.listen): {e}"),
             StartError::Media(e) => write!(f, "{e} (webrtc.listen)"),
             StartError::Sip(e) => write!(f, "{e} (sip.listen)"),
+            StartError::Cdr(path, e) => write!(f, "cannot open {path} (cdr.file): {e}"),
         }
     }
 }
@@ -152,7 +157,11 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         // Every configuration error is found here, once; below only binding can fail.
         let settings = config.settings().map_err(StartError::Config)?;
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        let cdr_metrics = Arc::new(cdr::metrics::CdrMetrics::register(&mut metrics.registry));
+        let metrics = Arc::new(metrics);
+        let (cdr, media_reports) = cdr::start(&config.cdr, cdr_metrics)
+            .map_err(|e| StartError::Cdr(config.cdr.file.clone(), e))?;
         let sip = match &settings.sip {
             Some(s) => Some(start_sip(s, &metrics).await?),
             None => None,
@@ -187,6 +196,7 @@ impl Gateway {
                 rtp_ports.clone(),
                 media_policy(&settings.media),
                 metrics.shard.clone(),
+                media_reports.clone(),
             )
             .map_err(StartError::Media)?;
             shards.push(shard);
@@ -276,6 +286,7 @@ impl Gateway {
             next_peer: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
             started_ms,
+            cdr,
         });
         tokio::spawn(inbound::run(shared.clone(), inbound_rx));
         let app = http::router(shared.clone());

@@ -85,7 +85,7 @@ const LIMITS: [&str; 6] = [
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
 
 pub struct Metrics {
-    registry: Registry,
+    pub(crate) registry: Registry,
     pub calls_active: Gauge,
     pub calls_started: Family<Labels, Counter>,
     pub calls_ended: Family<Labels, Counter>,

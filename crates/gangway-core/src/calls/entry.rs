@@ -2,7 +2,8 @@
 
 use std::time::Instant;
 
-use crate::{Call, CallState, HoldState, LegId, SipLegId};
+use super::CallSummary;
+use crate::{Call, CallState, EndReason, HoldState, LegId, Notify, SipLegId};
 
 #[derive(Debug)]
 pub(super) struct Entry<K> {
@@ -33,6 +34,21 @@ pub(super) struct Entry<K> {
     pub caller: Option<super::Caller>,
     /// Remote candidates the client trickled.
     pub candidates: usize,
+    /// What the call's record says about it when it ends.
+    pub record: RecordFacts,
+}
+
+/// The call-level facts of a call's detail record, gathered as it goes.
+#[derive(Debug, Default)]
+pub(super) struct RecordFacts {
+    pub inbound: bool,
+    pub from: Option<String>,
+    pub to: String,
+    pub answered: Option<Instant>,
+    pub code: Option<u16>,
+    pub media_leg: bool,
+    /// Every SIP leg that was the call's current one, first first.
+    pub sip_legs: Vec<SipLegId>,
 }
 
 impl<K> Entry<K> {
@@ -52,7 +68,14 @@ impl<K> Entry<K> {
             attended_with: None,
             caller: None,
             candidates: 0,
+            record: RecordFacts::default(),
         }
+    }
+
+    /// `sip` becomes the call's current SIP leg.
+    pub fn set_sip(&mut self, sip: SipLegId) {
+        self.sip = Some(sip);
+        self.record.sip_legs.push(sip);
     }
 
     /// The SIP leg of an answered call: what mid-call requests act on.
@@ -61,9 +84,38 @@ impl<K> Entry<K> {
             .filter(|_| self.call.state() == CallState::Answered)
     }
 
+    /// The call-level half of the call's detail record, as it ends.
+    pub fn summary(&self, now: Instant, reason: EndReason) -> CallSummary {
+        let r = &self.record;
+        CallSummary {
+            leg: self.leg,
+            inbound: r.inbound,
+            from: r.from.clone(),
+            to: r.to.clone(),
+            started: self.started,
+            answered: r.answered,
+            ended: now,
+            reason,
+            code: r.code,
+            media_leg: r.media_leg,
+            sip_legs: r.sip_legs.clone(),
+        }
+    }
+
     /// The SDP session id of our SIP-side SDP (stable for the call).
     pub fn sdp_session_id(&self) -> u64 {
         self.leg.0
+    }
+}
+
+impl RecordFacts {
+    /// What a notification to the client tells the record.
+    pub fn note(&mut self, now: Instant, n: &Notify) {
+        match n {
+            Notify::Answered if self.answered.is_none() => self.answered = Some(now),
+            Notify::Ended { code, .. } => self.code = *code,
+            _ => {}
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! and [`SipCommand`].
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sdp::G711;
 use crate::{AudioFlow, EndReason, HoldParty, LegId, MediaPlan, SipLegId};
@@ -489,6 +489,34 @@ pub enum Observation {
     },
     /// Nobody resumed in time.
     Expired,
+    /// The call is over (after `Ended`): its call-level facts, for the
+    /// call detail record.
+    Summary(Box<CallSummary>),
+}
+
+/// What a table knows about a call when it ends: the call-level half of
+/// its detail record (the media half comes from the shard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSummary {
+    /// The call's WebRTC leg (the media report names it).
+    pub leg: LegId,
+    /// The PBX called the browser.
+    pub inbound: bool,
+    /// The caller: the far end (inbound) or the client's own SIP user;
+    /// `None` when the gateway's own identity placed the call.
+    pub from: Option<String>,
+    /// What the client dialled, or whom the far end called (inbound).
+    pub to: String,
+    pub started: Instant,
+    pub answered: Option<Instant>,
+    pub ended: Instant,
+    pub reason: EndReason,
+    /// The SIP status that ended it, when there was one.
+    pub code: Option<u16>,
+    /// A WebRTC leg was created, so the shard reports its media.
+    pub media_leg: bool,
+    /// Every SIP leg that was the call's current one, first first.
+    pub sip_legs: Vec<SipLegId>,
 }
 
 /// What the table wants done.

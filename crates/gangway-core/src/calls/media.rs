@@ -90,6 +90,9 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
                         MediaPlan::Bridge => "sip",
                     };
                     self.observe_call(id, Observation::Started { route });
+                    if let Some(entry) = self.calls.get_mut(id) {
+                        entry.record.media_leg = true;
+                    }
                     let plan = media;
                     self.media(MediaCommand::Create { leg, offer, plan });
                 }
@@ -112,7 +115,12 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
                         self.sip(SipCommand::Hangup { sip });
                     }
                 }
-                Action::Notify(n) => self.notify(id.clone(), n.into()),
+                Action::Notify(n) => {
+                    if let Some(entry) = self.calls.get_mut(id) {
+                        entry.record.note(now, &n);
+                    }
+                    self.notify(id.clone(), n.into())
+                }
                 Action::Finished(reason) => finished = Some(reason),
             }
         }
@@ -122,6 +130,9 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
         if let Some(reason) = finished {
             self.observe_call(id, Observation::Ended { reason });
             if let Some(entry) = self.calls.remove(id) {
+                let summary = entry.summary(now, reason);
+                let log_id = Some(entry.log_id.as_str());
+                self.observe(Some(id), log_id, Observation::Summary(Box::new(summary)));
                 if let Some(t) = entry.transfer {
                     self.sip(SipCommand::Hangup { sip: t.sip });
                 }
@@ -141,7 +152,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
         let Some(entry) = self.calls.get_mut(id) else {
             return;
         };
-        entry.sip = Some(sip);
+        entry.set_sip(sip);
         let correlation_id = entry.log_id.clone();
         let caller = entry.caller.clone();
         let after = now.saturating_duration_since(entry.started);

@@ -22,8 +22,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 pub use io::{
-    Caller, Claim, Credentials, IncomingOffer, Input, LegFailure, MediaCommand, MediaEvent,
-    Notification, Observation, Output, Problem, Refusal, Request, SipCommand, SipInput,
+    CallSummary, Caller, Claim, Credentials, IncomingOffer, Input, LegFailure, MediaCommand,
+    MediaEvent, Notification, Observation, Output, Problem, Refusal, Request, SipCommand, SipInput,
 };
 pub use requests::{valid_dtmf, MAX_DTMF_DIGITS};
 pub use transfer::REPLACED_LEG_GRACE;
@@ -229,7 +229,10 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
         );
         let from = offer.from.clone();
         let mut entry = Entry::new(call_model, pending.leg, now, offer.log_id);
-        entry.sip = Some(pending.sip);
+        entry.set_sip(pending.sip);
+        entry.record.inbound = true;
+        entry.record.from = Some(offer.from.clone());
+        entry.record.to = offer.to.clone();
         entry.sip_offer = offer.sip_offer;
         self.out
             .push_back(Output::Sip(SipCommand::Adopt { sip: pending.sip }));

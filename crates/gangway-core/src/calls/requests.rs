@@ -94,6 +94,8 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
         let log_id = format!("{}-{}", self.settings.log_prefix, leg.0);
         let call = Call::new(self.settings.router.clone(), self.settings.timers);
         let mut entry = Entry::new(call, leg, now, log_id);
+        entry.record.from = caller.as_ref().map(|c| c.user.clone());
+        entry.record.to = to.clone();
         entry.caller = caller;
         self.insert(id.clone(), entry);
         self.observe_call(&id, super::Observation::Requested { to: to.clone() });

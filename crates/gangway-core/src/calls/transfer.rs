@@ -241,7 +241,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
                 let Some(leg) = entry.transfer.take() else {
                     return;
                 };
-                entry.sip = Some(leg.sip);
+                entry.set_sip(leg.sip);
                 entry.replacing_target = replacing_target;
                 entry.hold = HoldState::default();
                 if referred {

@@ -71,7 +71,7 @@ pub(crate) struct BrowserFrame<'a> {
 }
 
 /// Media quality of a bridged call's SIP leg.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LegSummary {
     pub packets_received: u32,
     /// From sequence numbers (RFC 3550 A.3); duplicates can make it smaller.
@@ -80,6 +80,13 @@ pub struct LegSummary {
     /// Interarrival jitter (RFC 3550 A.8) at the end of the call.
     pub jitter_ms: f64,
     pub packets_sent: u32,
+    /// RTP payload bytes each way on the SIP leg.
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// The SIP leg's codec (`None`: the far end's media was never known)
+    /// and the browser leg's (`PCMU`, `PCMA` or `opus`).
+    pub sip_codec: Option<&'static str>,
+    pub browser_codec: &'static str,
     pub transcoded: bool,
     /// Browser frames lost and filled in (Opus FEC or concealment) before transcoding.
     pub concealed_frames: u64,
@@ -378,6 +385,7 @@ impl Bridge {
         let jitter = t.map(|t| t.jitter().stats()).unwrap_or_default();
         let opus = t.map(|t| t.opus_bandwidth).unwrap_or_default();
         let far_end = self.rtcp.far_end();
+        let law = self.stream.law();
         LegSummary {
             packets_received,
             packets_lost: lost,
@@ -388,6 +396,14 @@ impl Bridge {
             },
             jitter_ms: f64::from(received.jitter()) / 8.0,
             packets_sent: self.stream.packets_sent(),
+            bytes_received: self.rtcp.octets_received(),
+            bytes_sent: u64::from(self.stream.octets_sent()),
+            sip_codec: self.stream.remote().map(|_| self.stream.law().name()),
+            browser_codec: match (t.is_some(), self.browser.has(law)) {
+                (true, _) => "opus",
+                (false, true) => law.name(),
+                (false, false) => law.other().name(),
+            },
             transcoded: t.is_some(),
             concealed_frames: t.map_or(0, |t| t.concealed_frames),
             concealed_from_sip: jitter.concealed,

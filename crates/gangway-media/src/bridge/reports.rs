@@ -23,6 +23,8 @@ pub(super) struct Rtcp {
     epoch_wallclock: SystemTime,
     far_end: FarEndReports,
     scratch: Vec<u8>,
+    /// Payload bytes of the far end's audio packets.
+    octets_received: u64,
 }
 
 impl Rtcp {
@@ -34,6 +36,7 @@ impl Rtcp {
             epoch_wallclock: wallclock,
             far_end: FarEndReports::default(),
             scratch: Vec::new(),
+            octets_received: 0,
         }
     }
 
@@ -51,9 +54,14 @@ impl Rtcp {
 
     /// An audio packet from the far end, for loss and jitter.
     pub(super) fn on_rtp(&mut self, now: Instant, packet: &RtpPacket<'_>) {
+        self.octets_received += packet.payload.len() as u64;
         let arrival = (now.saturating_duration_since(self.epoch).as_secs_f64() * 8000.0) as u64;
         self.stats
             .on_packet(packet.ssrc, packet.seq, packet.ts, arrival);
+    }
+
+    pub(super) fn octets_received(&self) -> u64 {
+        self.octets_received
     }
 
     /// RTCP from the far end: its sender report feeds our LSR/DLSR, its

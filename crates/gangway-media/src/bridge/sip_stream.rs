@@ -282,4 +282,9 @@ impl SipStream {
     pub(super) fn packets_sent(&self) -> u32 {
         self.sent_packets
     }
+
+    /// Payload bytes sent (modulo 2^32, as RTCP counts them).
+    pub(super) fn octets_sent(&self) -> u32 {
+        self.sent_octets
+    }
 }

@@ -19,7 +19,7 @@ use tracing::warn;
 use super::peers::{Bridged, Peer, Peers, Sockets};
 use super::ports::PortAllocator;
 use super::queue::{Command, Inbox};
-use super::report::report;
+use super::report::{report, send, MediaReport};
 use super::run::Shard;
 use crate::bridge::{Bridge, BrowserCodecs};
 use crate::types::{LegEvent, MediaRoute};
@@ -248,11 +248,20 @@ impl Shard {
         let webrtc = self.endpoint.stats(id).unwrap_or_default();
         self.endpoint.remove_peer(id);
         if let Some(mut peer) = self.peers.slot(id).and_then(|s| self.peers.remove(s)) {
+            let mut media = MediaReport {
+                peer: id,
+                webrtc,
+                sip: None,
+                mos: None,
+            };
             if let Some(b) = peer.bridged.as_mut() {
                 self.metrics.rtp_ports.dec();
-                report(&self.metrics, id, &b.bridge.summary(), &webrtc);
+                let summary = b.bridge.summary();
+                media.mos = Some(report(&self.metrics, id, &summary, &webrtc));
+                media.sip = Some(summary);
                 unwatch(&self.poll, &mut b.sockets);
             }
+            send(self.reports.as_ref(), media);
             self.metrics.peers.dec();
         }
         self.publish_load();

@@ -22,6 +22,7 @@ use super::metrics::ShardMetrics;
 use super::peers::{WAKER, WEBRTC};
 use super::ports::RtpPorts;
 use super::queue::{Command, Inbox, Load, QUEUE_CAPACITY};
+use super::report::MediaReportTx;
 use super::run::Shard;
 use crate::types::{Flow, Law, LegEvent, MediaPolicy, MediaRoute};
 
@@ -71,6 +72,7 @@ impl ShardHandle {
         rtp_ports: Option<RtpPorts>,
         policy: MediaPolicy,
         metrics: ShardMetrics,
+        reports: Option<MediaReportTx>,
     ) -> Result<Self, ShardStartError> {
         let socket = StdUdpSocket::bind(bind).map_err(|e| ShardStartError::Bind(bind, e))?;
         socket
@@ -100,7 +102,7 @@ impl ShardHandle {
             queue: rx,
             overflow: overflow.clone(),
         };
-        let shard = Shard::new(
+        let mut shard = Shard::new(
             poll,
             socket,
             endpoint,
@@ -109,6 +111,7 @@ impl ShardHandle {
             metrics,
             load.clone(),
         );
+        shard.reports = reports;
         thread::Builder::new()
             .name("gangway-media".into())
             .spawn(move || shard.run(inbox))

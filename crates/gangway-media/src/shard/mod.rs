@@ -52,3 +52,4 @@ pub use deliver::{LegEventTx, RESERVED as RESERVED_EVENTS};
 pub use handle::{ShardHandle, ShardStartError};
 pub use metrics::ShardMetrics;
 pub use ports::RtpPorts;
+pub use report::{MediaReport, MediaReportTx};

@@ -2,14 +2,43 @@
 //! legs' quality, and the per-call histograms.
 
 use gangway_rtc::{LegStats, PeerId};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::metrics::{DirectionLabel, LegLabel, ShardMetrics};
 use crate::bridge::LegSummary;
 use crate::quality::{estimated_mos, Impairments};
 
-/// Logs a bridged call's media quality when it ends and feeds the histograms.
-pub(super) fn report(m: &ShardMetrics, id: PeerId, s: &LegSummary, webrtc: &LegStats) {
+/// A call's media when it ended, for its detail record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MediaReport {
+    pub peer: PeerId,
+    /// The browser leg, as of str0m's last statistics (every 2 s).
+    pub webrtc: LegStats,
+    /// The SIP leg; `None` for the echo line.
+    pub sip: Option<LegSummary>,
+    /// The call's estimated MOS (bridged calls).
+    pub mos: Option<f64>,
+}
+
+/// Where shards send [`MediaReport`]s: the gateway's call records.
+pub type MediaReportTx = tokio::sync::mpsc::Sender<MediaReport>;
+
+/// Hands `report` on without waiting; a full queue loses it (the record
+/// then goes without its media part), with a warning.
+pub(super) fn send(reports: Option<&MediaReportTx>, report: MediaReport) {
+    if let Some(tx) = reports {
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(r)) = tx.try_send(report) {
+            warn!(
+                peer = r.peer.0,
+                "call records' queue full: media report dropped"
+            );
+        }
+    }
+}
+
+/// Logs a bridged call's media quality when it ends and feeds the
+/// histograms; returns the call's estimated MOS.
+pub(super) fn report(m: &ShardMetrics, id: PeerId, s: &LegSummary, webrtc: &LegStats) -> f64 {
     // The worse of the two legs decides what the user heard.
     let mos = estimated_mos(Impairments {
         loss: s
@@ -93,4 +122,5 @@ pub(super) fn report(m: &ShardMetrics, id: PeerId, s: &LegSummary, webrtc: &LegS
         estimated_mos = format!("{mos:.2}"),
         "call media summary"
     );
+    mos
 }

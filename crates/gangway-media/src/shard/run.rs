@@ -20,6 +20,7 @@ use super::metrics::{ShardMetrics, Tally};
 use super::peers::{Peers, WAKER, WEBRTC};
 use super::ports::{PortAllocator, RtpPorts};
 use super::queue::{Inbox, Load};
+use super::report::MediaReportTx;
 use crate::bridge::{BrowserFrame, Output, ToBrowser};
 use crate::types::{LegEvent, MediaPolicy};
 
@@ -44,6 +45,8 @@ pub(super) struct Shard {
     pub(super) ports: Option<PortAllocator>,
     pub(super) policy: MediaPolicy,
     pub(super) load: Arc<Load>,
+    /// Where each call's media report goes when it ends.
+    pub(super) reports: Option<MediaReportTx>,
 }
 
 impl Shard {
@@ -67,6 +70,7 @@ impl Shard {
             ports: rtp_ports.map(PortAllocator::new),
             policy,
             load,
+            reports: None,
         }
     }
 

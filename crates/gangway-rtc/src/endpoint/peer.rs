@@ -86,6 +86,7 @@ pub(super) fn drain(
                     Event::MediaData(d) => peer.clock_hz = d.time.frequency().get(),
                     Event::MediaIngressStats(s) => {
                         peer.stats.packets_received = s.packets;
+                        peer.stats.bytes_received = s.bytes;
                         peer.stats.loss_from_browser = s.loss.or(peer.stats.loss_from_browser);
                         peer.stats.jitter_ms =
                             Some(f64::from(s.jitter) * 1000.0 / f64::from(peer.clock_hz.max(1)));
@@ -95,6 +96,7 @@ pub(super) fn drain(
                     }
                     Event::MediaEgressStats(s) => {
                         peer.stats.packets_sent = s.packets;
+                        peer.stats.bytes_sent = s.bytes;
                         peer.stats.loss_to_browser = s.loss.or(peer.stats.loss_to_browser);
                         if let Some(rtt) = s.rtt {
                             peer.stats.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);

@@ -102,6 +102,9 @@ pub struct Transmit {
 pub struct LegStats {
     pub packets_received: u64,
     pub packets_sent: u64,
+    /// RTP payload bytes each way, as of str0m's last stats snapshot (every 2 s).
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
     /// Share of the browser's packets lost towards us, from our receiver reports.
     pub loss_from_browser: Option<f32>,
     /// Share of our packets lost towards the browser, from its receiver reports.

@@ -104,6 +104,7 @@ impl Attempt<'_> {
                 return None;
             }
         };
+        self.handle.set_call_id(&dialog.id().call_id);
         let mid = MidCall::new(
             dialog.clone(),
             self.events.clone(),

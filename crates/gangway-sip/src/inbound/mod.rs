@@ -79,6 +79,7 @@ pub(crate) fn start_inbound(
     let sdp_offer = body_text(&request.body);
 
     let (dialog_handle, commands) = DialogHandle::new();
+    dialog_handle.set_call_id(&sip_call_id);
     let events = Events::unrouted(shared.metrics.events_dropped.clone());
     let handle = InboundSipCall::new(dialog_handle.clone(), events.clone());
     shared.call_started();

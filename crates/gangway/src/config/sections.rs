@@ -20,6 +20,7 @@ pub struct Config {
     pub media: MediaSection,
     pub shutdown: ShutdownSection,
     pub auth: AuthSection,
+    pub cdr: super::CdrSection,
 }
 
 /// `[http]`

@@ -69,6 +69,7 @@ impl TryFrom<&Config> for Settings {
         };
         let media = media(&c.media, c.webrtc.listen)?;
         check_shutdown(&c.shutdown)?;
+        super::cdr::check_cdr(&c.cdr)?;
         Ok(Settings {
             codecs,
             echo_destination,

@@ -73,6 +73,13 @@ impl CallDriver {
             orphan.reject(481);
         }
         if ended {
+            let handles = &mut self.handles;
+            if let Some(id) = handles.dialogs.get(&sip).and_then(|d| d.call_id()) {
+                if handles.ended_call_ids.len() >= 256 {
+                    handles.ended_call_ids.clear();
+                }
+                handles.ended_call_ids.insert(sip, id);
+            }
             self.handles.dialogs.remove(&sip);
             self.handles.unanswered.remove(&sip);
         }

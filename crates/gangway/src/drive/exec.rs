@@ -32,6 +32,9 @@ pub(crate) struct Handles {
     adopting: Option<Arc<Ringing>>,
     /// An INVITE with Replaces, until the core answers or refuses it.
     pub replacement: Option<InboundSipCall>,
+    /// SIP Call-IDs of dialogs that ended before their call's record was
+    /// made (bounded: cleared when it grows past a few hundred).
+    pub ended_call_ids: HashMap<SipLegId, String>,
     legs_tx: gangway_media::LegEventTx,
     sip_tx: gangway_sip::SipEventTx,
 }
@@ -45,6 +48,7 @@ impl Handles {
             ringing: HashMap::new(),
             adopting: None,
             replacement: None,
+            ended_call_ids: HashMap::new(),
             legs_tx,
             sip_tx,
         }

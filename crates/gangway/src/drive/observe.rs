@@ -1,12 +1,45 @@
 //! The core's observations as log lines and metrics.
 
-use gangway_core::calls::Observation;
+use std::time::{Instant, SystemTime};
+
+use gangway_core::calls::{CallSummary, Observation};
 use gangway_signal::CallId;
 use tracing::{info, warn};
 
 use super::CallDriver;
+use crate::cdr::record::CallFacts;
+use crate::cdr::record_id;
 
 impl CallDriver {
+    /// An ended call's facts to the call records, with what the shell
+    /// knows of it (its SIP Call-IDs, the gateway's own identity).
+    fn record(&mut self, call: &str, gangway_call: &str, summary: CallSummary) {
+        if !self.shared.cdr.enabled() {
+            return;
+        }
+        let handles = &mut self.handles;
+        let sip_call_ids = summary
+            .sip_legs
+            .iter()
+            .filter_map(|leg| {
+                let live = handles.dialogs.get(leg).and_then(|d| d.call_id());
+                live.or_else(|| handles.ended_call_ids.remove(leg))
+            })
+            .collect();
+        let default_from = self.shared.sip.as_ref().map(|l| l.from_user.clone());
+        self.shared.cdr.call(CallFacts {
+            id: record_id(),
+            summary,
+            call_id: call.to_string(),
+            gangway_call_id: gangway_call.to_string(),
+            front_end: self.front_end,
+            sip_call_ids,
+            default_from: default_from.unwrap_or_default(),
+            wall: SystemTime::now(),
+            at: Instant::now(),
+        });
+    }
+
     pub(crate) fn observe(
         &mut self,
         call: Option<&CallId>,
@@ -92,6 +125,7 @@ impl CallDriver {
             Observation::Replacing { from } => {
                 info!(call, %from, "replacing the SIP leg (INVITE with Replaces)")
             }
+            Observation::Summary(summary) => self.record(call, gangway_call, *summary),
         }
     }
 }

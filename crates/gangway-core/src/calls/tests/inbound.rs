@@ -24,7 +24,11 @@ fn incoming(call: &str) -> Out {
 }
 
 /// Rings `call`, accepts it and wins the claim; returns the legs.
-fn accepted(h: &mut Harness, call: &str, sip_offer: Option<String>) -> (LegId, SipLegId) {
+pub(super) fn accepted(
+    h: &mut Harness,
+    call: &str,
+    sip_offer: Option<String>,
+) -> (LegId, SipLegId) {
     let out = h.input(Input::Incoming {
         call: id(call),
         offer: offer(sip_offer),

@@ -5,6 +5,7 @@
 mod inbound;
 mod midcall;
 mod outbound;
+mod summary;
 mod transfer;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -1,0 +1,71 @@
+//! The call records' counters (`gangway_cdr_*`).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+type Labels = [(&'static str, &'static str); 1];
+
+#[derive(Default)]
+pub struct CdrMetrics {
+    /// Records written (`sink="file"`) or accepted by the webhook (`webhook`).
+    records: Family<Labels, Counter>,
+    /// Records a sink gave up on (write error; webhook attempts exhausted).
+    failures: Family<Labels, Counter>,
+    /// Records dropped because a sink's queue was full.
+    dropped: Family<Labels, Counter>,
+    webhook_attempt_failures: Counter,
+    webhook_retries: Counter,
+}
+
+impl CdrMetrics {
+    pub fn register(registry: &mut Registry) -> CdrMetrics {
+        let m = CdrMetrics::default();
+        registry.register(
+            "cdr_records",
+            "Call detail records delivered, by sink (file, webhook)",
+            m.records.clone(),
+        );
+        registry.register(
+            "cdr_failures",
+            "Call detail records a sink gave up on, by sink",
+            m.failures.clone(),
+        );
+        registry.register(
+            "cdr_dropped",
+            "Call detail records dropped on a full queue, by sink (or records: not built)",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "cdr_webhook_attempt_failures",
+            "Webhook attempts that failed (non-2xx, connect error, timeout)",
+            m.webhook_attempt_failures.clone(),
+        );
+        registry.register(
+            "cdr_webhook_retries",
+            "Webhook attempts after the first",
+            m.webhook_retries.clone(),
+        );
+        m
+    }
+
+    pub fn written(&self, sink: &'static str) {
+        self.records.get_or_create(&[("sink", sink)]).inc();
+    }
+
+    pub fn failed(&self, sink: &'static str) {
+        self.failures.get_or_create(&[("sink", sink)]).inc();
+    }
+
+    pub fn dropped(&self, sink: &'static str) {
+        self.dropped.get_or_create(&[("sink", sink)]).inc();
+    }
+
+    pub fn attempt_failed(&self) {
+        self.webhook_attempt_failures.inc();
+    }
+
+    pub fn retried(&self) {
+        self.webhook_retries.inc();
+    }
+}

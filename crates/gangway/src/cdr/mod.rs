@@ -1,0 +1,172 @@
+//! Call detail records: one JSON record per ended call, whichever front
+//! end placed or took it, to a JSON-lines file and/or a signed webhook
+//! (`[cdr]`; both off by default).
+//!
+//! - `record.rs`: the record and the [`Assembler`](record::Assembler) that
+//!   joins a call's facts (from its table, via the `CallDriver`) with its
+//!   media report (from its shard), sans IO;
+//! - `file.rs`, `webhook.rs`: the sinks, thin and behind bounded queues;
+//! - `metrics.rs`: `gangway_cdr_*`.
+//!
+//! The collector is one task: it owns the assembler and hands finished
+//! records to the sinks. Nothing here waits on a call or slows one down:
+//! every hand-over is a `try_send`, and what a full queue refuses is
+//! counted and logged.
+
+pub mod file;
+pub mod metrics;
+pub mod record;
+pub mod webhook;
+
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use gangway_media::{MediaReport, MediaReportTx};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::{CdrSection, WebhookUrl};
+use metrics::CdrMetrics;
+use record::{Assembler, CallFacts};
+
+/// Calls and media reports waiting for the collector.
+const QUEUE: usize = 4096;
+
+/// The gateway's way in: ended calls go here.
+pub struct Cdr {
+    calls: Option<mpsc::Sender<Box<CallFacts>>>,
+    metrics: Arc<CdrMetrics>,
+}
+
+impl Cdr {
+    /// Whether records are kept at all.
+    pub fn enabled(&self) -> bool {
+        self.calls.is_some()
+    }
+
+    /// An ended call's facts, without waiting.
+    pub fn call(&self, facts: CallFacts) {
+        if let Some(tx) = &self.calls {
+            if tx.try_send(Box::new(facts)).is_err() {
+                self.metrics.dropped("records");
+                warn!("call records queue full: a call's record is lost");
+            }
+        }
+    }
+}
+
+/// Starts the collector and the configured sinks; also returns where the
+/// shards send media reports (`None` when records are off).
+pub fn start(
+    c: &CdrSection,
+    metrics: Arc<CdrMetrics>,
+) -> std::io::Result<(Cdr, Option<MediaReportTx>)> {
+    let file = if c.file.is_empty() {
+        None
+    } else {
+        let sink = file::JsonLines::open(c.file.as_ref(), c.rotate, c.max_file_bytes)?;
+        Some(file::start(sink, metrics.clone())?)
+    };
+    let hook = match WebhookUrl::parse(&c.webhook_url) {
+        Ok(url) if !c.webhook_url.is_empty() => Some(webhook::start(c, url, metrics.clone())),
+        _ => None,
+    };
+    if file.is_none() && hook.is_none() {
+        let cdr = Cdr {
+            calls: None,
+            metrics,
+        };
+        return Ok((cdr, None));
+    }
+    info!(file = %c.file, webhook = %c.webhook_url, "call detail records on");
+    let (calls_tx, calls_rx) = mpsc::channel(QUEUE);
+    let (media_tx, media_rx) = mpsc::channel(QUEUE);
+    let sinks = Sinks {
+        file,
+        hook,
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(collect(calls_rx, media_rx, sinks));
+    let cdr = Cdr {
+        calls: Some(calls_tx),
+        metrics,
+    };
+    Ok((cdr, Some(media_tx)))
+}
+
+struct Sinks {
+    file: Option<SyncSender<String>>,
+    hook: Option<mpsc::Sender<webhook::Job>>,
+    metrics: Arc<CdrMetrics>,
+}
+
+async fn collect(
+    mut calls: mpsc::Receiver<Box<CallFacts>>,
+    mut media: mpsc::Receiver<MediaReport>,
+    sinks: Sinks,
+) {
+    let mut assembler = Assembler::default();
+    let mut overflowed = 0;
+    loop {
+        let deadline = assembler.poll_timeout();
+        let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into());
+        tokio::select! {
+            facts = calls.recv() => match facts {
+                Some(facts) => assembler.on_call(Instant::now(), *facts),
+                None => break,
+            },
+            Some(report) = media.recv() => assembler.on_media(Instant::now(), report),
+            () = sleep, if deadline.is_some() => assembler.handle_timeout(Instant::now()),
+        }
+        while let Some(record) = assembler.poll_output() {
+            sinks.send(&record);
+        }
+        if assembler.overflowed > overflowed {
+            overflowed = assembler.overflowed;
+            sinks.metrics.dropped("records");
+            warn!("too many call records waiting for their media: one went without");
+        }
+    }
+    // The gateway is gone: what still waits goes without its media.
+    assembler.handle_timeout(Instant::now() + record::MEDIA_WAIT);
+    while let Some(record) = assembler.poll_output() {
+        sinks.send(&record);
+    }
+}
+
+impl Sinks {
+    fn send(&self, record: &record::Record) {
+        let body = match serde_json::to_string(record) {
+            Ok(body) => body,
+            Err(e) => return warn!("cannot encode a call record: {e}"),
+        };
+        if let Some(hook) = &self.hook {
+            let job = webhook::Job {
+                id: record.id.clone(),
+                body: body.clone(),
+            };
+            webhook::queue(hook, job, &self.metrics);
+        }
+        if let Some(tx) = &self.file {
+            file::queue(tx, body, &self.metrics);
+        }
+    }
+}
+
+/// A fresh record id: 128 random bits in hex.
+pub fn record_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: unique enough from the clock and a counter.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        bytes[..8].copy_from_slice(&t.to_be_bytes());
+        bytes[8..].copy_from_slice(&n.to_be_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,176 @@
+//! The webhook sink: each record POSTed as JSON, signed, retried with
+//! exponential back-off. One task, one record at a time, behind a bounded
+//! queue: a slow or dead receiver costs queued records (counted and
+//! logged when they are dropped), never a call's time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
+use axum::http::{header, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::metrics::CdrMetrics;
+use crate::config::{CdrSection, WebhookUrl};
+
+/// The signature header: `sha256=<hex HMAC-SHA256 of the body>`.
+pub const SIGNATURE_HEADER: &str = "X-Gangway-Signature";
+/// The record's id, for receivers that deduplicate without parsing.
+pub const ID_HEADER: &str = "X-Gangway-Record-Id";
+
+/// `sha256=<hex>` of `body` under `secret`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let tag = hmac::sign(&key, body);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256=");
+    for b in tag.as_ref() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The wait before attempt `attempt` (2 is the first retry): the initial
+/// back-off doubled per further attempt, capped.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let doublings = attempt.saturating_sub(2).min(20);
+    initial.saturating_mul(1 << doublings).min(max)
+}
+
+/// A record for the webhook: its id and its JSON.
+pub struct Job {
+    pub id: String,
+    pub body: String,
+}
+
+pub struct Webhook {
+    url: WebhookUrl,
+    secret: Vec<u8>,
+    timeout: Duration,
+    attempts: u32,
+    initial: Duration,
+    max: Duration,
+    metrics: Arc<CdrMetrics>,
+}
+
+/// Starts the task; records are queued on what it returns.
+pub fn start(c: &CdrSection, url: WebhookUrl, metrics: Arc<CdrMetrics>) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel(c.webhook_queue);
+    let hook = Webhook {
+        url,
+        secret: c.webhook_secret.as_bytes().to_vec(),
+        timeout: Duration::from_millis(c.webhook_timeout_ms),
+        attempts: c.webhook_max_attempts,
+        initial: Duration::from_millis(c.webhook_backoff_initial_ms),
+        max: Duration::from_millis(c.webhook_backoff_max_ms),
+        metrics,
+    };
+    tokio::spawn(hook.run(rx));
+    tx
+}
+
+/// Queues a record without waiting; a full queue drops it.
+pub fn queue(tx: &mpsc::Sender<Job>, job: Job, metrics: &CdrMetrics) {
+    if let Err(e) = tx.try_send(job) {
+        metrics.dropped("webhook");
+        let id = match &e {
+            mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => &j.id,
+        };
+        warn!(record = %id, "call records webhook queue full: record dropped");
+    }
+}
+
+impl Webhook {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(job) = rx.recv().await {
+            self.deliver(&job).await;
+        }
+    }
+
+    async fn deliver(&self, job: &Job) {
+        let signature = signature(&self.secret, job.body.as_bytes());
+        for attempt in 1..=self.attempts {
+            if attempt > 1 {
+                self.metrics.retried();
+                tokio::time::sleep(backoff(attempt, self.initial, self.max)).await;
+            }
+            let sent = tokio::time::timeout(self.timeout, self.post(job, &signature)).await;
+            let problem = match sent {
+                Ok(Ok(status)) if status.is_success() => {
+                    self.metrics.written("webhook");
+                    return;
+                }
+                Ok(Ok(status)) => format!("answered {status}"),
+                Ok(Err(e)) => e,
+                Err(_) => "timed out".to_string(),
+            };
+            self.metrics.attempt_failed();
+            info!(record = %job.id, attempt, "call record webhook attempt failed: {problem}");
+        }
+        self.metrics.failed("webhook");
+        warn!(record = %job.id, attempts = self.attempts, "call record not delivered to the webhook: given up");
+    }
+
+    async fn post(&self, job: &Job, signature: &str) -> Result<StatusCode, String> {
+        let u = &self.url;
+        let stream = TcpStream::connect((u.host.as_str(), u.port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let name = if u.host.contains(':') {
+            format!("[{}]", u.host)
+        } else {
+            u.host.clone()
+        };
+        let host = if u.port == 80 {
+            name
+        } else {
+            format!("{name}:{}", u.port)
+        };
+        let request = Request::post(u.path.as_str())
+            .header(header::HOST, host)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, "gangway-cdr")
+            .header(SIGNATURE_HEADER, signature)
+            .header(ID_HEADER, job.id.as_str())
+            .body(job.body.clone())
+            .map_err(|e| format!("request: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        Ok(response.status())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc_4231_test_case_2() {
+        let sig = signature(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            sig,
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let (i, m) = (Duration::from_millis(500), Duration::from_secs(3));
+        let waits: Vec<u64> = (2..=6)
+            .map(|a| backoff(a, i, m).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, vec![500, 1000, 2000, 3000, 3000]);
+        assert_eq!(backoff(u32::MAX, i, m), m);
+    }
+}
