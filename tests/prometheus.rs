@@ -105,7 +105,7 @@ fn promtool_check_rules(rules: &std::path::Path) -> usize {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "promtool check rules:\n{text}");
-    // "SUCCESS: 19 rules found"
+    // "SUCCESS: 20 rules found"
     text.split("SUCCESS: ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())

@@ -158,7 +158,9 @@ impl Gateway {
         // Every configuration error is found here, once; below only binding can fail.
         let settings = config.settings().map_err(StartError::Config)?;
         let mut metrics = Metrics::new();
-        let cdr_metrics = Arc::new(cdr::metrics::CdrMetrics::register(&mut metrics.registry));
+        let cdr_metrics = Arc::new(cdr::metrics::CdrMetrics::register(
+            metrics.gangway_registry(),
+        ));
         let metrics = Arc::new(metrics);
         let (cdr, media_reports) = cdr::start(&config.cdr, cdr_metrics)
             .map_err(|e| StartError::Cdr(config.cdr.file.clone(), e))?;

@@ -131,6 +131,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Where families owned elsewhere register: under the `gangway_` prefix.
+    pub(crate) fn gangway_registry(&mut self) -> &mut Registry {
+        self.registry.sub_registry_with_prefix("gangway")
+    }
+
     pub fn new() -> Self {
         let mut m = Metrics {
             calls_active: Gauge::default(),

@@ -46,6 +46,14 @@ impl CdrMetrics {
             "Webhook attempts after the first",
             m.webhook_retries.clone(),
         );
+        // Every family has its samples from the start, so dashboards and
+        // `increase()` see the first record (docs/operations.md, Metrics).
+        for sink in ["file", "webhook"] {
+            let _ = m.records.get_or_create(&[("sink", sink)]);
+            let _ = m.failures.get_or_create(&[("sink", sink)]);
+            let _ = m.dropped.get_or_create(&[("sink", sink)]);
+        }
+        let _ = m.dropped.get_or_create(&[("sink", "records")]);
         m
     }
 

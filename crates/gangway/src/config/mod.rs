@@ -12,15 +12,15 @@ use std::path::Path;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
-mod redact;
 mod cdr;
+mod redact;
 mod sections;
 mod settings;
 mod sip;
 pub(crate) use sip::networks;
 
-pub use redact::{redacted, REDACTED};
 pub use cdr::{CdrRotation, CdrSection, WebhookUrl};
+pub use redact::{redacted, REDACTED};
 pub use sections::{
     AuthSection, CallsSection, CodecPolicySetting, Config, DtmfMode, HttpSection, LogFormat,
     LogSection, MediaSection, RegistrarSection, ShutdownSection, SipSection, TrunkSection,
