@@ -11,8 +11,8 @@ mod protocol;
 pub mod sip_ws;
 
 pub use protocol::{
-    decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, EndReason, ErrorCode, HoldParty,
-    IceCandidate, ResumedCall, ResumedCallState, ServerMessage, MAX_DTMF_DIGITS,
+    decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, EndReason, ErrorCode, Feature,
+    HoldParty, IceCandidate, ResumedCall, ResumedCallState, ServerMessage, MAX_DTMF_DIGITS,
     MAX_RESUME_TOKEN_LEN, PROTOCOL_VERSION, REJECT_CODES,
 };
 
