@@ -10,7 +10,14 @@
 //!   on the SIP leg both ways and the browser's received packets, Resume
 //!   brings them back, and baresip hears the browser's tone afterwards.
 //!
-//! Needs Debian's `chromium`, `chromium-driver` and `baresip`; without them
+//! - Sign-in with kamailio as the registrar: the page's Register form
+//!   signs alice in; a call from baresip bob rings the page, whose Reject
+//!   ends it; the next one is taken with Answer and its audio flows.
+//! - Blind transfer: the page calls bob through kamailio, types carol's
+//!   address into "Transfer to" and clicks Transfer; the page's call ends
+//!   `transferred` and carol, called by bob, hears bob.
+//!
+//! Needs Debian's `chromium`, `chromium-driver`, `kamailio` and `baresip`; without them
 //! the tests fail (they never skip). They run one at a time.
 
 use std::sync::atomic::Ordering;
@@ -20,7 +27,8 @@ use gangway_tests::audio::tone_coverage;
 use gangway_tests::browser_call::{launch_browser, pretty, serial, BROWSER_TONE_HZ};
 use gangway_tests::gateway::{assert_no_leftovers, start_gateway, start_sip_gateway};
 use gangway_tests::impair::LossyProxy;
-use gangway_tests::sip_peers::{Baresip, BaresipOptions};
+use gangway_tests::kamailio::start_kamailio;
+use gangway_tests::sip_peers::{registered_baresip, Baresip, BaresipOptions};
 use gangway_tests::webdriver::Browser;
 use serde_json::{json, Value};
 
@@ -473,6 +481,184 @@ async fn baresip_call_from_the_page_keypad_hold_and_stats() {
     );
     assert!(tone >= 0.8, "baresip hears the browser after the resume");
     assert!(control < 0.1, "negative control");
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+const USERS: &[(&str, &str)] = &[
+    ("alice", "alicepw"),
+    ("bob", "bobpw"),
+    ("carol", "carolpw"),
+    ("gangway", "gwpw"),
+];
+const CAROL_TONE_HZ: f64 = 700.0;
+const DOMAIN: &str = "pbx.test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_reject_and_answer_from_the_page() {
+    let t = "inbound";
+    let _serial = serial().await;
+    let kam = start_kamailio(USERS, DOMAIN).await;
+    let gw = start_sip_gateway(kam.port(), DOMAIN, |_| {}).await;
+    let bob = registered_baresip(kam.registrar_uri(), "bob", "bobpw", BARESIP_TONE_HZ, WAIT).await;
+    let alice = format!("sip:alice@127.0.0.1:{}", kam.port());
+    let page = format!("http://{}/", gw.http_addr());
+
+    let b = bob.clone();
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Value, String> {
+        let (browser, _wav) = launch_browser(&page)?;
+        wait_until(&browser, "!document.getElementById('sign-in-card').hidden", WAIT)?;
+        for (field, text) in [("#sip-user", "alice"), ("#sip-password", "alicepw")] {
+            browser
+                .type_into(field, text)
+                .map_err(|e| format!("typing into {field}: {e}"))?;
+        }
+        click(&browser, "#register")?;
+        wait_until(
+            &browser,
+            "document.getElementById('registration').dataset.state === 'registered'",
+            WAIT,
+        )?;
+        let incoming_shown = "!document.getElementById('incoming').hidden";
+
+        // The first call is rejected.
+        b.dial(&alice)?;
+        wait_until(&browser, incoming_shown, WAIT)?;
+        let caller = eval(&browser, "return document.getElementById('caller').textContent;")?;
+        click(&browser, "#reject")?;
+        b.wait_for_event("CALL_CLOSED", WAIT)?;
+        wait_until(&browser, &format!("!({incoming_shown})"), WAIT)?;
+        let after_reject = eval(&browser, PAGE_STATE)?;
+
+        // The second one is answered.
+        b.dial(&alice)?;
+        wait_until(&browser, incoming_shown, WAIT)?;
+        eval(&browser, WATCH_MEDIA)?;
+        click(&browser, "#answer")?;
+        wait_until(&browser, "document.getElementById('media').dataset.state === 'flowing'", WAIT)?;
+        check_media_changes(t, &browser)?;
+        b.wait_for_event("CALL_ESTABLISHED", WAIT)?;
+        std::thread::sleep(Duration::from_secs(2));
+        let stats = check_stats(t, &browser)?;
+        let during = eval(&browser, PAGE_STATE)?;
+        hang_up_from_the_page(&browser)?;
+        b.wait_for_event("CALL_CLOSED", WAIT)?;
+        Ok(json!({ "caller": caller, "afterReject": after_reject, "stats": stats, "during": during }))
+    })
+    .await
+    .unwrap();
+    let out = outcome.unwrap_or_else(|e| {
+        panic!(
+            "[{t}] {e}\n--- baresip events ---\n{:?}\n--- baresip log ---\n{}",
+            bob.events(),
+            bob.log()
+        )
+    });
+    println!(
+        "[{t}] caller {}, after reject {}",
+        out["caller"], out["afterReject"]["log"]
+    );
+    assert!(
+        out["caller"]
+            .as_str()
+            .is_some_and(|c| c.contains("sip:bob@")),
+        "the page names the caller: {}",
+        out["caller"]
+    );
+    let rejected = out["afterReject"]["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l.as_str().is_some_and(|l| l.contains("ended: rejected")));
+    assert!(
+        rejected,
+        "the page logged the rejection: {}",
+        out["afterReject"]["log"]
+    );
+    assert_eq!(out["during"]["state"], "answered");
+    assert!(
+        out["stats"]["remote"].as_f64().unwrap() > 0.01,
+        "far end meter"
+    );
+    assert_no_leftovers(&gw).await;
+    gw.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blind_transfer_from_the_page() {
+    let t = "transfer";
+    let _serial = serial().await;
+    let kam = start_kamailio(USERS, DOMAIN).await;
+    let gw = start_sip_gateway(kam.port(), DOMAIN, |c| {
+        c.sip.trunk.username = Some("gangway".into());
+        c.sip.trunk.password = Some("gwpw".into());
+        // Our domain, and kamailio by address (a transfer target bob can reach).
+        c.sip.trunk.allow = vec![
+            format!(r"^sip:[a-z0-9]+@{}$", DOMAIN.replace('.', r"\.")),
+            r"^sip:[a-z0-9]+@127\.0\.0\.1:[0-9]+$".into(),
+        ];
+    })
+    .await;
+    let bob = registered_baresip(kam.registrar_uri(), "bob", "bobpw", BARESIP_TONE_HZ, WAIT).await;
+    let carol =
+        registered_baresip(kam.registrar_uri(), "carol", "carolpw", CAROL_TONE_HZ, WAIT).await;
+    // bob has no outbound proxy: the target names kamailio itself.
+    let target = format!("sip:carol@127.0.0.1:{}", kam.port());
+    let page = format!("http://{}/", gw.http_addr());
+
+    let (b, c) = (bob.clone(), carol.clone());
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Value, String> {
+        let (browser, _wav) = launch_browser(&page)?;
+        call_from_the_page(t, &browser, "bob")?;
+        b.wait_for_event("CALL_ESTABLISHED", WAIT)?;
+        browser
+            .type_into("#transfer-to", &target)
+            .map_err(|e| format!("typing into #transfer-to: {e}"))?;
+        click(&browser, "#transfer")?;
+        wait_until(
+            &browser,
+            "document.getElementById('state').dataset.state === 'ended'",
+            WAIT,
+        )?;
+        let after = eval(&browser, PAGE_STATE)?;
+        c.wait_for_event("CALL_ESTABLISHED", WAIT)?;
+        std::thread::sleep(PHASE);
+        c.command("hangup", "")?;
+        c.wait_for_event("CALL_CLOSED", WAIT)?;
+        Ok(after)
+    })
+    .await
+    .unwrap();
+    let after = outcome.unwrap_or_else(|e| {
+        panic!(
+            "[{t}] {e}\n--- bob ---\n{}\n--- carol ---\n{}",
+            bob.log(),
+            carol.log()
+        )
+    });
+    let log: Vec<&str> = after["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    println!("[{t}] page log: {log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("transfer progress: 202")),
+        "the page showed bob accepting the REFER"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("ended: transferred")),
+        "ended transferred"
+    );
+    let (samples, rate) = carol.recorded_audio();
+    let (tone, control) = (
+        tone_coverage(&samples, rate, BARESIP_TONE_HZ),
+        tone_coverage(&samples, rate, BROWSER_TONE_HZ),
+    );
+    println!("[{t}] carol heard 440 Hz in {tone:.3} of frames, 1000 Hz {control:.3}");
+    assert!(tone >= 0.85, "carol hears bob");
+    assert!(control < 0.1, "and not the browser");
     assert_no_leftovers(&gw).await;
     gw.shutdown(Duration::ZERO).await;
 }
