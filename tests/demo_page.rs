@@ -6,7 +6,8 @@
 //!   once ICE and DTLS are, then "audio flowing"; the level meters move; the
 //!   statistics are non-zero and agree with getStats.
 //! - baresip (440 Hz, PCMU) behind a counting relay: digits clicked on the
-//!   keypad reach baresip (its CALL_DTMF_START events); Hold stops the RTP
+//!   keypad (and one typed on the keyboard) reach baresip (its
+//!   CALL_DTMF_START events); Hold stops the RTP
 //!   on the SIP leg both ways and the browser's received packets, Resume
 //!   brings them back, and baresip hears the browser's tone afterwards.
 //!
@@ -352,8 +353,12 @@ async fn baresip_call_from_the_page_keypad_hold_and_stats() {
                 click(&browser, key)?;
                 std::thread::sleep(Duration::from_millis(400));
             }
+            // Digits typed on the keyboard press the keypad too.
+            browser
+                .send_keys("#key-1", "7")
+                .map_err(|e| format!("typing 7: {e}"))?;
             let mut heard = String::new();
-            for _ in 0..3 {
+            for _ in 0..4 {
                 let event = bob.wait_for_event("CALL_DTMF_START", WAIT)?;
                 heard.push_str(event["param"].as_str().unwrap_or("?"));
             }
@@ -425,7 +430,7 @@ async fn baresip_call_from_the_page_keypad_hold_and_stats() {
     ] {
         assert_eq!(before["hidden"][id], false, "#{id} is shown with SIP on");
     }
-    assert_eq!(out["heard"], "15#", "baresip's CALL_DTMF_START events");
+    assert_eq!(out["heard"], "15#7", "baresip's CALL_DTMF_START events");
 
     let phase = |name: &str| {
         let p = &out[name];

@@ -359,6 +359,17 @@ impl Browser {
             &self.session_path(&format!("/element/{id}/clear"))?,
             Some(json!({})),
         )?;
+        self.send_keys_to(&id, text)
+    }
+
+    /// Types `text` as key presses with the element matching `selector`
+    /// focused (WebDriver Element Send Keys, without clearing).
+    pub fn send_keys(&self, selector: &str, text: &str) -> Result<()> {
+        let id = self.find(selector)?;
+        self.send_keys_to(&id, text)
+    }
+
+    fn send_keys_to(&self, id: &str, text: &str) -> Result<()> {
         self.command(
             "POST",
             &self.session_path(&format!("/element/{id}/value"))?,
