@@ -7,6 +7,7 @@ pub mod audio;
 pub mod browser_call;
 pub mod gateway;
 pub mod impair;
+pub mod js_package;
 pub mod kamailio;
 pub mod metrics_doc;
 pub mod prometheus;

@@ -58,14 +58,14 @@ pub fn sipws_dir() -> PathBuf {
 }
 
 /// `$CARGO_TARGET_DIR`, else the workspace's `target`.
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
 /// FNV-1a, enough to tell lock files apart.
-fn fnv64(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv64(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in part.iter().chain(b"\0") {
@@ -131,7 +131,7 @@ fn build_bundles() -> Result<Bundles, String> {
 
 /// `npm ci` unless node_modules was installed from this very lock file
 /// (a stamp we write after a successful install says so).
-fn npm_ci_if_needed(src: &Path, hash: &str) -> Result<(), String> {
+pub(crate) fn npm_ci_if_needed(src: &Path, hash: &str) -> Result<(), String> {
     let stamp = src.join("node_modules/.gangway-lock-hash");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(hash)
         && src.join("node_modules/.bin/esbuild").exists()
@@ -150,7 +150,7 @@ fn npm_ci_if_needed(src: &Path, hash: &str) -> Result<(), String> {
     std::fs::write(&stamp, hash).map_err(|e| format!("cannot write {}: {e}", stamp.display()))
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -169,10 +169,10 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
 
 /// A lock held by creating a directory (atomic on every file system). The
 /// owner's pid inside lets a later process break the lock of a dead one.
-struct DirLock(PathBuf);
+pub(crate) struct DirLock(PathBuf);
 
 impl DirLock {
-    fn acquire(path: &Path, timeout: Duration) -> Result<DirLock, String> {
+    pub(crate) fn acquire(path: &Path, timeout: Duration) -> Result<DirLock, String> {
         let deadline = Instant::now() + timeout;
         loop {
             match std::fs::create_dir(path) {
@@ -223,7 +223,7 @@ impl PageServer {
     pub fn start() -> Result<PageServer, String> {
         let b = bundles()?;
         let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let files: Arc<Vec<(&'static str, &'static str, Vec<u8>)>> = Arc::new(vec![
+        PageServer::serve(vec![
             (
                 "/",
                 "text/html; charset=utf-8",
@@ -237,7 +237,12 @@ impl PageServer {
             ),
             ("/jssip.js", "text/javascript", read(&b.jssip)?),
             ("/sip.js", "text/javascript", read(&b.sipjs)?),
-        ]);
+        ])
+    }
+
+    /// Serves `files` (path, content type, body) until dropped.
+    pub fn serve(files: Vec<(&'static str, &'static str, Vec<u8>)>) -> Result<PageServer, String> {
+        let files = Arc::new(files);
         let listener =
             TcpListener::bind("127.0.0.1:0").map_err(|e| format!("page server bind: {e}"))?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();

@@ -36,6 +36,8 @@ const INSTALL_HINT: &str = "run the project's test script (.ci/run), which insta
 const DRIVER_START_TIMEOUT: Duration = Duration::from_secs(15);
 /// Upper bound for any single WebDriver command (including async scripts).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// The key of an element reference in WebDriver's JSON.
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// Upper bound for the best-effort `DELETE /session` on drop.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -319,6 +321,60 @@ impl Browser {
                 None,
             )?;
         }
+        Ok(())
+    }
+
+    /// The first element matching the CSS `selector` (its WebDriver reference).
+    pub fn find(&self, selector: &str) -> Result<String> {
+        let value = self.command(
+            "POST",
+            &self.session_path("/element")?,
+            Some(json!({ "using": "css selector", "value": selector })),
+        )?;
+        value
+            .get(ELEMENT_KEY)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| err(format!("{selector}: no element reference in {value}")))
+    }
+
+    /// Clicks the element matching `selector` as a user would (WebDriver
+    /// Element Click: scrolled into view, fails if hidden or covered).
+    pub fn click(&self, selector: &str) -> Result<()> {
+        let id = self.find(selector)?;
+        self.command(
+            "POST",
+            &self.session_path(&format!("/element/{id}/click"))?,
+            Some(json!({})),
+        )?;
+        Ok(())
+    }
+
+    /// Replaces the text of the field matching `selector` by typing `text`
+    /// into it (WebDriver Element Clear, then Element Send Keys).
+    pub fn type_into(&self, selector: &str, text: &str) -> Result<()> {
+        let id = self.find(selector)?;
+        self.command(
+            "POST",
+            &self.session_path(&format!("/element/{id}/clear"))?,
+            Some(json!({})),
+        )?;
+        self.send_keys_to(&id, text)
+    }
+
+    /// Types `text` as key presses with the element matching `selector`
+    /// focused (WebDriver Element Send Keys, without clearing).
+    pub fn send_keys(&self, selector: &str, text: &str) -> Result<()> {
+        let id = self.find(selector)?;
+        self.send_keys_to(&id, text)
+    }
+
+    fn send_keys_to(&self, id: &str, text: &str) -> Result<()> {
+        self.command(
+            "POST",
+            &self.session_path(&format!("/element/{id}/value"))?,
+            Some(json!({ "text": text })),
+        )?;
         Ok(())
     }
 

@@ -149,6 +149,28 @@ export interface CloseDetail {
   reason: string;
 }
 
+/**
+ * Something the gateway offers, as listed in `hello.features`:
+ * - `echo`: the built-in echo line;
+ * - `sip`: calls to SIP destinations (PBX or trunk);
+ * - `register`: {@link GangwayClient.register} with user and password (incoming calls);
+ * - `register_token`: `register` with a signed token;
+ * - `dtmf`: {@link Call.sendDtmf} on answered SIP calls;
+ * - `hold`: {@link Call.hold} / {@link Call.resume};
+ * - `transfer`: {@link Call.transfer} and {@link Call.transferTo}.
+ *
+ * Later gateways may list more names; ignore the ones you do not know.
+ */
+export type Feature =
+  | 'echo'
+  | 'sip'
+  | 'register'
+  | 'register_token'
+  | 'dtmf'
+  | 'hold'
+  | 'transfer'
+  | (string & {});
+
 export interface GangwayClientEventMap {
   /** A gateway error not tied to an active call. */
   error: CustomEvent<ClientErrorDetail>;
@@ -235,6 +257,11 @@ export class GangwayClient extends EventTarget {
 
   /** The gateway's opaque session id from `hello` (useful in logs and bug reports). */
   readonly sessionId: string;
+  /**
+   * What the gateway offers (`hello.features`), or `null` when it does not
+   * say (a gateway from before the field; assume everything may work).
+   */
+  readonly features: ReadonlyArray<Feature> | null;
   /** Active calls by id, ringing incoming calls included. Do not modify. */
   readonly calls: ReadonlyMap<string, Call>;
   /** The SIP user registered on this socket, or `null`. */

@@ -84,6 +84,7 @@ export class GangwayClient extends EventTarget {
   #reconnecting = false;
   #held = [];               // messages sent while reconnecting
   #closed = false;          // close() was called, or the client gave up
+  #features = null;         // hello.features, frozen; null from gateways before it
 
   /**
    * Opens the WebSocket and resolves once the gateway's `hello` arrived.
@@ -122,6 +123,9 @@ export class GangwayClient extends EventTarget {
     this.#maxMessageBytes = Number.isInteger(hello.max_message_bytes) ? hello.max_message_bytes : Infinity;
     this.#resumeToken = typeof hello.resume_token === 'string' ? hello.resume_token : null;
     this.#resumeGraceMs = Number.isFinite(hello.resume_grace_secs) ? hello.resume_grace_secs * 1000 : 0;
+    this.#features = Array.isArray(hello.features)
+      ? Object.freeze(hello.features.filter((f) => typeof f === 'string'))
+      : null;
     this.#reconnect = options.reconnect ?? true;
     this.#iceServers = options.iceServers ?? [];
     this.#link = {
@@ -146,6 +150,13 @@ export class GangwayClient extends EventTarget {
   }
 
   get sessionId() { return this.#sessionId; }
+
+  /**
+   * What the gateway offers (`hello.features`, e.g. `['echo', 'sip', 'dtmf',
+   * 'hold', 'transfer', 'register']`), or null if it does not say (a gateway
+   * older than the field: assume everything may work).
+   */
+  get features() { return this.#features; }
 
   /**
    * Active calls by id, incoming ones included from `incoming` on; a call

@@ -11,8 +11,8 @@ mod protocol;
 pub mod sip_ws;
 
 pub use protocol::{
-    decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, EndReason, ErrorCode, HoldParty,
-    IceCandidate, ResumedCall, ResumedCallState, ServerMessage, MAX_DTMF_DIGITS,
+    decode, encode, valid_dtmf, ApiError, CallId, ClientMessage, EndReason, ErrorCode, Feature,
+    HoldParty, IceCandidate, ResumedCall, ResumedCallState, ServerMessage, MAX_DTMF_DIGITS,
     MAX_RESUME_TOKEN_LEN, PROTOCOL_VERSION, REJECT_CODES,
 };
 
@@ -24,4 +24,28 @@ pub mod assets {
     pub const CLIENT_JS: &str = include_str!("../assets/client.js");
     /// TypeScript typings for the client, served at `/client.d.ts`.
     pub const CLIENT_DTS: &str = include_str!("../assets/client.d.ts");
+    /// The npm package (`gangway-client`) of those same two files.
+    pub const PACKAGE_JSON: &str = include_str!("../assets/package.json");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assets::{CLIENT_JS, PACKAGE_JSON};
+    use super::PROTOCOL_VERSION;
+
+    /// The package's major version is the protocol version, and so is the
+    /// version the client checks `hello.version` against.
+    #[test]
+    fn package_version_follows_the_protocol() {
+        let package: serde_json::Value = serde_json::from_str(PACKAGE_JSON).unwrap();
+        assert_eq!(package["name"], "gangway-client");
+        let version = package["version"].as_str().unwrap();
+        let major = version.split('.').next().unwrap();
+        assert_eq!(major, PROTOCOL_VERSION.to_string(), "version {version}");
+        let constant = format!("\nconst PROTOCOL_VERSION = {PROTOCOL_VERSION};\n");
+        assert!(CLIENT_JS.contains(&constant), "client.js: {constant:?}");
+        assert_eq!(package["type"], "module");
+        assert_eq!(package["exports"]["."]["default"], "./client.js");
+        assert_eq!(package["exports"]["."]["types"], "./client.d.ts");
+    }
 }

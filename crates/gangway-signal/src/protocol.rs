@@ -274,6 +274,52 @@ impl ApiError {
     }
 }
 
+/// Something a gateway may offer, listed in `hello.features`. New names
+/// may be added in later versions; clients ignore those they do not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    /// The built-in echo line (`calls.echo_destination`).
+    Echo,
+    /// Calls to SIP destinations through the trunk.
+    Sip,
+    /// `register` with a SIP user and password (incoming calls).
+    Register,
+    /// `register` with a signed token (`auth.token_secret`).
+    RegisterToken,
+    /// `dtmf` on answered SIP calls.
+    Dtmf,
+    /// `hold` / `resume` on answered SIP calls.
+    Hold,
+    /// `transfer`, blind (`to`) and attended (`replaces`).
+    Transfer,
+}
+
+impl Feature {
+    /// What a gateway with this configuration offers, in a stable order.
+    pub fn offered(echo: bool, sip: bool, register: bool, token: bool) -> Vec<Feature> {
+        let mut out = Vec::new();
+        if echo {
+            out.push(Feature::Echo);
+        }
+        if sip {
+            out.extend([
+                Feature::Sip,
+                Feature::Dtmf,
+                Feature::Hold,
+                Feature::Transfer,
+            ]);
+        }
+        if register {
+            out.push(Feature::Register);
+            if token {
+                out.push(Feature::RegisterToken);
+            }
+        }
+        out
+    }
+}
+
 /// Messages the gateway sends to a browser.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -288,6 +334,9 @@ pub enum ServerMessage {
         /// How long a session with calls waits for `resume_session` after
         /// its socket is lost (0: it does not).
         resume_grace_secs: u64,
+        /// What this gateway offers beyond the echo line's basics, by name
+        /// (see [`Feature`]); clients show only what is listed.
+        features: Vec<Feature>,
     },
     /// Reply to `resume_session`: this socket now carries that session.
     /// Messages queued while it had no socket follow.
@@ -700,10 +749,16 @@ mod tests {
             max_message_bytes: 65536,
             resume_token: Some("00ff".into()),
             resume_grace_secs: 30,
+            features: Feature::offered(true, true, true, false),
         };
         assert_eq!(
             encode(&hello),
-            r#"{"type":"hello","version":1,"session":"s-1","max_message_bytes":65536,"resume_token":"00ff","resume_grace_secs":30}"#
+            r#"{"type":"hello","version":1,"session":"s-1","max_message_bytes":65536,"resume_token":"00ff","resume_grace_secs":30,"features":["echo","sip","dtmf","hold","transfer","register"]}"#
+        );
+        assert_eq!(Feature::offered(false, false, false, true), vec![]);
+        assert_eq!(
+            Feature::offered(true, false, false, false),
+            vec![Feature::Echo]
         );
         let resumed = ServerMessage::SessionResumed {
             session: "s-1".into(),

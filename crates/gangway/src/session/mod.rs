@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use gangway_core::calls::Input;
-use gangway_signal::{core_map, ApiError, ErrorCode, ServerMessage, PROTOCOL_VERSION};
+use gangway_signal::{core_map, ApiError, ErrorCode, Feature, ServerMessage, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tracing::{debug, info_span, Instrument};
 
@@ -132,6 +132,12 @@ async fn serve(
         max_message_bytes: shared.config.http.max_message_bytes,
         resume_token: token.clone(),
         resume_grace_secs: if token.is_some() { grace } else { 0 },
+        features: Feature::offered(
+            !shared.config.calls.echo_destination.is_empty(),
+            shared.sip.is_some(),
+            shared.users.is_some(),
+            shared.config.auth.token_secret.is_some(),
+        ),
     };
     let mut settings = shared.call_settings.clone();
     if token.is_none() {
