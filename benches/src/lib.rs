@@ -10,6 +10,9 @@ pub mod relay;
 pub mod report;
 pub mod rtpengine;
 pub mod sample;
+pub mod speech;
+pub mod speech_calls;
+pub mod speech_phone;
 pub mod transcode;
 
 use std::net::SocketAddr;
@@ -170,7 +173,8 @@ pub enum BrowserOpus {
 }
 
 impl BrowserOpus {
-    pub fn frames(self) -> Vec<Vec<u8>> {
+    /// A 48 kHz encoder with these settings.
+    pub fn encoder(self) -> opus::Encoder {
         use opus::{Application, Bandwidth, Bitrate, Channels, Encoder};
         let mut enc = Encoder::new(48_000, Channels::Mono, Application::Voip).unwrap();
         if self == BrowserOpus::Narrowband {
@@ -179,6 +183,11 @@ impl BrowserOpus {
             enc.set_inband_fec(true).unwrap();
             enc.set_complexity(9).unwrap();
         }
+        enc
+    }
+
+    pub fn frames(self) -> Vec<Vec<u8>> {
+        let mut enc = self.encoder();
         (0..50)
             .map(|f| {
                 let pcm: Vec<i16> = (0..960)

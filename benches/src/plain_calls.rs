@@ -44,7 +44,7 @@ impl EngineRun {
     }
 }
 
-fn caller_sdp(port: u16) -> String {
+pub fn caller_sdp(port: u16) -> String {
     format!(
         "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
          m=audio {port} RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n\
@@ -52,7 +52,7 @@ fn caller_sdp(port: u16) -> String {
     )
 }
 
-fn callee_sdp(port: u16) -> String {
+pub fn callee_sdp(port: u16) -> String {
     format!(
         "v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
          m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\na=sendrecv\r\n"

@@ -61,7 +61,14 @@ async fn main() {
             100.0 * e.generator_cpu / e.seconds
         ));
         rtpe_sum += e.cpu_per_call_pct();
-        let g = transcode::run(&args.gateway, args.calls, args.seconds, args.browser_opus).await;
+        let g = transcode::run(
+            &args.gateway,
+            args.calls,
+            args.seconds,
+            args.browser_opus,
+            &[],
+        )
+        .await;
         rows.push(format!(
             "| {round} | Gangway | {:.3} | {:.3} | {:.1} | {:.1} |",
             g.cpu_per_call_pct(),

@@ -49,8 +49,15 @@ impl TranscodeRun {
 }
 
 /// Runs `calls` transcoded calls for `seconds` through `gateway`, the
-/// browsers sending `opus`.
-pub async fn run(gateway: &Path, calls: usize, seconds: u64, opus: BrowserOpus) -> TranscodeRun {
+/// browsers sending `opus`; `settings` are more `GANGWAY_*` variables for
+/// the gateway (e.g. its Opus complexity).
+pub async fn run(
+    gateway: &Path,
+    calls: usize,
+    seconds: u64,
+    opus: BrowserOpus,
+    settings: &[(&str, String)],
+) -> TranscodeRun {
     let calls_text = calls.to_string();
     let sipp = Sipp::uas(
         "uas_answer_wait_bye.xml",
@@ -60,23 +67,21 @@ pub async fn run(gateway: &Path, calls: usize, seconds: u64, opus: BrowserOpus) 
     let http: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
     let ports = (calls * 2 + 8) as u16;
     let rtp = free_udp_range(ports);
-    let gateway = GatewayProcess::start(
-        gateway,
-        http,
-        &[
-            ("GANGWAY_WEBRTC__LISTEN", "127.0.0.1:0".into()),
-            ("GANGWAY_CALLS__SETUP_TIMEOUT_SECS", "60".into()),
-            ("GANGWAY_SIP__ENABLED", "true".into()),
-            ("GANGWAY_SIP__LISTEN", "127.0.0.1:0".into()),
-            ("GANGWAY_SIP__RTP_PORT_MIN", rtp.to_string()),
-            ("GANGWAY_SIP__RTP_PORT_MAX", (rtp + ports - 1).to_string()),
-            ("GANGWAY_SIP__TRUNK__HOST", "127.0.0.1".into()),
-            ("GANGWAY_SIP__TRUNK__PORT", sipp.port().to_string()),
-            ("GANGWAY_SIP__TRUNK__DOMAIN", "pbx.test".into()),
-            // sipp's UAS would take an OPTIONS probe for a failed call.
-            ("GANGWAY_SIP__KEEPALIVE_INTERVAL_SECS", "0".into()),
-        ],
-    );
+    let mut env = vec![
+        ("GANGWAY_WEBRTC__LISTEN", "127.0.0.1:0".into()),
+        ("GANGWAY_CALLS__SETUP_TIMEOUT_SECS", "60".into()),
+        ("GANGWAY_SIP__ENABLED", "true".into()),
+        ("GANGWAY_SIP__LISTEN", "127.0.0.1:0".into()),
+        ("GANGWAY_SIP__RTP_PORT_MIN", rtp.to_string()),
+        ("GANGWAY_SIP__RTP_PORT_MAX", (rtp + ports - 1).to_string()),
+        ("GANGWAY_SIP__TRUNK__HOST", "127.0.0.1".into()),
+        ("GANGWAY_SIP__TRUNK__PORT", sipp.port().to_string()),
+        ("GANGWAY_SIP__TRUNK__DOMAIN", "pbx.test".into()),
+        // sipp's UAS would take an OPTIONS probe for a failed call.
+        ("GANGWAY_SIP__KEEPALIVE_INTERVAL_SECS", "0".into()),
+    ];
+    env.extend_from_slice(settings);
+    let gateway = GatewayProcess::start(gateway, http, &env);
     let pid = gateway.pid();
     let frames = Arc::new(opus.frames());
     let idle_rss_kib = rss_kib(&pid);

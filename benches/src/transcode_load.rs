@@ -26,7 +26,14 @@ struct Args {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
-    let r = transcode::run(&args.gateway, args.calls, args.seconds, args.browser_opus).await;
+    let r = transcode::run(
+        &args.gateway,
+        args.calls,
+        args.seconds,
+        args.browser_opus,
+        &[],
+    )
+    .await;
     println!(
         "transcoded calls          {} (Opus browser <-> PCMU, echoed by sipp; {:?} Opus)",
         r.calls, args.browser_opus

@@ -34,6 +34,8 @@ pub struct RtcClient {
     received: Vec<Vec<u8>>,
     /// When each entry of `received` arrived.
     arrivals: Vec<Instant>,
+    /// Each entry's RTP time, in its codec's clock as str0m extends it.
+    media_times: Vec<u64>,
     /// ICE is connected (again, after a restart).
     ice_connected: bool,
     /// 8 kHz samples of tone sent so far, so that each `send_pcmu_tone`
@@ -98,6 +100,7 @@ impl RtcClient {
             next_timeout: Instant::now(),
             received: Vec::new(),
             arrivals: Vec::new(),
+            media_times: Vec::new(),
             ice_connected: false,
             tone_samples: 0,
             new_candidate: None,
@@ -209,6 +212,7 @@ impl RtcClient {
         let foreign = self.received.len() - echoed;
         self.received.clear();
         self.arrivals.clear();
+        self.media_times.clear();
         EchoReport {
             sent: frames,
             echoed,
@@ -279,6 +283,7 @@ impl RtcClient {
                     Event::MediaData(d) => {
                         self.received.push(d.data.to_vec());
                         self.arrivals.push(Instant::now());
+                        self.media_times.push(d.time.numer());
                     }
                     _ => {}
                 },
@@ -349,6 +354,7 @@ impl RtcClient {
         let frames = (seconds * 50.0).round() as usize;
         self.received.clear();
         self.arrivals.clear();
+        self.media_times.clear();
         let start = Instant::now();
         for i in 0..frames {
             let due = start + Duration::from_millis(20 * i as u64);
@@ -387,7 +393,10 @@ impl RtcClient {
             sent_frames: frames,
             received_frames,
             received,
-            arrivals: std::mem::take(&mut self.arrivals),
+            arrivals: {
+                self.media_times.clear();
+                std::mem::take(&mut self.arrivals)
+            },
         }
     }
 }
@@ -406,6 +415,33 @@ impl RtcClient {
         count: usize,
         linger: Duration,
     ) -> (usize, usize) {
+        self.pace_frames(frames, count, linger).await;
+        let received = self.received.len();
+        self.received.clear();
+        self.arrivals.clear();
+        self.media_times.clear();
+        (count, received)
+    }
+
+    /// Like [`RtcClient::stream_frames`] with each frame sent once, in
+    /// order, keeping what arrives: each media frame's RTP time (in its
+    /// codec's clock) and payload, in arrival order. For quality
+    /// measurements, where the received audio is decoded and scored.
+    pub async fn stream_frames_keeping(
+        &mut self,
+        frames: &[Vec<u8>],
+        linger: Duration,
+    ) -> Vec<(u64, Vec<u8>)> {
+        self.pace_frames(frames, frames.len(), linger).await;
+        self.arrivals.clear();
+        let times = std::mem::take(&mut self.media_times);
+        times
+            .into_iter()
+            .zip(std::mem::take(&mut self.received))
+            .collect()
+    }
+
+    async fn pace_frames(&mut self, frames: &[Vec<u8>], count: usize, linger: Duration) {
         let pt = self.pt();
         let (clock, step) = match self.codec {
             ClientCodec::Opus => (48_000, 960),
@@ -414,6 +450,7 @@ impl RtcClient {
         let frequency = str0m::media::Frequency::new(clock).unwrap();
         self.received.clear();
         self.arrivals.clear();
+        self.media_times.clear();
         let start = Instant::now();
         for i in 0..count {
             let due = start + Duration::from_millis(20 * i as u64);
@@ -430,10 +467,6 @@ impl RtcClient {
         while Instant::now() < end {
             self.step(end).await;
         }
-        let received = self.received.len();
-        self.received.clear();
-        self.arrivals.clear();
-        (count, received)
     }
 }
 
