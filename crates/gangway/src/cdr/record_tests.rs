@@ -140,6 +140,6 @@ fn wallclock_before_the_reading() {
     let t0 = Instant::now();
     let f = facts(t0, 1, false, false);
     let expected = UNIX_EPOCH + Duration::from_secs(WALL_SECS);
-    assert_eq!(wallclock(&f, t0), expected);
-    assert!(wallclock(&f, t0 + Duration::from_secs(20)) > SystemTime::UNIX_EPOCH);
+    assert_eq!(wallclock(f.wall, f.at, t0), expected);
+    assert!(wallclock(f.wall, f.at, t0 + Duration::from_secs(20)) > SystemTime::UNIX_EPOCH);
 }

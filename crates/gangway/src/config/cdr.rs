@@ -37,6 +37,9 @@ pub struct CdrSection {
     pub webhook_backoff_max_ms: u64,
     /// Records waiting for the webhook; more are dropped (counted, logged).
     pub webhook_queue: usize,
+    /// At a graceful shutdown, how long the records of the last calls may
+    /// take to reach the file and the webhook before the process exits.
+    pub flush_timeout_secs: u64,
 }
 
 impl Default for CdrSection {
@@ -52,6 +55,7 @@ impl Default for CdrSection {
             webhook_backoff_initial_ms: 500,
             webhook_backoff_max_ms: 60_000,
             webhook_queue: 10_000,
+            flush_timeout_secs: 5,
         }
     }
 }
