@@ -74,6 +74,11 @@ impl CdrMetrics {
         self.dropped.get_or_create(&[("sink", sink)]).inc_by(n);
     }
 
+    #[cfg(test)]
+    pub fn dropped_count(&self, sink: &'static str) -> u64 {
+        self.dropped.get_or_create(&[("sink", sink)]).get()
+    }
+
     pub fn attempt_failed(&self) {
         self.webhook_attempt_failures.inc();
     }

@@ -209,6 +209,51 @@ mod tests {
         );
     }
 
+    /// A receiver that takes the connection and never answers: the first
+    /// record hangs in its attempt, the others queue. Abandoned, all three
+    /// are counted as dropped, a flush marker is still answered, and a
+    /// record queued afterwards is dropped too.
+    #[tokio::test]
+    async fn abandoned_records_are_counted_as_dropped() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted_tx, mut accepted) = mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+                let _ = accepted_tx.send(()).await;
+            }
+        });
+        let c = CdrSection {
+            webhook_timeout_ms: 60_000,
+            ..CdrSection::default()
+        };
+        let url = WebhookUrl::parse(&format!("http://127.0.0.1:{port}/cdr")).unwrap();
+        let metrics = Arc::new(CdrMetrics::default());
+        let (abandon, abandoned) = watch::channel(false);
+        let tx = start(&c, url, metrics.clone(), abandoned);
+        let record = |id: &str| Job::Record {
+            id: id.into(),
+            body: "{}".into(),
+        };
+        for id in ["a", "b", "c"] {
+            queue(&tx, record(id), &metrics);
+        }
+        accepted.recv().await.expect("the first attempt connects");
+        assert_eq!(metrics.dropped_count("webhook"), 0);
+        abandon.send_replace(true);
+        let (done, flushed) = oneshot::channel();
+        tx.send(Job::Flush(done)).await.unwrap();
+        flushed.await.expect("a flush is answered after an abandon");
+        assert_eq!(metrics.dropped_count("webhook"), 3);
+        queue(&tx, record("d"), &metrics);
+        let (done, flushed) = oneshot::channel();
+        tx.send(Job::Flush(done)).await.unwrap();
+        flushed.await.unwrap();
+        assert_eq!(metrics.dropped_count("webhook"), 4);
+    }
+
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let (i, m) = (Duration::from_millis(500), Duration::from_secs(3));

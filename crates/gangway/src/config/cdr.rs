@@ -89,6 +89,9 @@ pub(super) fn check_cdr(c: &CdrSection) -> Result<(), ConfigError> {
     if c.rotate == CdrRotation::Size && c.max_file_bytes < 1024 {
         return Err(problem("cdr.max_file_bytes", "must be at least 1024"));
     }
+    if c.flush_timeout_secs > 600 {
+        return Err(problem("cdr.flush_timeout_secs", "at most 600"));
+    }
     if c.webhook_url.is_empty() {
         return Ok(());
     }
@@ -137,5 +140,16 @@ mod tests {
         assert_eq!(check_cdr(&c).unwrap_err().key, "cdr.webhook_secret");
         c.webhook_secret = "s".into();
         assert!(check_cdr(&c).is_ok());
+    }
+
+    #[test]
+    fn the_shutdown_flush_is_bounded() {
+        let mut c = CdrSection {
+            flush_timeout_secs: 601,
+            ..CdrSection::default()
+        };
+        assert_eq!(check_cdr(&c).unwrap_err().key, "cdr.flush_timeout_secs");
+        c.flush_timeout_secs = 0;
+        assert!(check_cdr(&c).is_ok(), "0: no wait");
     }
 }
