@@ -4,6 +4,10 @@
 //! give one complete record, in the JSON-lines file and at a webhook that
 //! fails every record's first two attempts (500, then a dropped
 //! connection): each arrives exactly once after the retries, signed.
+//! Incoming calls no browser took (nobody signed in, the caller cancels,
+//! the browser rejects) each give one missed-call record, and the one a
+//! browser took only its own; a call cut by a graceful shutdown has its
+//! record at the webhook and in the file when `shutdown` returns.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -12,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::gateway::start_sip_gateway;
+use gangway_tests::kamailio::start_kamailio;
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
 use gangway_tests::sip_peers::Sipp;
 use gangway_tests::webhook::Receiver;
@@ -407,4 +412,230 @@ async fn sip_ws_call(gw: &gangway::Gateway) -> String {
     }
     let _ = ws.close(None).await;
     call_id
+}
+
+const DOMAIN: &str = "pbx.test";
+const USERS: &[(&str, &str)] = &[("alice", "alicepw")];
+
+/// The PBX's Call-ID of the call sipp placed.
+fn sipp_call_id(sipp: &Sipp) -> String {
+    let messages = sipp.messages();
+    let line = messages
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Call-ID:"))
+        .unwrap_or_else(|| panic!("a Call-ID in sipp's messages:\n{messages}"));
+    line.trim().to_string()
+}
+
+/// The webhook's records of the PBX call `sip_call_id`, once it has one.
+async fn records_of_sip_call(hook: &Receiver, sip_call_id: &str) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found: Vec<Value> = hook
+            .accepted()
+            .into_iter()
+            .filter(|r| r["sip_call_id"] == sip_call_id)
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record of {sip_call_id} at the webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A missed call's record: inbound, never answered, no media, the PBX's
+/// Call-ID and the gateway's final answer.
+fn check_missed(r: &Value, sip_call_id: &str, reason: &str, code: u64, front_end: Option<&str>) {
+    println!("{}", serde_json::to_string_pretty(r).unwrap());
+    for f in FIELDS {
+        assert!(r.get(f).is_some(), "{reason}: field {f} missing");
+    }
+    assert_eq!(r["direction"], "inbound", "{reason}");
+    assert_eq!(r["end_reason"], reason);
+    assert_eq!(r["sip_code"].as_u64(), Some(code), "{reason}");
+    assert_eq!(r["front_end"].as_str(), front_end, "{reason}");
+    assert_eq!(r["sip_call_ids"], json!([sip_call_id]));
+    assert!(
+        r["from"].as_str().unwrap().starts_with("sip:sipp@"),
+        "{}",
+        r["from"]
+    );
+    assert!(r["to"].as_str().unwrap().contains("alice"), "{}", r["to"]);
+    assert!(r["call_id"].as_str().is_some_and(|c| c.starts_with("in-")));
+    assert!(r["gangway_call_id"].as_str().is_some_and(|c| !c.is_empty()));
+    assert_eq!(r["answer_time"], Value::Null, "{reason}");
+    assert_eq!(r["duration_secs"], 0.0);
+    let (start, end) = (
+        r["start_time"].as_str().unwrap(),
+        r["end_time"].as_str().unwrap(),
+    );
+    assert!(start.ends_with('Z') && start.len() == 24, "{start}");
+    assert!(start <= end, "{start} <= {end}");
+    assert!(r["total_secs"].as_f64().unwrap() >= 0.0);
+    for none in ["transcoded", "mos", "webrtc", "sip"] {
+        assert_eq!(r[none], Value::Null, "{reason}: {none}");
+    }
+}
+
+/// sipp calls alice straight at the gateway: first while nobody is signed
+/// in (404), then she signs in and the caller cancels while she rings
+/// (487), she rejects the next (486), and takes the last one (its own
+/// record only, answered). Each call has exactly one record at the webhook
+/// (after a 500 and a dropped connection) and the same in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_calls_no_browser_took_are_recorded_as_missed() {
+    let kam = start_kamailio(USERS, DOMAIN).await;
+    let file = temp_file();
+    let hook = Receiver::start(SECRET).await;
+    let gw = gateway(kam.port(), &file, &hook, 30).await;
+    let sip = gw.sip_addr().unwrap();
+
+    // Nobody signed in as alice: 404, nothing rang.
+    let mut sipp = Sipp::uac("uac_inbound_refused.xml", sip, &["-s", "alice"]);
+    sipp.wait(WAIT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        sipp.messages().contains("SIP/2.0 404"),
+        "{}",
+        sipp.messages()
+    );
+    let nobody = sipp_call_id(&sipp);
+    let r = records_of_sip_call(&hook, &nobody).await;
+    check_missed(&r[0], &nobody, "not_found", 404, None);
+
+    let mut tab = ApiClient::connect(&gw).await;
+    tab.send(json!({"type": "register", "user": "alice", "password": "alicepw"}))
+        .await;
+    let reply = tab.recv().await;
+    assert_eq!(reply["type"], "registered", "{reply}");
+
+    // The caller gives up while alice's tab rings.
+    let mut sipp = Sipp::uac("uac_cancel.xml", sip, &["-s", "alice", "-d", "1000"]);
+    let ring = tab.expect("incoming").await;
+    let ended = tab.expect("ended").await;
+    assert_eq!(ended["reason"], "cancelled", "{ended}");
+    sipp.wait(WAIT).unwrap_or_else(|e| panic!("{e}"));
+    let cancelled = sipp_call_id(&sipp);
+    let r = records_of_sip_call(&hook, &cancelled).await;
+    check_missed(&r[0], &cancelled, "cancelled", 487, Some("json"));
+    assert_eq!(r[0]["call_id"], ring["call"], "the id the tab was told");
+
+    // The tab rejects: 486 to the caller.
+    let mut sipp = Sipp::uac("uac_expect_busy.xml", sip, &["-s", "alice"]);
+    let ring = tab.expect("incoming").await;
+    tab.send(json!({"type": "reject", "call": ring["call"]}))
+        .await;
+    let ended = tab.expect("ended").await;
+    assert_eq!(ended["reason"], "rejected", "{ended}");
+    sipp.wait(WAIT).unwrap_or_else(|e| panic!("{e}"));
+    let rejected = sipp_call_id(&sipp);
+    let r = records_of_sip_call(&hook, &rejected).await;
+    check_missed(&r[0], &rejected, "rejected", 486, Some("json"));
+
+    // The tab takes the last call: sipp hangs up after 2 s of echoed audio.
+    let mut sipp = Sipp::uac(
+        "uac_simple.xml",
+        sip,
+        &["-s", "alice", "-d", "2000", "-rtp_echo"],
+    );
+    let ring = tab.expect("incoming").await;
+    let (mut client, offer) = RtcClient::new(ClientCodec::Pcmu).await;
+    tab.send(json!({"type": "accept", "call": ring["call"], "sdp": offer}))
+        .await;
+    let answer = tab.expect("answer").await;
+    client.accept_answer(answer["sdp"].as_str().unwrap());
+    assert!(client.connect(WAIT).await, "WebRTC leg connects");
+    until(&mut tab, "answered").await;
+    let ended = until(&mut tab, "ended").await;
+    assert_eq!(ended["reason"], "remote_hangup", "{ended}");
+    sipp.wait(WAIT).unwrap_or_else(|e| panic!("{e}"));
+    let taken = sipp_call_id(&sipp);
+    let r = records_of_sip_call(&hook, &taken).await;
+    println!("{}", serde_json::to_string_pretty(&r[0]).unwrap());
+    assert_eq!(
+        (r[0]["direction"].as_str(), r[0]["end_reason"].as_str()),
+        (Some("inbound"), Some("remote_hangup"))
+    );
+    assert!(
+        r[0]["answer_time"].is_string(),
+        "the taken call was answered"
+    );
+    tab.close().await;
+    gw.shutdown(Duration::ZERO).await;
+
+    // Exactly one record per call, each after a 500 and a dropped
+    // connection, signed; the file holds the same four.
+    let received = hook.received.lock().unwrap();
+    assert!(received.bad.is_empty(), "bad requests: {:#?}", received.bad);
+    for sip_call_id in [&nobody, &cancelled, &rejected, &taken] {
+        let n = received
+            .accepted
+            .iter()
+            .filter(|r| r["sip_call_id"] == sip_call_id.as_str())
+            .count();
+        assert_eq!(n, 1, "records of {sip_call_id}");
+    }
+    assert_eq!(received.accepted.len(), 4, "{:#?}", received.accepted);
+    for (id, attempts) in &received.attempts {
+        assert_eq!(*attempts, 3, "record {id}: 500, dropped, 200");
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    for line in &lines {
+        let at_hook = received.accepted.iter().find(|r| r["id"] == line["id"]);
+        assert_eq!(
+            at_hook,
+            Some(line),
+            "same record in the file and at the webhook"
+        );
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+/// A call still up when a graceful shutdown starts: the drain is over at
+/// once (0 s), the call ends with `shutdown`, and when `shutdown` returns
+/// its record is in the file and was accepted by the webhook (after the
+/// receiver's 500 and dropped connection): the flush waited for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_flushes_the_last_calls_records() {
+    let file = temp_file();
+    let hook = Receiver::start(SECRET).await;
+    let mut sipp = Sipp::uas("uas_answer_wait_bye.xml", 0, &["-rtp_echo"]);
+    let gw = gateway(sipp.port(), &file, &hook, 30).await;
+    let mut api = ApiClient::connect(&gw).await;
+    let _client = call(&mut api, "cdr-shutdown", true).await;
+    assert!(hook.accepted().is_empty(), "no call has ended yet");
+
+    gw.shutdown(Duration::ZERO).await;
+
+    let accepted = hook.accepted();
+    assert_eq!(accepted.len(), 1, "{accepted:#?}");
+    let r = &accepted[0];
+    let e = Expect {
+        call: "cdr-shutdown".into(),
+        front_end: "json",
+        reason: "shutdown",
+        code: None,
+        answered: true,
+        sip_media: true,
+    };
+    check(r, &e);
+    let attempts = hook.received.lock().unwrap().attempts.clone();
+    assert_eq!(attempts.get(r["id"].as_str().unwrap()), Some(&3));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines, vec![r.clone()], "the same record in the file");
+    sipp.wait(WAIT)
+        .unwrap_or_else(|err| panic!("the BYE reached the PBX: {err}\n{}", sipp.messages()));
+    let _ = std::fs::remove_file(&file);
 }

@@ -5,9 +5,14 @@
 //! the shell owns (connections run on different tasks); [`Settled::claim`]
 //! says whether the shell must still win that claim before carrying the
 //! decision out (a table that accepted or rejected has already won it).
+//!
+//! Every end but an answer is a missed call: [`Settled::missed`] (or
+//! [`Refused::missed`], for an INVITE refused before it rang) is its
+//! summary, the whole of its call detail record.
 
 use std::collections::HashSet;
 use std::hash::Hash;
+use std::time::Instant;
 
 use crate::sdp::{self, G711};
 use crate::{reason_for_status, EndReason};
@@ -19,6 +24,37 @@ pub struct Refused {
     /// For `gangway_inbound_calls_total{outcome}`.
     pub outcome: &'static str,
     pub why: &'static str,
+}
+
+impl Refused {
+    /// The record of the refused INVITE, which arrived at `started`.
+    pub fn missed(&self, started: Instant, now: Instant) -> Missed {
+        Missed {
+            started,
+            ended: now,
+            outcome: self.outcome,
+            code: self.status,
+            rang: false,
+        }
+    }
+}
+
+/// An incoming call that no connection took, as its call record has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missed {
+    /// When the INVITE arrived.
+    pub started: Instant,
+    /// When it was refused, or the caller gave up.
+    pub ended: Instant,
+    /// As `gangway_inbound_calls_total{outcome}`; also the record's
+    /// `end_reason`: `rejected`, `cancelled`, `no_answer`, `unavailable`,
+    /// `not_found`, `incompatible`, `failed` or `shutting_down`.
+    pub outcome: &'static str,
+    /// The INVITE's final status: the gateway's answer (487 after the
+    /// caller's CANCEL).
+    pub code: u16,
+    /// Whether any connection was rung.
+    pub rang: bool,
 }
 
 /// Whether the called user has connections here to ring.
@@ -99,6 +135,8 @@ pub struct Settled<T> {
     pub code: Option<u16>,
     /// For `gangway_inbound_calls_total{outcome}`.
     pub outcome: &'static str,
+    /// The call's record, unless a table took it (that table records it).
+    pub missed: Option<Missed>,
 }
 
 /// The tables a call rings on, until it is settled.
@@ -106,13 +144,20 @@ pub struct Settled<T> {
 pub struct Fork<T> {
     waiting: HashSet<T>,
     timed_out: bool,
+    /// When the INVITE arrived.
+    started: Instant,
+    rang: bool,
 }
 
 impl<T: Clone + Eq + Hash> Fork<T> {
-    pub fn new(tables: impl IntoIterator<Item = T>) -> Self {
+    /// Rings `tables` for an INVITE that arrived at `started`.
+    pub fn new(started: Instant, tables: impl IntoIterator<Item = T>) -> Self {
+        let waiting: HashSet<T> = tables.into_iter().collect();
         Fork {
-            waiting: tables.into_iter().collect(),
+            rang: !waiting.is_empty(),
+            waiting,
             timed_out: false,
+            started,
         }
     }
 
@@ -121,14 +166,23 @@ impl<T: Clone + Eq + Hash> Fork<T> {
         self.waiting.len()
     }
 
-    pub fn on(&mut self, input: ForkInput<T>) -> Option<Settled<T>> {
-        let settled = |claim, reject, except, reason, code, outcome| Settled {
+    /// What `input`, at `now`, settles (if anything).
+    pub fn on(&mut self, now: Instant, input: ForkInput<T>) -> Option<Settled<T>> {
+        let (started, rang) = (self.started, self.rang);
+        let settled = |claim, reject, except, reason, code: Option<u16>, outcome| Settled {
             claim,
             reject,
             except,
             reason,
             code,
             outcome,
+            missed: (outcome != "answered").then(|| Missed {
+                started,
+                ended: now,
+                outcome,
+                code: code.unwrap_or(500),
+                rang,
+            }),
         };
         match input {
             ForkInput::Accepted(table) => Some(settled(
@@ -179,12 +233,20 @@ impl<T: Clone + Eq + Hash> Fork<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// The fake clock's start.
+    fn t0() -> Instant {
+        static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *T0.get_or_init(Instant::now)
+    }
 
     #[test]
     fn answered_on_one_table_withdraws_it_from_the_others() {
-        let mut fork = Fork::new([1, 2, 3]);
-        let s = fork.on(ForkInput::Accepted(2)).unwrap();
+        let mut fork = Fork::new(t0(), [1, 2, 3]);
+        let s = fork.on(t0(), ForkInput::Accepted(2)).unwrap();
         assert_eq!(
             s,
             Settled {
@@ -194,24 +256,29 @@ mod tests {
                 reason: EndReason::AnsweredElsewhere,
                 code: None,
                 outcome: "answered",
+                missed: None,
             }
         );
     }
 
     #[test]
     fn a_reject_refuses_the_invite_and_ends_it_everywhere() {
-        let mut fork = Fork::new([1, 2]);
-        let s = fork.on(ForkInput::Rejected(603)).unwrap();
+        let mut fork = Fork::new(t0(), [1, 2]);
+        let s = fork.on(t0(), ForkInput::Rejected(603)).unwrap();
         assert_eq!((s.reject, s.except, s.code), (Some(603), None, Some(603)));
         assert_eq!((s.reason, s.claim), (EndReason::Rejected, false));
     }
 
     #[test]
     fn the_last_table_gone_refuses_with_480() {
-        let mut fork = Fork::new([1, 2]);
-        assert_eq!(fork.on(ForkInput::Gone(1)), None);
-        assert_eq!(fork.on(ForkInput::Gone(1)), None, "the same table twice");
-        let s = fork.on(ForkInput::Gone(2)).unwrap();
+        let mut fork = Fork::new(t0(), [1, 2]);
+        assert_eq!(fork.on(t0(), ForkInput::Gone(1)), None);
+        assert_eq!(
+            fork.on(t0(), ForkInput::Gone(1)),
+            None,
+            "the same table twice"
+        );
+        let s = fork.on(t0(), ForkInput::Gone(2)).unwrap();
         assert_eq!(
             (s.claim, s.reject, s.reason),
             (true, Some(480), EndReason::NoAnswer)
@@ -221,15 +288,17 @@ mod tests {
 
     #[test]
     fn the_caller_cancelling_is_cancelled_everywhere_without_a_response() {
-        let mut fork = Fork::new([1]);
-        let s = fork.on(ForkInput::CallerGaveUp { status: 487 }).unwrap();
+        let mut fork = Fork::new(t0(), [1]);
+        let s = fork
+            .on(t0(), ForkInput::CallerGaveUp { status: 487 })
+            .unwrap();
         assert_eq!(
             (s.reject, s.reason, s.code),
             (None, EndReason::Cancelled, Some(487))
         );
         assert_eq!((s.claim, s.outcome), (true, "cancelled"));
-        let s = Fork::new([1])
-            .on(ForkInput::CallerGaveUp { status: 500 })
+        let s = Fork::new(t0(), [1])
+            .on(t0(), ForkInput::CallerGaveUp { status: 500 })
             .unwrap();
         assert_eq!((s.reason, s.outcome), (EndReason::Failed, "failed"));
     }
@@ -252,12 +321,72 @@ mod tests {
 
     #[test]
     fn the_ring_timeout_refuses_once() {
-        let mut fork = Fork::new([1]);
-        let s = fork.on(ForkInput::Timeout).unwrap();
+        let mut fork = Fork::new(t0(), [1]);
+        let s = fork.on(t0(), ForkInput::Timeout).unwrap();
         assert_eq!(
             (s.reject, s.reason, s.outcome),
             (Some(480), EndReason::NoAnswer, "no_answer")
         );
-        assert_eq!(fork.on(ForkInput::Timeout), None);
+        assert_eq!(fork.on(t0(), ForkInput::Timeout), None);
+    }
+
+    #[test]
+    fn every_end_but_an_answer_is_a_missed_call_with_its_times() {
+        let rang = t0() + Duration::from_millis(40);
+        let end = rang + Duration::from_secs(7);
+        let missed = |input: ForkInput<u8>| {
+            let mut fork = Fork::new(rang, [1, 2]);
+            let _ = fork.on(end, ForkInput::Gone(2));
+            fork.on(end, input).unwrap().missed
+        };
+        let m = |outcome, code| {
+            Some(Missed {
+                started: rang,
+                ended: end,
+                outcome,
+                code,
+                rang: true,
+            })
+        };
+        assert_eq!(missed(ForkInput::Accepted(1)), None, "the table records it");
+        assert_eq!(missed(ForkInput::Rejected(486)), m("rejected", 486));
+        assert_eq!(missed(ForkInput::Gone(1)), m("unavailable", 480));
+        assert_eq!(
+            missed(ForkInput::CallerGaveUp { status: 487 }),
+            m("cancelled", 487)
+        );
+        assert_eq!(
+            missed(ForkInput::CallerGaveUp { status: 500 }),
+            m("failed", 500)
+        );
+        assert_eq!(missed(ForkInput::Timeout), m("no_answer", 480));
+    }
+
+    #[test]
+    fn a_fork_that_rang_nobody_says_so() {
+        let mut fork = Fork::<u8>::new(t0(), []);
+        let later = t0() + Duration::from_secs(60);
+        let missed = fork.on(later, ForkInput::Timeout).unwrap().missed.unwrap();
+        assert_eq!((missed.rang, missed.ended), (false, later));
+    }
+
+    #[test]
+    fn an_invite_refused_before_ringing_is_a_missed_call() {
+        let later = t0() + Duration::from_millis(3);
+        let refused = screen_presence(Presence::Unknown).unwrap_err();
+        let m = refused.missed(t0(), later);
+        assert_eq!(
+            m,
+            Missed {
+                started: t0(),
+                ended: later,
+                outcome: "not_found",
+                code: 404,
+                rang: false,
+            }
+        );
+        let refused = screen_invite(false, None, &[G711::Pcmu]).unwrap_err();
+        let m = refused.missed(t0(), later);
+        assert_eq!((m.outcome, m.code), ("shutting_down", 503));
     }
 }

@@ -5,13 +5,15 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
-use gangway_core::fork::{self, Fork, ForkInput, Presence};
+use gangway_core::fork::{self, Fork, ForkInput, Missed, Presence};
 use gangway_signal::CallId;
 use gangway_sip::{InboundSipCall, IncomingCall, SipEvent};
 use tokio::sync::mpsc;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::cdr::missed::MissedFacts;
 use crate::users::{Inbox, InboxTx, Lookup};
 use crate::{Phase, Shared, SIP_CODECS};
 
@@ -69,11 +71,50 @@ impl Ringing {
     }
 }
 
+/// What the call record of an incoming call nobody took needs besides
+/// the core's [`Missed`].
+struct Names {
+    id: CallId,
+    log_id: String,
+    sip_call_id: String,
+    from: String,
+    to: String,
+    /// The front end whose connections were looked up.
+    front_end: Option<&'static str>,
+}
+
+impl Names {
+    fn record(&self, shared: &Shared, missed: Missed) {
+        if !shared.cdr.enabled() {
+            return;
+        }
+        shared.cdr.missed(MissedFacts {
+            id: crate::cdr::record_id(),
+            front_end: self.front_end.filter(|_| missed.rang),
+            missed,
+            call_id: self.id.to_string(),
+            gangway_call_id: self.log_id.clone(),
+            sip_call_id: self.sip_call_id.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            wall: SystemTime::now(),
+            at: Instant::now(),
+        });
+    }
+}
+
 /// Refuses an INVITE before it rings anyone.
-fn refuse(call: &IncomingCall, refused: fork::Refused, outcome: &impl Fn(&'static str)) {
+fn refuse(
+    shared: &Shared,
+    call: &IncomingCall,
+    refused: fork::Refused,
+    names: &Names,
+    started: Instant,
+) {
     info!(status = refused.status, "{}: refusing", refused.why);
     call.handle.reject(refused.status);
-    outcome(refused.outcome);
+    shared.metrics.inbound_call(refused.outcome);
+    names.record(shared, refused.missed(started, Instant::now()));
 }
 
 /// Takes every inbound INVITE the SIP service accepted.
@@ -85,17 +126,35 @@ pub(crate) async fn run(shared: Arc<Shared>, mut calls: mpsc::Receiver<IncomingC
 }
 
 async fn ring(shared: Arc<Shared>, call: IncomingCall) {
+    let started = Instant::now();
     let outcome = |label: &'static str| shared.metrics.inbound_call(label);
     info!(from = %call.from_uri, source = %call.source, "incoming call");
+    let n = shared.next_peer.fetch_add(1, Ordering::Relaxed);
+    let id = CallId::new(format!("in-{:x}-{n}", shared.started_ms))
+        .expect("a short ASCII id is a valid call id");
+    let mut names = Names {
+        id: id.clone(),
+        log_id: format!("{:x}-{n}", shared.started_ms),
+        sip_call_id: call.sip_call_id.clone(),
+        from: call.from_uri.clone(),
+        to: call.to_uri.clone(),
+        front_end: None,
+    };
     let accepting = *shared.phase.borrow() == Phase::Running;
     let offer = call.sdp_offer.as_deref();
     if let Err(refused) = fork::screen_invite(accepting, offer, &SIP_CODECS) {
-        return refuse(&call, refused, &outcome);
+        return refuse(&shared, &call, refused, &names, started);
     }
     // A SIP over WebSocket binding's token, or a signed-in user.
     let lookup = match (shared.flows.lookup(&call.user), &shared.users) {
-        (Some(found), _) => found,
-        (None, Some(users)) => users.lookup(&call.user).await,
+        (Some(found), _) => {
+            names.front_end = Some("sip_ws");
+            found
+        }
+        (None, Some(users)) => {
+            names.front_end = Some("json");
+            users.lookup(&call.user).await
+        }
         (None, None) => Lookup::Unknown,
     };
     let (presence, sessions) = match lookup {
@@ -104,7 +163,7 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
         Lookup::Sessions(sessions) => (Presence::Connections, sessions),
     };
     if let Err(refused) = fork::screen_presence(presence) {
-        return refuse(&call, refused, &outcome);
+        return refuse(&shared, &call, refused, &names, started);
     }
 
     // Until a session takes it, the call's events come here; the SIP
@@ -113,12 +172,9 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
     call.handle.route_events(0, events_tx);
     // Each session rung decides once, and the coordinator needs only the first.
     let (decisions_tx, mut decisions) = mpsc::channel(sessions.len() + 1);
-    let n = shared.next_peer.fetch_add(1, Ordering::Relaxed);
-    let id = CallId::new(format!("in-{:x}-{n}", shared.started_ms))
-        .expect("a short ASCII id is a valid call id");
     let ringing = Arc::new(Ringing {
         id: id.clone(),
-        log_id: format!("{:x}-{n}", shared.started_ms),
+        log_id: names.log_id.clone(),
         from: call.from_uri,
         display: call.from_display,
         to: call.to_uri,
@@ -139,7 +195,7 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
-    let mut fork = Fork::new(inboxes.iter().map(|(session, _)| *session));
+    let mut fork = Fork::new(started, inboxes.iter().map(|(session, _)| *session));
     info!(call = %id, sessions = fork.ringing(), "ringing");
     ringing.sip.ring();
 
@@ -169,7 +225,7 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
                 ForkInput::Timeout
             }
         };
-        let Some(settled) = fork.on(input) else {
+        let Some(settled) = fork.on(Instant::now(), input) else {
             continue;
         };
         if settled.claim && !ringing.claim() {
@@ -198,6 +254,10 @@ async fn ring(shared: Arc<Shared>, call: IncomingCall) {
                 );
             }
         }
-        return outcome(settled.outcome);
+        outcome(settled.outcome);
+        if let Some(missed) = settled.missed {
+            names.record(&shared, missed);
+        }
+        return;
     }
 }

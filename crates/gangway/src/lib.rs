@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     /// Proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
     trusted_proxies: Vec<gangway_sip::ipnet::IpNet>,
     phase: watch::Sender<Phase>,
+    /// A [`StopNow`] came: nothing more is waited for.
+    forced: watch::Sender<bool>,
     next_peer: AtomicU64,
     next_session: AtomicU64,
     started_ms: u128,
@@ -285,6 +287,7 @@ impl Gateway {
             new_call_rate: rate::NewCallRate::new(new_calls_per_second),
             trusted_proxies,
             phase,
+            forced: watch::channel(false).0,
             next_peer: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
             started_ms,
@@ -386,6 +389,16 @@ impl Gateway {
         if let Some(sip) = &self.shared.sip {
             sip.service.stop().await;
         }
+        // The records of the calls that just ended, unless told not to wait.
+        let mut forced = self.shared.forced.subscribe();
+        if *forced.borrow() {
+            self.shared.cdr.abandon();
+        } else {
+            tokio::select! {
+                () = self.shared.cdr.flush() => {}
+                _ = forced.wait_for(|f| *f) => self.shared.cdr.abandon(),
+            }
+        }
         info!("gangway stopped");
     }
 }
@@ -396,6 +409,7 @@ pub struct StopNow(Arc<Shared>);
 
 impl StopNow {
     pub fn now(&self) {
+        self.0.forced.send_replace(true);
         self.0.phase.send_replace(Phase::Terminating);
     }
 }

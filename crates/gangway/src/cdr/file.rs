@@ -116,13 +116,28 @@ impl JsonLines {
     }
 }
 
+/// What the file's thread is given.
+pub enum Line {
+    /// A record's JSON.
+    Record(String),
+    /// Answered once every line queued before is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Starts the file's thread; records are queued on what it returns.
-pub fn start(mut sink: JsonLines, metrics: Arc<CdrMetrics>) -> io::Result<SyncSender<String>> {
-    let (tx, rx): (SyncSender<String>, Receiver<String>) = sync_channel(QUEUE);
+pub fn start(mut sink: JsonLines, metrics: Arc<CdrMetrics>) -> io::Result<SyncSender<Line>> {
+    let (tx, rx): (SyncSender<Line>, Receiver<Line>) = sync_channel(QUEUE);
     std::thread::Builder::new()
         .name("gangway-cdr-file".into())
         .spawn(move || {
             for line in rx {
+                let line = match line {
+                    Line::Record(line) => line,
+                    Line::Flush(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
                 match sink.write(SystemTime::now(), &line) {
                     Ok(()) => metrics.written("file"),
                     Err(e) => {
@@ -136,7 +151,7 @@ pub fn start(mut sink: JsonLines, metrics: Arc<CdrMetrics>) -> io::Result<SyncSe
 }
 
 /// Queues a line without waiting; a full queue drops it (counted, logged).
-pub fn queue(tx: &SyncSender<String>, line: String, metrics: &CdrMetrics) {
+pub fn queue(tx: &SyncSender<Line>, line: Line, metrics: &CdrMetrics) {
     if tx.try_send(line).is_err() {
         metrics.dropped("file");
         warn!("call records file queue full: record dropped");

@@ -12,7 +12,8 @@ pub struct CdrMetrics {
     records: Family<Labels, Counter>,
     /// Records a sink gave up on (write error; webhook attempts exhausted).
     failures: Family<Labels, Counter>,
-    /// Records dropped because a sink's queue was full.
+    /// Records dropped because a sink's queue was full (or, webhook, at
+    /// a shutdown that could not wait for them).
     dropped: Family<Labels, Counter>,
     webhook_attempt_failures: Counter,
     webhook_retries: Counter,
@@ -33,7 +34,7 @@ impl CdrMetrics {
         );
         registry.register(
             "cdr_dropped",
-            "Call detail records dropped on a full queue, by sink (or records: not built)",
+            "Call detail records dropped on a full queue or at shutdown, by sink (or records: not built)",
             m.dropped.clone(),
         );
         registry.register(
@@ -67,6 +68,15 @@ impl CdrMetrics {
 
     pub fn dropped(&self, sink: &'static str) {
         self.dropped.get_or_create(&[("sink", sink)]).inc();
+    }
+
+    pub fn dropped_many(&self, sink: &'static str, n: u64) {
+        self.dropped.get_or_create(&[("sink", sink)]).inc_by(n);
+    }
+
+    #[cfg(test)]
+    pub fn dropped_count(&self, sink: &'static str) -> u64 {
+        self.dropped.get_or_create(&[("sink", sink)]).get()
     }
 
     pub fn attempt_failed(&self) {

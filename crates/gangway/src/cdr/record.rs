@@ -48,7 +48,8 @@ pub struct Record {
     pub gangway_call_id: String,
     pub sip_call_id: Option<String>,
     pub sip_call_ids: Vec<String>,
-    pub front_end: &'static str,
+    /// `json` or `sip_ws` (`None`: an incoming call that rang nobody).
+    pub front_end: Option<&'static str>,
     pub direction: &'static str,
     pub from: String,
     pub to: String,
@@ -89,7 +90,7 @@ pub struct LegRecord {
 /// Builds the record of `facts` with its media, if it came.
 pub fn build(facts: &CallFacts, media: Option<&MediaReport>) -> Record {
     let s = &facts.summary;
-    let date = |i: Instant| rfc3339(wallclock(facts, i));
+    let date = |i: Instant| rfc3339(wallclock(facts.wall, facts.at, i));
     let secs = |from: Instant| s.ended.saturating_duration_since(from).as_secs_f64();
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
     let bridged = media.and_then(|m| m.sip.as_ref());
@@ -99,7 +100,7 @@ pub fn build(facts: &CallFacts, media: Option<&MediaReport>) -> Record {
         gangway_call_id: facts.gangway_call_id.clone(),
         sip_call_id: facts.sip_call_ids.first().cloned(),
         sip_call_ids: facts.sip_call_ids.clone(),
-        front_end: facts.front_end,
+        front_end: Some(facts.front_end),
         direction: if s.inbound { "inbound" } else { "outbound" },
         from: s.from.clone().unwrap_or_else(|| facts.default_from.clone()),
         to: s.to.clone(),
@@ -142,11 +143,12 @@ pub fn build(facts: &CallFacts, media: Option<&MediaReport>) -> Record {
     }
 }
 
-fn wallclock(facts: &CallFacts, i: Instant) -> SystemTime {
-    if i <= facts.at {
-        facts.wall - facts.at.duration_since(i)
+/// The wallclock time of `i`, given that `at` was `wall`.
+pub fn wallclock(wall: SystemTime, at: Instant, i: Instant) -> SystemTime {
+    if i <= at {
+        wall - at.duration_since(i)
     } else {
-        facts.wall + i.duration_since(facts.at)
+        wall + i.duration_since(at)
     }
 }
 
@@ -208,6 +210,11 @@ impl Assembler {
         self.calls.insert(leg, (now + MEDIA_WAIT, facts));
     }
 
+    /// A missed incoming call: no media to wait for.
+    pub fn on_missed(&mut self, facts: &super::missed::MissedFacts) {
+        self.out.push_back(super::missed::build(facts));
+    }
+
     pub fn on_media(&mut self, now: Instant, media: MediaReport) {
         let leg = media.peer.0;
         if let Some((_, facts)) = self.calls.remove(&leg) {
@@ -235,6 +242,11 @@ impl Assembler {
             }
         }
         self.media.retain(|_, (t, _)| *t > now);
+    }
+
+    /// Ended calls still waiting for their media.
+    pub fn waiting(&self) -> usize {
+        self.calls.len()
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

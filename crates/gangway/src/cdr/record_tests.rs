@@ -140,6 +140,42 @@ fn wallclock_before_the_reading() {
     let t0 = Instant::now();
     let f = facts(t0, 1, false, false);
     let expected = UNIX_EPOCH + Duration::from_secs(WALL_SECS);
-    assert_eq!(wallclock(&f, t0), expected);
-    assert!(wallclock(&f, t0 + Duration::from_secs(20)) > SystemTime::UNIX_EPOCH);
+    assert_eq!(wallclock(f.wall, f.at, t0), expected);
+    assert!(wallclock(f.wall, f.at, t0 + Duration::from_secs(20)) > SystemTime::UNIX_EPOCH);
+}
+
+#[test]
+fn a_missed_call_is_recorded_at_once_without_media() {
+    let t0 = Instant::now();
+    let mut a = Assembler::default();
+    a.on_call(t0, facts(t0, 9, true, true));
+    let missed = crate::cdr::missed::MissedFacts {
+        id: "m1".into(),
+        missed: gangway_core::fork::Missed {
+            started: t0,
+            ended: t0 + Duration::from_secs(60),
+            outcome: "no_answer",
+            code: 480,
+            rang: true,
+        },
+        call_id: "in-1-3".into(),
+        gangway_call_id: "1-3".into(),
+        front_end: Some("sip_ws"),
+        sip_call_id: "x@pbx".into(),
+        from: "sip:bob@pbx.test".into(),
+        to: "sip:alice@gw.test".into(),
+        wall: UNIX_EPOCH + Duration::from_secs(WALL_SECS + 60),
+        at: t0 + Duration::from_secs(60),
+    };
+    a.on_missed(&missed);
+    let r = a.poll_output().expect("no wait for media");
+    assert_eq!(
+        (r.id.as_str(), r.end_reason, r.sip_code),
+        ("m1", "no_answer", Some(480))
+    );
+    assert_eq!(
+        (r.front_end, r.total_secs, r.webrtc),
+        (Some("sip_ws"), 60.0, None)
+    );
+    assert_eq!(a.waiting(), 1, "the other call still waits for its media");
 }

@@ -1,7 +1,9 @@
 //! The webhook sink: each record POSTed as JSON, signed, retried with
 //! exponential back-off. One task, one record at a time, behind a bounded
 //! queue: a slow or dead receiver costs queued records (counted and
-//! logged when they are dropped), never a call's time.
+//! logged when they are dropped), never a call's time. At a shutdown
+//! whose flush ran out of time, what it still holds is given up at once
+//! (counted as dropped, one warning with the count).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use aws_lc_rs::hmac;
 use axum::http::{header, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use super::metrics::CdrMetrics;
@@ -40,10 +42,12 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
     initial.saturating_mul(1 << doublings).min(max)
 }
 
-/// A record for the webhook: its id and its JSON.
-pub struct Job {
-    pub id: String,
-    pub body: String,
+/// What the webhook task is given.
+pub enum Job {
+    /// A record: its id and its JSON.
+    Record { id: String, body: String },
+    /// Answered once every record queued before is delivered or given up.
+    Flush(oneshot::Sender<()>),
 }
 
 pub struct Webhook {
@@ -57,7 +61,12 @@ pub struct Webhook {
 }
 
 /// Starts the task; records are queued on what it returns.
-pub fn start(c: &CdrSection, url: WebhookUrl, metrics: Arc<CdrMetrics>) -> mpsc::Sender<Job> {
+pub fn start(
+    c: &CdrSection,
+    url: WebhookUrl,
+    metrics: Arc<CdrMetrics>,
+    abandon: watch::Receiver<bool>,
+) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel(c.webhook_queue);
     let hook = Webhook {
         url,
@@ -68,7 +77,7 @@ pub fn start(c: &CdrSection, url: WebhookUrl, metrics: Arc<CdrMetrics>) -> mpsc:
         max: Duration::from_millis(c.webhook_backoff_max_ms),
         metrics,
     };
-    tokio::spawn(hook.run(rx));
+    tokio::spawn(hook.run(rx, abandon));
     tx
 }
 
@@ -77,27 +86,63 @@ pub fn queue(tx: &mpsc::Sender<Job>, job: Job, metrics: &CdrMetrics) {
     if let Err(e) = tx.try_send(job) {
         metrics.dropped("webhook");
         let id = match &e {
-            mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => &j.id,
+            mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => match j {
+                Job::Record { id, .. } => id.as_str(),
+                Job::Flush(_) => "",
+            },
         };
         warn!(record = %id, "call records webhook queue full: record dropped");
     }
 }
 
 impl Webhook {
-    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+    async fn run(self, mut rx: mpsc::Receiver<Job>, mut abandon: watch::Receiver<bool>) {
         while let Some(job) = rx.recv().await {
-            self.deliver(&job).await;
+            let (id, body) = match job {
+                Job::Record { id, body } => (id, body),
+                Job::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
+            if *abandon.borrow() {
+                self.give_up(1, &mut rx);
+                continue;
+            }
+            tokio::select! {
+                () = self.deliver(&id, &body) => {}
+                _ = abandon.wait_for(|a| *a) => self.give_up(1, &mut rx),
+            }
         }
     }
 
-    async fn deliver(&self, job: &Job) {
-        let signature = signature(&self.secret, job.body.as_bytes());
+    /// Shutdown: `held` records (the one in hand) and every queued one are
+    /// dropped, counted and logged once.
+    fn give_up(&self, held: u64, rx: &mut mpsc::Receiver<Job>) {
+        let mut lost = held;
+        while let Ok(job) = rx.try_recv() {
+            match job {
+                Job::Record { .. } => lost += 1,
+                Job::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+        self.metrics.dropped_many("webhook", lost);
+        warn!(
+            records = lost,
+            "shutting down: call records not delivered to the webhook are dropped"
+        );
+    }
+
+    async fn deliver(&self, id: &str, body: &str) {
+        let signature = signature(&self.secret, body.as_bytes());
         for attempt in 1..=self.attempts {
             if attempt > 1 {
                 self.metrics.retried();
                 tokio::time::sleep(backoff(attempt, self.initial, self.max)).await;
             }
-            let sent = tokio::time::timeout(self.timeout, self.post(job, &signature)).await;
+            let sent = tokio::time::timeout(self.timeout, self.post(id, body, &signature)).await;
             let problem = match sent {
                 Ok(Ok(status)) if status.is_success() => {
                     self.metrics.written("webhook");
@@ -108,13 +153,13 @@ impl Webhook {
                 Err(_) => "timed out".to_string(),
             };
             self.metrics.attempt_failed();
-            info!(record = %job.id, attempt, "call record webhook attempt failed: {problem}");
+            info!(record = %id, attempt, "call record webhook attempt failed: {problem}");
         }
         self.metrics.failed("webhook");
-        warn!(record = %job.id, attempts = self.attempts, "call record not delivered to the webhook: given up");
+        warn!(record = %id, attempts = self.attempts, "call record not delivered to the webhook: given up");
     }
 
-    async fn post(&self, job: &Job, signature: &str) -> Result<StatusCode, String> {
+    async fn post(&self, id: &str, body: &str, signature: &str) -> Result<StatusCode, String> {
         let u = &self.url;
         let stream = TcpStream::connect((u.host.as_str(), u.port))
             .await
@@ -140,8 +185,8 @@ impl Webhook {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::USER_AGENT, "gangway-cdr")
             .header(SIGNATURE_HEADER, signature)
-            .header(ID_HEADER, job.id.as_str())
-            .body(job.body.clone())
+            .header(ID_HEADER, id)
+            .body(body.to_string())
             .map_err(|e| format!("request: {e}"))?;
         let response = sender
             .send_request(request)
@@ -162,6 +207,51 @@ mod tests {
             sig,
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    /// A receiver that takes the connection and never answers: the first
+    /// record hangs in its attempt, the others queue. Abandoned, all three
+    /// are counted as dropped, a flush marker is still answered, and a
+    /// record queued afterwards is dropped too.
+    #[tokio::test]
+    async fn abandoned_records_are_counted_as_dropped() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted_tx, mut accepted) = mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+                let _ = accepted_tx.send(()).await;
+            }
+        });
+        let c = CdrSection {
+            webhook_timeout_ms: 60_000,
+            ..CdrSection::default()
+        };
+        let url = WebhookUrl::parse(&format!("http://127.0.0.1:{port}/cdr")).unwrap();
+        let metrics = Arc::new(CdrMetrics::default());
+        let (abandon, abandoned) = watch::channel(false);
+        let tx = start(&c, url, metrics.clone(), abandoned);
+        let record = |id: &str| Job::Record {
+            id: id.into(),
+            body: "{}".into(),
+        };
+        for id in ["a", "b", "c"] {
+            queue(&tx, record(id), &metrics);
+        }
+        accepted.recv().await.expect("the first attempt connects");
+        assert_eq!(metrics.dropped_count("webhook"), 0);
+        abandon.send_replace(true);
+        let (done, flushed) = oneshot::channel();
+        tx.send(Job::Flush(done)).await.unwrap();
+        flushed.await.expect("a flush is answered after an abandon");
+        assert_eq!(metrics.dropped_count("webhook"), 3);
+        queue(&tx, record("d"), &metrics);
+        let (done, flushed) = oneshot::channel();
+        tx.send(Job::Flush(done)).await.unwrap();
+        flushed.await.unwrap();
+        assert_eq!(metrics.dropped_count("webhook"), 4);
     }
 
     #[test]

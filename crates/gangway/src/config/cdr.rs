@@ -37,6 +37,9 @@ pub struct CdrSection {
     pub webhook_backoff_max_ms: u64,
     /// Records waiting for the webhook; more are dropped (counted, logged).
     pub webhook_queue: usize,
+    /// At a graceful shutdown, how long the records of the last calls may
+    /// take to reach the file and the webhook before the process exits.
+    pub flush_timeout_secs: u64,
 }
 
 impl Default for CdrSection {
@@ -52,6 +55,7 @@ impl Default for CdrSection {
             webhook_backoff_initial_ms: 500,
             webhook_backoff_max_ms: 60_000,
             webhook_queue: 10_000,
+            flush_timeout_secs: 5,
         }
     }
 }
@@ -84,6 +88,9 @@ impl WebhookUrl {
 pub(super) fn check_cdr(c: &CdrSection) -> Result<(), ConfigError> {
     if c.rotate == CdrRotation::Size && c.max_file_bytes < 1024 {
         return Err(problem("cdr.max_file_bytes", "must be at least 1024"));
+    }
+    if c.flush_timeout_secs > 600 {
+        return Err(problem("cdr.flush_timeout_secs", "at most 600"));
     }
     if c.webhook_url.is_empty() {
         return Ok(());
@@ -133,5 +140,16 @@ mod tests {
         assert_eq!(check_cdr(&c).unwrap_err().key, "cdr.webhook_secret");
         c.webhook_secret = "s".into();
         assert!(check_cdr(&c).is_ok());
+    }
+
+    #[test]
+    fn the_shutdown_flush_is_bounded() {
+        let mut c = CdrSection {
+            flush_timeout_secs: 601,
+            ..CdrSection::default()
+        };
+        assert_eq!(check_cdr(&c).unwrap_err().key, "cdr.flush_timeout_secs");
+        c.flush_timeout_secs = 0;
+        assert!(check_cdr(&c).is_ok(), "0: no wait");
     }
 }
