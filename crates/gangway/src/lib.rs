@@ -392,11 +392,11 @@ impl Gateway {
         // The records of the calls that just ended, unless told not to wait.
         let mut forced = self.shared.forced.subscribe();
         if *forced.borrow() {
-            self.shared.cdr.abandon();
+            self.shared.cdr.abandon().await;
         } else {
             tokio::select! {
                 () = self.shared.cdr.flush() => {}
-                _ = forced.wait_for(|f| *f) => self.shared.cdr.abandon(),
+                _ = forced.wait_for(|f| *f) => self.shared.cdr.abandon().await,
             }
         }
         info!("gangway stopped");

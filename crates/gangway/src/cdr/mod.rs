@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gangway_media::{MediaReport, MediaReportTx};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
 use crate::config::{CdrSection, WebhookUrl};
@@ -53,6 +53,8 @@ pub struct Cdr {
     flush_timeout: Duration,
     /// Tells the webhook to give up what it still holds (counted, logged).
     abandon: watch::Sender<bool>,
+    /// The webhook's answer that it has.
+    gave_up: Option<Arc<Notify>>,
 }
 
 impl Cdr {
@@ -97,15 +99,19 @@ impl Cdr {
             _ => {
                 let secs = self.flush_timeout.as_secs();
                 warn!(secs, "call records not flushed in time");
-                self.abandon();
+                self.abandon().await;
             }
         }
     }
 
     /// The webhook gives up the records it still holds (they are counted in
     /// `gangway_cdr_dropped_total{sink="webhook"}`, with one warning).
-    pub fn abandon(&self) {
+    /// Waits (up to a second) until it has: the process may exit then.
+    pub async fn abandon(&self) {
         self.abandon.send_replace(true);
+        if let Some(gave_up) = &self.gave_up {
+            let _ = tokio::time::timeout(Duration::from_secs(1), gave_up.notified()).await;
+        }
     }
 }
 
@@ -122,11 +128,12 @@ pub fn start(
         Some(file::start(sink, metrics.clone())?)
     };
     let (abandon, abandoned) = watch::channel(false);
-    let hook = match WebhookUrl::parse(&c.webhook_url) {
+    let (hook, gave_up) = match WebhookUrl::parse(&c.webhook_url) {
         Ok(url) if !c.webhook_url.is_empty() => {
-            Some(webhook::start(c, url, metrics.clone(), abandoned))
+            let (hook, gave_up) = webhook::start(c, url, metrics.clone(), abandoned);
+            (Some(hook), Some(gave_up))
         }
-        _ => None,
+        _ => (None, None),
     };
     let flush_timeout = Duration::from_secs(c.flush_timeout_secs);
     if file.is_none() && hook.is_none() {
@@ -135,6 +142,7 @@ pub fn start(
             metrics,
             flush_timeout,
             abandon,
+            gave_up,
         };
         return Ok((cdr, None));
     }
@@ -152,6 +160,7 @@ pub fn start(
         metrics,
         flush_timeout,
         abandon,
+        gave_up,
     };
     Ok((cdr, Some(media_tx)))
 }
