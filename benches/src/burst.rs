@@ -95,6 +95,20 @@ fn main() {
         r.media_seconds, r.sent, r.received, r.foreign
     );
     println!(
+        "media phase datagrams     gateway WebRTC received {} / sent {}; dropped by the kernel \
+         (receive buffer full): gateway {}, generator {}",
+        r.media_webrtc_received,
+        r.media_webrtc_sent,
+        r.media_gateway_drops,
+        r.media_generator_drops
+    );
+    if args.target == Target::Sip {
+        println!(
+            "media phase RTP           to sipp {} / back from sipp {}",
+            r.media_rtp_sent, r.media_rtp_received
+        );
+    }
+    println!(
         "media phase CPU           gateway {:.0} % of one core ({:.3} % per call), generator {:.0} %",
         pct(r.media_gateway_cpu, r.media_seconds),
         pct(r.media_gateway_cpu, r.media_seconds) / r.connected.len().max(1) as f64,

@@ -83,7 +83,10 @@ pub async fn relay(calls: usize, seconds: u64, sizes: Sizes, echo: SocketAddr) -
     let stop = Arc::new(AtomicBool::new(false));
     let waker_slot = Arc::new(std::sync::Mutex::new(None));
     let (stop2, slot2) = (stop.clone(), waker_slot.clone());
-    let thread = std::thread::spawn(move || relay_loop(legs, echo, sizes, stop2, slot2));
+    let thread = std::thread::Builder::new()
+        .name("relay".into())
+        .spawn(move || relay_loop(legs, echo, sizes, stop2, slot2))
+        .expect("relay thread");
     while waker_slot.lock().unwrap().is_none() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

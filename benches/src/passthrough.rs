@@ -106,7 +106,8 @@ async fn main() {
             }
         }
         println!("round {round}, per call: {}", flows.join(", "));
-        let (rx_rate, rx_size) = traffic(&g.metrics_connected, m, "webrtc", "received", call_seconds);
+        let (rx_rate, rx_size) =
+            traffic(&g.metrics_connected, m, "webrtc", "received", call_seconds);
         let (rtp_rate, rtp_size) = traffic(&g.metrics_connected, m, "rtp", "sent", call_seconds);
         let extra = (rx_rate - rtp_rate).max(0.0);
         sizes.pbx = rtp_size;
@@ -124,7 +125,10 @@ async fn main() {
             100.0 * g.generator_cpu / g.seconds
         ));
         if g.failed > 0 {
-            rows.push(format!("|   | ({} calls did not connect) | | | | |", g.failed));
+            rows.push(format!(
+                "|   | ({} calls did not connect) | | | | |",
+                g.failed
+            ));
         }
         gw_sum += g.cpu_per_call_pct();
         println!("round {round}, gateway counters:\n{}", g.counters);

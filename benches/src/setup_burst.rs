@@ -50,6 +50,40 @@ pub struct BurstRun {
     pub busy_rss_kib: f64,
     /// `gangway_limit_refusals_total` at the end (must be 0).
     pub limit_refusals: f64,
+    /// Over the media phase: datagrams the gateway received and sent on
+    /// its WebRTC port(s), and those the kernel dropped because a socket's
+    /// receive buffer was full: the gateway's sockets, this generator's.
+    pub media_webrtc_received: f64,
+    pub media_webrtc_sent: f64,
+    /// The same on the SIP leg (RTP to and from sipp).
+    pub media_rtp_sent: f64,
+    pub media_rtp_received: f64,
+    pub media_gateway_drops: f64,
+    pub media_generator_drops: f64,
+}
+
+/// Datagrams the kernel dropped because a UDP socket's receive buffer
+/// was full, summed over the sockets process `pid` (`self` for this one)
+/// holds: the `drops` column of /proc/net/udp for their inodes.
+pub fn udp_drops(pid: &str) -> f64 {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() >= 13 && inodes.contains(f[9]))
+        .filter_map(|f| f[12].parse::<f64>().ok())
+        .sum()
 }
 
 /// The gateway of a run: alone (echo line) or with sipp as its trunk.
@@ -146,9 +180,15 @@ pub async fn run(binary: &Path, target: Target, calls: usize, media_seconds: u64
     let setup_seconds = released.elapsed().as_secs_f64();
     let (setup_gateway_cpu, setup_generator_cpu) =
         (cpu_seconds(&pid) - gw0, cpu_seconds("self") - self0);
+    let (before, gw_drops0, own_drops0) =
+        (sip_leg::metrics(http), udp_drops(&pid), udp_drops("self"));
     let (phase, results) =
         measure_media_phase(&pid, Duration::from_secs(media_seconds) / 2, tasks).await;
+    let media_gateway_drops = udp_drops(&pid) - gw_drops0;
+    let media_generator_drops = udp_drops("self") - own_drops0;
     let metrics = sip_leg::metrics(http);
+    let delta =
+        |name: &str| sip_leg::metric_sum(&metrics, name) - sip_leg::metric_sum(&before, name);
     let mut connected = Vec::new();
     let mut failures = BTreeMap::new();
     for r in &results {
@@ -174,6 +214,12 @@ pub async fn run(binary: &Path, target: Target, calls: usize, media_seconds: u64
         idle_rss_kib,
         busy_rss_kib: phase.busy_rss_kib,
         limit_refusals: sip_leg::metric_sum(&metrics, "gangway_limit_refusals_total"),
+        media_webrtc_received: delta("gangway_webrtc_packets_received_total"),
+        media_webrtc_sent: delta("gangway_webrtc_packets_sent_total"),
+        media_rtp_sent: delta("gangway_rtp_packets_sent_total"),
+        media_rtp_received: delta("gangway_rtp_packets_received_total"),
+        media_gateway_drops,
+        media_generator_drops,
     }
 }
 

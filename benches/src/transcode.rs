@@ -143,4 +143,3 @@ pub async fn run_calls(
         metrics,
     }
 }
-
