@@ -67,29 +67,33 @@ impl RelayRun {
 /// come back, `sizes.browser` bytes to the generator; and RTCP at
 /// `sizes.rtcp_per_second`, which the relay answers itself.
 pub async fn relay(calls: usize, seconds: u64, sizes: Sizes, echo: SocketAddr) -> RelayRun {
+    let poll = Poll::new().expect("poll");
     let mut legs = Vec::new();
     let mut fronts = Vec::new();
-    for _ in 0..calls {
+    for i in 0..calls {
         let front = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let back = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         fronts.push(front.local_addr().unwrap());
         front.set_nonblocking(true).unwrap();
         back.set_nonblocking(true).unwrap();
-        legs.push((
+        let (mut front, mut back) = (
             mio::net::UdpSocket::from_std(front),
             mio::net::UdpSocket::from_std(back),
-        ));
+        );
+        let r = poll.registry();
+        r.register(&mut front, Token(2 * i), Interest::READABLE)
+            .unwrap();
+        r.register(&mut back, Token(2 * i + 1), Interest::READABLE)
+            .unwrap();
+        legs.push((front, back));
     }
+    let waker = mio::Waker::new(poll.registry(), WAKE).expect("waker");
     let stop = Arc::new(AtomicBool::new(false));
-    let waker_slot = Arc::new(std::sync::Mutex::new(None));
-    let (stop2, slot2) = (stop.clone(), waker_slot.clone());
+    let stop2 = stop.clone();
     let thread = std::thread::Builder::new()
         .name("relay".into())
-        .spawn(move || relay_loop(legs, echo, sizes, stop2, slot2))
+        .spawn(move || relay_loop(poll, legs, echo, sizes, &stop2))
         .expect("relay thread");
-    while waker_slot.lock().unwrap().is_none() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     let start = Arc::new(tokio::sync::Barrier::new(calls + 1));
     let mut tasks = Vec::new();
     for front in fronts {
@@ -109,9 +113,7 @@ pub async fn relay(calls: usize, seconds: u64, sizes: Sizes, echo: SocketAddr) -
     let seconds = t0.elapsed().as_secs_f64();
     let generator_cpu = cpu_seconds("self") - self0;
     stop.store(true, Ordering::SeqCst);
-    if let Some(w) = waker_slot.lock().unwrap().as_ref() {
-        let _ = w.wake();
-    }
+    let _ = waker.wake();
     // The relay sleeps in its poll until the generators start.
     let relay_cpu = thread.join().expect("relay thread");
     RelayRun {
@@ -126,23 +128,18 @@ pub async fn relay(calls: usize, seconds: u64, sizes: Sizes, echo: SocketAddr) -
 
 type Legs = Vec<(mio::net::UdpSocket, mio::net::UdpSocket)>;
 
-/// The relay: returns the CPU seconds its thread used, once told to stop.
+/// The token of the waker that stops the relay.
+const WAKE: Token = Token(usize::MAX);
+
+/// The relay, on `poll` where call i's sockets are tokens 2i and 2i + 1:
+/// returns the CPU seconds its thread used, once told to stop.
 fn relay_loop(
-    mut legs: Legs,
+    mut poll: Poll,
+    legs: Legs,
     echo: SocketAddr,
     sizes: Sizes,
-    stop: Arc<AtomicBool>,
-    waker: Arc<std::sync::Mutex<Option<mio::Waker>>>,
+    stop: &AtomicBool,
 ) -> f64 {
-    const WAKE: Token = Token(usize::MAX);
-    let mut poll = Poll::new().expect("poll");
-    for (i, (front, back)) in legs.iter_mut().enumerate() {
-        let r = poll.registry();
-        r.register(front, Token(2 * i), Interest::READABLE).unwrap();
-        r.register(back, Token(2 * i + 1), Interest::READABLE)
-            .unwrap();
-    }
-    *waker.lock().unwrap() = Some(mio::Waker::new(poll.registry(), WAKE).unwrap());
     let mut browsers: Vec<Option<SocketAddr>> = vec![None; legs.len()];
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 2048];
@@ -165,7 +162,7 @@ fn relay_loop(
                     let _ = back.send_to(&buf[..sizes.pbx], echo);
                 }
             } else {
-                while let Ok(_) = back.recv_from(&mut buf) {
+                while back.recv_from(&mut buf).is_ok() {
                     if let Some(to) = browsers[i] {
                         let _ = front.send_to(&buf[..sizes.browser], to);
                     }
