@@ -26,6 +26,11 @@ pub fn start(binary: &Path, calls: usize, settings: &[(&str, String)]) -> SipLeg
         0,
         &["-rtp_echo", "-m", &calls_text],
     );
+    with_sipp(binary, sipp, calls, settings)
+}
+
+/// Like [`start`] with a sipp of the caller's (another scenario).
+pub fn with_sipp(binary: &Path, sipp: Sipp, calls: usize, settings: &[(&str, String)]) -> SipLeg {
     let http: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
     let ports = (calls * 2 + 8) as u16;
     let rtp = free_udp_range(ports);
