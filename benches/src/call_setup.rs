@@ -1,8 +1,8 @@
 //! Call-setup latency through the SIP leg.
 //!
-//! Starts the gateway binary with its trunk pointed at sipp's built-in
-//! auto-answering UAS, places N sequential calls over the JSON API from a
-//! str0m peer, and reports two latencies per call:
+//! Starts the gateway binary ([`sip_leg::with_sipp`]) with its trunk
+//! pointed at sipp's built-in auto-answering UAS, places N sequential calls
+//! over the JSON API from a str0m peer, and reports two latencies per call:
 //! - API `call` sent → INVITE received by sipp (sipp's own receive
 //!   timestamps in its message trace; same machine, same clock);
 //! - API `call` sent → `answered` received by the client.
@@ -11,13 +11,13 @@
 //! target/release/call-setup --gateway target/release/gangway --calls 50
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use gangway_benches::sip_leg;
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
-use gangway_tests::sip_peers::{free_udp_port, free_udp_range, Sipp};
+use gangway_tests::sip_peers::Sipp;
 
 #[derive(Parser)]
 struct Args {
@@ -25,15 +25,6 @@ struct Args {
     gateway: PathBuf,
     #[arg(long, default_value_t = 50)]
     calls: usize,
-}
-
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn unix_now() -> f64 {
@@ -128,42 +119,9 @@ async fn main() {
     let args = Args::parse();
     // The built-in UAS answers 180 + 200 at once and waits for our BYE.
     let sipp = Sipp::uas("uas", 0, &["-m", &args.calls.to_string()]);
-    let http_port = free_udp_port();
-    let http = format!("127.0.0.1:{http_port}");
-    let rtp = free_udp_range(64);
-    let child = Command::new(&args.gateway)
-        .env("GANGWAY_HTTP__LISTEN", &http)
-        .env("GANGWAY_WEBRTC__LISTEN", "127.0.0.1:0")
-        .env("GANGWAY_LOG__LEVEL", "warn")
-        // One address placing calls as fast as it can: no call rates.
-        .env("GANGWAY_CALLS__MAX_NEW_PER_SECOND_PER_ADDRESS", "0")
-        .env("GANGWAY_SIP__MAX_CALLS_PER_SECOND", "0")
-        .env("GANGWAY_SIP__ENABLED", "true")
-        .env("GANGWAY_SIP__LISTEN", "127.0.0.1:0")
-        .env("GANGWAY_SIP__RTP_PORT_MIN", rtp.to_string())
-        .env("GANGWAY_SIP__RTP_PORT_MAX", (rtp + 63).to_string())
-        .env("GANGWAY_SIP__TRUNK__HOST", "127.0.0.1")
-        .env("GANGWAY_SIP__TRUNK__PORT", sipp.port().to_string())
-        .env("GANGWAY_SIP__TRUNK__DOMAIN", "pbx.test")
-        // sipp's UAS would take an OPTIONS probe for a failed call.
-        .env("GANGWAY_SIP__KEEPALIVE_INTERVAL_SECS", "0")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start gateway");
-    let _gateway = Gateway(child);
-    let addr = http.parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut api = loop {
-        match tokio::time::timeout(Duration::from_secs(1), async {
-            tokio::net::TcpStream::connect(addr).await
-        })
-        .await
-        {
-            Ok(Ok(_)) => break ApiClient::connect_to(addr).await,
-            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            _ => panic!("gateway did not come up"),
-        }
-    };
+    // Calls are sequential: a few RTP ports are enough.
+    let leg = sip_leg::with_sipp(&args.gateway, sipp, 16, &[]);
+    let mut api = ApiClient::connect_to(leg.http).await;
 
     let mut sent_at = Vec::new();
     let mut to_answered = Vec::new();
@@ -187,7 +145,7 @@ async fn main() {
     }
     // Let sipp flush its trace.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let trace = sipp.messages();
+    let trace = leg.sipp.messages();
     println!("first call as sipp saw it:");
     for line in ladder(&trace).iter().take(7) {
         println!("  {line}");

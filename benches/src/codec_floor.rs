@@ -6,17 +6,7 @@
 
 use std::time::Instant;
 
-use crate::BrowserOpus;
-
-/// CPU seconds of this thread (utime + stime, 10 ms ticks).
-fn thread_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
+use crate::{cpu_seconds, BrowserOpus};
 
 /// CPU seconds per call-second with the browser sending `opus`, over
 /// `call_seconds` of audio (a few
@@ -40,7 +30,7 @@ pub fn opus_floor(
     let mut out = vec![0u8; 1500];
     let mut ulaw = vec![0u8; 160];
     let mut sink = 0usize;
-    let (cpu0, wall0) = (thread_cpu_seconds(), Instant::now());
+    let (cpu0, wall0) = (cpu_seconds("thread-self"), Instant::now());
     for n in 0..call_seconds * 50 {
         let got = decoder
             .decode(&frames[n % frames.len()], &mut pcm, false)
@@ -54,6 +44,6 @@ pub fn opus_floor(
         sink += encoder.encode(&pcm[..160], &mut out).unwrap();
     }
     std::hint::black_box(sink);
-    let cpu = thread_cpu_seconds() - cpu0;
+    let cpu = cpu_seconds("thread-self") - cpu0;
     (cpu / call_seconds as f64, wall0.elapsed().as_secs_f64())
 }

@@ -4,12 +4,15 @@
 pub mod bencode;
 pub mod churn;
 pub mod codec_floor;
+pub mod floor;
 pub mod plain_calls;
 pub mod probe;
 pub mod relay;
 pub mod report;
 pub mod rtpengine;
 pub mod sample;
+pub mod setup_burst;
+pub mod sip_leg;
 pub mod speech;
 pub mod speech_calls;
 pub mod speech_phone;
@@ -20,7 +23,8 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// utime + stime of a process (`self` for this one), in seconds.
+/// utime + stime of a process (`self` for this one, `thread-self` for
+/// the calling thread), in seconds (10 ms ticks).
 pub fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
@@ -200,6 +204,22 @@ impl BrowserOpus {
             })
             .collect()
     }
+}
+
+/// What PCMU browsers send in the load generators: 50 frames (1 s) of a
+/// 1 kHz tone at half scale, 160 µ-law bytes (20 ms) each.
+pub fn pcmu_tone_frames() -> Vec<Vec<u8>> {
+    (0..50)
+        .map(|f| {
+            (0..160)
+                .map(|i| {
+                    let t = (f * 160 + i) as f64 / 8000.0;
+                    let v = 0.5 * 32767.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin();
+                    gangway_media::g711::linear_to_ulaw(v as i16)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]

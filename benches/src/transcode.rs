@@ -4,16 +4,16 @@
 //! every packet is transcoded twice (Opus -> PCMU towards sipp, PCMU ->
 //! Opus on the way back). The generator replays pre-encoded Opus frames
 //! instead of encoding live, so it costs far less than the gateway.
+//! [`run_calls`] is the same workload with any codec: with PCMU peers the
+//! gateway passes G.711 through (`passthrough`).
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::{measure_media_phase, rss_kib, BrowserOpus, GatewayProcess};
+use crate::{measure_media_phase, rss_kib, sip_leg, BrowserOpus};
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
-use gangway_tests::sip_peers::{free_udp_port, free_udp_range, Sipp};
 
 /// What one run measured.
 pub struct TranscodeRun {
@@ -31,6 +31,12 @@ pub struct TranscodeRun {
     pub busy_rss_kib: f64,
     /// The gateway's packet counters at the end (where loss happened).
     pub counters: String,
+    /// The codecs the gateway answered the browsers with, deduplicated.
+    pub answered_codecs: Vec<String>,
+    /// The gateway's whole `/metrics` text once every call had connected
+    /// (before the media phase) and at the end.
+    pub metrics_connected: String,
+    pub metrics: String,
 }
 
 impl TranscodeRun {
@@ -58,32 +64,24 @@ pub async fn run(
     opus: BrowserOpus,
     settings: &[(&str, String)],
 ) -> TranscodeRun {
-    let calls_text = calls.to_string();
-    let sipp = Sipp::uas(
-        "uas_answer_wait_bye.xml",
-        0,
-        &["-rtp_echo", "-m", &calls_text],
-    );
-    let http: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-    let ports = (calls * 2 + 8) as u16;
-    let rtp = free_udp_range(ports);
-    let mut env = vec![
-        ("GANGWAY_WEBRTC__LISTEN", "127.0.0.1:0".into()),
-        ("GANGWAY_CALLS__SETUP_TIMEOUT_SECS", "60".into()),
-        ("GANGWAY_SIP__ENABLED", "true".into()),
-        ("GANGWAY_SIP__LISTEN", "127.0.0.1:0".into()),
-        ("GANGWAY_SIP__RTP_PORT_MIN", rtp.to_string()),
-        ("GANGWAY_SIP__RTP_PORT_MAX", (rtp + ports - 1).to_string()),
-        ("GANGWAY_SIP__TRUNK__HOST", "127.0.0.1".into()),
-        ("GANGWAY_SIP__TRUNK__PORT", sipp.port().to_string()),
-        ("GANGWAY_SIP__TRUNK__DOMAIN", "pbx.test".into()),
-        // sipp's UAS would take an OPTIONS probe for a failed call.
-        ("GANGWAY_SIP__KEEPALIVE_INTERVAL_SECS", "0".into()),
-    ];
-    env.extend_from_slice(settings);
-    let gateway = GatewayProcess::start(gateway, http, &env);
-    let pid = gateway.pid();
     let frames = Arc::new(opus.frames());
+    run_calls(gateway, calls, seconds, ClientCodec::Opus, frames, settings).await
+}
+
+/// Runs `calls` calls for `seconds` through `gateway`'s SIP leg to sipp
+/// echoing RTP, from peers offering only `codec` and sending `frames`
+/// round-robin (one per 20 ms).
+pub async fn run_calls(
+    gateway: &Path,
+    calls: usize,
+    seconds: u64,
+    codec: ClientCodec,
+    frames: Arc<Vec<Vec<u8>>>,
+    settings: &[(&str, String)],
+) -> TranscodeRun {
+    let leg = sip_leg::start(gateway, calls, settings);
+    let (gateway, http) = (&leg.gateway, leg.http);
+    let pid = gateway.pid();
     let idle_rss_kib = rss_kib(&pid);
     let per_call = (seconds * 50) as usize;
     let connected = Arc::new(tokio::sync::Barrier::new(calls + 1));
@@ -93,11 +91,13 @@ pub async fn run(
         let (connected, frames) = (connected.clone(), frames.clone());
         tasks.push(tokio::spawn(async move {
             let mut api = ApiClient::connect_to(http).await;
-            let (mut client, offer) = RtcClient::new(ClientCodec::Opus).await;
+            let (mut client, offer) = RtcClient::new(codec).await;
             let id = format!("tc{tag}");
             api.call(&id, "1000", &offer).await;
             let answer = api.expect("answer").await;
-            client.accept_answer(answer["sdp"].as_str().unwrap());
+            let sdp = answer["sdp"].as_str().unwrap();
+            let answered = sip_leg::answered_codec(sdp);
+            client.accept_answer(sdp);
             let ok = client.connect(Duration::from_secs(60)).await;
             loop {
                 let m = api.recv().await;
@@ -114,13 +114,18 @@ pub async fn run(
             api.hangup(&id).await;
             let _ = api.expect("ended").await;
             api.close().await;
-            (ok, sent, received)
+            (ok, sent, received, answered)
         }));
     }
     connected.wait().await;
     let all_connected = start.elapsed();
+    let metrics_connected = sip_leg::metrics(http);
     let (phase, results) = measure_media_phase(&pid, Duration::from_secs(seconds) / 2, tasks).await;
-    let counters = gateway_counters(http);
+    let counters = sip_leg::counters(http);
+    let metrics = sip_leg::metrics(http);
+    let mut answered_codecs: Vec<String> = results.iter().map(|r| r.3.clone()).collect();
+    answered_codecs.sort();
+    answered_codecs.dedup();
     TranscodeRun {
         calls,
         failed: results.iter().filter(|r| !r.0).count(),
@@ -133,30 +138,8 @@ pub async fn run(
         idle_rss_kib,
         busy_rss_kib: phase.busy_rss_kib,
         counters,
+        answered_codecs,
+        metrics_connected,
+        metrics,
     }
-}
-
-/// The gateway's packet counters, to tell where loss happened.
-fn gateway_counters(http: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut conn) = std::net::TcpStream::connect(http) else {
-        return "metrics unavailable".into();
-    };
-    let _ = conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: gangway\r\n\r\n");
-    let mut text = String::new();
-    let _ = conn.read_to_string(&mut text);
-    text.lines()
-        .filter(|l| {
-            [
-                "gangway_webrtc_packets_",
-                "gangway_webrtc_send_drops",
-                "gangway_webrtc_unmatched",
-                "gangway_rtp_packets_",
-                "gangway_rtp_dropped",
-            ]
-            .iter()
-            .any(|p| l.starts_with(p))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }

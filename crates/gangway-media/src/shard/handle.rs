@@ -16,7 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
 use super::deliver::LegEventTx;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::metrics::ShardMetrics;
 use super::peers::{WAKER, WEBRTC};
@@ -78,6 +78,16 @@ impl ShardHandle {
         socket
             .set_nonblocking(true)
             .map_err(|e| ShardStartError::Bind(bind, e))?;
+        match super::buffers::enlarge(&socket) {
+            Ok((recv, send)) if recv < super::buffers::SOCKET_BUFFER_BYTES => warn!(
+                recv,
+                send,
+                wanted = super::buffers::SOCKET_BUFFER_BYTES,
+                "WebRTC socket buffers capped by the kernel: raise net.core.rmem_max and wmem_max"
+            ),
+            Ok((recv, send)) => debug!(recv, send, "WebRTC socket buffers"),
+            Err(e) => warn!(error = %e, "cannot size the WebRTC socket buffers"),
+        }
         let local_addr = socket
             .local_addr()
             .map_err(|e| ShardStartError::Bind(bind, e))?;

@@ -13,6 +13,8 @@
 //! - [`metrics`]: [`ShardMetrics`] and the shard's own per-packet [`Tally`].
 //! - [`report`]: the end-of-call media summary.
 //! - [`ports`]: the SIP legs' RTP port range.
+//! - [`buffers`]: the WebRTC port's socket buffers, larger than the
+//!   kernel's default.
 //!
 //! Nothing is shared on the media path: per-packet counts are plain
 //! integers of the shard's, published to the Prometheus metrics every
@@ -38,6 +40,7 @@
 //!
 //! [`Tally`]: metrics::Tally
 
+mod buffers;
 mod commands;
 mod deliver;
 mod handle;
