@@ -391,12 +391,16 @@ impl Gateway {
         }
         // The records of the calls that just ended, unless told not to wait.
         let mut forced = self.shared.forced.subscribe();
-        if *forced.borrow() {
+        let forced_already = *forced.borrow();
+        if forced_already {
             self.shared.cdr.abandon().await;
         } else {
-            tokio::select! {
-                () = self.shared.cdr.flush() => {}
-                _ = forced.wait_for(|f| *f) => self.shared.cdr.abandon().await,
+            let forced_later = tokio::select! {
+                () = self.shared.cdr.flush() => false,
+                _ = forced.wait_for(|f| *f) => true,
+            };
+            if forced_later {
+                self.shared.cdr.abandon().await;
             }
         }
         info!("gangway stopped");
