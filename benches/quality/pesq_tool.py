@@ -37,8 +37,8 @@ LIST_2 = (
 TALKERS = {
     "male-us": ("en-us", LIST_1),
     "female-us": ("en-us+f3", LIST_1),
-    "male-gb": ("en-gb+m3", LIST_2),
-    "female-gb": ("en-gb+f2", LIST_2),
+    "male-gb": ("en-gb-x-rp", LIST_2),
+    "female-gb": ("en-gb-x-rp+f4", LIST_2),
 }
 # Active speech level of about -26 dBov (P.56's usual test level), as RMS
 # over the samples above a silence floor.

@@ -166,10 +166,10 @@ pub async fn measure_media_phase<T>(
 /// 20 ms each, at 48 kHz as RTP counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BrowserOpus {
-    /// What Chromium sends once told `maxplaybackrate=8000` (the gateway's
-    /// answer on bridged calls): narrowband SILK (maximum bandwidth NB),
-    /// 12 kb/s, in-band FEC, complexity 9 (WebRTC's defaults for a
-    /// narrowband playback rate on desktop).
+    /// What Chromium sends after the gateway's answer on bridged calls
+    /// (`maxplaybackrate=8000;maxaveragebitrate=24000`): narrowband SILK
+    /// (maximum bandwidth NB), 24 kb/s, in-band FEC, complexity 9 (WebRTC's
+    /// default on desktop).
     Narrowband,
     /// libopus at its defaults (VoIP): full-band CELT/hybrid, as the
     /// generators sent before 2026-12-02 and the soak still does.
@@ -183,7 +183,7 @@ impl BrowserOpus {
         let mut enc = Encoder::new(48_000, Channels::Mono, Application::Voip).unwrap();
         if self == BrowserOpus::Narrowband {
             enc.set_max_bandwidth(Bandwidth::Narrowband).unwrap();
-            enc.set_bitrate(Bitrate::Bits(12_000)).unwrap();
+            enc.set_bitrate(Bitrate::Bits(24_000)).unwrap();
             enc.set_inband_fec(true).unwrap();
             enc.set_complexity(9).unwrap();
         }

@@ -30,7 +30,7 @@ struct Args {
     rtpengine_threads: usize,
     /// The gateway's Opus settings (`media.opus_complexity`,
     /// `media.opus_bitrate`), for the codec floor.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 1)]
     complexity: i32,
     #[arg(long, default_value_t = 24_000)]
     bitrate: i32,

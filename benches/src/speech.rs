@@ -164,15 +164,10 @@ fn write_raw(path: &Path, pcm: &[i16]) {
     std::fs::write(path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
-/// What a browser sends of `pcm_48k`: Opus frames as Chromium encodes them
-/// once the gateway's answer says `maxplaybackrate=8000` (see
-/// [`crate::BrowserOpus::Narrowband`]).
-pub fn browser_opus(pcm_48k: &[i16]) -> Vec<Vec<u8>> {
-    browser_opus_at(pcm_48k, 12_000)
-}
-
-/// Like [`browser_opus`] at `bitrate`, as Chromium sends when the answer
-/// asks for it with `maxaveragebitrate`.
+/// What a browser sends of `pcm_48k` when an answer says
+/// `maxplaybackrate=8000`: Opus frames as Chromium encodes them (see
+/// [`crate::BrowserOpus::Narrowband`]) at `bitrate`, the answer's
+/// `maxaveragebitrate` or else Chromium's narrowband default, 12 kb/s.
 pub fn browser_opus_at(pcm_48k: &[i16], bitrate: i32) -> Vec<Vec<u8>> {
     let mut enc = crate::BrowserOpus::Narrowband.encoder();
     enc.set_bitrate(opus::Bitrate::Bits(bitrate)).unwrap();
@@ -310,6 +305,16 @@ pub fn offline_to_browser(pcm_8k: &[i16], complexity: u8) -> Vec<i16> {
     out
 }
 
+/// The bitrate Chromium codes Opus at for an answer `sdp`: its
+/// `maxaveragebitrate`, else 12 kb/s (its default for narrowband playback).
+pub fn answered_bitrate(sdp: &str) -> i32 {
+    sdp.lines()
+        .filter(|l| l.starts_with("a=fmtp:"))
+        .flat_map(|l| l.split([' ', ';']))
+        .find_map(|p| p.trim().strip_prefix("maxaveragebitrate=")?.parse().ok())
+        .unwrap_or(12_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +323,16 @@ mod tests {
         (0..samples)
             .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * i as f64 / rate).sin()) as i16)
             .collect()
+    }
+
+    #[test]
+    fn the_answer_sets_the_browser_bitrate() {
+        let ours = "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;maxplaybackrate=8000;maxaveragebitrate=24000\r\n";
+        assert_eq!(answered_bitrate(ours), 24_000);
+        assert_eq!(
+            answered_bitrate("a=fmtp:111 maxplaybackrate=8000\r\n"),
+            12_000
+        );
     }
 
     #[test]

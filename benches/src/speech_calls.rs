@@ -11,7 +11,9 @@ use tokio::net::UdpSocket;
 use crate::bencode::Value;
 use crate::plain_calls::{callee_sdp, caller_sdp};
 use crate::rtpengine::{audio_port, RtpEngine};
-use crate::speech::{browser_opus, opus_track, pcmu_frames, pcmu_track, Talker};
+use crate::speech::{
+    answered_bitrate, browser_opus_at, opus_track, pcmu_frames, pcmu_track, Talker,
+};
 use crate::speech_phone::{play_and_keep, Kept, SpeechPhone, Stream};
 use gangway_tests::api_client::ApiClient;
 use gangway_tests::rtc_client::{ClientCodec, RtcClient};
@@ -43,13 +45,15 @@ pub async fn through_gangway(
     talker: &Talker,
     loss: f64,
 ) -> Heard {
-    let (to_phone, to_browser) = (browser_opus(&talker.pcm_48k), pcmu_frames(&talker.pcm_8k));
+    let to_browser = pcmu_frames(&talker.pcm_8k);
     phone.expect_call();
     let mut api = ApiClient::connect_to(http).await;
     let (mut browser, offer) = RtcClient::new(ClientCodec::Opus).await;
     api.call("speech", "1000", &offer).await;
     let answer = api.expect("answer").await;
-    browser.accept_answer(answer["sdp"].as_str().expect("answer sdp"));
+    let answer = answer["sdp"].as_str().expect("answer sdp");
+    browser.accept_answer(answer);
+    let to_phone = browser_opus_at(&talker.pcm_48k, answered_bitrate(answer));
     assert!(
         browser.connect(Duration::from_secs(10)).await,
         "WebRTC leg connects"
@@ -86,7 +90,7 @@ pub async fn through_rtpengine(
     talker: &Talker,
     loss: f64,
 ) -> Heard {
-    let (to_phone, to_browser) = (browser_opus(&talker.pcm_48k), pcmu_frames(&talker.pcm_8k));
+    let to_browser = pcmu_frames(&talker.pcm_8k);
     let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let codec = Value::dict(vec![
@@ -104,6 +108,7 @@ pub async fn through_rtpengine(
         .answer(call, &callee_sdp(callee.local_addr().unwrap().port()))
         .unwrap_or_else(|e| panic!("rtpengine answer: {e}"));
     let opus_pt = opus_pt(&to_caller).expect("rtpengine answered the caller with Opus");
+    let to_phone = browser_opus_at(&talker.pcm_48k, answered_bitrate(&to_caller));
     let caller_to: SocketAddr = ([127, 0, 0, 1], audio_port(&to_caller).unwrap()).into();
     let callee_to: SocketAddr = ([127, 0, 0, 1], audio_port(&to_callee).unwrap()).into();
     let phone_side = tokio::spawn(async move {

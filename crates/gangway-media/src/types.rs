@@ -52,7 +52,8 @@ impl CodecPolicy {
 /// Encoder settings for the Opus sent to browsers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpusSettings {
-    /// 0–10; higher costs more CPU for slightly better quality.
+    /// 0–10; higher costs more CPU. Not better speech at 8 kHz and 24 kb/s:
+    /// 1 scored best by P.862 (docs/performance.md, "Speech quality").
     pub complexity: u8,
     pub bitrate: u32,
 }
@@ -60,7 +61,7 @@ pub struct OpusSettings {
 impl Default for OpusSettings {
     fn default() -> Self {
         OpusSettings {
-            complexity: 5,
+            complexity: 1,
             bitrate: 24_000,
         }
     }

@@ -6,9 +6,13 @@
 
 /// The parameters we set on the Opus `a=fmtp:` line: we play back and
 /// capture at 8 kHz, and in-band FEC stays on (the transcoder uses it).
-const NARROWBAND: [(&str, &str); 3] = [
+/// `maxaveragebitrate`: told only `maxplaybackrate=8000`, Chromium codes at
+/// 12 kb/s, which costs the browser-to-phone direction 0.33 MOS-LQO
+/// against 24 kb/s (P.862, benches/src/speech_quality.rs; docs/decisions.md).
+const NARROWBAND: [(&str, &str); 4] = [
     ("maxplaybackrate", "8000"),
     ("sprop-maxcapturerate", "8000"),
+    ("maxaveragebitrate", "24000"),
     ("useinbandfec", "1"),
 ];
 
@@ -129,7 +133,7 @@ a=ssrc:1 cname:x\r\n";
         let out = narrowband_opus(ANSWER);
         assert_eq!(
             fmtp(&out, "111"),
-            ["a=fmtp:111 minptime=10;maxplaybackrate=8000;sprop-maxcapturerate=8000;useinbandfec=1"]
+            ["a=fmtp:111 minptime=10;maxplaybackrate=8000;sprop-maxcapturerate=8000;maxaveragebitrate=24000;useinbandfec=1"]
         );
         assert_eq!(fmtp(&out, "126"), ["a=fmtp:126 0-15"]);
         let unchanged = |s: &str| {
@@ -156,7 +160,7 @@ a=ssrc:1 cname:x\r\n";
         let out = narrowband_opus(&sdp);
         assert_eq!(
             fmtp(&out, "111"),
-            ["a=fmtp:111 stereo=1;maxplaybackrate=8000;sprop-maxcapturerate=8000;useinbandfec=1"]
+            ["a=fmtp:111 stereo=1;maxplaybackrate=8000;sprop-maxcapturerate=8000;maxaveragebitrate=24000;useinbandfec=1"]
         );
         assert_eq!(narrowband_opus(&out), out, "idempotent");
     }
@@ -168,7 +172,7 @@ a=ssrc:1 cname:x\r\n";
         assert!(
             out.contains(
                 "a=rtpmap:111 opus/48000/2\r\n\
-                 a=fmtp:111 maxplaybackrate=8000;sprop-maxcapturerate=8000;useinbandfec=1\r\n\
+                 a=fmtp:111 maxplaybackrate=8000;sprop-maxcapturerate=8000;maxaveragebitrate=24000;useinbandfec=1\r\n\
                  a=rtpmap:126"
             ),
             "{out}"
@@ -178,7 +182,7 @@ a=ssrc:1 cname:x\r\n";
         assert_eq!(
             narrowband_opus(lf),
             "m=audio 9 RTP/AVP 109\na=rtpmap:109 OPUS/48000/2\n\
-             a=fmtp:109 maxplaybackrate=8000;sprop-maxcapturerate=8000;useinbandfec=1"
+             a=fmtp:109 maxplaybackrate=8000;sprop-maxcapturerate=8000;maxaveragebitrate=24000;useinbandfec=1"
         );
         let g711 = "m=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=fmtp:0 x=1\r\n";
         assert_eq!(narrowband_opus(g711), g711);

@@ -272,6 +272,7 @@ fn narrowband_opus_is_asked_for_only_when_wanted_and_kept_on_renegotiation() {
     for want in [
         "maxplaybackrate=8000",
         "sprop-maxcapturerate=8000",
+        "maxaveragebitrate=24000",
         "useinbandfec=1",
     ] {
         assert_eq!(

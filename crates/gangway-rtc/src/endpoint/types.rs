@@ -43,8 +43,9 @@ pub struct EndpointConfig {
 /// How one peer's answers are shaped beyond the codec choice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AnswerOptions {
-    /// Ask for narrowband Opus (`maxplaybackrate=8000;sprop-maxcapturerate=8000`
-    /// on the Opus fmtp line, RFC 7587): for calls whose other leg is 8 kHz.
+    /// Ask for narrowband Opus at 24 kb/s (`maxplaybackrate=8000;
+    /// sprop-maxcapturerate=8000;maxaveragebitrate=24000` on the Opus fmtp
+    /// line, RFC 7587): for calls whose other leg is 8 kHz.
     pub narrowband_opus: bool,
 }
 

@@ -355,7 +355,7 @@ impl Default for MediaSection {
     fn default() -> Self {
         MediaSection {
             codec_policy: CodecPolicySetting::PassthroughFirst,
-            opus_complexity: 5,
+            opus_complexity: 1,
             opus_bitrate: 24_000,
             timeout_secs: 30,
             shards: 0,
