@@ -2,7 +2,9 @@
 //! bare libopus at the same settings (8 kHz mono, VoIP, complexity 5,
 //! 24 kbit/s, in-band FEC): what the path adds on top of the codec.
 //!
-//! The SIP -> browser path is also measured through the reorder buffer.
+//! The SIP -> browser path is also measured through the reorder buffer,
+//! with every 20th packet lost (concealed, `plc.rs`); and the concealer on
+//! its own: one lost 20 ms frame (pitch search and synthesis).
 //!
 //! cargo bench -p gangway-benches --bench transcode
 
@@ -13,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use gangway_media::g711;
 use gangway_media::jitter::{JitterBuffer, Out};
-use gangway_media::transcode::{OpusSettings, Transcoder};
+use gangway_media::plc::Concealer;
+use gangway_media::transcode::{OpusSettings, SipAudio, Transcoder};
 use gangway_media::Law;
 use opus::{Application, Bitrate, Channels, Decoder, Encoder};
 
@@ -99,6 +102,55 @@ fn benches(c: &mut Criterion) {
             })
         });
     }
+    // Every 20th packet lost: the reorder buffer reports it once its wait
+    // is over and the transcoder conceals it.
+    let mut t = Transcoder::new(OpusSettings::default()).unwrap();
+    let mut jb = JitterBuffer::default();
+    let start = Instant::now();
+    let mut n = 0u64;
+    group.bench_function(
+        "path: reorder buffer (5 % lost, concealed) + PCMU -> Opus",
+        |b| {
+            b.iter(|| {
+                let now = start + Duration::from_millis(20 * n);
+                if n % 20 != 19 {
+                    let payload = &ulaw[n as usize % ulaw.len()];
+                    jb.push(n * FRAME as u64, black_box(payload), false, now);
+                }
+                let mut bytes = 0;
+                while let Some(out) = jb.poll(now) {
+                    let (time, audio) = match out {
+                        Out::Frame { time, payload } => (time, SipAudio::G711(payload, Law::Pcmu)),
+                        Out::Lost { time, samples, nth } => (
+                            time,
+                            SipAudio::Lost {
+                                samples: samples as usize,
+                                nth,
+                            },
+                        ),
+                    };
+                    if t.push_for_browser(time, audio) {
+                        bytes += t.encode_for_browser().1.unwrap().len();
+                    }
+                }
+                n += 1;
+                black_box(bytes)
+            })
+        },
+    );
+    // The concealer alone: 200 ms received, then one 20 ms frame lost.
+    let mut plc = Concealer::default();
+    let mut frame = [0i16; FRAME];
+    let mut f = 0;
+    group.bench_function("concealer: 20 ms received + 20 ms lost", |b| {
+        b.iter(|| {
+            f = (f + 1) % 50;
+            frame.copy_from_slice(&pcm[f * FRAME..(f + 1) * FRAME]);
+            plc.received(black_box(&mut frame));
+            plc.lost(black_box(&mut frame), true);
+            black_box(frame[0])
+        })
+    });
     let mut e = bare_encoder();
     let mut out = vec![0u8; 400];
     let mut j = 0;

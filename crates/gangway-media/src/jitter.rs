@@ -49,7 +49,7 @@ pub enum Out<'a> {
     /// Up to 20 ms of G.711 starting at `time`.
     Frame { time: u64, payload: &'a [u8] },
     /// The 20 ms (or less, up to the next packet) at `time` never came;
-    /// `nth` counts consecutive losses from 0, for a fading concealment.
+    /// `nth` counts consecutive losses from 0 (the concealment starts anew at 0).
     Lost { time: u64, samples: u64, nth: usize },
 }
 

@@ -26,6 +26,7 @@ pub mod dtmf;
 pub mod dtmf_relay;
 pub mod g711;
 pub mod jitter;
+pub mod plc;
 pub mod quality;
 pub mod rtcp;
 pub mod rtp;

@@ -5,6 +5,7 @@
 use opus::{Application, Bitrate, Channels, Decoder, Encoder};
 
 use crate::g711;
+use crate::plc::Concealer;
 use crate::types::Law;
 pub use crate::types::OpusSettings;
 
@@ -46,14 +47,12 @@ pub struct Transcoder {
     decoded: usize,
     opus: Vec<u8>,
     g711: Vec<u8>,
-    /// The last 20 ms decoded from the SIP leg, repeated (fading) to conceal its losses.
-    last_from_sip: Vec<i16>,
+    /// Fills the SIP leg's losses by pitch-period repetition.
+    plc: Concealer,
     /// Towards the browser: SIP audio gathered into 20 ms Opus frames (a PBX
     /// may send 10 or 30 ms packets), and the 8 kHz time of its first sample.
     frame: Vec<i16>,
     frame_start: u64,
-    /// Whether the gathered frame holds received audio (not only concealment).
-    frame_is_received: bool,
 }
 
 /// Audio from the SIP leg on its way to the browser, in time order.
@@ -91,11 +90,10 @@ impl Transcoder {
             decoded: 0,
             opus: vec![0; MAX_OPUS_PACKET],
             g711: Vec::with_capacity(MAX_DECODED),
-            last_from_sip: vec![0; FRAME_SAMPLES],
+            plc: Concealer::default(),
             // Up to a frame waiting plus one more packet's 20 ms.
             frame: Vec::with_capacity(2 * FRAME_SAMPLES),
             frame_start: 0,
-            frame_is_received: false,
         })
     }
 
@@ -158,14 +156,18 @@ impl Transcoder {
     /// gap skipped as silence, frames left out for DTMF) drops the partial
     /// frame rather than close it up.
     pub fn push_for_browser(&mut self, time: u64, audio: SipAudio<'_>) -> bool {
-        if self.frame.is_empty() || time != self.frame_start + self.frame.len() as u64 {
+        let follows = time == self.frame_start + self.frame.len() as u64;
+        if !follows {
+            self.plc.restart();
+        }
+        if self.frame.is_empty() || !follows {
             self.frame.clear();
             self.frame_start = time;
-            self.frame_is_received = false;
         }
         // The reorder buffer hands out at most 20 ms at a time and the
         // caller takes each full frame, so this never cuts anything off.
         let room = 2 * FRAME_SAMPLES - self.frame.len();
+        let start = self.frame.len();
         match audio {
             SipAudio::G711(payload, law) => {
                 let decode = match law {
@@ -174,14 +176,13 @@ impl Transcoder {
                 };
                 let n = payload.len().min(room);
                 self.frame.extend(payload[..n].iter().map(|&b| decode(b)));
-                self.frame_is_received = true;
+                self.plc.received(&mut self.frame[start..]);
             }
             SipAudio::Lost { samples, nth } => {
-                // The last received audio again, at half the level each time.
-                let shift = (nth + 1).min(15) as u32;
-                let n = samples.min(room).min(FRAME_SAMPLES);
-                self.frame
-                    .extend(self.last_from_sip[..n].iter().map(|&s| s >> shift));
+                // Pitch-period repetition going on from the last sample
+                // passed on, fading out over 60 ms (`plc.rs`).
+                self.frame.resize(start + samples.min(room), 0);
+                self.plc.lost(&mut self.frame[start..], nth == 0);
             }
         }
         self.frame_ready()
@@ -198,9 +199,6 @@ impl Transcoder {
     pub fn encode_for_browser(&mut self) -> (u64, Result<&[u8], opus::Error>) {
         let time = self.frame_start;
         let n = self.frame.len().min(FRAME_SAMPLES);
-        if self.frame_is_received && n == FRAME_SAMPLES {
-            self.last_from_sip.copy_from_slice(&self.frame[..n]);
-        }
         let encoded = self.encoder.encode(&self.frame[..n], &mut self.opus);
         self.frame.drain(..n);
         self.frame_start += n as u64;
@@ -310,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn sip_losses_are_concealed_by_a_fading_repeat() {
+    fn sip_losses_are_concealed_by_pitch_repetition_that_fades() {
         let mut gw = Transcoder::new(OpusSettings::default()).unwrap();
         let mut browser = Decoder::new(8000, Channels::Mono).unwrap();
         let mut pcm = vec![0i16; MAX_DECODED];
@@ -343,12 +341,16 @@ mod tests {
             })
             .collect();
         assert!(
-            concealed[0] > last * 0.2,
-            "the first repeat carries the signal: {concealed:?} vs {last}"
+            concealed[0] > last * 0.6,
+            "the first concealed frame carries the signal: {concealed:?} vs {last}"
         );
         assert!(
             concealed.windows(2).all(|w| w[1] < w[0]),
             "and it fades: {concealed:?}"
+        );
+        assert!(
+            concealed[3] < last * 0.05,
+            "to silence by 60 ms: {concealed:?}"
         );
     }
 

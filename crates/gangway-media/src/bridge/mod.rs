@@ -90,7 +90,7 @@ pub struct LegSummary {
     pub transcoded: bool,
     /// Browser frames lost and filled in (Opus FEC or concealment) before transcoding.
     pub concealed_frames: u64,
-    /// SIP-leg frames lost and filled in (fading repeat) before encoding to Opus.
+    /// SIP-leg frames lost and filled in (pitch-period repetition) before encoding to Opus.
     pub concealed_from_sip: u64,
     /// The reorder buffer on transcoded calls: packets that came after their
     /// time was given up, and how long it waited for a hole at the end.

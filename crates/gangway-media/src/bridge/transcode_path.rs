@@ -83,9 +83,9 @@ impl TranscodePath {
 
     /// The next 20 ms Opus frame for the browser, in order, with its 8 kHz
     /// time, gathered from what the reorder buffer releases at `now`
-    /// (received G.711 of any packet time, or lost samples concealed by the
-    /// last frame repeated, fading). Audio a DTMF event towards the browser
-    /// covers is left out: the browser plays the event.
+    /// (received G.711 of any packet time, or lost samples concealed by
+    /// pitch-period repetition, `plc.rs`). Audio a DTMF event towards the
+    /// browser covers is left out: the browser plays the event.
     pub(super) fn next_for_browser(
         &mut self,
         now: Instant,
