@@ -3,11 +3,13 @@
 
 pub mod bencode;
 pub mod churn;
+pub mod tally;
 pub mod codec_floor;
 pub mod plain_calls;
 pub mod probe;
 pub mod relay;
 pub mod report;
+pub mod rtc_pair;
 pub mod rtpengine;
 pub mod sample;
 pub mod speech;

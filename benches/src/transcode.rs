@@ -58,6 +58,32 @@ pub async fn run(
     opus: BrowserOpus,
     settings: &[(&str, String)],
 ) -> TranscodeRun {
+    let browser = Browser {
+        codec: ClientCodec::Opus,
+        number: "1000",
+        frames: opus.frames(),
+    };
+    run_with(gateway, calls, seconds, browser, settings).await
+}
+
+/// What the peers standing in for browsers send, and whom they call.
+pub struct Browser {
+    pub codec: ClientCodec,
+    /// `1000` reaches sipp (which echoes) through the SIP leg; `echo` is
+    /// the gateway's own echo line.
+    pub number: &'static str,
+    pub frames: Vec<Vec<u8>>,
+}
+
+/// [`run`] with other browsers: G.711 ones make passthrough calls,
+/// calls to `echo` never reach the SIP leg.
+pub async fn run_with(
+    gateway: &Path,
+    calls: usize,
+    seconds: u64,
+    browser: Browser,
+    settings: &[(&str, String)],
+) -> TranscodeRun {
     let calls_text = calls.to_string();
     let sipp = Sipp::uas(
         "uas_answer_wait_bye.xml",
@@ -83,7 +109,8 @@ pub async fn run(
     env.extend_from_slice(settings);
     let gateway = GatewayProcess::start(gateway, http, &env);
     let pid = gateway.pid();
-    let frames = Arc::new(opus.frames());
+    let frames = Arc::new(browser.frames);
+    let (codec, number) = (browser.codec, browser.number);
     let idle_rss_kib = rss_kib(&pid);
     let per_call = (seconds * 50) as usize;
     let connected = Arc::new(tokio::sync::Barrier::new(calls + 1));
@@ -93,9 +120,9 @@ pub async fn run(
         let (connected, frames) = (connected.clone(), frames.clone());
         tasks.push(tokio::spawn(async move {
             let mut api = ApiClient::connect_to(http).await;
-            let (mut client, offer) = RtcClient::new(ClientCodec::Opus).await;
+            let (mut client, offer) = RtcClient::new(codec).await;
             let id = format!("tc{tag}");
-            api.call(&id, "1000", &offer).await;
+            api.call(&id, number, &offer).await;
             let answer = api.expect("answer").await;
             client.accept_answer(answer["sdp"].as_str().unwrap());
             let ok = client.connect(Duration::from_secs(60)).await;
