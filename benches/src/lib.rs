@@ -3,7 +3,6 @@
 
 pub mod bencode;
 pub mod churn;
-pub mod tally;
 pub mod codec_floor;
 pub mod plain_calls;
 pub mod probe;
@@ -15,6 +14,7 @@ pub mod sample;
 pub mod speech;
 pub mod speech_calls;
 pub mod speech_phone;
+pub mod tally;
 pub mod transcode;
 
 use std::net::SocketAddr;

@@ -430,8 +430,14 @@ pub(crate) fn inline_sizes() -> Vec<(&'static str, usize)> {
         ("  Rtcp", size_of::<Rtcp>()),
         ("  Dtmf", size_of::<Dtmf>()),
         ("  Outputs", size_of::<Outputs>()),
-        ("  Option<TranscodePath>", size_of::<Option<TranscodePath>>()),
-        ("TranscodePath (boxed parts excluded)", size_of::<TranscodePath>()),
+        (
+            "  Option<TranscodePath>",
+            size_of::<Option<TranscodePath>>(),
+        ),
+        (
+            "TranscodePath (boxed parts excluded)",
+            size_of::<TranscodePath>(),
+        ),
     ]
 }
 

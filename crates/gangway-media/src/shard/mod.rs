@@ -61,7 +61,10 @@ pub(crate) fn inline_sizes() -> Vec<(&'static str, usize)> {
     vec![
         ("shard slot: Option<Peer>", size_of::<Option<peers::Peer>>()),
         ("  Bridged (Bridge + Sockets)", size_of::<peers::Bridged>()),
-        ("  Sockets (2 mio UdpSocket + port)", size_of::<peers::Sockets>()),
+        (
+            "  Sockets (2 mio UdpSocket + port)",
+            size_of::<peers::Sockets>(),
+        ),
         ("  LegEventTx", size_of::<LegEventTx>()),
     ]
 }
