@@ -126,7 +126,7 @@ fn webrtc_leg(n: usize, leg_seconds: u64, t: &mut Table) {
     let s = snapshot();
     let (b, _) = per(s);
     let peer_side = (live(Side::Peer).0 - peers_base) as f64;
-    let malloc = (s.2 - base.2) as f64;
+    let malloc = s.2 as f64 - base.2 as f64;
     t.row(
         "  cross-check: malloc in use, both sides",
         malloc / n as f64 / 2.0,
@@ -177,7 +177,7 @@ fn codec_state(t: &mut Table) {
         v
     });
     let rust = (live(Side::Gateway).0 - before) as f64 / N as f64;
-    let malloc = (malloc_in_use() - m0) as f64 / N as f64;
+    let malloc = (malloc_in_use() as f64 - m0 as f64) / N as f64;
     t.row(
         "Transcoder: its own buffers (Rust heap)",
         rust - std::mem::size_of::<Transcoder>() as f64,
@@ -216,7 +216,7 @@ fn media_tables(t: &mut Table) {
         let (b0, m0) = (live(Side::Gateway).0, malloc_in_use());
         let bridge = as_side(Side::Gateway, || footprint::bridge(opus).expect("bridge"));
         let rust = live(Side::Gateway).0 - b0;
-        let malloc = malloc_in_use() - m0;
+        let malloc = malloc_in_use() as isize - m0 as isize;
         t.row(
             format!("Bridge, {name} (all its parts)"),
             rust as f64,

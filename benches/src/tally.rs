@@ -172,9 +172,12 @@ pub fn route_aws_lc() -> bool {
     }
 }
 
-/// glibc's count of bytes in use by malloc (`mallinfo2().uordblks`): the
-/// Rust heap (with `Tally`'s headers), aws-lc's and libopus's, all sides.
+/// glibc's count of bytes in use by malloc (`mallinfo2()`: `uordblks`,
+/// chunks in the arenas, plus `hblkhd`, blocks mmap'd on their own, such
+/// as a large map): the Rust heap (with `Tally`'s headers), aws-lc's and
+/// libopus's, all sides.
 pub fn malloc_in_use() -> usize {
     // SAFETY: mallinfo2 only reads the allocator's statistics.
-    unsafe { libc::mallinfo2().uordblks }
+    let m = unsafe { libc::mallinfo2() };
+    m.uordblks + m.hblkhd
 }
