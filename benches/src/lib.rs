@@ -9,6 +9,7 @@ pub mod plain_calls;
 pub mod probe;
 pub mod relay;
 pub mod report;
+pub mod rtc_pair;
 pub mod rtpengine;
 pub mod sample;
 pub mod setup_burst;
@@ -16,6 +17,7 @@ pub mod sip_leg;
 pub mod speech;
 pub mod speech_calls;
 pub mod speech_phone;
+pub mod tally;
 pub mod transcode;
 
 use std::net::SocketAddr;

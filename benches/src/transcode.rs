@@ -79,6 +79,37 @@ pub async fn run_calls(
     frames: Arc<Vec<Vec<u8>>>,
     settings: &[(&str, String)],
 ) -> TranscodeRun {
+    let browser = Browser {
+        codec,
+        number: "1000",
+        frames,
+    };
+    run_with(gateway, calls, seconds, browser, settings).await
+}
+
+/// What the peers standing in for browsers send, and whom they call.
+pub struct Browser {
+    pub codec: ClientCodec,
+    /// `1000` reaches sipp (which echoes) through the SIP leg; `echo` is
+    /// the gateway's own echo line.
+    pub number: &'static str,
+    pub frames: Arc<Vec<Vec<u8>>>,
+}
+
+/// [`run_calls`] with a number to call: calls to `echo` never reach the
+/// SIP leg (sipp is started all the same).
+pub async fn run_with(
+    gateway: &Path,
+    calls: usize,
+    seconds: u64,
+    browser: Browser,
+    settings: &[(&str, String)],
+) -> TranscodeRun {
+    let Browser {
+        codec,
+        number,
+        frames,
+    } = browser;
     let leg = sip_leg::start(gateway, calls, settings);
     let (gateway, http) = (&leg.gateway, leg.http);
     let pid = gateway.pid();
@@ -93,7 +124,7 @@ pub async fn run_calls(
             let mut api = ApiClient::connect_to(http).await;
             let (mut client, offer) = RtcClient::new(codec).await;
             let id = format!("tc{tag}");
-            api.call(&id, "1000", &offer).await;
+            api.call(&id, number, &offer).await;
             let answer = api.expect("answer").await;
             let sdp = answer["sdp"].as_str().unwrap();
             let answered = sip_leg::answered_codec(sdp);

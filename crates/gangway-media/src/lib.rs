@@ -24,6 +24,7 @@ pub use shard::{
 pub use types::{CodecPolicy, Flow, Law, LegEvent, MediaPolicy, MediaRoute, OpusSettings};
 pub mod dtmf;
 pub mod dtmf_relay;
+pub mod footprint;
 pub mod g711;
 pub mod jitter;
 pub mod plc;

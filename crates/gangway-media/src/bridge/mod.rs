@@ -420,6 +420,27 @@ impl Bridge {
     }
 }
 
+/// Inline sizes of a bridge's parts (`std::mem::size_of`), for the
+/// memory bench (`benches/src/call_memory.rs`).
+pub(crate) fn inline_sizes() -> Vec<(&'static str, usize)> {
+    use std::mem::size_of;
+    vec![
+        ("Bridge", size_of::<Bridge>()),
+        ("  SipStream", size_of::<SipStream>()),
+        ("  Rtcp", size_of::<Rtcp>()),
+        ("  Dtmf", size_of::<Dtmf>()),
+        ("  Outputs", size_of::<Outputs>()),
+        (
+            "  Option<TranscodePath>",
+            size_of::<Option<TranscodePath>>(),
+        ),
+        (
+            "TranscodePath (boxed parts excluded)",
+            size_of::<TranscodePath>(),
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

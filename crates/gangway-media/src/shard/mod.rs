@@ -56,3 +56,18 @@ pub use handle::{ShardHandle, ShardStartError};
 pub use metrics::ShardMetrics;
 pub use ports::RtpPorts;
 pub use report::{MediaReport, MediaReportTx};
+
+/// Inline sizes of a call's entries in a shard's tables
+/// (`std::mem::size_of`), for the memory bench (`benches/src/call_memory.rs`).
+pub(crate) fn inline_sizes() -> Vec<(&'static str, usize)> {
+    use std::mem::size_of;
+    vec![
+        ("shard slot: Option<Peer>", size_of::<Option<peers::Peer>>()),
+        ("  Bridged (Bridge + Sockets)", size_of::<peers::Bridged>()),
+        (
+            "  Sockets (2 mio UdpSocket + port)",
+            size_of::<peers::Sockets>(),
+        ),
+        ("  LegEventTx", size_of::<LegEventTx>()),
+    ]
+}
