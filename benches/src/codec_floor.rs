@@ -18,14 +18,14 @@ pub fn opus_floor(
     bitrate: i32,
     call_seconds: usize,
 ) -> (f64, f64) {
-    use opus::{Application, Bitrate, Channels, Decoder, Encoder};
+    use opus::{Channels, Decoder};
     let frames = opus.frames();
     let mut decoder = Decoder::new(8000, Channels::Mono).unwrap();
-    let mut encoder = Encoder::new(8000, Channels::Mono, Application::Voip).unwrap();
-    encoder.set_complexity(complexity).unwrap();
-    encoder.set_bitrate(Bitrate::Bits(bitrate)).unwrap();
-    encoder.set_inband_fec(true).unwrap();
-    encoder.set_packet_loss_perc(5).unwrap();
+    let settings = gangway_media::OpusSettings {
+        complexity: complexity.clamp(0, 10) as u8,
+        bitrate: bitrate as u32,
+    };
+    let mut encoder = gangway_media::transcode::browser_encoder(settings).unwrap();
     let mut pcm = vec![0i16; 960];
     let mut out = vec![0u8; 1500];
     let mut ulaw = vec![0u8; 160];

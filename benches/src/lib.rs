@@ -21,7 +21,7 @@ pub mod tally;
 pub mod transcode;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,18 @@ pub fn rss_kib(pid: &str) -> f64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+// The arguments every load run takes: which gateway, how many calls, how
+// long. (Not a doc comment: clap would show it as each binary's about.)
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    #[arg(long, default_value = "target/release/gangway")]
+    pub gateway: PathBuf,
+    #[arg(long, default_value_t = 50)]
+    pub calls: usize,
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
 }
 
 /// The gateway binary running as a child; killed on drop.

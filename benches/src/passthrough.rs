@@ -12,24 +12,20 @@
 //! target/release/passthrough --calls 50 --seconds 20 --rounds 2
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
 use gangway_benches::floor::{self, Protected, Sizes};
 use gangway_benches::sip_leg::metric_sum;
+use gangway_benches::LoadArgs;
 use gangway_benches::{pcmu_tone_frames, transcode};
 use gangway_tests::rtc_client::ClientCodec;
 use gangway_tests::sip_peers::Sipp;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value = "target/release/gangway")]
-    gateway: PathBuf,
-    #[arg(long, default_value_t = 50)]
-    calls: usize,
-    #[arg(long, default_value_t = 20)]
-    seconds: u64,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Gangway and the relay alternate this many times (drift on a shared
     /// machine hits both).
     #[arg(long, default_value_t = 2)]
@@ -79,9 +75,9 @@ async fn main() {
     };
     for round in 1..=args.rounds {
         let g = transcode::run_calls(
-            &args.gateway,
-            args.calls,
-            args.seconds,
+            &args.load.gateway,
+            args.load.calls,
+            args.load.seconds,
             ClientCodec::Pcmu,
             frames.clone(),
             &[],
@@ -97,7 +93,7 @@ async fn main() {
             g.answered_codecs
         );
         // The media phase's datagrams as the gateway counted them.
-        let call_seconds = g.seconds * args.calls as f64;
+        let call_seconds = g.seconds * args.load.calls as f64;
         let mut flows = Vec::new();
         for what in ["webrtc", "rtp"] {
             for dir in ["received", "sent"] {
@@ -132,7 +128,7 @@ async fn main() {
         }
         gw_sum += g.cpu_per_call_pct();
         println!("round {round}, gateway counters:\n{}", g.counters);
-        let r = floor::relay(args.calls, args.seconds, sizes, echo).await;
+        let r = floor::relay(args.load.calls, args.load.seconds, sizes, echo).await;
         rows.push(format!(
             "| {round} | bare relay | {:.3} | {:.3} | — | {:.1} |",
             r.cpu_per_call_pct(),
@@ -162,8 +158,8 @@ async fn main() {
     println!(
         "\n{} passthrough calls (PCMU browser ⇄ sipp echo), {} s of media each, {} rounds; \
          datagrams: {} B browser side, {} B SIP side, browser RTCP {:.1}/s of {} B each way\n",
-        args.calls,
-        args.seconds,
+        args.load.calls,
+        args.load.seconds,
         args.rounds,
         sizes.browser,
         sizes.pbx,

@@ -9,19 +9,14 @@
 //! cargo build --release -p gangway -p gangway-benches
 //! target/release/side-by-side --calls 50 --seconds 20 --rounds 2
 
-use std::path::PathBuf;
-
 use clap::Parser;
+use gangway_benches::LoadArgs;
 use gangway_benches::{codec_floor, plain_calls, rtpengine, transcode, BrowserOpus};
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value = "target/release/gangway")]
-    gateway: PathBuf,
-    #[arg(long, default_value_t = 50)]
-    calls: usize,
-    #[arg(long, default_value_t = 20)]
-    seconds: u64,
+    #[command(flatten)]
+    load: LoadArgs,
     #[arg(long, default_value_t = 2)]
     rounds: usize,
     /// rtpengine's worker threads (the gateway runs one media shard per
@@ -47,8 +42,8 @@ async fn main() {
     let (mut gw_sum, mut rtpe_sum) = (0.0, 0.0);
     for round in 1..=args.rounds {
         let e = plain_calls::run(
-            args.calls,
-            args.seconds,
+            args.load.calls,
+            args.load.seconds,
             args.rtpengine_threads,
             args.browser_opus,
         )
@@ -62,9 +57,9 @@ async fn main() {
         ));
         rtpe_sum += e.cpu_per_call_pct();
         let g = transcode::run(
-            &args.gateway,
-            args.calls,
-            args.seconds,
+            &args.load.gateway,
+            args.load.calls,
+            args.load.seconds,
             args.browser_opus,
             &[],
         )
@@ -91,7 +86,7 @@ async fn main() {
     println!(
         "{} transcoded calls, {} s of media each, {} rounds ({:?} Opus in, PCMU echoed \
          back)\n",
-        args.calls, args.seconds, args.rounds, args.browser_opus
+        args.load.calls, args.load.seconds, args.rounds, args.browser_opus
     );
     println!("| round | system | CPU per call (% of a core) | round-trip loss % | RSS per call KiB | generator CPU % |");
     println!("|---|---|---:|---:|---:|---:|");

@@ -287,12 +287,7 @@ pub fn offline_to_browser(pcm_8k: &[i16], complexity: u8) -> Vec<i16> {
         complexity,
         ..Default::default()
     };
-    let mut enc = opus::Encoder::new(8000, opus::Channels::Mono, opus::Application::Voip).unwrap();
-    enc.set_complexity(i32::from(settings.complexity)).unwrap();
-    enc.set_bitrate(opus::Bitrate::Bits(settings.bitrate as i32))
-        .unwrap();
-    enc.set_inband_fec(true).unwrap();
-    enc.set_packet_loss_perc(5).unwrap();
+    let mut enc = gangway_media::transcode::browser_encoder(settings).unwrap();
     let mut dec = opus::Decoder::new(8000, opus::Channels::Mono).unwrap();
     let mut out = Vec::with_capacity(pcm_8k.len());
     let mut pcm = [0i16; FRAME_8K];

@@ -5,19 +5,14 @@
 //! cargo build --release -p gangway -p gangway-benches
 //! target/release/transcode-load --calls 50 --seconds 20
 
-use std::path::PathBuf;
-
 use clap::Parser;
+use gangway_benches::LoadArgs;
 use gangway_benches::{transcode, BrowserOpus};
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value = "target/release/gangway")]
-    gateway: PathBuf,
-    #[arg(long, default_value_t = 50)]
-    calls: usize,
-    #[arg(long, default_value_t = 20)]
-    seconds: u64,
+    #[command(flatten)]
+    load: LoadArgs,
     /// What the browsers send (narrowband: as Chromium after our answer).
     #[arg(long, value_enum, default_value_t = BrowserOpus::Narrowband)]
     browser_opus: BrowserOpus,
@@ -27,9 +22,9 @@ struct Args {
 async fn main() {
     let args = Args::parse();
     let r = transcode::run(
-        &args.gateway,
-        args.calls,
-        args.seconds,
+        &args.load.gateway,
+        args.load.calls,
+        args.load.seconds,
         args.browser_opus,
         &[],
     )

@@ -74,15 +74,22 @@ impl SipAudio<'_> {
     }
 }
 
+/// The encoder of the Opus sent to browsers: 8 kHz mono, VoIP, `settings`,
+/// in-band FEC. One place, so benchmarks measure what the gateway runs.
+pub fn browser_encoder(settings: OpusSettings) -> Result<Encoder, opus::Error> {
+    let mut encoder = Encoder::new(8000, Channels::Mono, Application::Voip)?;
+    encoder.set_complexity(i32::from(settings.complexity.min(10)))?;
+    encoder.set_bitrate(Bitrate::Bits(settings.bitrate as i32))?;
+    // Browsers ask for in-band FEC; it lets them recover a lost packet from the next.
+    encoder.set_inband_fec(true)?;
+    encoder.set_packet_loss_perc(5)?;
+    Ok(encoder)
+}
+
 impl Transcoder {
     pub fn new(settings: OpusSettings) -> Result<Self, opus::Error> {
         let decoder = Decoder::new(8000, Channels::Mono)?;
-        let mut encoder = Encoder::new(8000, Channels::Mono, Application::Voip)?;
-        encoder.set_complexity(i32::from(settings.complexity.min(10)))?;
-        encoder.set_bitrate(Bitrate::Bits(settings.bitrate as i32))?;
-        // Browsers ask for in-band FEC; it lets them recover a lost packet from the next.
-        encoder.set_inband_fec(true)?;
-        encoder.set_packet_loss_perc(5)?;
+        let encoder = browser_encoder(settings)?;
         Ok(Transcoder {
             decoder,
             encoder,
