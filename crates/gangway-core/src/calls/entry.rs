@@ -30,6 +30,8 @@ pub(super) struct Entry<K> {
     pub transfer_accepted: bool,
     /// Our attended transfer's other call, until the outcome is known.
     pub attended_with: Option<K>,
+    /// Our REFER's next news is due by then, or the transfer failed.
+    pub transfer_due: Option<Instant>,
     /// The client's own identity for the INVITE, when it gave one.
     pub caller: Option<super::Caller>,
     /// Remote candidates the client trickled.
@@ -66,6 +68,7 @@ impl<K> Entry<K> {
             transfer: None,
             transfer_accepted: false,
             attended_with: None,
+            transfer_due: None,
             caller: None,
             candidates: 0,
             record: RecordFacts::default(),

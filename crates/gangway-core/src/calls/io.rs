@@ -476,6 +476,10 @@ pub enum Observation {
         status: u16,
         reason: String,
     },
+    /// The transferee went quiet after accepting our REFER: failed (408).
+    TransferTimedOut {
+        silent_for: std::time::Duration,
+    },
     /// An INVITE with Replaces for a call that cannot take it (486).
     ReplacementRefused,
     /// An INVITE with Replaces from `from` takes the call over.

@@ -26,7 +26,7 @@ pub use io::{
     MediaEvent, Notification, Observation, Output, Problem, Refusal, Request, SipCommand, SipInput,
 };
 pub use requests::{valid_dtmf, MAX_DTMF_DIGITS};
-pub use transfer::REPLACED_LEG_GRACE;
+pub use transfer::{REPLACED_LEG_GRACE, TRANSFER_OUTCOME_TIMEOUT};
 
 use crate::sdp::G711;
 use crate::{Call, CallState, CallTimers, Event, IdSpace, LegId, Router, SipLegId};
@@ -138,6 +138,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
         if self.parked_until.is_some_and(|t| now >= t) {
             return self.expire(now);
         }
+        self.expire_transfers(now);
         let due: Vec<K> = self
             .calls
             .iter()
@@ -154,7 +155,8 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let calls = self.calls.values().filter_map(|e| e.call.poll_timeout());
-        calls.chain(self.parked_until).min()
+        let transfers = self.calls.values().filter_map(|e| e.transfer_due);
+        calls.chain(transfers).chain(self.parked_until).min()
     }
 
     pub fn poll_output(&mut self) -> Option<Output<K>> {

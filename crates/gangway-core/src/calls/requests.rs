@@ -31,7 +31,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
             Request::Candidate { call, candidate } => self.candidate(call, candidate),
             Request::Dtmf { call, digits } => self.send_dtmf(call, digits),
             Request::Hold { call, hold } => self.hold(call, hold),
-            Request::Transfer { call, to, replaces } => self.transfer(call, to, replaces),
+            Request::Transfer { call, to, replaces } => self.transfer(now, call, to, replaces),
             Request::Accept { call, offer } => self.accept(call, offer),
             Request::Reject { call, code } => self.reject_incoming(call, code),
             Request::Hangup { call } if self.ringing.contains_key(&call) => {

@@ -103,7 +103,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
                 return self.refuse(Some(id), Problem::HoldFailed, message);
             }
             SipInput::TransferProgress { status, done } => {
-                match self.on_transfer_progress(&id, status, done) {
+                match self.on_transfer_progress(now, &id, status, done) {
                     Some(event) => event,
                     None => return,
                 }

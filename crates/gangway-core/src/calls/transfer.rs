@@ -4,7 +4,7 @@
 //! SIP leg shares the call's RTP port and replaces the old one once answered.
 
 use std::hash::Hash;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::entry::{TransferKind, TransferLeg};
 use super::{Calls, Notification, Observation, Problem, SipCommand, SipInput};
@@ -14,10 +14,23 @@ use crate::{AudioFlow, Event, HoldState, Route, SipLegId};
 /// party that transferred us (RFC 5589: the transferor sends the BYE).
 pub const REPLACED_LEG_GRACE: Duration = Duration::from_secs(2);
 
+/// A transferee that accepted our REFER and then says nothing more (no
+/// final NOTIFY, no BYE) leaves the call waiting. This long after its last
+/// news the transfer has failed (408): the client learns it, and the call
+/// stops counting the far end's leaving as the transfer's success. Longer
+/// than a target usually rings.
+pub const TRANSFER_OUTCOME_TIMEOUT: Duration = Duration::from_secs(90);
+
 impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
     /// `transfer`: REFER the far end to `to` (routed like a call), or to
     /// the far end of our call `replaces` (attended).
-    pub(super) fn transfer(&mut self, id: K, to: Option<String>, replaces: Option<K>) {
+    pub(super) fn transfer(
+        &mut self,
+        now: Instant,
+        id: K,
+        to: Option<String>,
+        replaces: Option<K>,
+    ) {
         let Some(entry) = self.calls.get(&id) else {
             return self.refuse(
                 Some(id),
@@ -83,11 +96,15 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
                 entry.attended_with = Some(other);
             }
         }
+        if let Some(entry) = self.calls.get_mut(&id) {
+            entry.transfer_due = Some(now + TRANSFER_OUTCOME_TIMEOUT);
+        }
     }
 
     /// Our REFER's progress. `Some` when it completed the transfer.
     pub(super) fn on_transfer_progress(
         &mut self,
+        now: Instant,
         id: &K,
         status: u16,
         done: bool,
@@ -95,6 +112,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
         let success = (200..300).contains(&status);
         let entry = self.calls.get_mut(id)?;
         entry.transfer_accepted = !done && (entry.transfer_accepted || success);
+        entry.transfer_due = (!done).then_some(now + TRANSFER_OUTCOME_TIMEOUT);
         self.notify(id.clone(), Notification::TransferProgress { status, done });
         if !done {
             return None;
@@ -109,6 +127,22 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
         }
         self.observe_call(id, Observation::MidCall("transfer_out_completed"));
         Some(Event::SipTransferred)
+    }
+
+    /// Transfers whose outcome is overdue failed: 408, as if the far end
+    /// had said so.
+    pub(super) fn expire_transfers(&mut self, now: Instant) {
+        let overdue: Vec<K> = self
+            .calls
+            .iter()
+            .filter(|(_, e)| e.transfer_due.is_some_and(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in overdue {
+            let silent_for = TRANSFER_OUTCOME_TIMEOUT;
+            self.observe_call(&id, Observation::TransferTimedOut { silent_for });
+            self.on_transfer_progress(now, &id, 408, true);
+        }
     }
 
     /// The far end REFERred us to `target`: call it on the same RTP port;

@@ -116,6 +116,11 @@ impl CallDriver {
             Observation::TransferTargetFailed { status, reason } => {
                 info!(call, status, %reason, "the new far end did not answer")
             }
+            Observation::TransferTimedOut { silent_for } => info!(
+                call,
+                silent_secs = silent_for.as_secs(),
+                "no outcome from the transferee: the transfer failed (408)"
+            ),
             Observation::ReplacementRefused => {
                 info!(
                     call,

@@ -430,3 +430,85 @@ fn an_invite_with_replaces_for_a_call_that_cannot_take_it_gets_486() {
         })]
     );
 }
+
+/// The transfer's own outputs among what `advance` gave (session timers
+/// may refresh the dialog meanwhile).
+fn transfer_news(out: Vec<Out>) -> Vec<Out> {
+    out.into_iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::Notify(_, Notification::TransferProgress { .. })
+                    | Output::Notify(_, Notification::Ended { .. })
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_transferee_that_goes_quiet_after_202_fails_our_transfer_with_408() {
+    let mut h = Harness::new();
+    let (_, sip_leg) = h.answered_call("c1", "10.0.0.5");
+    h.request(Request::Transfer {
+        call: id("c1"),
+        to: Some("2000".into()),
+        replaces: None,
+    });
+    let step = TRANSFER_OUTCOME_TIMEOUT / 3;
+    h.advance(step);
+    let accepted = SipInput::TransferProgress {
+        status: 202,
+        done: false,
+    };
+    h.sip(sip_leg, accepted);
+    // Each piece of news restarts the wait: nothing at the first deadline.
+    let out = h.advance(TRANSFER_OUTCOME_TIMEOUT - step);
+    assert_eq!(transfer_news(out), vec![]);
+    let out = h.advance(step - Duration::from_millis(1));
+    assert_eq!(transfer_news(out), vec![]);
+    let out = h.advance(Duration::from_millis(1));
+    assert_eq!(transfer_news(out), vec![progress("c1", 408, true)]);
+    assert_eq!(transfer_news(h.advance(TRANSFER_OUTCOME_TIMEOUT)), vec![]);
+    // The far end leaving now is a plain hangup, not our transfer's end.
+    let out = h.sip(sip_leg, SipInput::RemoteHangup);
+    assert_eq!(out[1], ended("c1", EndReason::RemoteHangup, None));
+}
+
+#[test]
+fn a_final_notify_in_time_leaves_nothing_to_expire() {
+    let mut h = Harness::new();
+    let (_, sip_leg) = h.answered_call("c1", "10.0.0.5");
+    h.request(Request::Transfer {
+        call: id("c1"),
+        to: Some("2000".into()),
+        replaces: None,
+    });
+    let refused = SipInput::TransferProgress {
+        status: 603,
+        done: true,
+    };
+    assert_eq!(h.sip(sip_leg, refused), vec![progress("c1", 603, true)]);
+    assert_eq!(transfer_news(h.advance(TRANSFER_OUTCOME_TIMEOUT * 2)), vec![]);
+}
+
+#[test]
+fn an_overdue_attended_transfer_frees_the_other_call_too() {
+    let mut h = Harness::new();
+    let (_, sip_a) = h.answered_call("a", "10.0.0.5");
+    let (_, sip_b) = h.answered_call("b", "10.0.0.6");
+    h.request(Request::Transfer {
+        call: id("a"),
+        to: None,
+        replaces: Some(id("b")),
+    });
+    let accepted = SipInput::TransferProgress {
+        status: 202,
+        done: false,
+    };
+    h.sip(sip_a, accepted);
+    let out = h.advance(TRANSFER_OUTCOME_TIMEOUT);
+    assert_eq!(transfer_news(out), vec![progress("a", 408, true)]);
+    // b's far end leaving is no longer the transfer completing.
+    let out = h.sip(sip_b, SipInput::RemoteHangup);
+    assert_eq!(out[1], ended("b", EndReason::RemoteHangup, None), "{out:?}");
+}
