@@ -76,6 +76,10 @@ struct Args {
     drain_secs: u64,
     #[arg(long, default_value_t = 30)]
     media_timeout_secs: u64,
+    /// The gateway's OPTIONS keepalive to the trunk every this many seconds
+    /// (`sip.keepalive_interval_secs`; the scenario answers them); 0: off.
+    #[arg(long, default_value_t = 0)]
+    keepalive_secs: u64,
     /// Allowed growth from the middle to the end (RSS, fds, UDP sockets).
     #[arg(long, default_value_t = 10.0)]
     tolerance_pct: f64,
@@ -167,8 +171,10 @@ async fn main() {
         ("GANGWAY_SIP__TRUNK__HOST", "127.0.0.1".into()),
         ("GANGWAY_SIP__TRUNK__PORT", trunk_port.to_string()),
         ("GANGWAY_SIP__TRUNK__DOMAIN", "pbx.test".into()),
-        // sipp's UAS would take an OPTIONS probe for a failed call.
-        ("GANGWAY_SIP__KEEPALIVE_INTERVAL_SECS", "0".into()),
+        (
+            "GANGWAY_SIP__KEEPALIVE_INTERVAL_SECS",
+            a.keepalive_secs.to_string(),
+        ),
         (
             "GANGWAY_MEDIA__TIMEOUT_SECS",
             a.media_timeout_secs.to_string(),
