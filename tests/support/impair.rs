@@ -103,7 +103,10 @@ impl LossyProxy {
 
         let (f, d, r) = (forwarded.clone(), dropped.clone(), reordered.clone());
         let rtp_task = tokio::spawn(async move {
-            let mut rng = Lcg(seed);
+            // One random stream per direction: which packets each way loses
+            // does not depend on how the two directions interleave.
+            let mut to_gateway_rng = Lcg(seed);
+            let mut to_far_rng = Lcg(seed ^ 0x9e37_79b9_7f4a_7c15);
             let mut buf = vec![0u8; 2048];
             // A packet towards the gateway waiting to go out after the next one.
             let mut held: Option<(Vec<u8>, SocketAddr, usize)> = None;
@@ -117,12 +120,17 @@ impl LossyProxy {
                     None
                 };
                 let Some(dest) = dest else { continue };
+                let towards_gateway = Some(dest) == gateway;
+                let rng = if towards_gateway {
+                    &mut to_gateway_rng
+                } else {
+                    &mut to_far_rng
+                };
                 if rng.unit() < loss {
                     d.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 f.fetch_add(1, Ordering::Relaxed);
-                let towards_gateway = Some(dest) == gateway;
                 if towards_gateway && held.is_none() && rng.unit() < reorder {
                     r.fetch_add(1, Ordering::Relaxed);
                     held = Some((buf[..n].to_vec(), dest, late_by));
