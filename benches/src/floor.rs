@@ -6,10 +6,10 @@
 //!   model of one gateway media shard, without str0m), two UDP sockets per
 //!   call, `recv_from` → `send_to` each way between a generator and an echo
 //!   (sipp `-rtp_echo`), at the gateway's packet rate and datagram sizes.
-//!   The browser's RTCP (str0m peers send transport-wide congestion
-//!   control feedback every 50 ms) is answered by the relay with one
-//!   datagram of the same size, as the gateway's own feedback goes back at
-//!   the same rate. Only the relay thread's CPU is counted.
+//!   The browser's RTCP, at the rate the gateway counted in the same
+//!   sitting, is answered by the relay with one datagram of the same size,
+//!   as the gateway's own reports go back at about the same rate. Only the
+//!   relay thread's CPU is counted.
 //! - [`srtp`]: the SRTP a browser leg needs per call-second at the cipher
 //!   str0m negotiates between str0m peers (AEAD_AES_256_GCM: dimpl's
 //!   server picks it first and str0m offers it first), with the crypto

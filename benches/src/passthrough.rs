@@ -37,10 +37,10 @@ const PAYLOAD: usize = 160;
 /// The SRTP authentication tag of AEAD_AES_256_GCM.
 const TAG: usize = 16;
 /// RTP header extensions on the browser leg, estimated: a one-byte
-/// extension block with transport-wide sequence number, audio level and
-/// mid. (The counters give the browser leg's bytes with RTCP mixed in; the
-/// rest of them is put on the RTCP.)
-const EXTENSIONS: usize = 12;
+/// extension block with the audio level and the mid, the two the gateway
+/// answers. (The counters give the browser leg's bytes with RTCP mixed in;
+/// the rest of them is put on the RTCP.)
+const EXTENSIONS: usize = 8;
 /// SRTCP: the 8-byte header authenticated, the 4-byte index after the
 /// payload.
 const SRTCP_HEADER: usize = 8;

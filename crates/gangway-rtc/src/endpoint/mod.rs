@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use str0m::crypto::dtls::DtlsCert;
 use str0m::crypto::CryptoProvider;
-use str0m::format::{Codec, FormatParams};
+use str0m::format::{Codec, CodecConfig, FormatParams};
 use str0m::media::{Frequency, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Input, Rtc, RtcConfig};
 use tracing::debug;
 
@@ -72,6 +73,7 @@ impl Endpoint {
             .set_stats_interval(Some(std::time::Duration::from_secs(2)))
             .set_crypto_provider(self.crypto.clone())
             .set_dtls_cert(self.cert.clone())
+            .set_extension_map(audio_extensions())
             .clear_codecs();
         let enabled = self
             .config
@@ -100,6 +102,17 @@ impl Endpoint {
                 FormatParams::default(),
             );
         }
+        // No `a=rtcp-fb:… transport-cc` either, to match the extension map.
+        let params = codecs
+            .params()
+            .iter()
+            .map(|p| {
+                let mut p = *p;
+                p.set_fb_transport_cc(false);
+                p
+            })
+            .collect();
+        *codecs = CodecConfig::new_from_payload_params(params);
         cfg
     }
 
@@ -336,6 +349,18 @@ impl Endpoint {
     pub fn stats(&self, id: PeerId) -> Option<LegStats> {
         self.peers.get(&id).map(|p| p.stats)
     }
+}
+
+/// The RTP header extensions an audio-only gateway answers: the MID that
+/// BUNDLE demultiplexes on and the audio level. Not transport-cc or
+/// abs-send-time: both feed bandwidth estimation, which the gateway does
+/// not run, and str0m keeps a 1 000-packet transport-cc send record per
+/// call (~90 KiB; docs/performance.md, "Memory per call").
+fn audio_extensions() -> ExtensionMap {
+    let mut exts = ExtensionMap::empty();
+    exts.set(1, Extension::AudioLevel);
+    exts.set(4, Extension::RtpMid);
+    exts
 }
 
 #[cfg(test)]

@@ -105,6 +105,36 @@ fn answers_a_chrome_offer_with_audio_codecs_telephone_event_and_our_candidate() 
     assert_eq!(ep.peer_count(), 1);
 }
 
+/// Chromium's audio header extensions, as its offers list them.
+const CHROME_EXTMAPS: &str = "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n\
+a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
+
+#[test]
+fn the_answer_keeps_mid_and_audio_level_but_no_congestion_control_extensions() {
+    let offer = CHROME_OFFER.replace("a=mid:0\r\n", &format!("a=mid:0\r\n{CHROME_EXTMAPS}"));
+    let mut ep = endpoint(all());
+    let answer = ep.add_peer(PeerId(1), &offer, &[], Instant::now()).unwrap();
+    let extmaps: Vec<&str> = answer
+        .lines()
+        .filter(|l| l.starts_with("a=extmap:"))
+        .collect();
+    assert!(
+        extmaps.contains(&"a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid"),
+        "BUNDLE needs the MID: {extmaps:?}"
+    );
+    assert!(
+        extmaps.contains(&"a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+        "{extmaps:?}"
+    );
+    assert_eq!(extmaps.len(), 2, "only those two: {extmaps:?}");
+    assert!(
+        !answer.contains("transport-cc") && !answer.contains("transport-wide"),
+        "no transport-wide congestion control:\n{answer}"
+    );
+}
+
 #[test]
 fn a_per_peer_restriction_narrows_the_answer_further() {
     let mut ep = endpoint(all());

@@ -488,7 +488,10 @@ fn a_final_notify_in_time_leaves_nothing_to_expire() {
         done: true,
     };
     assert_eq!(h.sip(sip_leg, refused), vec![progress("c1", 603, true)]);
-    assert_eq!(transfer_news(h.advance(TRANSFER_OUTCOME_TIMEOUT * 2)), vec![]);
+    assert_eq!(
+        transfer_news(h.advance(TRANSFER_OUTCOME_TIMEOUT * 2)),
+        vec![]
+    );
 }
 
 #[test]
