@@ -33,7 +33,9 @@ pub(crate) struct Moved {
 }
 
 /// Where a claimed session expects its new socket.
-pub(crate) type Handover = mpsc::Sender<Moved>;
+/// Boxed: a channel allocates its first block of 32 slots at creation,
+/// and `Moved` holds a whole WebSocket (32 × ~400 B per session).
+pub(crate) type Handover = mpsc::Sender<Box<Moved>>;
 
 struct Entry {
     token: String,
@@ -149,7 +151,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn handover() -> (Handover, mpsc::Receiver<Moved>) {
+    fn handover() -> (Handover, mpsc::Receiver<Box<Moved>>) {
         mpsc::channel(crate::queues::HANDOVER)
     }
 

@@ -184,7 +184,7 @@ impl Shard {
                 let codecs = self.browser_codecs(id);
                 let now = Instant::now();
                 match Bridge::new(id, now, SystemTime::now(), &self.policy, codecs) {
-                    Ok(bridge) => Some(Bridged { bridge, sockets }),
+                    Ok(bridge) => Some(Box::new(Bridged { bridge, sockets })),
                     Err(e) => {
                         self.endpoint.remove_peer(id);
                         warn!(peer = id.0, "cannot create the Opus transcoder: {e}");

@@ -39,8 +39,9 @@ pub(super) struct Bridged {
 pub(super) struct Peer {
     pub(super) id: PeerId,
     pub(super) events: LegEventTx,
-    /// `None` for the echo line.
-    pub(super) bridged: Option<Bridged>,
+    /// `None` for the echo line. Boxed: a bridge is ~3.8 KiB inline, and
+    /// the slot table keeps its high-water mark of slots.
+    pub(super) bridged: Option<Box<Bridged>>,
 }
 
 impl Peer {
@@ -102,7 +103,7 @@ impl Peers {
 
     /// A bridged call's parts.
     pub(super) fn bridged_mut(&mut self, slot: usize) -> Option<&mut Bridged> {
-        self.get_mut(slot)?.bridged.as_mut()
+        self.get_mut(slot)?.bridged.as_deref_mut()
     }
 
     pub(super) fn len(&self) -> usize {

@@ -36,7 +36,10 @@ pub struct Endpoint {
     /// generation on the hot path and buys nothing (each DTLS session still
     /// has its own keys).
     cert: DtlsCert,
-    peers: HashMap<PeerId, Peer>,
+    /// Boxed: a `Peer` holds str0m's `Rtc` inline (~10 KiB), and a map
+    /// of them would keep that much per spare bucket and move it all on
+    /// every growth, inside the media loop.
+    peers: HashMap<PeerId, Box<Peer>>,
     by_source: HashMap<SocketAddr, PeerId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<PeerEvent>,
@@ -189,7 +192,7 @@ impl Endpoint {
             return Err(SetupError::IncompatibleCodecs);
         };
         peer.audio_mid = mid;
-        self.peers.insert(id, peer);
+        self.peers.insert(id, Box::new(peer));
         Ok(shape(answer.to_sdp_string(), options))
     }
 

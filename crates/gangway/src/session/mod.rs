@@ -223,7 +223,7 @@ async fn serve(
                 }
                 break;
             }
-            Some(moved) = handover_rx.recv() => Wake::Handover(Box::new(moved)),
+            Some(moved) = handover_rx.recv() => Wake::Handover(moved),
             Some((peer, event)) = legs.media.recv() => {
                 s.driver.on_leg(peer, event);
                 s.deliver();
@@ -244,7 +244,7 @@ async fn serve(
                     // A resume that claimed the token just now still wins.
                     s.revoke_token();
                     if let Ok(moved) = handover_rx.try_recv() {
-                        Wake::Handover(Box::new(moved))
+                        Wake::Handover(moved)
                     } else {
                         s.expire(now);
                         break;
@@ -288,11 +288,11 @@ async fn serve(
                             // the other session either gets the socket or
                             // is already gone (see the end of `serve`).
                             let Some(ws) = socket.take() else { continue };
-                            let moved = Moved {
+                            let moved = Box::new(Moved {
                                 socket: ws,
                                 outbox: std::mem::take(&mut s.outbox),
                                 peer_ip: s.peer_ip,
-                            };
+                            });
                             match target.try_send(moved) {
                                 Ok(()) => {
                                     debug!("connection handed to the resumed session");

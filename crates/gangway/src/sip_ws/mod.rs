@@ -55,7 +55,9 @@ pub(crate) struct Moved {
 }
 
 /// Where a parked flow takes a socket over.
-pub(crate) type Handover = mpsc::Sender<Moved>;
+/// Boxed, as `crate::resume::Handover` is: a channel's first block of 32
+/// slots would hold 32 WebSockets.
+pub(crate) type Handover = mpsc::Sender<Box<Moved>>;
 
 pub async fn run(socket: WebSocket, shared: Arc<Shared>, peer: SocketAddr, host: String) {
     shared.metrics.sip_ws_total.inc();
@@ -174,11 +176,11 @@ async fn serve(
                 let _ = crate::wait::close_within(ws, Some(frame)).await;
                 break;
             } else if let Some(target) = flow.moving_to.take() {
-                let moved = Moved {
+                let moved = Box::new(Moved {
                     socket: socket.take().expect("the socket is here"),
                     peer: flow.peer,
                     bindings: flow.front.bindings().to_vec(),
-                };
+                });
                 match target.try_send(moved) {
                     Ok(()) => {
                         info!("the browser came back: its socket moves to its parked flow");
@@ -253,7 +255,7 @@ async fn serve(
                 });
                 Wake::Other
             }
-            Some(moved) = handover_rx.recv() => Wake::Moved(Box::new(moved)),
+            Some(moved) = handover_rx.recv() => Wake::Moved(moved),
             Some((peer, event)) = legs.media.recv() => {
                 flow.driver.on_leg(peer, event);
                 flow.pump();
