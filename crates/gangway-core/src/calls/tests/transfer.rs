@@ -16,15 +16,25 @@ fn progress(call: &str, status: u16, done: bool) -> Out {
     notify(call, Notification::TransferProgress { status, done })
 }
 
+/// Our blind transfer of `call` to 2000, as the client asks for it.
+fn blind_transfer(h: &mut Harness, call: &str) -> Vec<Out> {
+    h.request(Request::Transfer {
+        call: id(call),
+        to: Some("2000".into()),
+        replaces: None,
+    })
+}
+
+/// The far end's answer to our REFER, or one of its NOTIFYs.
+fn refer_news(status: u16, done: bool) -> SipInput {
+    SipInput::TransferProgress { status, done }
+}
+
 #[test]
 fn our_blind_transfer_succeeds() {
     let mut h = Harness::new();
     let (leg, sip_leg) = h.answered_call("c1", "10.0.0.5");
-    let out = h.request(Request::Transfer {
-        call: id("c1"),
-        to: Some("2000".into()),
-        replaces: None,
-    });
+    let out = blind_transfer(&mut h, "c1");
     let target = "sip:2000@pbx.test".to_string();
     assert_eq!(
         out,
@@ -33,23 +43,11 @@ fn our_blind_transfer_succeeds() {
             target
         })]
     );
-    let accepted = SipInput::TransferProgress {
-        status: 202,
-        done: false,
-    };
+    let accepted = refer_news(202, false);
     assert_eq!(h.sip(sip_leg, accepted), vec![progress("c1", 202, false)]);
-    let trying = SipInput::TransferProgress {
-        status: 100,
-        done: false,
-    };
+    let trying = refer_news(100, false);
     assert_eq!(h.sip(sip_leg, trying), vec![progress("c1", 100, false)]);
-    let out = h.sip(
-        sip_leg,
-        SipInput::TransferProgress {
-            status: 200,
-            done: true,
-        },
-    );
+    let out = h.sip(sip_leg, refer_news(200, true));
     assert_eq!(
         out,
         vec![
@@ -65,18 +63,8 @@ fn our_blind_transfer_succeeds() {
 fn a_transferee_that_leaves_after_202_completed_our_transfer() {
     let mut h = Harness::new();
     let (leg, sip_leg) = h.answered_call("c1", "10.0.0.5");
-    h.request(Request::Transfer {
-        call: id("c1"),
-        to: Some("2000".into()),
-        replaces: None,
-    });
-    h.sip(
-        sip_leg,
-        SipInput::TransferProgress {
-            status: 202,
-            done: false,
-        },
-    );
+    blind_transfer(&mut h, "c1");
+    h.sip(sip_leg, refer_news(202, false));
     let out = h.sip(sip_leg, SipInput::RemoteHangup);
     assert_eq!(
         out,
@@ -92,25 +80,9 @@ fn a_transferee_that_leaves_after_202_completed_our_transfer() {
 fn a_failed_transfer_leaves_the_call_up() {
     let mut h = Harness::new();
     let (_, sip_leg) = h.answered_call("c1", "10.0.0.5");
-    h.request(Request::Transfer {
-        call: id("c1"),
-        to: Some("2000".into()),
-        replaces: None,
-    });
-    h.sip(
-        sip_leg,
-        SipInput::TransferProgress {
-            status: 202,
-            done: false,
-        },
-    );
-    let out = h.sip(
-        sip_leg,
-        SipInput::TransferProgress {
-            status: 486,
-            done: true,
-        },
-    );
+    blind_transfer(&mut h, "c1");
+    h.sip(sip_leg, refer_news(202, false));
+    let out = h.sip(sip_leg, refer_news(486, true));
     assert_eq!(out, vec![progress("c1", 486, true)]);
     // The far end hanging up now is a plain hangup, not a transfer.
     let out = h.sip(sip_leg, SipInput::RemoteHangup);
@@ -173,20 +145,8 @@ fn attended_transfer_replaces_our_dialog_with_the_other_call() {
             ended("b", EndReason::Transferred, None)
         ]
     );
-    h.sip(
-        sip_a,
-        SipInput::TransferProgress {
-            status: 202,
-            done: false,
-        },
-    );
-    let out = h.sip(
-        sip_a,
-        SipInput::TransferProgress {
-            status: 200,
-            done: true,
-        },
-    );
+    h.sip(sip_a, refer_news(202, false));
+    let out = h.sip(sip_a, refer_news(200, true));
     assert_eq!(
         out,
         vec![
@@ -449,17 +409,10 @@ fn transfer_news(out: Vec<Out>) -> Vec<Out> {
 fn a_transferee_that_goes_quiet_after_202_fails_our_transfer_with_408() {
     let mut h = Harness::new();
     let (_, sip_leg) = h.answered_call("c1", "10.0.0.5");
-    h.request(Request::Transfer {
-        call: id("c1"),
-        to: Some("2000".into()),
-        replaces: None,
-    });
+    blind_transfer(&mut h, "c1");
     let step = TRANSFER_OUTCOME_TIMEOUT / 3;
     h.advance(step);
-    let accepted = SipInput::TransferProgress {
-        status: 202,
-        done: false,
-    };
+    let accepted = refer_news(202, false);
     h.sip(sip_leg, accepted);
     // Each piece of news restarts the wait: nothing at the first deadline.
     let out = h.advance(TRANSFER_OUTCOME_TIMEOUT - step);
@@ -478,15 +431,8 @@ fn a_transferee_that_goes_quiet_after_202_fails_our_transfer_with_408() {
 fn a_final_notify_in_time_leaves_nothing_to_expire() {
     let mut h = Harness::new();
     let (_, sip_leg) = h.answered_call("c1", "10.0.0.5");
-    h.request(Request::Transfer {
-        call: id("c1"),
-        to: Some("2000".into()),
-        replaces: None,
-    });
-    let refused = SipInput::TransferProgress {
-        status: 603,
-        done: true,
-    };
+    blind_transfer(&mut h, "c1");
+    let refused = refer_news(603, true);
     assert_eq!(h.sip(sip_leg, refused), vec![progress("c1", 603, true)]);
     assert_eq!(
         transfer_news(h.advance(TRANSFER_OUTCOME_TIMEOUT * 2)),
@@ -504,10 +450,7 @@ fn an_overdue_attended_transfer_frees_the_other_call_too() {
         to: None,
         replaces: Some(id("b")),
     });
-    let accepted = SipInput::TransferProgress {
-        status: 202,
-        done: false,
-    };
+    let accepted = refer_news(202, false);
     h.sip(sip_a, accepted);
     let out = h.advance(TRANSFER_OUTCOME_TIMEOUT);
     assert_eq!(transfer_news(out), vec![progress("a", 408, true)]);
