@@ -476,10 +476,9 @@ pub enum Observation {
         status: u16,
         reason: String,
     },
-    /// The transferee went quiet after accepting our REFER: failed (408).
-    TransferTimedOut {
-        silent_for: std::time::Duration,
-    },
+    /// The transferee said nothing for `TRANSFER_OUTCOME_TIMEOUT` after
+    /// our REFER or its last news: failed (408).
+    TransferTimedOut,
     /// An INVITE with Replaces for a call that cannot take it (486).
     ReplacementRefused,
     /// An INVITE with Replaces from `from` takes the call over.

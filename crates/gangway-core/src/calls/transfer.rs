@@ -87,16 +87,14 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
             },
         );
         self.sip(SipCommand::Transfer { sip, target });
-        if let Some(other) = replaces {
-            if let Some(o) = self.calls.get_mut(&other) {
+        if let Some(other) = &replaces {
+            if let Some(o) = self.calls.get_mut(other) {
                 // Its far end leaving now is the transfer completing.
                 o.transfer_accepted = true;
             }
-            if let Some(entry) = self.calls.get_mut(&id) {
-                entry.attended_with = Some(other);
-            }
         }
         if let Some(entry) = self.calls.get_mut(&id) {
+            entry.attended_with = replaces;
             entry.transfer_due = Some(now + TRANSFER_OUTCOME_TIMEOUT);
         }
     }
@@ -139,8 +137,7 @@ impl<K: Clone + Eq + Hash + std::fmt::Debug> Calls<K> {
             .map(|(k, _)| k.clone())
             .collect();
         for id in overdue {
-            let silent_for = TRANSFER_OUTCOME_TIMEOUT;
-            self.observe_call(&id, Observation::TransferTimedOut { silent_for });
+            self.observe_call(&id, Observation::TransferTimedOut);
             self.on_transfer_progress(now, &id, 408, true);
         }
     }

@@ -116,9 +116,9 @@ impl CallDriver {
             Observation::TransferTargetFailed { status, reason } => {
                 info!(call, status, %reason, "the new far end did not answer")
             }
-            Observation::TransferTimedOut { silent_for } => info!(
+            Observation::TransferTimedOut => info!(
                 call,
-                silent_secs = silent_for.as_secs(),
+                silent_secs = gangway_core::calls::TRANSFER_OUTCOME_TIMEOUT.as_secs(),
                 "no outcome from the transferee: the transfer failed (408)"
             ),
             Observation::ReplacementRefused => {
